@@ -1,0 +1,1 @@
+"""Launch backends: each decides where and how many processes start; all end in medscale.train.run."""

@@ -1,0 +1,1 @@
+"""Data path: source formats -> chat messages -> rendered, loss-masked token ids -> batches."""

@@ -1,0 +1,88 @@
+"""Chat-template rendering with loss masks: only assistant tokens carry loss.
+
+The text is the tokenizer's own template applied to the whole conversation, so training
+sees exactly what inference will. Each assistant turn's span starts where the template's
+generation prompt for that turn ends and runs through the end-of-turn token:
+- a turn with reasoning is prompted with thinking on, so `<think>reasoning</think>` is trained;
+- a turn without reasoning is prompted with `enable_thinking=False`, so the empty
+  `<think>\\n\\n</think>` block Qwen3 inserts lands in the prompt and is not trained.
+Reasoning is kept on the final assistant turn only: Qwen3-style templates drop it from
+earlier turns anyway, and the model never sees earlier reasoning at inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template does not render conversations prefix-consistently."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def _render(tok, msgs: list[dict], **kw) -> str:
+    return tok.apply_chat_template(msgs, tokenize=False, **kw)
+
+
+def _keep_last_reasoning(msgs: list[dict]) -> list[dict]:
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return [({k: v for k, v in m.items() if k != "reasoning_content"} if i != last else m)
+            for i, m in enumerate(msgs)]
+
+
+def _turn_start(tok, msgs: list[dict], i: int, full: str) -> int:
+    thinking = bool(msgs[i].get("reasoning_content"))
+    for kw in ({} if thinking else {"enable_thinking": False}, {}):
+        prefix = _render(tok, msgs[:i], add_generation_prompt=True, **kw)
+        if full.startswith(prefix):
+            return len(prefix)
+    raise TemplateError(f"the chat template renders turn {i} differently inside the conversation than as a "
+                        f"generation prompt; medscale cannot tell which tokens are the answer")
+
+
+def render_with_spans(tok, msgs: list[dict], train_on: str = "all_assistant") -> tuple[str, list[tuple[int, int]]]:
+    """The conversation's text and the character spans that carry loss."""
+    msgs = _keep_last_reasoning(msgs)
+    full = _render(tok, msgs)
+    eos = tok.eos_token
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if train_on == "last_assistant":
+        turns = turns[-1:]
+    spans = []
+    for i in turns:
+        start = _turn_start(tok, msgs, i, full)
+        reasoning = msgs[i].get("reasoning_content")
+        if i == len(msgs) - 1 and reasoning and reasoning not in full[start:]:
+            # Templates such as DeepSeek-R1's strip <think> even from the final turn; write it ourselves,
+            # in the form the model produces at inference.
+            opener = "" if full[:start].rstrip("\n").endswith("<think>") else "<think>\n"
+            full = full[:start] + f"{opener}{reasoning}\n</think>\n\n{msgs[i]['content']}{eos}"
+        end = full.find(eos, start)
+        end = len(full) if end < 0 else end + len(eos)
+        spans.append((start, end))
+    return full, spans
+
+
+def encode(tok, msgs: list[dict], max_length: int, train_on: str = "all_assistant",
+           truncation: str = "drop") -> Encoded | None:
+    """Token ids + labels; None when the sample must be dropped (too long, or no trained token left)."""
+    text, spans = render_with_spans(tok, msgs, train_on)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [tid if any(s <= a < e for s, e in spans) else IGNORE
+              for tid, (a, _) in zip(ids, enc["offset_mapping"])]
+    truncated = len(ids) > max_length
+    if truncated:
+        if truncation == "drop":
+            return None
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(lab == IGNORE for lab in labels):
+        return None
+    return Encoded(ids, labels, truncated)

@@ -1,0 +1,193 @@
+"""Source files -> records -> chat messages `[{role, content, reasoning_content?}]`.
+
+Every medical SFT layout our users train on is converted here, so nobody writes a
+conversion script. Errors name `file:line` and what was wrong.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+KNOWN_FORMATS = ("sharegpt", "huatuo", "medical-o1", "r1-think", "alpaca", "messages")
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
+
+
+class DataError(ValueError):
+    """Bad data, with the file and line it came from."""
+
+
+def expand_sources(path: str) -> list[Path]:
+    """A file, a folder (its data files, sorted) or a glob."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
+    elif any(c in path for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(path, recursive=True) if Path(f).suffix in SUFFIXES)
+    else:
+        files = [p] if p.exists() else []
+    if not files:
+        raise DataError(f"{path}: no data files found (expected a file, folder or glob of {', '.join(SUFFIXES)})")
+    return files
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record). Tolerates a UTF-8 BOM, CRLF and blank lines."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        return
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    if path.suffix == ".csv":
+        yield from enumerate(csv.DictReader(text.splitlines()), start=2)
+        return
+    stripped = text.lstrip()
+    if path.suffix == ".json" and stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        yield from enumerate(items, start=1)
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: malformed JSON line: {e.msg} (column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
+
+
+def detect(rec: dict) -> str | None:
+    keys = set(rec)
+    if "conversations" in keys:
+        return "sharegpt"
+    if "messages" in keys:
+        return "messages"
+    if keys >= {"Question", "Response"}:
+        return "medical-o1"
+    if keys >= {"think", "answer"}:
+        return "r1-think"
+    if keys >= {"instruction", "output"}:
+        return "alpaca"
+    if isinstance(rec.get("data"), list):
+        return "huatuo"
+    return None
+
+
+def _split_think(text: str) -> tuple[str, str | None]:
+    m = _THINK.match(text)
+    return (m.group(2), m.group(1).strip("\n")) if m else (text, None)
+
+
+def _assistant(content: str, reasoning: str | None = None) -> dict:
+    if reasoning is None:
+        content, reasoning = _split_think(content)
+    msg = {"role": "assistant", "content": content.strip()}
+    if reasoning and reasoning.strip():
+        msg["reasoning_content"] = reasoning.strip()
+    return msg
+
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+          "model": "assistant", "bot": "assistant"}
+_HUATUO_PREFIX = re.compile(r"^\s*(问|答)[:：]\s*")
+
+
+def _require(rec: dict, *fields: str) -> None:
+    missing = [f for f in fields if not isinstance(rec.get(f), str) or not rec[f].strip()]
+    if missing:
+        raise ValueError(f"missing or empty field(s) {missing}")
+
+
+def to_messages(rec: dict, fmt: str, prompt_field: str = "question") -> list[dict]:
+    """Convert one record; raises ValueError (caller adds file:line)."""
+    if fmt == "r1-think":
+        field = prompt_field if isinstance(rec.get(prompt_field), str) and rec[prompt_field].strip() else \
+            ("instruction" if prompt_field == "question" else "question")
+        _require(rec, field, "answer")
+        return [{"role": "user", "content": rec[field].strip()}, _assistant(rec["answer"], rec.get("think") or "")]
+    if fmt == "medical-o1":
+        _require(rec, "Question", "Response")
+        return [{"role": "user", "content": rec["Question"].strip()},
+                _assistant(rec["Response"], rec.get("Complex_CoT") or "")]
+    if fmt == "alpaca":
+        _require(rec, "instruction", "output")
+        prompt = rec["instruction"].strip() + (f"\n{rec['input'].strip()}" if str(rec.get("input") or "").strip() else "")
+        return [{"role": "user", "content": prompt}, _assistant(rec["output"])]
+    if fmt == "huatuo":
+        turns = rec.get("data")
+        if not isinstance(turns, list) or len(turns) < 2:
+            raise ValueError("'data' must be a list of alternating 问/答 turns")
+        return [({"role": "user", "content": _HUATUO_PREFIX.sub("", t).strip()} if i % 2 == 0
+                 else _assistant(_HUATUO_PREFIX.sub("", t))) for i, t in enumerate(map(str, turns))]
+    if fmt == "sharegpt":
+        out = []
+        for turn in rec.get("conversations") or []:
+            role = _ROLES.get(str(turn.get("from", "")).lower())
+            if role is None:
+                raise ValueError(f"unknown speaker {turn.get('from')!r} (known: {sorted(_ROLES)})")
+            value = str(turn.get("value") or "")
+            out.append(_assistant(value) if role == "assistant" else {"role": role, "content": value.strip()})
+        return out
+    if fmt == "messages":
+        out = []
+        for m in rec.get("messages") or []:
+            role = _ROLES.get(str(m.get("role", "")).lower())
+            if role is None:
+                raise ValueError(f"unknown role {m.get('role')!r}")
+            content = str(m.get("content") or "")
+            out.append(_assistant(content, m.get("reasoning_content")) if role == "assistant"
+                       else {"role": role, "content": content.strip()})
+        return out
+    raise ValueError(f"unknown format {fmt!r}; known: {', '.join(KNOWN_FORMATS)}")
+
+
+def check_conversation(msgs: list[dict]) -> None:
+    body = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
+    if not body or body[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in body):
+        raise ValueError("a conversation needs a user turn and must end with an assistant turn")
+    for a, b in zip(body, body[1:]):
+        if a["role"] == b["role"]:
+            raise ValueError(f"two {a['role']} turns in a row")
+    if any(not m["content"] for m in body if m["role"] == "user") or not body[-1]["content"]:
+        raise ValueError("empty user or final assistant turn")
+
+
+def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
+                       system_prompt: str | None = None, limit: int | None = None) -> list[list[dict]]:
+    """All conversations of one source, in file order."""
+    convs: list[list[dict]] = []
+    for file in expand_sources(path):
+        file_fmt = fmt
+        for n, rec in read_records(file):
+            if limit is not None and len(convs) >= limit:
+                return convs
+            if file_fmt == "auto":
+                file_fmt = detect(rec) or ""
+                if not file_fmt:
+                    raise DataError(f"{file}:{n}: unknown record layout with keys {sorted(rec)}; "
+                                    f"known formats: {', '.join(KNOWN_FORMATS)} (or set data.sources[].format)")
+            try:
+                msgs = to_messages(rec, file_fmt, prompt_field)
+                if system_prompt and msgs[0]["role"] != "system":
+                    msgs.insert(0, {"role": "system", "content": system_prompt})
+                check_conversation(msgs)
+            except ValueError as e:
+                raise DataError(f"{file}:{n}: bad {file_fmt} record: {e}") from None
+            convs.append(msgs)
+    if not convs:
+        raise DataError(f"{path}: no records")
+    return convs

@@ -1,0 +1,120 @@
+"""Recipe `data` section -> tokenized train/eval datasets and the collator. `medscale.train.run`
+gets its data only from here."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from medscale.data.augment import TermMasker
+from medscale.data.chat import IGNORE, encode
+from medscale.data.formats import DataError, load_conversations
+from medscale.recipe import DataSection, DataSource
+
+
+@dataclass
+class SFTData:
+    train: object  # datasets.Dataset
+    eval: object | None
+    collator: "SFTCollator"
+    stats: dict = field(default_factory=dict)
+
+
+def _load(sources: list[DataSource], data: DataSection) -> list[list[dict]]:
+    convs = []
+    for src in sources:
+        convs += load_conversations(src.path, src.format, data.prompt_field, data.system_prompt, src.limit)
+    return convs
+
+
+def _prompt_key(msgs: list[dict]) -> str:
+    return next(m["content"] for m in msgs if m["role"] == "user")
+
+
+def split_eval(convs: list[list[dict]], size: float, seed: int) -> tuple[list, list]:
+    """Deterministic split by prompt, so no prompt appears in both train and eval."""
+    if not size:
+        return convs, []
+    counts = Counter(_prompt_key(c) for c in convs)
+    prompts = sorted(counts)
+    random.Random(seed).shuffle(prompts)
+    want = int(size) if size >= 1 else max(1, round(size * len(convs)))
+    held, n = set(), 0
+    for p in prompts:
+        if n >= want:
+            break
+        held.add(p)
+        n += counts[p]
+    train = [c for c in convs if _prompt_key(c) not in held]
+    if not train:
+        raise DataError(f"data.eval_size={size} leaves no training records")
+    return train, [c for c in convs if _prompt_key(c) in held]
+
+
+def _tokenize(convs: list[list[dict]], tok, data: DataSection):
+    from datasets import Dataset
+
+    def fn(batch, idxs):
+        out = {"input_ids": [], "labels": [], "status": [], "idx": idxs}
+        for raw in batch["messages"]:
+            enc = encode(tok, json.loads(raw), data.max_length, data.train_on, data.truncation)
+            out["input_ids"].append(enc.input_ids if enc else [])
+            out["labels"].append(enc.labels if enc else [])
+            out["status"].append("dropped" if enc is None else ("truncated" if enc.truncated else "ok"))
+        return out
+
+    ds = Dataset.from_dict({"messages": [json.dumps(c, ensure_ascii=False) for c in convs]})
+    ds = ds.map(fn, batched=True, with_indices=True, num_proc=data.num_proc if len(ds) > 1000 else None,
+                desc="tokenizing")
+    status = ds["status"]
+    stats = {"records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated")}
+    ds = ds.filter(lambda s: s != "dropped", input_columns="status").remove_columns("status")
+    if len(ds) == 0:
+        raise DataError(f"every record was dropped (max_length {data.max_length}, truncation {data.truncation}): "
+                         f"raise data.max_length or set data.truncation=truncate_response")
+    lengths = [len(x) for x in ds["input_ids"]]
+    stats.update(kept=len(ds), tokens=sum(lengths), max_tokens=max(lengths),
+                 mean_tokens=round(sum(lengths) / len(lengths), 1),
+                 label_tokens=sum(sum(1 for t in lab if t != IGNORE) for lab in ds["labels"]))
+    return ds, stats
+
+
+class SFTCollator:
+    """Pads a batch (labels with -100); re-renders prompts with term masking when the recipe asks for it."""
+
+    def __init__(self, tok, data: DataSection, seed: int):
+        from transformers import DataCollatorForSeq2Seq
+
+        self.tok, self.data = tok, data
+        self.masker = TermMasker(data.term_masking, seed) if data.term_masking else None
+        self.step, self.progress = 0, 0.0
+        self.pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8)
+
+    def set_progress(self, step: int, max_steps: int) -> None:
+        self.step, self.progress = step, step / max(max_steps, 1)
+
+    def _features(self, f: dict) -> dict:
+        ids, labels = f["input_ids"], f["labels"]
+        if self.masker is not None and "messages" in f:
+            msgs = self.masker(json.loads(f["messages"]), self.step, self.progress, f["idx"])
+            enc = encode(self.tok, msgs, self.data.max_length, self.data.train_on, self.data.truncation)
+            if enc is not None:
+                ids, labels = enc.input_ids, enc.labels
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self.pad([self._features(f) for f in features])
+
+
+def build_datasets(data: DataSection, tok, seed: int) -> SFTData:
+    convs = _load(data.sources, data)
+    if data.eval_sources:
+        train_convs, eval_convs = convs, _load(data.eval_sources, data)
+    else:
+        train_convs, eval_convs = split_eval(convs, data.eval_size, seed)
+    train, stats = _tokenize(train_convs, tok, data)
+    result = SFTData(train, None, SFTCollator(tok, data, seed), {"train": stats})
+    if eval_convs:
+        result.eval, result.stats["eval"] = _tokenize(eval_convs, tok, data)
+    return result

@@ -1,0 +1,88 @@
+"""Base model + tokenizer from a local folder, in bf16 or NF4 (QLoRA), wrapped with a peft LoRA adapter."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def check_model_dir(model: ModelSection) -> Path:
+    """Fail before any heavy import or GPU work if the weights are not where the recipe says."""
+    path = Path(model.path)
+    if (path / "config.json").is_file():
+        return path
+    what = f"download {model.hub_id} into {path}" if model.hub_id else f"put a Hugging Face model folder at {path}"
+    state = "is missing" if not path.exists() else "has no config.json"
+    raise RecipeError(f"model.path: {path} {state}: {what} (config.json, *.safetensors, tokenizer files), "
+                      f"or set model.path=/your/folder")
+
+
+def load_tokenizer(model: ModelSection):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    if tok.pad_token is None:  # R1-Distill and some others ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise RecipeError(f"model.path: the tokenizer in {model.path} has no chat_template; "
+                          f"medscale renders every record with the model's own template")
+    return tok
+
+
+def local_device_index() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def load_base_model(model: ModelSection):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = dict(dtype=DTYPES[model.dtype], attn_implementation=model.attn_implementation,
+                        trust_remote_code=model.trust_remote_code)
+    if torch.cuda.is_available():
+        # One process per GPU: place the whole model on this rank's device (no DataParallel, no sharding).
+        kwargs["device_map"] = {"": local_device_index()}
+    if model.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=model.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=DTYPES[model.bnb_4bit_compute_dtype],
+            bnb_4bit_quant_storage=DTYPES[model.dtype])
+    return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+
+
+def lora_config(adapter: AdapterSection):
+    from peft import LoraConfig
+
+    return LoraConfig(r=adapter.r, lora_alpha=adapter.lora_alpha, lora_dropout=adapter.lora_dropout,
+                      target_modules=adapter.target_modules, modules_to_save=adapter.modules_to_save,
+                      use_dora=adapter.use_dora, use_rslora=adapter.use_rslora, bias=adapter.bias,
+                      task_type="CAUSAL_LM")
+
+
+def load_model(recipe: Recipe):
+    """The trainable model: base (bf16 or NF4) + LoRA. Gradient checkpointing is enabled by the Trainer."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    base = load_base_model(recipe.model)
+    base.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
+    if recipe.model.load_in_4bit:
+        # Casts norms to fp32 and enables input grads so LoRA on frozen 4-bit weights trains stably.
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(base, lora_config(recipe.adapter))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) with 4-bit packed weights counted as their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)  # bnb packs two 4-bit values per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,444 @@
+"""The Recipe: one validated, typed description of a fine-tuning run.
+
+A recipe is YAML (a built-in name or a path) plus `a.b.c=value` overrides. It is
+validated once, here, into the `Recipe` object that `medscale.train.run` receives;
+nothing downstream re-reads dicts, so a typo can never silently become a default.
+Keys follow the HF names (TrainingArguments, LoraConfig, BitsAndBytesConfig) so
+users' habits carry over.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run, with a message that names the file, key and fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class TinySpec(Section):
+    """Shape of the tiny random Qwen3 built when `model.path` does not exist (demo, tests)."""
+
+    layers: int = Field(2, ge=1, description="decoder layers")
+    hidden: int = Field(64, ge=16, description="hidden size")
+    tokenizer: str | None = Field(None, description="copy this tokenizer folder; default: train a small BPE on the demo data")
+
+
+class ModelSection(Section):
+    path: str = Field(description="local folder with config.json, weights and tokenizer")
+    hub_id: str | None = Field(None, description="the hub name of the weights, used only to say what to download into `path`")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="compute/storage dtype of the base weights")
+    load_in_4bit: bool = Field(False, description="QLoRA: quantize the base weights to 4 bit with bitsandbytes (CUDA only)")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = Field(True, description="quantize the quantization constants too (~0.4 bit/param saved)")
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    attn_implementation: str = Field("sdpa", description="sdpa | eager | flash_attention_2 | kernels-community/...")
+    trust_remote_code: bool = Field(False, description="run Python shipped with the weights; off unless you trust the folder")
+    tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing")
+
+
+Format = Literal["auto", "sharegpt", "huatuo", "medical-o1", "r1-think", "alpaca", "messages"]
+
+
+class DataSource(Section):
+    path: str = Field(description="file (.jsonl/.json/.parquet/.csv), folder or glob")
+    format: Format = Field("auto", description="record layout; auto-detected per file when `auto`")
+    limit: int | None = Field(None, ge=1, description="use only the first N records of this source")
+
+
+class TermMasking(Section):
+    """Seed v3: hide medical terms in the prompt so the model must reason from context."""
+
+    p: float = Field(0.15, ge=0.0, le=1.0, description="probability of masking each term occurrence (final value if progressive)")
+    progressive: bool = Field(True, description="ramp p linearly from 0 to `p` over training")
+    mask_token: str = Field("[MASK]", description="text that replaces a masked term")
+    lexicon: str | None = Field(None, description="one term a line; default: medscale's built-in Chinese clinical lexicon")
+
+
+class DataSection(Section):
+    sources: list[DataSource] = Field(min_length=1)
+    eval_sources: list[DataSource] = Field(default_factory=list, description="held-out files; if empty, `eval_size` is split off")
+    eval_size: float = Field(0, ge=0, description="validation records: a count (>= 1) or a fraction (< 1); 0 = none")
+    max_length: int = Field(2048, ge=16, description="tokens per sample after chat templating")
+    truncation: Literal["drop", "truncate_response"] = Field("drop", description="what to do with samples over max_length")
+    prompt_field: Literal["question", "instruction"] = Field("question", description="r1-think: which field is the prompt")
+    system_prompt: str | None = None
+    train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="which assistant turns carry loss")
+    term_masking: TermMasking | None = None
+    num_proc: int = Field(1, ge=1, description="processes for tokenization (datasets.map)")
+
+
+class AdapterSection(Section):
+    type: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    modules_to_save: list[str] | None = Field(None, description="fully trained and saved modules, e.g. [embed_tokens, lm_head]")
+    use_dora: bool = False
+    use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r")
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class AdaptiveClip(Section):
+    """Clip at a running percentile of recent pre-clip gradient norms (seed v3 "dynamic clipping").
+
+    Until `min_history` norms are seen the static `train.max_grad_norm` applies; after
+    that the threshold is the `percentile` of the last `window` norms, so only spikes
+    above the recent typical norm are cut, whatever the norm's scale.
+    """
+
+    percentile: float = Field(90, gt=0, le=100)
+    window: int = Field(100, ge=2)
+    min_history: int = Field(10, ge=1)
+
+
+class TrainSection(Section):
+    output_dir: str
+    num_train_epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    effective_batch_size: int | None = Field(
+        None, ge=1, description="if set, must equal per-device batch x accumulation x processes (checked)")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "linear"
+    warmup_ratio: float = Field(0, ge=0, lt=1, description="warm-up as a fraction of total steps")
+    warmup_steps: int = Field(0, ge=0, description="warm-up in steps (exclusive with warmup_ratio)")
+    weight_decay: float = 0.0
+    optim: str = Field("adamw_torch", description="any HF optimizer name: adamw_torch, paged_adamw_8bit, adamw_bnb_8bit, ...")
+    max_grad_norm: float = Field(1.0, ge=0)
+    adaptive_clip: AdaptiveClip | None = None
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    gradient_checkpointing: bool = Field(False, description="true: less activation memory, ~20-30% slower")
+    use_liger_kernel: bool = Field(
+        False, description="Liger Triton kernels (fused linear cross-entropy: the full-vocabulary logits are never "
+                           "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(None, ge=1)
+    seed: int = 42
+    dataloader_num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "TrainSection":
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set train.warmup_ratio or train.warmup_steps, not both")
+        return self
+
+
+class DistSection(Section):
+    num_processes: int = Field(1, ge=1, description="processes (GPUs) on this machine")
+    num_machines: int = Field(1, ge=1)
+    config: str | None = Field(None, description="accelerate config: a name in cluster/accelerate/ or a path")
+
+
+class SwanLab(Section):
+    project: str
+    experiment: str | None = None
+    workspace: str | None = None
+    mode: Literal["cloud", "local", "offline", "disabled"] = Field(
+        "cloud", description="cloud falls back to offline when no API key is configured")
+
+
+class TrackSection(Section):
+    run_name: str | None = None
+    swanlab: SwanLab | None = None
+
+
+class EvalSection(Section):
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = Field(None, ge=1)
+    eval_on_start: bool = Field(True, description="measure the base model first, so a fine-tune that hurts is visible")
+    per_device_eval_batch_size: int = Field(4, ge=1)
+
+
+class Recipe(Section):
+    name: str = Field(description="job name; with train.output_dir it identifies a job")
+    description: str = ""
+    model: ModelSection
+    data: DataSection
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    train: TrainSection
+    dist: DistSection = Field(default_factory=DistSection)
+    track: TrackSection = Field(default_factory=TrackSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    # Cross-field checks, one small validator per domain, each naming the key and the fix.
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "Recipe":
+        t, procs = self.train, self.dist.num_processes * self.dist.num_machines
+        if t.effective_batch_size is not None:
+            got = t.per_device_train_batch_size * t.gradient_accumulation_steps * procs
+            if got != t.effective_batch_size:
+                per_step = t.per_device_train_batch_size * procs
+                fix = (f"set train.gradient_accumulation_steps={t.effective_batch_size // per_step}"
+                       if t.effective_batch_size % per_step == 0 else
+                       f"pick a per-device batch x processes ({per_step}) that divides it")
+                raise ValueError(
+                    f"train.effective_batch_size={t.effective_batch_size} but per_device_train_batch_size "
+                    f"{t.per_device_train_batch_size} x gradient_accumulation_steps {t.gradient_accumulation_steps} "
+                    f"x processes {procs} = {got}: {fix}, or train.effective_batch_size={got}")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_has_data(self) -> "Recipe":
+        if self.eval.eval_strategy != "no" and not (self.data.eval_size or self.data.eval_sources):
+            raise ValueError("eval.eval_strategy needs held-out data: set data.eval_size or data.eval_sources")
+        if self.eval.eval_strategy == "steps" and self.eval.eval_steps is None:
+            raise ValueError("eval.eval_strategy=steps needs eval.eval_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_fits_quantization(self) -> "Recipe":
+        if self.model.load_in_4bit and self.adapter.use_dora and self.dist.num_processes > 1:
+            raise ValueError("adapter.use_dora with model.load_in_4bit is single-process only in peft: "
+                             "set dist.num_processes=1 or adapter.use_dora=false")
+        return self
+
+    def fingerprint(self) -> str:
+        """Content hash of the resolved recipe; independent of key order and formatting."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+def medscale_home() -> Path:
+    return Path(os.environ.get("MEDSCALE_HOME", "~/.medscale")).expanduser()
+
+
+def _expand_vars(text: str) -> str:
+    """Expand ${VAR} / ${VAR:-default} so model and data paths follow the environment."""
+    builtin = {"MEDSCALE_HOME": str(medscale_home()), "MEDSCALE_DEMO_DATA": str(demo_data_dir())}
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(3)
+        val = os.environ.get(name) or builtin.get(name) or default
+        if val is None:
+            raise RecipeError(f"environment variable ${{{name}}} is not set and has no default (write ${{{name}:-/path}})")
+        return val
+
+    return os.path.expanduser(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, text))
+
+
+def demo_data_dir() -> Path:
+    return Path(str(resources.files("medscale") / "data" / "demo"))
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("medscale") / "recipes"))
+
+
+def builtin_names() -> list[str]:
+    """Public built-in recipes (files starting with `_` are shared bases)."""
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml") if not p.name.startswith("_"))
+
+
+def _recipe_file(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise RecipeError(f"recipe file {p} does not exist")
+        return p
+    p = builtin_dir() / f"{name_or_path}.yaml"
+    if not p.exists():
+        close = difflib.get_close_matches(name_or_path, builtin_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"unknown recipe '{name_or_path}'{hint} (see `medscale recipes`, or pass a .yaml path)")
+    return p
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model, data, train, ...)")
+    return data
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """YAML with `base: NAME` inheritance, so recipe variants state only what differs."""
+    if path in seen:
+        raise RecipeError(f"{path}: `base` chain loops: {' -> '.join(map(str, seen + (path,)))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _deep_merge(_load_raw(_recipe_file(str(base)), seen + (path,)), data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"override '{item}' is not of the form section.key=value (e.g. train.learning_rate=5e-6)")
+    key, _, raw = item.partition("=")
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise RecipeError(f"override '{item}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"override '{item}': {'.'.join(keys[:i + 1])} is a value, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def _expand_paths(data: dict) -> dict:
+    """Apply ${VAR} expansion to the path-valued keys only (never to prompts or names)."""
+    def fix(d: dict | None, key: str) -> None:
+        if isinstance(d, dict) and isinstance(d.get(key), str):
+            d[key] = _expand_vars(d[key])
+
+    fix(data.get("model"), "path")
+    fix((data.get("model") or {}).get("tiny"), "tokenizer")
+    fix(data.get("train"), "output_dir")
+    data_sec = data.get("data") or {}
+    for group in ("sources", "eval_sources"):
+        for src in data_sec.get(group) or []:
+            fix(src, "path")
+    fix(data_sec.get("term_masking"), "lexicon")
+    return data
+
+
+_TYPE_WORDS = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+    "model_type": "a mapping (section)", "dict_type": "a mapping (section)",
+}
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid key names at the parent of `loc`, for "did you mean" suggestions."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        for c in candidates:
+            for inner in (c, *getattr(c, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _line_of(path: Path | None, loc: tuple) -> str:
+    """`file:line` of a key in the recipe YAML (best effort; overrides and bases have none)."""
+    if path is None:
+        return ""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return f"{path}: "
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return f"{path}:{line}: " if line else f"{path}: "
+
+
+def _explain(err: ValidationError, path: Path | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        dotted = ".".join(str(p) for p in loc) or "(recipe)"
+        where = _line_of(path, loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else ""
+            lines.append(f"{where}unknown key '{dotted}'{hint}")
+        elif kind == "missing":
+            lines.append(f"{where}missing required key '{dotted}'")
+        elif kind in _TYPE_WORDS:
+            lines.append(f"{where}{dotted}: expected {_TYPE_WORDS[kind]}, got {e.get('input')!r}")
+        elif kind == "value_error":
+            lines.append(f"{where}{e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{where}{dotted}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(data: dict, source: Path | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_explain(e, source)) from None
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Built-in name or YAML path + overrides -> validated Recipe (or RecipeError)."""
+    path = _recipe_file(name_or_path)
+    data = _load_raw(path)
+    data.setdefault("name", path.stem)
+    data = _expand_paths(apply_overrides(data, overrides or []))
+    return validate(data, path)
+
+
+def recipe_schema() -> dict:
+    """JSON schema of the recipe, generated from the field descriptions above."""
+    return Recipe.model_json_schema()

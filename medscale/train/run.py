@@ -1,0 +1,163 @@
+"""`run(recipe)`: the one training entry point every launcher ends in.
+
+Short and linear on purpose: pre-flight -> TrainingArguments -> data -> model -> Trainer ->
+train -> save -> summary. No CLI or environment parsing here; ranks and world size come
+from whatever torch.distributed / accelerate / Ray set up.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import logging
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from medscale.recipe import Recipe, RecipeError
+from medscale.train.report import eval_verdict, plot_losses, write_json_atomic
+
+log = logging.getLogger("medscale.train")
+
+
+def preflight(recipe: Recipe) -> None:
+    """Every cheap check that can fail, before any heavy work or any file is written; all at once."""
+    from medscale.data.formats import DataError, expand_sources
+    from medscale.model.load import check_model_dir
+
+    problems = []
+    if recipe.model.load_in_4bit and not torch.cuda.is_available():
+        problems.append("model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit training); "
+                        "on CPU set model.load_in_4bit=false")
+    if recipe.model.tiny is None:
+        try:
+            check_model_dir(recipe.model)
+        except RecipeError as e:
+            problems.append(str(e))
+    if recipe.train.use_liger_kernel and torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is None:
+        problems.append("train.use_liger_kernel needs liger-kernel: pip install 'medscale[gpu]', "
+                        "or set train.use_liger_kernel=false")
+    gpus = torch.cuda.device_count()
+    if gpus and recipe.dist.num_processes > gpus * recipe.dist.num_machines:
+        problems.append(f"dist.num_processes={recipe.dist.num_processes} but this machine has {gpus} GPU(s)")
+    for src in recipe.data.sources + recipe.data.eval_sources:
+        try:
+            expand_sources(src.path)
+        except DataError as e:
+            problems.append(f"data source: {e}")
+    if problems:
+        raise RecipeError("\n".join(problems))
+
+
+def ensure_model(recipe: Recipe) -> None:
+    from medscale.model.load import check_model_dir
+    from medscale.model.tiny import build_tiny_model
+
+    if recipe.model.tiny is not None and not (Path(recipe.model.path) / "config.json").is_file():
+        spec = recipe.model.tiny
+        log.info("building tiny random Qwen3 at %s", recipe.model.path)
+        build_tiny_model(recipe.model.path, layers=spec.layers, hidden=spec.hidden, tokenizer=spec.tokenizer)
+    check_model_dir(recipe.model)
+
+
+def training_arguments(recipe: Recipe):
+    from transformers import TrainingArguments
+
+    t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=e.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
+        weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
+        bf16=t.bf16 and cuda, use_cpu=not cuda,
+        gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_liger_kernel=t.use_liger_kernel and cuda,
+        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
+        eval_strategy=e.eval_strategy, eval_steps=e.eval_steps,
+        eval_on_start=e.eval_on_start and e.eval_strategy != "no",
+        include_num_input_tokens_seen="non_padding", report_to="none",
+        run_name=recipe.track.run_name or recipe.name, remove_unused_columns=False, label_names=["labels"],
+        dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False,
+    )
+
+
+def _gather_steps(step: int) -> list[int]:
+    """Every rank's final step, so a run can prove all ranks trained (a silent world_size 1 shows here)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [step]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, step)
+    return out
+
+
+def run(recipe: Recipe) -> dict | None:
+    """Train the recipe; returns the run summary on global rank 0 (None on other ranks)."""
+    from medscale.data.pipeline import build_datasets
+    from medscale.model.load import count_parameters, load_model, load_tokenizer
+    from medscale.train.callbacks import (AdaptiveClipper, MedscaleTrainer, ProgressToCollator, SaveRecipe,
+                                          ThroughputMeter, flops_per_token)
+    from medscale.train.tracking import finish_swanlab, start_swanlab
+
+    preflight(recipe)
+    # Fewer fragmentation OOMs with variable-length batches; must be set before the first CUDA allocation.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    started = time.time()
+    args = training_arguments(recipe)  # also initialises torch.distributed under a launcher
+    rank, world = args.process_index, args.world_size
+    with args.main_process_first(desc="build model folder and datasets"):
+        if args.local_process_index == 0:
+            ensure_model(recipe)
+        tok = load_tokenizer(recipe.model)
+        data = build_datasets(recipe.data, tok, recipe.train.seed)
+    model = load_model(recipe)
+    trainable, total = count_parameters(model)
+    t = recipe.train
+    meter = ThroughputMeter(t.per_device_train_batch_size * t.gradient_accumulation_steps * world, world,
+                            flops_per_token(total, trainable, t.gradient_checkpointing))
+    clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
+                               t.adaptive_clip.min_history) if t.adaptive_clip else None)
+    swan_cb, swan_dir = start_swanlab(recipe, rank)
+    callbacks = [meter, ProgressToCollator(data.collator), SaveRecipe(recipe.to_yaml())]
+    trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                              data_collator=data.collator, processing_class=tok, meter=meter, clipper=clipper,
+                              callbacks=callbacks + ([swan_cb] if swan_cb else []))
+    if rank == 0:
+        log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
+                 recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
+    result = trainer.train()
+    final_eval = trainer.evaluate() if data.eval is not None else {}
+    trainer.save_model(t.output_dir)  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
+    trainer.save_state()
+    steps = _gather_steps(trainer.state.global_step)
+    summary = None
+    if trainer.is_world_process_zero():
+        out = Path(t.output_dir)
+        (out / "recipe.resolved.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        history = trainer.state.log_history
+        losses = [h["loss"] for h in history if "loss" in h]
+        summary = {
+            "recipe": recipe.name, "fingerprint": recipe.fingerprint(), "host": socket.gethostname(),
+            "world_size": world, "steps_per_rank": steps, "global_step": trainer.state.global_step,
+            "epochs": round(trainer.state.epoch or 0, 3), "train_runtime_s": round(result.metrics["train_runtime"], 2),
+            "wall_s": round(time.time() - started, 2),
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "train_loss_mean": result.training_loss, **eval_verdict(history, final_eval.get("eval_loss")),
+            "trainable_params": trainable, "total_params": total, "data": data.stats,
+            **{k: round(v, 4) for k, v in meter.summary().items()},
+            "paths": {"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
+                      "trainer_state": str(out / "trainer_state.json"), "loss_plot": str(out / "loss.png"),
+                      "swanlab": swan_dir},
+        }
+        plot_losses(history, out / "loss.png", recipe.name)
+        write_json_atomic(out / "run_summary.json", summary)
+    if swan_cb:
+        finish_swanlab()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()  # else a rank can abort at exit and the launcher fails
+    return summary

@@ -1,0 +1,58 @@
+"""Shared fixtures: an isolated MEDSCALE_HOME, a tiny random Qwen3, and the real data under ../shared."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MEDSCALE_SHARED", REPO.parent / "shared"))
+REALDATA = SHARED / "realdata"
+QWEN3_TOKENIZER = REALDATA / "qwen3_tokenizer"
+
+
+def needs_realdata(*parts: str) -> Path:
+    """Path under ../shared/realdata, or skip the test cleanly when it is absent."""
+    path = REALDATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/realdata is optional)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def medscale_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDSCALE_HOME", str(home))
+    monkeypatch.setenv("SWANLAB_MODE", "disabled")
+    monkeypatch.delenv("SWANLAB_API_KEY", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from medscale.model.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3", layers=2, hidden=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(needs_realdata("qwen3_tokenizer"))
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None):
+    """Run `python -m medscale.cli ARGS` as a real process; returns CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "medscale.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
