@@ -26,7 +26,6 @@ def needs_realdata(*parts: str) -> Path:
 def medscale_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("MEDSCALE_HOME", str(home))
-    monkeypatch.setenv("SWANLAB_MODE", "disabled")
     monkeypatch.delenv("SWANLAB_API_KEY", raising=False)
     return home
 

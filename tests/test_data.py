@@ -1,0 +1,171 @@
+"""Formats -> messages -> rendered text with loss masks; bad input names file:line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import needs_realdata
+from medscale.data.augment import TermMasker
+from medscale.data.chat import IGNORE, encode, render_with_spans
+from medscale.data.formats import DataError, detect, load_conversations, to_messages
+from medscale.data.pipeline import split_eval
+from medscale.recipe import TermMasking, demo_data_dir
+
+RECORDS = {
+    "r1-think": {"instruction": "头痛怎么办？", "question": "经常头痛该怎么处理？", "think": "考虑紧张性头痛", "answer": "注意休息。", "metrics": "{}"},
+    "medical-o1": {"Question": "发热三天？", "Complex_CoT": "先排除感染", "Response": "建议查血常规。"},
+    "sharegpt": {"conversations": [{"from": "system", "value": "你是医生"}, {"from": "human", "value": "咳嗽"},
+                                   {"from": "gpt", "value": "多喝水"}, {"from": "human", "value": "还有呢"},
+                                   {"from": "gpt", "value": "必要时就医"}]},
+    "huatuo": {"data": ["问：胃痛怎么办？", "答：少食多餐。"]},
+    "alpaca": {"instruction": "解释高血压", "input": "成人", "output": "血压持续升高。"},
+    "messages": {"messages": [{"role": "user", "content": "失眠"}, {"role": "assistant", "content": "<think>作息</think>规律作息"}]},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(RECORDS))
+def test_every_format_is_detected_and_converted(fmt):
+    rec = RECORDS[fmt]
+    assert detect(rec) == fmt
+    msgs = to_messages(rec, fmt)
+    assert msgs[-1]["role"] == "assistant" and any(m["role"] == "user" for m in msgs)
+
+
+def test_format_details():
+    r1 = to_messages(RECORDS["r1-think"], "r1-think", prompt_field="instruction")
+    assert r1[0]["content"] == "头痛怎么办？" and r1[1]["reasoning_content"] == "考虑紧张性头痛"
+    assert to_messages(RECORDS["r1-think"], "r1-think")[0]["content"] == "经常头痛该怎么处理？"
+    assert to_messages(RECORDS["huatuo"], "huatuo")[0]["content"] == "胃痛怎么办？"
+    assert to_messages(RECORDS["huatuo"], "huatuo")[1]["content"] == "少食多餐。"
+    assert to_messages(RECORDS["alpaca"], "alpaca")[0]["content"] == "解释高血压\n成人"
+    m = to_messages(RECORDS["messages"], "messages")[1]
+    assert (m["content"], m["reasoning_content"]) == ("规律作息", "作息")
+    o1 = to_messages(RECORDS["medical-o1"], "medical-o1")[1]
+    assert (o1["content"], o1["reasoning_content"]) == ("建议查血常规。", "先排除感染")
+
+
+def _write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    good = json.dumps(RECORDS["r1-think"], ensure_ascii=False)
+    p = _write(tmp_path, "d.jsonl", f"{good}\n{{not json\n")
+    with pytest.raises(DataError, match=rf"{p}:2: malformed JSON"):
+        load_conversations(str(p))
+
+
+def test_missing_field_names_file_and_line(tmp_path):
+    rec = dict(RECORDS["medical-o1"], Response="")
+    p = _write(tmp_path, "d.jsonl", "\n" + json.dumps(rec, ensure_ascii=False) + "\n")
+    with pytest.raises(DataError, match=rf"{p}:2: bad medical-o1 record: missing or empty field"):
+        load_conversations(str(p))
+
+
+def test_unknown_layout_lists_formats_and_keys(tmp_path):
+    p = _write(tmp_path, "d.jsonl", json.dumps({"foo": 1, "bar": 2}) + "\n")
+    with pytest.raises(DataError, match=r"keys \['bar', 'foo'\].*sharegpt"):
+        load_conversations(str(p))
+
+
+def test_invalid_utf8_reported_with_line(tmp_path):
+    p = _write(tmp_path, "d.jsonl", json.dumps(RECORDS["huatuo"]).encode() + b"\n\xff\xfe bad\n")
+    with pytest.raises(DataError, match=rf"{p}:2: not valid UTF-8"):
+        load_conversations(str(p))
+
+
+def test_bom_crlf_blank_lines_and_limit(tmp_path):
+    line = json.dumps(RECORDS["huatuo"], ensure_ascii=False)
+    p = _write(tmp_path, "d.jsonl", ("\ufeff" + line + "\r\n\r\n" + line + "\r\n" + line).encode("utf-8"))
+    assert len(load_conversations(str(p))) == 3
+    assert len(load_conversations(str(p), limit=2)) == 2
+
+
+def test_json_list_and_folder_sources(tmp_path):
+    (tmp_path / "dir").mkdir()
+    _write(tmp_path, "dir/a.json", json.dumps([RECORDS["alpaca"]] * 2, ensure_ascii=False))
+    _write(tmp_path, "dir/b.jsonl", json.dumps(RECORDS["medical-o1"], ensure_ascii=False))
+    assert len(load_conversations(str(tmp_path / "dir"))) == 3
+
+
+def _labelled_text(tok, msgs):
+    enc = encode(tok, msgs, 4096)
+    return tok.decode([t for t in enc.labels if t != IGNORE]), tok.decode(enc.input_ids)
+
+
+@pytest.fixture(params=["tiny", "qwen3"])
+def tok(request, tiny_tokenizer):
+    return tiny_tokenizer if request.param == "tiny" else request.getfixturevalue("qwen3_tokenizer")
+
+
+def test_loss_only_on_assistant_and_think_trained(tok):
+    msgs = [{"role": "system", "content": "系统提示"}, {"role": "user", "content": "用户问题"},
+            {"role": "assistant", "content": "最终回答", "reasoning_content": "推理过程"}]
+    trained, full = _labelled_text(tok, msgs)
+    assert "推理过程" in trained and "最终回答" in trained and "<think>" in trained and "<|im_end|>" in trained
+    assert "系统提示" not in trained and "用户问题" not in trained and "系统提示" in full
+
+
+def test_empty_think_block_not_trained(tok):
+    msgs = [{"role": "user", "content": "用户问题"}, {"role": "assistant", "content": "最终回答"}]
+    trained, full = _labelled_text(tok, msgs)
+    assert "<think>" in full and "</think>" in full          # Qwen3 renders an empty block...
+    assert "<think>" not in trained and "</think>" not in trained  # ...which carries no loss
+    assert trained.strip().startswith("最终回答")
+
+
+def test_multi_turn_trains_every_assistant_turn_or_only_the_last(tok):
+    msgs = to_messages(RECORDS["sharegpt"], "sharegpt")
+    text, spans = render_with_spans(tok, msgs)
+    assert [text[s:e].split("<|im_end|>")[0].split("\n")[-1] for s, e in spans] == ["多喝水", "必要时就医"]
+    _, last = render_with_spans(tok, msgs, "last_assistant")
+    assert last == spans[-1:]
+
+
+def test_truncation_policies(tiny_tokenizer):
+    msgs = [{"role": "user", "content": "问" * 10}, {"role": "assistant", "content": "答" * 400}]
+    assert encode(tiny_tokenizer, msgs, 64, truncation="drop") is None
+    enc = encode(tiny_tokenizer, msgs, 64, truncation="truncate_response")
+    assert len(enc.input_ids) == 64 and enc.truncated and any(t != IGNORE for t in enc.labels)
+
+
+def test_eval_split_is_deterministic_and_disjoint_by_prompt():
+    convs = [[{"role": "user", "content": f"q{i % 30}"}, {"role": "assistant", "content": "a"}] for i in range(90)]
+    train, held = split_eval(convs, 10, seed=1)
+    assert split_eval(convs, 10, seed=1) == (train, held)
+    prompts = lambda cs: {c[0]["content"] for c in cs}  # noqa: E731
+    assert held and not (prompts(train) & prompts(held)) and len(train) + len(held) == 90
+    assert len(split_eval(convs, 0.2, seed=1)[1]) >= 18
+
+
+def test_term_masking_masks_prompt_only_and_is_deterministic():
+    masker = TermMasker(TermMasking(p=1.0, progressive=False), seed=3)
+    msgs = [{"role": "user", "content": "我有高血压和糖尿病，头晕"}, {"role": "assistant", "content": "高血压需要服药"}]
+    out = masker(msgs, step=5, progress=0.5, sample_id=7)
+    assert "高血压" not in out[0]["content"] and "[MASK]" in out[0]["content"]
+    assert out[1] == msgs[1]
+    half = TermMasker(TermMasking(p=0.5, progressive=True), seed=3)
+    runs = {half(msgs, 9, 1.0, 7)[0]["content"] for _ in range(3)}
+    assert len(runs) == 1
+    assert half(msgs, 0, 0.0, 7) == msgs  # progressive: nothing masked at the start
+
+
+def test_demo_data_is_well_formed():
+    convs = load_conversations(str(demo_data_dir() / "medical_r1_demo.jsonl"))
+    assert len(convs) >= 190 and all(c[-1].get("reasoning_content") for c in convs)
+
+
+@pytest.mark.parametrize("rel,fmt,n", [("delicate_medical_r1/val.jsonl", "r1-think", 241),
+                                       ("medical_o1/medical_o1_zh_916.jsonl", "medical-o1", 916),
+                                       ("medical_o1/demo_data.json", "medical-o1", 198),
+                                       ("medicalgpt/medical_sft_1K_format.jsonl", "sharegpt", 1000)])
+def test_real_medical_files_parse_and_render(rel, fmt, n, qwen3_tokenizer):
+    path = needs_realdata(*rel.split("/"))
+    convs = load_conversations(str(path))
+    assert len(convs) == n
+    for msgs in convs[:20]:
+        enc = encode(qwen3_tokenizer, msgs, 8192)
+        assert enc is not None and sum(t != IGNORE for t in enc.labels) > 0

@@ -1,0 +1,70 @@
+"""Launching: the accelerate command line, real 2-process DDP on CPU (gloo), and the demo command."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+from launcher.local import accelerate_command, launch
+from medscale.recipe import load_recipe
+
+
+def test_accelerate_command_uses_recipe_process_count_and_config():
+    r = load_recipe("tiny-demo", ["dist.num_processes=2", "dist.config=cpu_ddp"])
+    cmd = accelerate_command(r, "tiny-demo", ["dist.num_processes=2", "dist.config=cpu_ddp"])
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--config_file") + 1] == str(REPO / "cluster" / "accelerate" / "cpu_ddp.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[-5:] == ["-m", "medscale.train", "tiny-demo", "dist.num_processes=2", "dist.config=cpu_ddp"]
+
+
+def test_launch_hands_multi_process_runs_to_the_runner():
+    seen = []
+
+    class Done:
+        returncode = 7
+
+    r = load_recipe("tiny-demo", ["dist.num_processes=2"])
+    assert launch(r, "tiny-demo", ["dist.num_processes=2"], runner=lambda cmd: seen.append(cmd) or Done()) == 7
+    assert seen and "medscale.train" in seen[0]
+
+
+def test_unknown_accelerate_config_is_a_recipe_error():
+    p = run_cli("train", "tiny-demo", "dist.num_processes=2", "dist.config=nope")
+    assert p.returncode == 2 and "dist.config" in p.stderr and "cpu_ddp" in p.stderr
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, tiny_model_dir):
+    """Both ranks step (a silent world_size 1 would show as one entry), only rank 0 writes."""
+    out = tmp_path / "ddp"
+    p = run_cli("train", "tiny-demo", f"model.path={tiny_model_dir}", f"train.output_dir={out}",
+                "dist.num_processes=2", "train.max_steps=6", "train.save_steps=3", "eval.eval_steps=3",
+                "train.logging_steps=1", "track.swanlab.mode=offline", timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "accelerate.commands.launch" in p.stdout
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps_per_rank"] == [6, 6]
+    assert summary["loss_last"] < summary["loss_first"]
+    # samples/s counts both ranks' batches: 8 per device x 2 processes per step
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and (out / "checkpoint-6" / "adapter_model.safetensors").is_file()
+    runs = list((out / "swanlog").glob("run-*"))
+    assert len(runs) == 1, f"tracking must run on rank 0 only, found {runs}"
+    assert not list(out.glob("**/.*.tmp*")), "no temporary files left behind"
+
+
+@pytest.mark.slow
+def test_demo_command(medscale_home):
+    p = run_cli("demo", timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "medscale demo finished" in p.stdout and "run record" in p.stdout
+    run_dir = medscale_home / "runs" / "tiny-demo"
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["loss_last"] < summary["loss_first"] - 2.0, "the loss visibly falls"
+    assert (medscale_home / "models" / "tiny-qwen3" / "model.safetensors").is_file()
+    assert (run_dir / "adapter_model.safetensors").is_file() and (run_dir / "loss.png").is_file()
+    assert list((run_dir / "swanlog").glob("run-*")), "SwanLab logged offline"
+    assert "%|" in p.stderr, "a progress bar is shown"
