@@ -62,6 +62,9 @@ def train(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML
     with user_errors():
         r = load_recipe(recipe, overrides or [])
         code = launch(r, recipe, overrides or [])
+    summary = Path(r.train.output_dir) / "run_summary.json"
+    if code == 0 and summary.is_file():
+        _report(f"medscale: {r.name} finished", json.loads(summary.read_text(encoding="utf-8")))
     raise typer.Exit(code)
 
 
@@ -85,12 +88,18 @@ def demo(overrides: Optional[list[str]] = OVERRIDES) -> None:
     _logging()
     with user_errors():
         summary = run(load_recipe("tiny-demo", overrides or []))
-    p = summary["paths"]
+    _report("medscale demo finished", summary)
+
+
+def _report(title: str, s: dict) -> None:
+    """The end-of-run lines a person reads: did the loss fall, was it better than the base, where is it."""
+    p = s["paths"]
     typer.echo("\n".join([
-        "", "medscale demo finished",
-        f"  loss          {summary['loss_first']:.3f} -> {summary['loss_last']:.3f} over {summary['global_step']} steps",
-        f"  verdict       {summary['verdict']}",
-        f"  throughput    {summary.get('tokens_per_s', 0):.0f} tokens/s, {summary.get('samples_per_s', 0):.1f} samples/s",
+        "", title,
+        f"  loss          {s['loss_first']:.3f} -> {s['loss_last']:.3f} over {s['global_step']} steps "
+        f"on {s['world_size']} process(es)",
+        f"  verdict       {s['verdict']}",
+        f"  throughput    {s.get('tokens_per_s', 0):.0f} tokens/s, {s.get('samples_per_s', 0):.1f} samples/s",
         f"  adapter       {p['adapter']}/adapter_model.safetensors",
         f"  loss curve    {p['loss_plot']}",
         f"  logs          {p['trainer_state']}" + (f"  and SwanLab (offline) {p['swanlab']}" if p["swanlab"] else ""),

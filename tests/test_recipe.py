@@ -170,3 +170,16 @@ def test_cli_recipes_and_show():
     shown = yaml.safe_load(p.stdout)
     assert p.returncode == 0 and shown["train"]["learning_rate"] == 1e-4
     assert shown["train"]["lr_scheduler_type"] == "cosine" and p.stdout.startswith("# fingerprint: ")
+
+
+def test_yaml_no_is_a_string_not_false():
+    assert load_recipe("tiny-demo", ["eval.eval_strategy=no"]).eval.eval_strategy == "no"
+    assert load_recipe("tiny-demo", ["train.bf16=false"]).train.bf16 is False
+
+
+def test_schema_describes_every_section():
+    p = run_cli("recipe", "schema")
+    import json
+
+    schema = json.loads(p.stdout)
+    assert p.returncode == 0 and set(schema["properties"]) >= {"model", "data", "adapter", "train", "dist", "track", "eval"}

@@ -102,3 +102,28 @@ def test_term_masking_reaches_the_batches(tiny_model_dir, tiny_tokenizer):
     # the answers (labels) are identical: masking touches the prompt only
     strip = lambda lab: [t for t in lab.tolist() if t != -100]  # noqa: E731
     assert [strip(x) for x in masked["labels"]] == [strip(x) for x in plain["labels"]]
+
+
+def test_verdict_says_plainly_when_the_fine_tune_is_worse(tiny_model_dir, tmp_path):
+    """Seed 004: most fine-tunes were worse than the base and nothing said so. Here the summary does."""
+    from medscale.train.run import run
+
+    summary = run(_recipe(tiny_model_dir, tmp_path / "out", "train.max_steps=6", "eval.eval_steps=3",
+                          "train.learning_rate=0.5", "train.warmup_ratio=0", "train.max_grad_norm=0"))
+    assert summary["eval_loss_final"] > summary["eval_loss_base"]
+    assert "WORSE than the base model" in summary["verdict"]
+
+
+def test_swanlab_cloud_without_key_falls_back_to_offline(tiny_model_dir, tmp_path, monkeypatch):
+    from medscale.train.tracking import finish_swanlab, start_swanlab
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = _recipe(tiny_model_dir, tmp_path / "out", "track.swanlab={project: p, mode: cloud}")
+    assert start_swanlab(r, rank=1) == (None, None)  # rank 0 only
+    cb, logdir = start_swanlab(r, rank=0)
+    try:
+        assert cb is not None and logdir == str(tmp_path / "out" / "swanlog")
+        assert list((tmp_path / "out" / "swanlog").glob("run-*"))
+    finally:
+        finish_swanlab()

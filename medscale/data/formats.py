@@ -112,6 +112,20 @@ def _require(rec: dict, *fields: str) -> None:
         raise ValueError(f"missing or empty field(s) {missing}")
 
 
+def _turns(items, role_key: str, content_key: str) -> list[dict]:
+    """sharegpt (from/value) and messages (role/content) lists; assistant reasoning from a <think> block
+    or a `reasoning_content` key."""
+    out = []
+    for turn in items or []:
+        role = _ROLES.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise ValueError(f"unknown {role_key} {turn.get(role_key)!r} (known: {sorted(_ROLES)})")
+        content = str(turn.get(content_key) or "")
+        out.append(_assistant(content, turn.get("reasoning_content")) if role == "assistant"
+                   else {"role": role, "content": content.strip()})
+    return out
+
+
 def to_messages(rec: dict, fmt: str, prompt_field: str = "question") -> list[dict]:
     """Convert one record; raises ValueError (caller adds file:line)."""
     if fmt == "r1-think":
@@ -134,24 +148,9 @@ def to_messages(rec: dict, fmt: str, prompt_field: str = "question") -> list[dic
         return [({"role": "user", "content": _HUATUO_PREFIX.sub("", t).strip()} if i % 2 == 0
                  else _assistant(_HUATUO_PREFIX.sub("", t))) for i, t in enumerate(map(str, turns))]
     if fmt == "sharegpt":
-        out = []
-        for turn in rec.get("conversations") or []:
-            role = _ROLES.get(str(turn.get("from", "")).lower())
-            if role is None:
-                raise ValueError(f"unknown speaker {turn.get('from')!r} (known: {sorted(_ROLES)})")
-            value = str(turn.get("value") or "")
-            out.append(_assistant(value) if role == "assistant" else {"role": role, "content": value.strip()})
-        return out
+        return _turns(rec.get("conversations"), "from", "value")
     if fmt == "messages":
-        out = []
-        for m in rec.get("messages") or []:
-            role = _ROLES.get(str(m.get("role", "")).lower())
-            if role is None:
-                raise ValueError(f"unknown role {m.get('role')!r}")
-            content = str(m.get("content") or "")
-            out.append(_assistant(content, m.get("reasoning_content")) if role == "assistant"
-                       else {"role": role, "content": content.strip()})
-        return out
+        return _turns(rec.get("messages"), "role", "content")
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(KNOWN_FORMATS)}")
 
 

@@ -3,6 +3,7 @@ gets its data only from here."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.formats import DataError, load_conversations
 from medscale.recipe import DataSection, DataSource
+
+log = logging.getLogger("medscale.data")
 
 
 @dataclass
@@ -69,6 +72,9 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection):
                 desc="tokenizing")
     status = ds["status"]
     stats = {"records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated")}
+    if stats["dropped"] or stats["truncated"]:
+        log.warning("%d of %d records dropped and %d truncated at data.max_length=%d (data.truncation=%s)",
+                    stats["dropped"], len(ds), stats["truncated"], data.max_length, data.truncation)
     ds = ds.filter(lambda s: s != "dropped", input_columns="status").remove_columns("status")
     if len(ds) == 0:
         raise DataError(f"every record was dropped (max_length {data.max_length}, truncation {data.truncation}): "

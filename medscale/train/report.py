@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,9 @@ def eval_verdict(history: list[dict], final_eval_loss: float | None) -> dict:
            "eval_loss_best": min((loss for _, loss in evals), default=None)}
     if base is None or final is None:
         out["verdict"] = "no held-out evaluation (set eval.eval_strategy and data.eval_size to measure)"
+        return out
+    if not math.isfinite(final):
+        out["verdict"] = f"held-out loss {base:.4f} (base) -> {final}: the fine-tune DIVERGED; lower the learning rate"
         return out
     change = (final - base) / base * 100
     better = final < base

@@ -130,7 +130,9 @@ def run(recipe: Recipe) -> dict | None:
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
     result = trainer.train()
-    final_eval = trainer.evaluate() if data.eval is not None else {}
+    evaluated_last = any(h.get("step") == trainer.state.global_step and "eval_loss" in h
+                         for h in trainer.state.log_history)
+    final_eval = trainer.evaluate() if data.eval is not None and not evaluated_last else {}
     trainer.save_model(t.output_dir)  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
     trainer.save_state()
     steps = _gather_steps(trainer.state.global_step)
