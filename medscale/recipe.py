@@ -81,6 +81,9 @@ class DataSection(Section):
     system_prompt: str | None = None
     train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="which assistant turns carry loss")
     term_masking: TermMasking | None = None
+    packing: bool = Field(False, description="pack samples into rows of pack_tokens (no padding); the micro-batch "
+                                             "is then one row and train.per_device_train_batch_size sizes its budget")
+    pack_tokens: int | None = Field(None, ge=16, description="tokens per packed row; default max_length x per-device batch")
     num_proc: int = Field(1, ge=1, description="processes for tokenization (datasets.map)")
 
 
@@ -205,6 +208,20 @@ class Recipe(Section):
         if self.eval.eval_strategy == "steps" and self.eval.eval_steps is None:
             raise ValueError("eval.eval_strategy=steps needs eval.eval_steps")
         return self
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> "Recipe":
+        d = self.data
+        if d.packing and d.term_masking is not None:
+            raise ValueError("data.packing with data.term_masking: masking changes sample lengths after packing; "
+                             "set data.packing=false or remove data.term_masking")
+        if d.packing and d.pack_tokens is not None and d.pack_tokens < d.max_length:
+            raise ValueError(f"data.pack_tokens={d.pack_tokens} is below data.max_length={d.max_length}: "
+                             f"a full-length sample would not fit; raise data.pack_tokens")
+        return self
+
+    def pack_budget(self) -> int:
+        return self.data.pack_tokens or self.data.max_length * self.train.per_device_train_batch_size
 
     @model_validator(mode="after")
     def _adapter_fits_quantization(self) -> "Recipe":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.formats import DataError, load_conversations
+from medscale.data.packing import PackedCollator, pack_rows, packing_efficiency
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -96,6 +97,7 @@ class SFTCollator:
         self.masker = TermMasker(data.term_masking, seed) if data.term_masking else None
         self.step, self.progress = 0, 0.0
         self.pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8)
+        self.packed = PackedCollator()
 
     def set_progress(self, step: int, max_steps: int) -> None:
         self.step, self.progress = step, step / max(max_steps, 1)
@@ -110,16 +112,31 @@ class SFTCollator:
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
     def __call__(self, features: list[dict]) -> dict:
+        if "position_ids" in features[0]:
+            return self.packed(features)
         return self.pad([self._features(f) for f in features])
 
 
-def build_datasets(data: DataSection, tok, seed: int) -> SFTData:
+def _pack(ds, budget: int, stats: dict):
+    from datasets import Dataset
+
+    rows = pack_rows(ds["input_ids"], ds["labels"], budget)
+    stats.update(packs=len(rows["input_ids"]), pack_tokens=budget,
+                 packing_efficiency=round(packing_efficiency(rows, budget), 4),
+                 samples_per_pack=round(len(ds) / len(rows["input_ids"]), 3))
+    return Dataset.from_dict(rows)
+
+
+def build_datasets(data: DataSection, tok, seed: int, pack_budget: int | None = None) -> SFTData:
+    """Train (packed when `pack_budget` is given) and eval (never packed: exact per-sample loss)."""
     convs = _load(data.sources, data)
     if data.eval_sources:
         train_convs, eval_convs = convs, _load(data.eval_sources, data)
     else:
         train_convs, eval_convs = split_eval(convs, data.eval_size, seed)
     train, stats = _tokenize(train_convs, tok, data)
+    if pack_budget:
+        train = _pack(train, pack_budget, stats)
     result = SFTData(train, None, SFTCollator(tok, data, seed), {"train": stats})
     if eval_convs:
         result.eval, result.stats["eval"] = _tokenize(eval_convs, tok, data)

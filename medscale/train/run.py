@@ -68,7 +68,7 @@ def training_arguments(recipe: Recipe):
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=1 if recipe.data.packing else t.per_device_train_batch_size,
         per_device_eval_batch_size=e.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
@@ -113,11 +113,13 @@ def run(recipe: Recipe) -> dict | None:
         if args.local_process_index == 0:
             ensure_model(recipe)
         tok = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tok, recipe.train.seed)
+        data = build_datasets(recipe.data, tok, recipe.train.seed,
+                              recipe.pack_budget() if recipe.data.packing else None)
     model = load_model(recipe)
     trainable, total = count_parameters(model)
     t = recipe.train
-    meter = ThroughputMeter(t.per_device_train_batch_size * t.gradient_accumulation_steps * world, world,
+    per_row = data.stats["train"].get("samples_per_pack", t.per_device_train_batch_size)  # mean when packed
+    meter = ThroughputMeter(per_row * t.gradient_accumulation_steps * world, world,
                             flops_per_token(total, trainable, t.gradient_checkpointing))
     clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
                                t.adaptive_clip.min_history) if t.adaptive_clip else None)
