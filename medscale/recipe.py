@@ -60,6 +60,7 @@ class DataSource(Section):
     path: str = Field(description="file (.jsonl/.json/.parquet/.csv), folder or glob")
     format: Format = Field("auto", description="record layout; auto-detected per file when `auto`")
     limit: int | None = Field(None, ge=1, description="use only the first N records of this source")
+    weight: float = Field(1.0, gt=0, description="mixing weight: 2 = every record twice, 0.5 = a seeded random half")
 
 
 class TermMasking(Section):
@@ -76,7 +77,13 @@ class DataSection(Section):
     eval_sources: list[DataSource] = Field(default_factory=list, description="held-out files; if empty, `eval_size` is split off")
     eval_size: float = Field(0, ge=0, description="validation records: a count (>= 1) or a fraction (< 1); 0 = none")
     max_length: int = Field(2048, ge=16, description="tokens per sample after chat templating")
-    truncation: Literal["drop", "truncate_response"] = Field("drop", description="what to do with samples over max_length")
+    truncation: Literal["drop", "truncate_prompt_left", "truncate_response"] = Field(
+        "drop", description="samples over max_length: drop them, cut the prompt from the left, or cut the response end")
+    no_reasoning: Literal["empty_think", "drop"] = Field(
+        "empty_think", description="records without reasoning: render Qwen3's empty <think></think> (not trained), "
+                                   "or drop them (think-only training)")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="a malformed record stops the run, or is skipped and counted")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="with on_bad_record=skip: fail above this fraction")
     prompt_field: Literal["question", "instruction"] = Field("question", description="r1-think: which field is the prompt")
     system_prompt: str | None = None
     train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="which assistant turns carry loss")

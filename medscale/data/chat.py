@@ -78,11 +78,16 @@ def encode(tok, msgs: list[dict], max_length: int, train_on: str = "all_assistan
     ids = enc["input_ids"]
     labels = [tid if any(s <= a < e for s, e in spans) else IGNORE
               for tid, (a, _) in zip(ids, enc["offset_mapping"])]
-    truncated = len(ids) > max_length
+    over = len(ids) - max_length
+    truncated = over > 0
     if truncated:
-        if truncation == "drop":
+        first_label = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(labels))
+        if truncation == "truncate_response":
+            ids, labels = ids[:max_length], labels[:max_length]
+        elif truncation == "truncate_prompt_left" and over <= first_label:
+            ids, labels = ids[over:], labels[over:]
+        else:  # drop, or a response that alone is longer than max_length
             return None
-        ids, labels = ids[:max_length], labels[:max_length]
     if all(lab == IGNORE for lab in labels):
         return None
     return Encoded(ids, labels, truncated)

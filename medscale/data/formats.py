@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Iterator
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 KNOWN_FORMATS = ("sharegpt", "huatuo", "medical-o1", "r1-think", "alpaca", "messages")
+log = logging.getLogger("medscale.data")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
 
 
@@ -24,6 +26,8 @@ class DataError(ValueError):
 def expand_sources(path: str) -> list[Path]:
     """A file, a folder (its data files, sorted) or a glob."""
     p = Path(path)
+    if is_saved_dataset(p):
+        return [p]
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
     elif any(c in path for c in "*?["):
@@ -35,8 +39,22 @@ def expand_sources(path: str) -> list[Path]:
     return files
 
 
-def read_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line or row number, record). Tolerates a UTF-8 BOM, CRLF and blank lines."""
+def is_saved_dataset(p: Path) -> bool:
+    """A `datasets` save_to_disk folder (a Dataset, or a DatasetDict whose train split is used)."""
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def read_records(path: Path, bad: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record). Tolerates a UTF-8 BOM, CRLF and blank lines. A malformed JSON
+    line raises DataError, or is appended to `bad` and skipped when a list is given."""
+    if is_saved_dataset(path):
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        yield from enumerate(ds, start=1)
+        return
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -63,11 +81,15 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
             continue
         try:
             rec = json.loads(line)
+            problem = None if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON line: {e.msg} (column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-        yield n, rec
+            problem = f"malformed JSON line: {e.msg} (column {e.colno})"
+        if problem is None:
+            yield n, rec
+        elif bad is None:
+            raise DataError(f"{path}:{n}: {problem}")
+        else:
+            bad.append(f"{path}:{n}: {problem}")
 
 
 def detect(rec: dict) -> str | None:
@@ -166,14 +188,17 @@ def check_conversation(msgs: list[dict]) -> None:
 
 
 def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
-                       system_prompt: str | None = None, limit: int | None = None) -> list[list[dict]]:
-    """All conversations of one source, in file order."""
+                       system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
+                       max_bad_fraction: float = 0.01, counts: dict | None = None) -> list[list[dict]]:
+    """All conversations of one source, in file order. With on_bad_record="skip", malformed records are
+    counted (into `counts`, if given) and skipped, but more than `max_bad_fraction` of them still fails."""
     convs: list[list[dict]] = []
+    bad: list[str] = []
     for file in expand_sources(path):
         file_fmt = fmt
-        for n, rec in read_records(file):
+        for n, rec in read_records(file, bad if on_bad_record == "skip" else None):
             if limit is not None and len(convs) >= limit:
-                return convs
+                break
             if file_fmt == "auto":
                 file_fmt = detect(rec) or ""
                 if not file_fmt:
@@ -185,8 +210,20 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
                     msgs.insert(0, {"role": "system", "content": system_prompt})
                 check_conversation(msgs)
             except ValueError as e:
-                raise DataError(f"{file}:{n}: bad {file_fmt} record: {e}") from None
+                msg = f"{file}:{n}: bad {file_fmt} record: {e}"
+                if on_bad_record != "skip":
+                    raise DataError(msg) from None
+                bad.append(msg)
+                continue
             convs.append(msgs)
+    total = len(convs) + len(bad)
+    if bad:
+        log.warning("%s: skipped %d of %d bad records; first: %s", path, len(bad), total, bad[0])
+        if len(bad) > max_bad_fraction * total:
+            raise DataError(f"{path}: {len(bad)} of {total} records are bad (> data.max_bad_fraction="
+                            f"{max_bad_fraction}); first: {bad[0]}")
+    if counts is not None:
+        counts["bad_records"] = counts.get("bad_records", 0) + len(bad)
     if not convs:
         raise DataError(f"{path}: no records")
     return convs

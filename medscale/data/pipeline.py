@@ -2,15 +2,19 @@
 gets its data only from here."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
-from medscale.data.formats import DataError, load_conversations
+from medscale.data.formats import DataError, expand_sources, load_conversations
 from medscale.data.packing import PackedCollator, pack_rows, packing_efficiency
 from medscale.recipe import DataSection, DataSource
 
@@ -25,10 +29,20 @@ class SFTData:
     stats: dict = field(default_factory=dict)
 
 
-def _load(sources: list[DataSource], data: DataSection) -> list[list[dict]]:
+def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict) -> list[list[dict]]:
+    """All sources, each repeated or subsampled by its weight, records without reasoning dropped if asked."""
     convs = []
     for src in sources:
-        convs += load_conversations(src.path, src.format, data.prompt_field, data.system_prompt, src.limit)
+        got = load_conversations(src.path, src.format, data.prompt_field, data.system_prompt, src.limit,
+                                 data.on_bad_record, data.max_bad_fraction, counts)
+        whole, frac = int(src.weight), src.weight - int(src.weight)
+        convs += got * whole + random.Random(f"{seed}:{src.path}").sample(got, round(frac * len(got)))
+    if data.no_reasoning == "drop":
+        kept = [c for c in convs if c[-1].get("reasoning_content")]
+        counts["no_reasoning_dropped"] = len(convs) - len(kept)
+        convs = kept
+    if not convs:
+        raise DataError("no records left after data.no_reasoning=drop")
     return convs
 
 
@@ -56,7 +70,7 @@ def split_eval(convs: list[list[dict]], size: float, seed: int) -> tuple[list, l
     return train, [c for c in convs if _prompt_key(c) in held]
 
 
-def _tokenize(convs: list[list[dict]], tok, data: DataSection):
+def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
     from datasets import Dataset
 
     def fn(batch, idxs):
@@ -72,7 +86,7 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection):
     ds = ds.map(fn, batched=True, with_indices=True, num_proc=data.num_proc if len(ds) > 1000 else None,
                 desc="tokenizing")
     status = ds["status"]
-    stats = {"records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated")}
+    stats = {**counts, "records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated")}
     if stats["dropped"] or stats["truncated"]:
         log.warning("%d of %d records dropped and %d truncated at data.max_length=%d (data.truncation=%s)",
                     stats["dropped"], len(ds), stats["truncated"], data.max_length, data.truncation)
@@ -127,17 +141,66 @@ def _pack(ds, budget: int, stats: dict):
     return Dataset.from_dict(rows)
 
 
-def build_datasets(data: DataSection, tok, seed: int, pack_budget: int | None = None) -> SFTData:
-    """Train (packed when `pack_budget` is given) and eval (never packed: exact per-sample loss)."""
-    convs = _load(data.sources, data)
+def cache_key(data: DataSection, tok, seed: int, pack_budget: int | None) -> str:
+    """Data files (path, size, mtime) + tokenizer (vocabulary, template) + every option that shapes a sample."""
+    h = hashlib.sha256()
+    for src in data.sources + data.eval_sources:
+        for f in expand_sources(src.path):
+            for part in sorted(f.rglob("*")) if f.is_dir() else [f]:
+                st = part.stat()
+                h.update(f"{part.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    h.update(f"{tok.chat_template}|{tok.eos_token}|{seed}|{pack_budget}".encode())
+    h.update(json.dumps(data.model_dump(mode="json", exclude={"num_proc"}), sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def _from_cache(path: Path, data: DataSection, tok, seed: int) -> SFTData:
+    from datasets import load_from_disk
+
+    stats = json.loads((path / "stats.json").read_text())
+    ev = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+    return SFTData(load_from_disk(str(path / "train")), ev, SFTCollator(tok, data, seed), {**stats, "cache": str(path)})
+
+
+def _to_cache(path: Path, result: SFTData) -> None:
+    """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        result.train.save_to_disk(str(tmp / "train"))
+        if result.eval is not None:
+            result.eval.save_to_disk(str(tmp / "eval"))
+        (tmp / "stats.json").write_text(json.dumps(result.stats))
+        tmp.rename(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.is_dir():  # another process may have won the race; otherwise it is a real failure
+            raise
+
+
+def build_datasets(data: DataSection, tok, seed: int, pack_budget: int | None = None,
+                   cache_dir: Path | None = None) -> SFTData:
+    """Train (packed when `pack_budget` is given) and eval (never packed: exact per-sample loss).
+    With `cache_dir`, a build is saved under a key of data + tokenizer + options and reused."""
+    if cache_dir is not None:
+        path = cache_dir / cache_key(data, tok, seed, pack_budget)
+        if (path / "stats.json").is_file():
+            log.info("tokenized data from cache %s", path)
+            return _from_cache(path, data, tok, seed)
+    counts: dict = {}
+    convs = _load(data.sources, data, seed, counts)
     if data.eval_sources:
-        train_convs, eval_convs = convs, _load(data.eval_sources, data)
+        eval_counts: dict = {}
+        train_convs, eval_convs = convs, _load(data.eval_sources, data, seed, eval_counts)
     else:
-        train_convs, eval_convs = split_eval(convs, data.eval_size, seed)
-    train, stats = _tokenize(train_convs, tok, data)
+        (train_convs, eval_convs), eval_counts = split_eval(convs, data.eval_size, seed), {}
+    train, stats = _tokenize(train_convs, tok, data, counts)
     if pack_budget:
         train = _pack(train, pack_budget, stats)
     result = SFTData(train, None, SFTCollator(tok, data, seed), {"train": stats})
     if eval_convs:
-        result.eval, result.stats["eval"] = _tokenize(eval_convs, tok, data)
+        result.eval, result.stats["eval"] = _tokenize(eval_convs, tok, data, eval_counts)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _to_cache(path, result)
     return result

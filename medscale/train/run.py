@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from medscale.recipe import Recipe, RecipeError
+from medscale.recipe import Recipe, RecipeError, medscale_home
 from medscale.train.report import eval_verdict, plot_losses, write_json_atomic
 
 log = logging.getLogger("medscale.train")
@@ -113,8 +113,9 @@ def run(recipe: Recipe) -> dict | None:
         if args.local_process_index == 0:
             ensure_model(recipe)
         tok = load_tokenizer(recipe.model)
+        # the main process tokenizes and caches; the others wait, then load the cache (no collective timeouts)
         data = build_datasets(recipe.data, tok, recipe.train.seed,
-                              recipe.pack_budget() if recipe.data.packing else None)
+                              recipe.pack_budget() if recipe.data.packing else None, medscale_home() / "cache" / "data")
     model = load_model(recipe)
     trainable, total = count_parameters(model)
     t = recipe.train
