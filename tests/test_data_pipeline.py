@@ -116,3 +116,15 @@ def test_real_sft_files_match_sources_md(rel, roles, n, median, p90, mx, qwen3_t
     for msgs in convs[:50]:
         enc = encode(qwen3_tokenizer, msgs, 10**6)
         assert enc is not None and any(t != IGNORE for t in enc.labels)
+
+
+def test_empty_after_filtering_is_an_error(tmp_path, tiny_tokenizer):
+    f = _jsonl(tmp_path / "d.jsonl", [{**REC, "answer": "答" * 400}])
+    data = _data_recipe(tmp_path, f"data.sources=[{{path: {f}}}]", "data.eval_size=0", "eval.eval_strategy=no",
+                        "data.max_length=64")
+    with pytest.raises(DataError, match="every record was dropped .*max_length 64"):
+        build_datasets(data, tiny_tokenizer, 0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no records"):
+        load_conversations(str(empty))
