@@ -65,6 +65,12 @@ def test_missing_field_names_file_and_line(tmp_path):
         load_conversations(str(p))
 
 
+def test_wrongly_shaped_record_names_file_and_line(tmp_path):
+    p = _write(tmp_path, "d.jsonl", json.dumps({"conversations": ["not a turn"]}) + "\n")
+    with pytest.raises(DataError, match=rf"{p}:1: bad sharegpt record"):
+        load_conversations(str(p))
+
+
 def test_unknown_layout_lists_formats_and_keys(tmp_path):
     p = _write(tmp_path, "d.jsonl", json.dumps({"foo": 1, "bar": 2}) + "\n")
     with pytest.raises(DataError, match=r"keys \['bar', 'foo'\].*sharegpt"):

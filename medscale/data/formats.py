@@ -209,7 +209,7 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
                 if system_prompt and msgs[0]["role"] != "system":
                     msgs.insert(0, {"role": "system", "content": system_prompt})
                 check_conversation(msgs)
-            except ValueError as e:
+            except (ValueError, TypeError, AttributeError) as e:  # wrong shapes too, e.g. a turn that is not a dict
                 msg = f"{file}:{n}: bad {file_fmt} record: {e}"
                 if on_bad_record != "skip":
                     raise DataError(msg) from None
