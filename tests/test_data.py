@@ -175,3 +175,41 @@ def test_real_medical_files_parse_and_render(rel, fmt, n, qwen3_tokenizer):
     for msgs in convs[:20]:
         enc = encode(qwen3_tokenizer, msgs, 8192)
         assert enc is not None and sum(t != IGNORE for t in enc.labels) > 0
+
+
+# Written for this test in the shape of DeepSeek-R1-Distill's template: it drops everything up to
+# </think> from every assistant turn (the final one too) and opens the generation prompt with <think>.
+R1_STYLE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m.role == 'user' %}<|User|>{{ m.content }}"
+    "{% elif m.role == 'assistant' %}{% set c = m.content %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "<|Assistant|>{{ c }}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+
+
+def test_template_that_strips_reasoning_still_trains_it(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = R1_STYLE
+    msgs = [{"role": "user", "content": "发热三天"},
+            {"role": "assistant", "content": "建议查血常规", "reasoning_content": "先排除感染"}]
+    text, spans = render_with_spans(tok, msgs)
+    (a, b), = spans
+    assert text[a:b] == "先排除感染\n</think>\n\n建议查血常规" + tok.eos_token
+    assert text[:a].endswith("<|Assistant|><think>\n") and text.count("<think>") == 1
+    trained, _ = _labelled_text(tok, msgs)
+    assert "先排除感染" in trained and "发热三天" not in trained
+
+
+def test_r1_style_multi_turn_trains_every_answer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = R1_STYLE
+    msgs = [{"role": "user", "content": "咳嗽"}, {"role": "assistant", "content": "多喝水"},
+            {"role": "user", "content": "还有呢"}, {"role": "assistant", "content": "必要时就医", "reasoning_content": "排除肺炎"}]
+    text, spans = render_with_spans(tok, msgs)
+    assert [text[a:b] for a, b in spans] == ["多喝水" + tok.eos_token,
+                                             "排除肺炎\n</think>\n\n必要时就医" + tok.eos_token]

@@ -37,14 +37,17 @@ def _keep_last_reasoning(msgs: list[dict]) -> list[dict]:
             for i, m in enumerate(msgs)]
 
 
-def _turn_start(tok, msgs: list[dict], i: int, full: str) -> int:
+def _turn_start(tok, msgs: list[dict], i: int, full: str) -> int | None:
+    """Where turn i's answer starts in `full`: the end of its generation prompt, rendered with thinking
+    off when the turn has no reasoning (Qwen3's empty block then belongs to the prompt). R1-style
+    templates open the prompt with `<think>\n` that history turns never show; that opener is tolerated."""
     thinking = bool(msgs[i].get("reasoning_content"))
     for kw in ({} if thinking else {"enable_thinking": False}, {}):
         prefix = _render(tok, msgs[:i], add_generation_prompt=True, **kw)
-        if full.startswith(prefix):
-            return len(prefix)
-    raise TemplateError(f"the chat template renders turn {i} differently inside the conversation than as a "
-                        f"generation prompt; medscale cannot tell which tokens are the answer")
+        for candidate in (prefix, prefix.removesuffix("<think>\n")):
+            if full.startswith(candidate):
+                return len(candidate)
+    return None
 
 
 def render_with_spans(tok, msgs: list[dict], train_on: str = "all_assistant") -> tuple[str, list[tuple[int, int]]]:
@@ -59,11 +62,16 @@ def render_with_spans(tok, msgs: list[dict], train_on: str = "all_assistant") ->
     for i in turns:
         start = _turn_start(tok, msgs, i, full)
         reasoning = msgs[i].get("reasoning_content")
-        if i == len(msgs) - 1 and reasoning and reasoning not in full[start:]:
-            # Templates such as DeepSeek-R1's strip <think> even from the final turn; write it ourselves,
-            # in the form the model produces at inference.
-            opener = "" if full[:start].rstrip("\n").endswith("<think>") else "<think>\n"
-            full = full[:start] + f"{opener}{reasoning}\n</think>\n\n{msgs[i]['content']}{eos}"
+        if i == len(msgs) - 1 and (start is None or (reasoning and reasoning not in full[start:])):
+            # Templates such as DeepSeek-R1's strip <think> from every turn, the final one too: train the
+            # final turn as inference produces it, after the template's own generation prompt.
+            prefix = _render(tok, msgs[:i], add_generation_prompt=True)
+            opener = "" if prefix.rstrip("\n").endswith("<think>") else "<think>\n"
+            think = f"{opener}{reasoning}\n</think>\n\n" if reasoning else ("\n</think>\n\n" if not opener else "")
+            full, start = f"{prefix}{think}{msgs[i]['content']}{eos}", len(prefix)
+        elif start is None:
+            raise TemplateError(f"the chat template renders turn {i} differently inside the conversation than as "
+                                f"a generation prompt; medscale cannot tell which tokens are the answer")
         end = full.find(eos, start)
         end = len(full) if end < 0 else end + len(eos)
         spans.append((start, end))
