@@ -227,7 +227,10 @@ class Recipe(Section):
                              f"a full-length sample would not fit; raise data.pack_tokens")
         return self
 
-    def pack_budget(self) -> int:
+    def pack_budget(self) -> int | None:
+        """Tokens per packed row, or None when the recipe does not pack."""
+        if not self.data.packing:
+            return None
         return self.data.pack_tokens or self.data.max_length * self.train.per_device_train_batch_size
 
     @model_validator(mode="after")

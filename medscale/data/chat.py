@@ -66,8 +66,12 @@ def render_with_spans(tok, msgs: list[dict], train_on: str = "all_assistant") ->
             # Templates such as DeepSeek-R1's strip <think> from every turn, the final one too: train the
             # final turn as inference produces it, after the template's own generation prompt.
             prefix = _render(tok, msgs[:i], add_generation_prompt=True)
-            opener = "" if prefix.rstrip("\n").endswith("<think>") else "<think>\n"
-            think = f"{opener}{reasoning}\n</think>\n\n" if reasoning else ("\n</think>\n\n" if not opener else "")
+            opened = prefix.rstrip("\n").endswith("<think>")
+            if reasoning:
+                opener = "" if opened else "<think>\n"
+                think = f"{opener}{reasoning}\n</think>\n\n"
+            else:  # the prompt may have opened a think block: close it empty
+                think = "\n</think>\n\n" if opened else ""
             full, start = f"{prefix}{think}{msgs[i]['content']}{eos}", len(prefix)
         elif start is None:
             raise TemplateError(f"the chat template renders turn {i} differently inside the conversation than as "

@@ -41,8 +41,8 @@ def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict)
         kept = [c for c in convs if c[-1].get("reasoning_content")]
         counts["no_reasoning_dropped"] = len(convs) - len(kept)
         convs = kept
-    if not convs:
-        raise DataError("no records left after data.no_reasoning=drop")
+        if not convs:
+            raise DataError("no records left after data.no_reasoning=drop")
     return convs
 
 

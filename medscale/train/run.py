@@ -114,8 +114,8 @@ def run(recipe: Recipe) -> dict | None:
             ensure_model(recipe)
         tok = load_tokenizer(recipe.model)
         # the main process tokenizes and caches; the others wait, then load the cache (no collective timeouts)
-        data = build_datasets(recipe.data, tok, recipe.train.seed,
-                              recipe.pack_budget() if recipe.data.packing else None, medscale_home() / "cache" / "data")
+        data = build_datasets(recipe.data, tok, recipe.train.seed, recipe.pack_budget(),
+                              medscale_home() / "cache" / "data")
     model = load_model(recipe)
     trainable, total = count_parameters(model)
     t = recipe.train
