@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medscale import medscale_home
+
 
 class RecipeError(ValueError):
     """A recipe that cannot run, with a message that names the file, key and fix."""
@@ -143,7 +145,13 @@ class TrainSection(Section):
                            "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(500, ge=1)
-    save_total_limit: int | None = Field(None, ge=1)
+    save_total_limit: int | None = Field(
+        None, ge=1, description="keep the newest N verified checkpoints (plus the best by eval loss, and always the "
+                                "newest verified one); null keeps all")
+    keep_best_checkpoint: bool = Field(True, description="retention also keeps the checkpoint with the lowest eval loss")
+    resume: str = Field(
+        "auto", description="auto: continue from the newest verified checkpoint of this job (output_dir), if any; "
+                            "never: refuse to start over existing checkpoints; or a checkpoint folder path")
     seed: int = 42
     dataloader_num_workers: int = Field(0, ge=0)
 
@@ -264,10 +272,6 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
 
 def _yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-
-
-def medscale_home() -> Path:
-    return Path(os.environ.get("MEDSCALE_HOME", "~/.medscale")).expanduser()
 
 
 def _expand_vars(text: str) -> str:

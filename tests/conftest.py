@@ -55,3 +55,41 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path |
     """Run `python -m medscale.cli ARGS` as a real process; returns CompletedProcess (text)."""
     return subprocess.run([sys.executable, "-m", "medscale.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL for the registry: $MEDSCALE_TEST_PG_URL, else a throwaway server; under CI a missing one fails, never skips."""
+    if url := os.environ.get("MEDSCALE_TEST_PG_URL"):
+        yield url
+        return
+    import tempfile
+
+    from pg_server import find_pg_bin, postgres_server
+
+    if find_pg_bin() is None:
+        reason = "PostgreSQL binaries not found (apt-get install postgresql, or set MEDSCALE_TEST_PG_URL)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set: {reason}", pytrace=False)
+        pytest.skip(reason)
+    with postgres_server(Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))) as url:  # short: unix socket path < 108
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    """Each registry test runs on SQLite and on PostgreSQL, starting from an empty database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/registry.db"
+        return
+    url = request.getfixturevalue("postgres_url")  # only here, so SQLite-only runs never start a server
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)  # every table, alembic_version included
+        meta.drop_all(engine)
+    finally:
+        engine.dispose()
+    yield url

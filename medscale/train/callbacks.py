@@ -1,14 +1,13 @@
 """Trainer callbacks and the small Trainer subclass that feeds them.
 
 HF Trainer stays in charge of the loop; what medscale adds is measurement
-(real-token throughput, peak memory, MFU), adaptive clipping, and keeping the
-resolved recipe beside every checkpoint.
+(real-token throughput, peak memory, MFU) and adaptive clipping; the checkpoint lifecycle is in
+`lifecycle.py`.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,19 +99,6 @@ class ProgressToCollator(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         self.collator.set_progress(state.global_step, state.max_steps)
-
-
-class SaveRecipe(TrainerCallback):
-    """Writes recipe.resolved.yaml into every checkpoint, so any checkpoint says how it was made."""
-
-    def __init__(self, recipe_yaml: str):
-        self.text = recipe_yaml
-
-    def on_save(self, args, state, control, **kw):
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                (ckpt / "recipe.resolved.yaml").write_text(self.text, encoding="utf-8")
 
 
 class MedscaleTrainer(Trainer):

@@ -1,21 +1,8 @@
 """What a run tells its user at the end: was the fine-tune better than the base, and the curves."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Temp file + fsync + rename: a crash leaves the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def eval_verdict(history: list[dict], final_eval_loss: float | None) -> dict:

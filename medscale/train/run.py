@@ -1,8 +1,9 @@
 """`run(recipe)`: the one training entry point every launcher ends in.
 
-Short and linear on purpose: pre-flight -> TrainingArguments -> data -> model -> Trainer ->
-train -> save -> summary. No CLI or environment parsing here; ranks and world size come
-from whatever torch.distributed / accelerate / Ray set up.
+Short and linear on purpose: pre-flight -> TrainingArguments -> start the attempt (resume point
+agreed by all ranks) -> data -> model -> Trainer -> train -> save -> summary -> end the attempt.
+No CLI parsing here; ranks and world size come from whatever torch.distributed / accelerate / Ray
+set up, and the launcher's identity from LaunchInfo.
 """
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from pathlib import Path
 
 import torch
 
-from medscale.recipe import Recipe, RecipeError, medscale_home
-from medscale.train.report import eval_verdict, plot_losses, write_json_atomic
+from medscale import medscale_home
+from medscale.errors import AttemptStopped
+from medscale.recipe import Recipe, RecipeError
+from medscale.train.checkpoint import (discard_newer_unverified, latest_verified, resolve_resume,
+                                       write_json_atomic)
+from medscale.train.lifecycle import (STOP_CANCELLED, AttemptCallback, JobTracker, LaunchInfo, StopFlag)
+from medscale.train.report import eval_verdict, plot_losses
 
 log = logging.getLogger("medscale.train")
 
@@ -77,7 +83,7 @@ def training_arguments(recipe: Recipe):
         gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=t.use_liger_kernel and cuda,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
+        save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only
         eval_strategy=e.eval_strategy, eval_steps=e.eval_steps,
         eval_on_start=e.eval_on_start and e.eval_strategy != "no",
         include_num_input_tokens_seen="non_padding", report_to="none",
@@ -86,28 +92,99 @@ def training_arguments(recipe: Recipe):
     )
 
 
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _gather_steps(step: int) -> list[int]:
     """Every rank's final step, so a run can prove all ranks trained (a silent world_size 1 shows here)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _is_distributed():
         return [step]
     out: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, step)
     return out
 
 
-def run(recipe: Recipe) -> dict | None:
-    """Train the recipe; returns the run summary on global rank 0 (None on other ranks)."""
-    from medscale.data.pipeline import build_datasets
-    from medscale.model.load import count_parameters, load_model, load_tokenizer
-    from medscale.train.callbacks import (AdaptiveClipper, MedscaleTrainer, ProgressToCollator, SaveRecipe,
-                                          ThroughputMeter, flops_per_token)
-    from medscale.train.tracking import finish_swanlab, start_swanlab
+def _plan_start(recipe: Recipe, tracker: JobTracker) -> str | None:
+    """Global rank 0: refuse a second live run in this output dir, pick the checkpoint to resume from, and
+    clear torn saves above it."""
+    tracker.check_not_running()
+    out = recipe.train.output_dir
+    start = resolve_resume(recipe.train.resume, out)
+    if recipe.train.resume == "never" and (newest := latest_verified(out)) is not None:
+        raise RecipeError(f"train.resume=never but {out} holds verified checkpoints of job {recipe.name} (newest "
+                          f"{newest.name}): set train.resume=auto to continue, or choose a new train.output_dir")
+    discard_newer_unverified(out, start)
+    return str(start) if start else None
 
+
+def _decided_by_rank0(rank: int, decide):
+    """Run `decide` on global rank 0 and give every rank its answer (or its RecipeError), so no rank
+    starts collectives that another rank has refused to join."""
+    box: list = [None]
+    if rank == 0:
+        try:
+            box = [("ok", decide())]
+        except RecipeError as e:
+            box = [("error", str(e))]
+    if _is_distributed():
+        torch.distributed.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise RecipeError(value)
+    return value
+
+
+def _shutdown_distributed() -> None:
+    if _is_distributed():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()  # else a rank can abort at exit and the launcher fails
+
+
+def run(recipe: Recipe, launch: LaunchInfo | None = None) -> dict | None:
+    """Train the recipe as one attempt of its job; returns the run summary on global rank 0 (None on other
+    ranks). Raises AttemptStopped after a preemption or cancel has been saved as a verified checkpoint."""
     preflight(recipe)
     # Fewer fragmentation OOMs with variable-length batches; must be set before the first CUDA allocation.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     started = time.time()
     args = training_arguments(recipe)  # also initialises torch.distributed under a launcher
+    tracker = JobTracker(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size)
+    resume = _decided_by_rank0(args.process_index, lambda: _plan_start(recipe, tracker))
+    if resume:
+        args.eval_on_start = False  # the base model's loss is already in the restored log history
+    flag = StopFlag()
+    flag.install()
+    tracker.start(Path(resume) if resume else None, flag.cancel)
+    try:
+        summary, stopped = _train(recipe, args, tracker, flag, resume, started)
+    except KeyboardInterrupt:
+        tracker.end("cancelled", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        tracker.end("failed", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    finally:
+        flag.restore()
+    if stopped:
+        status = "cancelled" if stopped == STOP_CANCELLED else "preempted"
+        tracker.end(status, f"stopped at step {tracker.step} with a verified checkpoint")
+        _shutdown_distributed()
+        raise AttemptStopped(status, tracker.step)
+    tracker.end("completed")
+    _shutdown_distributed()
+    return summary
+
+
+def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: str | None,
+           started: float) -> tuple[dict | None, int]:
+    """The training proper: (summary on rank 0, stop code). A stopped run skips the final save and summary."""
+    from medscale.data.pipeline import build_datasets
+    from medscale.model.load import count_parameters, load_model, load_tokenizer
+    from medscale.train.callbacks import (AdaptiveClipper, MedscaleTrainer, ProgressToCollator, ThroughputMeter,
+                                          flops_per_token)
+    from medscale.train.tracking import finish_swanlab, start_swanlab
+
     rank, world = args.process_index, args.world_size
     with args.main_process_first(desc="build model folder and datasets"):
         if args.local_process_index == 0:
@@ -125,14 +202,21 @@ def run(recipe: Recipe) -> dict | None:
     clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
                                t.adaptive_clip.min_history) if t.adaptive_clip else None)
     swan_cb, swan_dir = start_swanlab(recipe, rank)
-    callbacks = [meter, ProgressToCollator(data.collator), SaveRecipe(recipe.to_yaml())]
+    attempt_cb = AttemptCallback(tracker, flag, t.save_total_limit, t.keep_best_checkpoint)
+    callbacks = [meter, ProgressToCollator(data.collator), attempt_cb]
     trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                               data_collator=data.collator, processing_class=tok, meter=meter, clipper=clipper,
                               callbacks=callbacks + ([swan_cb] if swan_cb else []))
     if rank == 0:
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
-    result = trainer.train()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if swan_cb:
+            finish_swanlab()
+    if attempt_cb.stopped:
+        return None, attempt_cb.stopped
     evaluated_last = any(h.get("step") == trainer.state.global_step and "eval_loss" in h
                          for h in trainer.state.log_history)
     final_eval = trainer.evaluate() if data.eval is not None and not evaluated_last else {}
@@ -142,11 +226,11 @@ def run(recipe: Recipe) -> dict | None:
     summary = None
     if trainer.is_world_process_zero():
         out = Path(t.output_dir)
-        (out / "recipe.resolved.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         history = trainer.state.log_history
         losses = [h["loss"] for h in history if "loss" in h]
         summary = {
             "recipe": recipe.name, "fingerprint": recipe.fingerprint(), "host": socket.gethostname(),
+            "attempt": tracker.attempt.number, "resumed_from": resume,
             "world_size": world, "steps_per_rank": steps, "global_step": trainer.state.global_step,
             "epochs": round(trainer.state.epoch or 0, 3), "train_runtime_s": round(result.metrics["train_runtime"], 2),
             "wall_s": round(time.time() - started, 2),
@@ -160,9 +244,4 @@ def run(recipe: Recipe) -> dict | None:
         }
         plot_losses(history, out / "loss.png", recipe.name)
         write_json_atomic(out / "run_summary.json", summary)
-    if swan_cb:
-        finish_swanlab()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()  # else a rank can abort at exit and the launcher fails
-    return summary
+    return summary, 0
