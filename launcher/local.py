@@ -1,6 +1,9 @@
 """Local launcher: one process in-process, or `accelerate launch` for several processes on this machine."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +12,12 @@ from typing import Callable
 
 import torch
 
+from medscale.errors import STOP_EXIT_CODES
 from medscale.recipe import Recipe, RecipeError
+from medscale.train.lifecycle import LaunchInfo, read_journal
+
+# Seconds torchrun waits for workers to save and exit after a SIGTERM before it kills them (its default: 30).
+SHUTDOWN_GRACE_S = "300"
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster" / "accelerate"
 
@@ -40,14 +48,44 @@ def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str]) ->
             "-m", "medscale.train", recipe_ref, *overrides]
 
 
+def run_forwarding_signals(cmd: list[str], env: dict) -> int:
+    """Run the accelerate launcher in its own session and turn a SIGTERM/SIGUSR1 sent to us into exactly one
+    SIGTERM to it: torchrun forwards that to every worker and waits for them to save. (Sending SIGUSR1 to
+    torchrun itself would kill it: it only handles SIGTERM, SIGINT, SIGHUP and SIGQUIT.)"""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _attempts(output_dir: str) -> list[dict]:
+    return (read_journal(output_dir) or {}).get("attempts", [])
+
+
 def launch(recipe: Recipe, recipe_ref: str, overrides: list[str],
-           runner: Callable[[list[str]], subprocess.CompletedProcess] = subprocess.run) -> int:
-    """Run in this process when there is one process, else start accelerate and return its exit code."""
+           runner: Callable[[list[str], dict], int] = run_forwarding_signals) -> int:
+    """Run in this process when there is one process, else start accelerate and return its exit code; a
+    preempted or cancelled attempt returns EXIT_PREEMPTED / EXIT_CANCELLED whichever process count ran it."""
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S}
+    env.setdefault("MEDSCALE_LAUNCHER", "local")
     if recipe.dist.num_processes * recipe.dist.num_machines == 1:
         from medscale.train.run import run
 
-        run(recipe)
+        run(recipe, LaunchInfo.from_env(env))  # AttemptStopped carries its own exit code
         return 0
+    before = len(_attempts(recipe.train.output_dir))
     cmd = accelerate_command(recipe, recipe_ref, overrides)
     print("+ " + " ".join(cmd), flush=True)
-    return runner(cmd).returncode
+    code = runner(cmd, env)
+    ours = _attempts(recipe.train.output_dir)[before:]
+    if code != 0 and ours and ours[-1]["status"] in STOP_EXIT_CODES:
+        return STOP_EXIT_CODES[ours[-1]["status"]]  # torchrun reports any worker's non-zero exit as 1
+    return code

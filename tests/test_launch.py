@@ -23,12 +23,10 @@ def test_accelerate_command_uses_recipe_process_count_and_config():
 def test_launch_hands_multi_process_runs_to_the_runner():
     seen = []
 
-    class Done:
-        returncode = 7
-
     r = load_recipe("tiny-demo", ["dist.num_processes=2"])
-    assert launch(r, "tiny-demo", ["dist.num_processes=2"], runner=lambda cmd: seen.append(cmd) or Done()) == 7
-    assert seen and "medscale.train" in seen[0]
+    assert launch(r, "tiny-demo", ["dist.num_processes=2"], runner=lambda cmd, env: seen.append((cmd, env)) or 7) == 7
+    cmd, env = seen[0]
+    assert "medscale.train" in cmd and env["MEDSCALE_LAUNCHER"] == "local"
 
 
 def test_unknown_accelerate_config_is_a_recipe_error():

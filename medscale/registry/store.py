@@ -230,11 +230,13 @@ class Registry:
             return s.scalar(select(Job.id).filter_by(name=spec.name, output_dir=spec.output_dir))
 
     def find(self, ref: str) -> int:
-        """Job id from an id or a name; a name shared by several output dirs must be given as an id."""
+        """Job id from an id, a name or an output dir; a name shared by several output dirs must be given as
+        an id or a dir."""
         with self._session() as s:
             if ref.isdigit() and s.get(Job, int(ref)) is not None:
                 return int(ref)
-            rows = s.execute(select(Job.id, Job.output_dir).where(Job.name == ref).order_by(Job.id)).all()
+            where = Job.output_dir == os.path.abspath(ref) if os.sep in ref else Job.name == ref
+            rows = s.execute(select(Job.id, Job.output_dir).where(where).order_by(Job.id)).all()
         if not rows:
             raise RegistryError(f"no job '{ref}' in the registry {self.url_redacted} (see `medscale jobs list`)")
         if len(rows) > 1:

@@ -184,6 +184,7 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
     from medscale.train.callbacks import (AdaptiveClipper, MedscaleTrainer, ProgressToCollator, ThroughputMeter,
                                           flops_per_token)
     from medscale.train.tracking import finish_swanlab, start_swanlab
+    from transformers import set_seed
 
     rank, world = args.process_index, args.world_size
     with args.main_process_first(desc="build model folder and datasets"):
@@ -193,6 +194,7 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
         # the main process tokenizes and caches; the others wait, then load the cache (no collective timeouts)
         data = build_datasets(recipe.data, tok, recipe.train.seed, recipe.pack_budget(),
                               medscale_home() / "cache" / "data")
+    set_seed(recipe.train.seed)  # the adapter's random init too, so two runs of one recipe are comparable
     model = load_model(recipe)
     trainable, total = count_parameters(model)
     t = recipe.train

@@ -1,0 +1,173 @@
+"""Crashes, preemption and a lost registry, with real processes on a tiny model (CPU).
+
+Whatever kills a run, no more than one checkpoint interval of work is lost, a torn checkpoint is
+never resumed from, and the registry tells every attempt.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from medscale.errors import EXIT_PREEMPTED
+from medscale.registry import Registry
+from medscale.train.checkpoint import MANIFEST, latest_verified
+
+pytestmark = pytest.mark.slow
+
+
+def _args(model, out, *extra):
+    return ["tiny-demo", f"model.path={model}", f"train.output_dir={out}", "eval.eval_strategy=no",
+            "track.swanlab=null", "train.logging_steps=1", *extra]
+
+
+def _start(*cli_args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "medscale.cli", *cli_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 600, what: str = "") -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the launcher and every worker it started (a node failure, as far as the job can tell)."""
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
+    proc.wait(timeout=30)
+
+
+def _adapter(out: Path) -> dict:
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def _job(out: Path) -> dict:
+    reg = Registry()
+    try:
+        return reg.job(reg.find(str(out)))
+    finally:
+        reg.close()
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / "trainer_state.json").read_text())
+
+
+def test_kill9_of_ddp_run_resumes_from_verified_checkpoint_and_matches_uninterrupted(tiny_model_dir, tmp_path):
+    common = ["dist.num_processes=2", "train.max_steps=30", "train.save_steps=5"]
+    ref = tmp_path / "uninterrupted"
+    p = run_cli("train", *_args(tiny_model_dir, ref, *common), timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = _start("train", *_args(tiny_model_dir, out, *common))
+    _wait_for(lambda: (out / "checkpoint-10" / MANIFEST).is_file(), proc, what="the second checkpoint")
+    _kill_tree(proc)
+    resume_point = latest_verified(out)
+    assert resume_point is not None and int(resume_point.name.split("-")[1]) >= 10
+    assert _state(ref)["global_step"] == 30 and not (out / "run_summary.json").exists()
+
+    p = run_cli("train", *_args(tiny_model_dir, out, *common), timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["attempt"] == 2 and summary["resumed_from"] == str(resume_point)
+    assert summary["steps_per_rank"] == [30, 30] and _state(out)["global_step"] == _state(ref)["global_step"]
+
+    job = _job(out)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    first, second = job["attempt_list"]
+    assert first["status"] == "lost" and first["world_size"] == 2 and first["launcher"] == "local"
+    assert second["status"] == "completed" and second["resumed_from"] == str(resume_point)
+
+    want, got = _adapter(ref), _adapter(out)
+    assert want.keys() == got.keys()
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst < 1e-4, f"resumed weights differ from the uninterrupted run by {worst}"
+
+
+def test_crash_between_weights_and_manifest_is_never_resumed_from(tiny_model_dir, tmp_path):
+    out = tmp_path / "torn"
+    steps = ["train.max_steps=9", "train.save_steps=3"]
+    p = run_cli("train", *_args(tiny_model_dir, out, *steps), env={"MEDSCALE_FAILPOINT": "before_manifest@6"})
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    torn = out / "checkpoint-6"
+    assert (torn / "adapter_model.safetensors").is_file() and not (torn / MANIFEST).exists()
+    assert latest_verified(out) == out / "checkpoint-3"
+
+    p = run_cli("train", *_args(tiny_model_dir, out, *steps))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "removing" in p.stderr and "checkpoint-6" in p.stderr  # the torn save was cleared, then redone
+    job = _job(out)
+    assert [a["status"] for a in job["attempt_list"]] == ["lost", "completed"]
+    assert job["attempt_list"][1]["resumed_from"] == str(out / "checkpoint-3")
+    assert (out / "checkpoint-6" / MANIFEST).is_file() and _state(out)["global_step"] == 9
+    live = {c["step"]: c["verified"] for c in job["checkpoints"] if not c["deleted"]}
+    assert live == {6: True, 9: True}  # tiny-demo keeps 2 (save_total_limit): checkpoint-3 went to retention
+    assert [c["step"] for c in job["checkpoints"] if c["deleted"]] == [3] and not (out / "checkpoint-3").exists()
+
+
+@pytest.mark.parametrize("procs", [1, 2], ids=["in-process", "ddp"])
+def test_sigterm_saves_at_next_step_marks_preempted_and_exits_75(tiny_model_dir, tmp_path, procs):
+    out = tmp_path / "pre"
+    args = _args(tiny_model_dir, out, f"dist.num_processes={procs}", "train.max_steps=40", "train.save_steps=1000")
+    proc = _start("train", *args, env={"MEDSCALE_HEARTBEAT_S": "0.2"})
+
+    def training():
+        reg = Registry()
+        try:
+            jobs = reg.jobs()
+            return bool(jobs) and jobs[0]["step"] >= 2
+        finally:
+            reg.close()
+
+    _wait_for(training, proc, what="training to reach step 2")
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
+    ckpt = latest_verified(out)
+    assert ckpt is not None and 2 <= int(ckpt.name.split("-")[1]) < 40, "a checkpoint at the next step boundary"
+    job = _job(out)
+    assert job["status"] == "preempted" and job["attempt_list"][0]["status"] == "preempted"
+    assert job["latest_checkpoint"] == str(ckpt)
+
+    if procs == 2:  # `jobs resume` re-runs the recorded recipe with the recorded launcher, to the end
+        p = run_cli("jobs", "resume", "tiny-demo", timeout=900)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        job = _job(out)
+        assert job["status"] == "succeeded" and job["attempt_list"][1]["resumed_from"] == str(ckpt)
+        assert _state(out)["global_step"] == 40
+
+
+def test_unreachable_registry_does_not_stop_training_and_sync_restores_rows(tiny_model_dir, tmp_path):
+    out = tmp_path / "offline"
+    dead = "postgresql+psycopg://medscale:topsecret@127.0.0.1:1/registry"
+    p = run_cli("train", *_args(tiny_model_dir, out, "train.max_steps=6", "train.save_steps=3"),
+                env={"MEDSCALE_REGISTRY_URL": dead})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "REGISTRY UNREACHABLE" in p.stderr and "jobs sync" in p.stderr
+    assert "topsecret" not in p.stdout + p.stderr
+    assert Registry().jobs() == []  # nothing reached the default registry
+
+    p = run_cli("jobs", "sync", str(out))
+    assert p.returncode == 0, p.stderr
+    job = _job(out)
+    assert job["status"] == "succeeded" and [a["status"] for a in job["attempt_list"]] == ["completed"]
+    assert sorted(c["step"] for c in job["checkpoints"] if c["verified"]) == [3, 6]
