@@ -218,7 +218,7 @@ class Registry:
     def request_cancel(self, job_id: int) -> None:
         """A running attempt sees this at its next heartbeat, saves and stops; a stopped job is marked cancelled."""
         with self._session.begin() as s:
-            job = s.get(Job, job_id)
+            job = _get(s, job_id)
             job.cancel_requested = True
             if job.status != "running":
                 job.status = "cancelled"
@@ -251,12 +251,19 @@ class Registry:
 
     def job(self, job_id: int) -> dict:
         with self._session() as s:
-            return _job_dict(s.get(Job, job_id), brief=False)
+            return _job_dict(_get(s, job_id), brief=False)
 
     def job_spec(self, job_id: int) -> JobSpec:
         with self._session() as s:
-            j = s.get(Job, job_id)
+            j = _get(s, job_id)
             return JobSpec(j.name, j.output_dir, j.launcher, j.recipe_yaml, j.fingerprint)
+
+
+def _get(s: Session, job_id: int) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise RegistryError(f"no job with id {job_id} in the registry (see `medscale jobs list`)")
+    return job
 
 
 def _upsert(s: Session, model, keys: dict, values: dict):

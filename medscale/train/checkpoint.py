@@ -91,6 +91,14 @@ def write_manifest(ckpt: Path, step: int, meta: dict) -> dict:
     return manifest
 
 
+def _well_formed(m) -> bool:
+    if not isinstance(m, dict):
+        return False
+    files = m.get("files")
+    return (m.get("format") == MANIFEST_FORMAT and isinstance(m.get("step"), int) and isinstance(files, dict)
+            and bool(files) and all(isinstance(f, dict) and isinstance(f.get("size"), int) for f in files.values()))
+
+
 def read_manifest(ckpt: Path, check_hashes: bool = True) -> dict | None:
     """The manifest if the checkpoint is complete and intact, else None (with the reason logged)."""
     try:
@@ -101,7 +109,7 @@ def read_manifest(ckpt: Path, check_hashes: bool = True) -> dict | None:
     except (OSError, ValueError) as e:
         log.warning("%s: unreadable manifest (%s): not resumable", ckpt, e)
         return None
-    if manifest.get("format") != MANIFEST_FORMAT or not manifest.get("files"):
+    if not _well_formed(manifest):
         log.warning("%s: manifest of an unknown format: not resumable", ckpt)
         return None
     for rel, want in manifest["files"].items():
@@ -132,6 +140,14 @@ def latest_verified(output_dir: str | Path) -> Path | None:
     return None
 
 
+def checkpoint_step(ckpt: Path) -> int:
+    """The global step a verified checkpoint was saved at (from its manifest, whatever the folder is called)."""
+    manifest = read_manifest(ckpt, check_hashes=False)
+    if manifest is None:
+        raise RecipeError(f"{ckpt} is not a verified checkpoint")
+    return manifest["step"]
+
+
 def resolve_resume(mode: str, output_dir: str) -> Path | None:
     """`train.resume` -> the checkpoint to start from: auto = newest verified of this output dir."""
     if mode == "never":
@@ -142,17 +158,23 @@ def resolve_resume(mode: str, output_dir: str) -> Path | None:
     if read_manifest(path) is None:
         raise RecipeError(f"train.resume={mode}: not a verified checkpoint (no valid {MANIFEST}); "
                           f"use train.resume=auto to pick the newest verified one")
+    step = checkpoint_step(path)
+    newer = [p.name for s, p in checkpoint_dirs(output_dir) if s > step and read_manifest(p, check_hashes=False)]
+    if newer:
+        raise RecipeError(f"train.resume={mode}: {output_dir} holds newer verified checkpoints ({', '.join(newer)}) "
+                          f"that this run would overwrite; resume into a new train.output_dir, or delete them")
     return path
 
 
 def discard_newer_unverified(output_dir: str | Path, start: Path | None) -> list[Path]:
-    """Remove torn checkpoints newer than the one we resume from: the Trainer would save into them again."""
-    start_step = int(start.name.split("-")[1]) if start else -1
-    torn = [p for step, p in checkpoint_dirs(output_dir) if step > start_step and not (p / MANIFEST).is_file()]
-    for p in torn:
-        log.warning("removing %s: its save never finished (no manifest)", p)
-        shutil.rmtree(p, ignore_errors=True)
-    return torn
+    """Remove checkpoints newer than the one we resume from that do not verify (torn or damaged saves): the
+    Trainer would save into those folders again, beside a stale manifest."""
+    start_step = checkpoint_step(start) if start else -1
+    bad = [p for step, p in checkpoint_dirs(output_dir) if step > start_step and read_manifest(p) is None]
+    for p in bad:
+        log.warning("removing %s: its save never finished or is damaged (no valid manifest)", p)
+        delete_checkpoint(p)
+    return bad
 
 
 def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool) -> list[Path]:

@@ -31,7 +31,7 @@ from medscale.recipe import Recipe, RecipeError
 from medscale.registry import (AttemptInfo, CheckpointInfo, JobSpec, Registry, default_url, heartbeat_interval,
                                pid_alive, redact, scrub)
 from medscale.registry.models import utcnow
-from medscale.train.checkpoint import (checkpoint_dirs, delete_checkpoint, read_manifest, retention_plan,
+from medscale.train.checkpoint import (checkpoint_dirs, checkpoint_step, delete_checkpoint, read_manifest, retention_plan,
                                        write_json_atomic, write_manifest, write_text_atomic)
 
 log = logging.getLogger("medscale.lifecycle")
@@ -178,7 +178,7 @@ class JobTracker:
             pid=os.getpid(), fingerprint=self.recipe.fingerprint(), world_size=self.world,
             slurm_job_id=self.launch.slurm_job_id, ray_job_id=self.launch.ray_job_id,
             resumed_from=str(resumed_from) if resumed_from else None,
-            step=int(resumed_from.name.split("-")[1]) if resumed_from else 0)
+            step=checkpoint_step(resumed_from) if resumed_from else 0)
         for old in journal["attempts"]:  # an attempt that never ended was killed
             if old["status"] == "running":
                 old.update(status="lost", exit_reason=old.get("exit_reason") or "never ended (killed or node lost)")
