@@ -1,6 +1,7 @@
 """The `medscale` command: thin wrappers over library functions."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +17,8 @@ recipe_app = typer.Typer(no_args_is_help=True, help="Inspect recipes.")
 app.add_typer(recipe_app, name="recipe")
 data_app = typer.Typer(no_args_is_help=True, help="Look at data before spending GPU hours on it.")
 app.add_typer(data_app, name="data")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs in the registry: list, show, resume, cancel, sync, gc.")
+app.add_typer(jobs_app, name="jobs")
 
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. train.learning_rate=5e-6 adapter.r=8")
 
@@ -164,6 +167,113 @@ def data_stats(file: str, tokenizer: Optional[Path] = typer.Option(None, help="t
         return
     for k, v in s.items():
         typer.echo(f"{k:20s} {v}")
+
+
+# --------------------------------------------------------------------------- jobs
+
+JOB = typer.Argument(..., help="job id, name or output dir (a name used by several output dirs needs one of the others)")
+AS_JSON = typer.Option(False, "--json", help="one JSON document instead of a table")
+
+
+def _json(obj) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+@contextlib.contextmanager
+def _registry():
+    """The registry of $MEDSCALE_REGISTRY_URL (default: SQLite under $MEDSCALE_HOME), closed afterwards."""
+    from medscale.registry import Registry
+
+    reg = Registry()
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@jobs_app.command("list")
+def jobs_list(status: Optional[str] = typer.Option(None, "--status", help="only jobs in this status "
+                                                   "(queued running lost succeeded failed preempted cancelled)"),
+              as_json: bool = AS_JSON) -> None:
+    """One row per job: status, attempts, step, latest verified checkpoint and its losses."""
+    from medscale import jobs
+
+    with user_errors(), _registry() as reg:
+        rows = jobs.list_jobs(reg, status)
+    if as_json:
+        _json(rows)
+    else:
+        jobs.render_jobs_table(rows)
+
+
+@jobs_app.command("show")
+def jobs_show(job: str = JOB, as_json: bool = AS_JSON) -> None:
+    """A job's attempts (hosts, pids, SLURM/Ray ids, exit reasons), checkpoints and latest metrics."""
+    from medscale import jobs
+
+    with user_errors(), _registry() as reg:
+        d = jobs.show_job(reg, job)
+    if as_json:
+        _json(d)
+    else:
+        jobs.render_job(d)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job: str = JOB) -> None:
+    """Start a new attempt of a stopped job from its recorded recipe and newest verified checkpoint."""
+    from medscale import jobs
+
+    _logging()
+    with user_errors(), _registry() as reg:
+        d = jobs.show_job(reg, job)
+        code = jobs.resume_job(reg, str(d["id"]))
+    summary = Path(d["output_dir"]) / "run_summary.json"
+    if code == 0 and summary.is_file():
+        _report(f"medscale: {d['name']} (job {d['id']}) finished", json.loads(summary.read_text(encoding="utf-8")))
+    raise typer.Exit(code)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job: str = JOB) -> None:
+    """Ask a running job to save a checkpoint and stop; mark a stopped one cancelled."""
+    from medscale import jobs
+
+    with user_errors(), _registry() as reg:
+        typer.echo(jobs.cancel_job(reg, job))
+
+
+@jobs_app.command("sync")
+def jobs_sync(dirs: Optional[list[str]] = typer.Argument(None, help="output dirs (default: every one the registry "
+                                                                    "knows that still exists)"),
+              as_json: bool = AS_JSON) -> None:
+    """Rebuild registry rows from output dirs (journal + checkpoint manifests), e.g. after the registry was down."""
+    from medscale import jobs
+
+    with user_errors(), _registry() as reg:
+        results = jobs.sync_jobs(reg, dirs or [])
+    if as_json:
+        _json(results)
+    else:
+        jobs.render_sync(results)
+
+
+@jobs_app.command("gc")
+def jobs_gc(job: Optional[str] = typer.Argument(None, help="job id or name (default: every job)"),
+            keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1,
+                                                    help="keep this many newest verified checkpoints "
+                                                         "(default: the job's train.save_total_limit)"),
+            dry_run: bool = typer.Option(False, "--dry-run", help="list what would be deleted, delete nothing"),
+            as_json: bool = AS_JSON) -> None:
+    """Delete old checkpoints by the retention rule: newest N verified + best eval loss + always the newest."""
+    from medscale import jobs
+
+    with user_errors(), _registry() as reg:
+        results = jobs.gc_jobs(reg, job, keep_last, dry_run)
+    if as_json:
+        _json(results)
+    else:
+        jobs.render_gc(results)
 
 
 def main() -> None:

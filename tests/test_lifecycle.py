@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from medscale.errors import EXIT_PREEMPTED
+from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.registry import Registry
 from medscale.train.checkpoint import MANIFEST, latest_verified
 
@@ -124,21 +124,24 @@ def test_crash_between_weights_and_manifest_is_never_resumed_from(tiny_model_dir
     assert [c["step"] for c in job["checkpoints"] if c["deleted"]] == [3] and not (out / "checkpoint-3").exists()
 
 
+def _training(min_step: int):
+    """True once the registry's heartbeat shows the only job past `min_step`."""
+    def check():
+        reg = Registry()
+        try:
+            jobs = reg.jobs()
+            return bool(jobs) and jobs[0]["step"] >= min_step
+        finally:
+            reg.close()
+    return check
+
+
 @pytest.mark.parametrize("procs", [1, 2], ids=["in-process", "ddp"])
 def test_sigterm_saves_at_next_step_marks_preempted_and_exits_75(tiny_model_dir, tmp_path, procs):
     out = tmp_path / "pre"
     args = _args(tiny_model_dir, out, f"dist.num_processes={procs}", "train.max_steps=40", "train.save_steps=1000")
     proc = _start("train", *args, env={"MEDSCALE_HEARTBEAT_S": "0.2"})
-
-    def training():
-        reg = Registry()
-        try:
-            jobs = reg.jobs()
-            return bool(jobs) and jobs[0]["step"] >= 2
-        finally:
-            reg.close()
-
-    _wait_for(training, proc, what="training to reach step 2")
+    _wait_for(_training(2), proc, what="training to reach step 2")
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
@@ -156,6 +159,20 @@ def test_sigterm_saves_at_next_step_marks_preempted_and_exits_75(tiny_model_dir,
         assert _state(out)["global_step"] == 40
 
 
+def test_jobs_cancel_stops_a_running_job_after_a_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "cancel"
+    env = {"MEDSCALE_HEARTBEAT_S": "0.2"}
+    proc = _start("train", *_args(tiny_model_dir, out, "train.max_steps=200", "train.save_steps=1000"), env=env)
+    _wait_for(_training(2), proc, what="training to reach step 2")
+    p = run_cli("jobs", "cancel", "tiny-demo", env=env)
+    assert p.returncode == 0 and "cancel requested" in p.stdout, p.stdout + p.stderr
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == EXIT_CANCELLED, log[-4000:]
+    job = _job(out)
+    assert job["status"] == "cancelled" and job["attempt_list"][0]["status"] == "cancelled"
+    assert job["latest_checkpoint"] == str(latest_verified(out)) and job["attempt_list"][0]["step"] < 200
+
+
 def test_unreachable_registry_does_not_stop_training_and_sync_restores_rows(tiny_model_dir, tmp_path):
     out = tmp_path / "offline"
     dead = "postgresql+psycopg://medscale:topsecret@127.0.0.1:1/registry"
@@ -171,3 +188,21 @@ def test_unreachable_registry_does_not_stop_training_and_sync_restores_rows(tiny
     job = _job(out)
     assert job["status"] == "succeeded" and [a["status"] for a in job["attempt_list"]] == ["completed"]
     assert sorted(c["step"] for c in job["checkpoints"] if c["verified"]) == [3, 6]
+
+
+def test_a_crash_in_training_records_a_failed_attempt_with_its_reason(tiny_model_dir, tmp_path, monkeypatch):
+    from medscale.recipe import load_recipe
+    from medscale.train.callbacks import MedscaleTrainer
+    from medscale.train.run import run
+
+    def boom(self, *a, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(MedscaleTrainer, "train", boom)
+    out = tmp_path / "failing"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run(load_recipe(_args(tiny_model_dir, out)[0], _args(tiny_model_dir, out)[1:]))
+    job = _job(out)
+    assert job["status"] == "failed"
+    assert job["attempt_list"][0]["exit_reason"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert json.loads((out / "medscale_job.json").read_text())["attempts"][0]["status"] == "failed"

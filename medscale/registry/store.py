@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from medscale import medscale_home
 from medscale.registry.models import Attempt, Checkpoint, Job, utcnow
@@ -182,23 +182,30 @@ class Registry:
             s.flush()
             return job.id
 
-    def upsert_attempt(self, spec: JobSpec, a: AttemptInfo, current: bool = True) -> bool:
-        """Create or update attempt `a.number` (also its heartbeat while it runs); when it is the job's current
-        attempt the job's status follows it. Returns whether a cancel of the job was requested."""
+    def upsert_attempt(self, spec: JobSpec, a: AttemptInfo, current: bool = True, beat: bool = True) -> bool:
+        """Create or update attempt `a.number`; `beat` refreshes its heartbeat (the live run does, `jobs sync` does
+        not: replaying a journal must not make a dead attempt look alive). When it is the job's current attempt
+        the job's status follows it. Returns whether a cancel of the job was requested."""
         values = {k: v for k, v in asdict(a).items() if k != "number"}
-        values["heartbeat_at"] = utcnow() if a.status == "running" else (a.ended_at or utcnow())
+        if a.status != "running":
+            values["heartbeat_at"] = a.ended_at or utcnow()
+        elif beat:
+            values["heartbeat_at"] = utcnow()
         with self._session.begin() as s:
             job = self._job(s, spec, refresh=current)
             new = s.scalar(select(Attempt.id).filter_by(job_id=job.id, number=a.number)) is None
+            if new and "heartbeat_at" not in values:
+                values["heartbeat_at"] = a.started_at
             _upsert(s, Attempt, {"job_id": job.id, "number": a.number}, values)
             if current:
-                job.status = _JOB_STATUS[a.status]
                 if new and a.status == "running":
                     job.cancel_requested = False  # starting or resuming a job is a fresh request to run it
                     for old in s.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.number < a.number,
                                                                Attempt.status == "running")):
                         old.status = "lost"  # it never ended: it was killed
                         old.exit_reason = old.exit_reason or f"never ended; attempt {a.number} started after it"
+                cancelled = job.cancel_requested and a.status not in ("running", "completed")
+                job.status = "cancelled" if cancelled else _JOB_STATUS[a.status]
             return bool(job.cancel_requested)
 
     def record_checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
@@ -220,7 +227,7 @@ class Registry:
         with self._session.begin() as s:
             job = _get(s, job_id)
             job.cancel_requested = True
-            if job.status != "running":
+            if not (job.attempts and attempt_state(job.attempts[-1]) == "running"):
                 job.status = "cancelled"
 
     # ------------------------------------------------------------------ reads
@@ -246,7 +253,8 @@ class Registry:
 
     def jobs(self, status: str | None = None) -> list[dict]:
         with self._session() as s:
-            out = [_job_dict(j, brief=True) for j in s.scalars(select(Job).order_by(Job.id))]
+            query = select(Job).order_by(Job.id).options(selectinload(Job.attempts), selectinload(Job.checkpoints))
+            out = [_job_dict(j, brief=True) for j in s.scalars(query)]
         return [j for j in out if status is None or j["status"] == status]
 
     def job(self, job_id: int) -> dict:

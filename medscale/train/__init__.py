@@ -1,4 +1,5 @@
-"""Training: `run(recipe)`, its callbacks, tracking and end-of-run report."""
-from medscale.train.run import run
+"""Training: `run(recipe)` (medscale.train.run), its callbacks, the checkpoint lifecycle, tracking and report.
 
-__all__ = ["run"]
+Nothing is imported here, so the light modules (checkpoint, lifecycle) load without torch and transformers:
+`medscale jobs ...` starts in about a second.
+"""

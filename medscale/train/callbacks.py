@@ -1,17 +1,25 @@
 """Trainer callbacks and the small Trainer subclass that feeds them.
 
 HF Trainer stays in charge of the loop; what medscale adds is measurement
-(real-token throughput, peak memory, MFU) and adaptive clipping; the checkpoint lifecycle is in
-`lifecycle.py`.
+(real-token throughput, peak memory, MFU), adaptive clipping, and the Trainer side of the attempt
+lifecycle (stop agreement across ranks, verified checkpoints, retention; see lifecycle.py).
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
+
+from medscale.registry.models import utcnow
+from medscale.train.checkpoint import delete_checkpoint, retention_plan, write_manifest, write_text_atomic
+from medscale.train.lifecycle import RECIPE_FILE, STOP_NONE, STOP_PREEMPTED, JobTracker, StopFlag
+
+log = logging.getLogger("medscale.train")
 
 # Dense bf16 peak FLOP/s per device, for the MFU estimate (no sparsity).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A800": 312e12,
@@ -99,6 +107,70 @@ class ProgressToCollator(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         self.collator.set_progress(state.global_step, state.max_steps)
+
+
+def _agree(code: int, device) -> int:
+    """The largest stop code of all ranks, so every rank stops at the same step."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return code
+    t = torch.tensor([code], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _metrics_at(history: list[dict], step: int) -> dict:
+    """Latest train loss / learning rate at or before `step`, and the eval loss measured at `step`."""
+    out = {}
+    for h in history:
+        if h.get("step", 0) > step:
+            break
+        for k in ("loss", "learning_rate", "grad_norm", "epoch"):
+            if k in h:
+                out[k] = h[k]
+        if "eval_loss" in h:
+            out.pop("eval_loss", None)
+            if h["step"] == step:
+                out["eval_loss"] = h["eval_loss"]
+    return out
+
+
+class AttemptCallback(TrainerCallback):
+    """Stops every rank together on a stop request, and turns each Trainer save into a verified checkpoint."""
+
+    def __init__(self, tracker: JobTracker, flag: StopFlag, keep_last: int | None, keep_best: bool):
+        self.tracker, self.flag, self.keep_last, self.keep_best = tracker, flag, keep_last, keep_best
+        self.stopped = STOP_NONE
+
+    def on_step_end(self, args, state, control, **kw):
+        self.tracker.step = state.global_step
+        code = _agree(self.flag.code, args.device)
+        if code and not self.stopped:
+            self.stopped = code
+            control.should_save = control.should_training_stop = True
+            if state.is_world_process_zero:
+                log.warning("%s: saving a checkpoint at step %d and stopping",
+                            "preemption signal" if code == STOP_PREEMPTED else "cancel requested", state.global_step)
+
+    def on_save(self, args, state, control, **kw):
+        _barrier()  # every rank has written its part (RNG states, DeepSpeed shards)
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        write_text_atomic(ckpt / RECIPE_FILE, self.tracker.recipe.to_yaml())
+        attempt = self.tracker.attempt.number if self.tracker.attempt else 0
+        manifest = write_manifest(ckpt, state.global_step, {
+            "job": self.tracker.recipe.name, "attempt": attempt, "fingerprint": self.tracker.recipe.fingerprint(),
+            "created": utcnow().isoformat(), "metrics": _metrics_at(state.log_history, state.global_step)})
+        self.tracker.checkpoint_saved(ckpt, manifest)
+        doomed = retention_plan(args.output_dir, self.keep_last, self.keep_best)
+        for path in doomed:
+            delete_checkpoint(path)
+        self.tracker.checkpoints_deleted(doomed)
 
 
 class MedscaleTrainer(Trainer):

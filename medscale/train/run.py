@@ -22,7 +22,7 @@ from medscale.errors import AttemptStopped
 from medscale.recipe import Recipe, RecipeError
 from medscale.train.checkpoint import (discard_newer_unverified, latest_verified, resolve_resume,
                                        write_json_atomic)
-from medscale.train.lifecycle import (STOP_CANCELLED, AttemptCallback, JobTracker, LaunchInfo, StopFlag)
+from medscale.train.lifecycle import STOP_CANCELLED, JobTracker, LaunchInfo, StopFlag
 from medscale.train.report import eval_verdict, plot_losses
 
 log = logging.getLogger("medscale.train")
@@ -181,8 +181,8 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
     """The training proper: (summary on rank 0, stop code). A stopped run skips the final save and summary."""
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import count_parameters, load_model, load_tokenizer
-    from medscale.train.callbacks import (AdaptiveClipper, MedscaleTrainer, ProgressToCollator, ThroughputMeter,
-                                          flops_per_token)
+    from medscale.train.callbacks import (AdaptiveClipper, AttemptCallback, MedscaleTrainer, ProgressToCollator,
+                                          ThroughputMeter, flops_per_token)
     from medscale.train.tracking import finish_swanlab, start_swanlab
     from transformers import set_seed
 
