@@ -19,6 +19,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Look at data before spending 
 app.add_typer(data_app, name="data")
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs in the registry: list, show, resume, cancel, sync, gc.")
 app.add_typer(jobs_app, name="jobs")
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a recipe to a cluster: SLURM (sbatch) or Ray (ray job submit).")
+app.add_typer(submit_app, name="submit")
 
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. train.learning_rate=5e-6 adapter.r=8")
 
@@ -274,6 +276,12 @@ def jobs_gc(job: Optional[str] = typer.Argument(None, help="job id or name (defa
         _json(results)
     else:
         jobs.render_gc(results)
+
+
+# --------------------------------------------------------------------------- submit: slurm
+
+
+# --------------------------------------------------------------------------- submit: ray
 
 
 def main() -> None:
