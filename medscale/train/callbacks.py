@@ -132,10 +132,8 @@ def _metrics_at(history: list[dict], step: int) -> dict:
         for k in ("loss", "learning_rate", "grad_norm", "epoch"):
             if k in h:
                 out[k] = h[k]
-        if "eval_loss" in h:
-            out.pop("eval_loss", None)
-            if h["step"] == step:
-                out["eval_loss"] = h["eval_loss"]
+        if "eval_loss" in h and h["step"] == step:
+            out["eval_loss"] = h["eval_loss"]
     return out
 
 
