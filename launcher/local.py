@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from medscale.errors import STOP_EXIT_CODES
 from medscale.recipe import Recipe, RecipeError
@@ -23,14 +24,31 @@ CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster" / "accelerate"
 
 
 def accelerate_config(recipe: Recipe) -> Path:
-    """`dist.config` as a path or a name in cluster/accelerate/; without one, DDP on GPUs or on CPU (gloo)."""
-    name = recipe.dist.config or ("ddp_4gpu" if torch.cuda.is_available() else "cpu_ddp")
+    """`dist.config` as a path or a name in cluster/accelerate/; without one, DDP on GPUs or on CPU (gloo), or
+    with `dist.deepspeed` a DeepSpeed config (ZeRO-2 or ZeRO-3 by the JSON's stage; on CPU cpu_deepspeed)."""
+    cuda = torch.cuda.is_available()
+    if recipe.dist.deepspeed:
+        default = ("zero3_4gpu" if recipe.dist.zero_stage() == 3 else "zero2_4gpu") if cuda else "cpu_deepspeed"
+    else:
+        default = "ddp_4gpu" if cuda else "cpu_ddp"
+    name = recipe.dist.config or default
     path = Path(name).expanduser()
     if path.suffix not in (".yaml", ".yml"):
         path = CLUSTER_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml"))
         raise RecipeError(f"dist.config: {path} not found (built-in configs: {', '.join(known)})")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    is_ds = str(cfg.get("distributed_type", "")).upper() == "DEEPSPEED"
+    if recipe.dist.deepspeed and (not is_ds or cfg.get("use_cpu")):
+        why = "use_cpu: true (the Trainer would skip DeepSpeed)" if is_ds else \
+            f"distributed_type: {cfg.get('distributed_type')}, not DEEPSPEED"
+        raise RecipeError(f"dist.config={recipe.dist.config}: {path.name} has {why}, but dist.deepspeed is set: "
+                          f"remove dist.config (medscale then picks {default}) or name a DeepSpeed accelerate config")
+    if is_ds and not recipe.dist.deepspeed:
+        raise RecipeError(f"dist.config={recipe.dist.config} is a DeepSpeed accelerate config, but dist.deepspeed is "
+                          f"not set: add dist.deepspeed=zero2 | zero3 | zero3_offload (the recipe owns the ZeRO "
+                          f"settings), or use dist.config={default}")
     return path
 
 
@@ -42,9 +60,11 @@ def free_port() -> int:
 
 def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str]) -> list[str]:
     """The `accelerate launch` command line; the recipe's process count wins over the config file's."""
+    # With DeepSpeed, the recipe's JSON (an absolute path) replaces the config file's relative default.
+    ds = ["--deepspeed_config_file", recipe.dist.deepspeed] if recipe.dist.deepspeed else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(recipe)),
             "--num_processes", str(recipe.dist.num_processes * recipe.dist.num_machines),
-            "--num_machines", str(recipe.dist.num_machines), "--main_process_port", str(free_port()),
+            "--num_machines", str(recipe.dist.num_machines), "--main_process_port", str(free_port()), *ds,
             "-m", "medscale.train", recipe_ref, *overrides]
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,6 +50,9 @@ class ModelSection(Section):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = Field(True, description="quantize the quantization constants too (~0.4 bit/param saved)")
     bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="dtype the packed 4-bit weights are stored in; ZeRO-3 (and FSDP) shard them only "
+                             "when it equals bnb_4bit_compute_dtype")
     attn_implementation: str = Field("sdpa", description="sdpa | eager | flash_attention_2 | kernels-community/...")
     trust_remote_code: bool = Field(False, description="run Python shipped with the weights; off unless you trust the folder")
     tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing")
@@ -163,9 +166,53 @@ class TrainSection(Section):
 
 
 class DistSection(Section):
+    DS_CONFIG_DIR: ClassVar[Path] = Path(__file__).resolve().parent.parent / "ds_configs"
+
     num_processes: int = Field(1, ge=1, description="processes (GPUs) on this machine")
     num_machines: int = Field(1, ge=1)
     config: str | None = Field(None, description="accelerate config: a name in cluster/accelerate/ or a path")
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed ZeRO config: zero2 | zero3 | zero3_offload (in ds_configs/) or a path to a "
+                          "JSON; stored as an absolute path. The HF Trainer's own optimizer is used (torch AdamW)")
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _resolve_deepspeed(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        builtins = sorted(p.stem for p in cls.DS_CONFIG_DIR.glob("*.json"))
+        path = Path(os.path.expanduser(v))
+        if path.suffix != ".json":
+            if v not in builtins:
+                close = difflib.get_close_matches(v, builtins, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"dist.deepspeed: unknown DeepSpeed config '{v}'{hint} (built-in: "
+                                 f"{', '.join(builtins)}; or a path to a .json file)")
+            path = cls.DS_CONFIG_DIR / f"{v}.json"
+        if not path.is_file():
+            raise ValueError(f"dist.deepspeed: {path} does not exist (built-in: {', '.join(builtins)})")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"dist.deepspeed: {path} is not valid JSON: {e}") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("zero_optimization"), dict):
+            raise ValueError(f"dist.deepspeed: {path} has no zero_optimization section")
+        return str(path.resolve())
+
+    def deepspeed_config(self) -> dict:
+        """The DeepSpeed JSON as written ("auto" values unfilled); {} without DeepSpeed."""
+        return json.loads(Path(self.deepspeed).read_text(encoding="utf-8")) if self.deepspeed else {}
+
+    def zero_stage(self) -> int:
+        """ZeRO stage of dist.deepspeed (0 without DeepSpeed)."""
+        stage = self.deepspeed_config().get("zero_optimization", {}).get("stage", 0)
+        return stage if isinstance(stage, int) else 0
+
+    def offloads(self) -> list[str]:
+        """What dist.deepspeed moves off the accelerator: 'optimizer' and/or 'param' (to cpu or nvme)."""
+        zero = self.deepspeed_config().get("zero_optimization", {})
+        return [what for what in ("optimizer", "param")
+                if (zero.get(f"offload_{what}") or {}).get("device", "none") not in ("none", None)]
 
 
 class SwanLab(Section):
@@ -246,6 +293,33 @@ class Recipe(Section):
         if self.model.load_in_4bit and self.adapter.use_dora and self.dist.num_processes > 1:
             raise ValueError("adapter.use_dora with model.load_in_4bit is single-process only in peft: "
                              "set dist.num_processes=1 or adapter.use_dora=false")
+        return self
+
+    @model_validator(mode="after")
+    def _deepspeed_fits(self) -> "Recipe":
+        if not self.dist.deepspeed:
+            return self
+        m, stage, offloads = self.model, self.dist.zero_stage(), self.dist.offloads()
+        name = Path(self.dist.deepspeed).stem
+        if m.load_in_4bit and offloads:
+            raise ValueError(f"model.load_in_4bit with dist.deepspeed={name} (offloads {' and '.join(offloads)} to "
+                             f"CPU): bitsandbytes 4-bit weights cannot be offloaded; use dist.deepspeed=zero3 "
+                             f"(or zero2), or model.load_in_4bit=false")
+        if m.load_in_4bit and stage == 3 and m.bnb_4bit_quant_storage != m.bnb_4bit_compute_dtype:
+            raise ValueError(f"model.load_in_4bit with ZeRO-3 (dist.deepspeed={name}) shards the quantized weights "
+                             f"only when they are stored in the compute dtype: set "
+                             f"model.bnb_4bit_quant_storage={m.bnb_4bit_compute_dtype} (it is "
+                             f"{m.bnb_4bit_quant_storage}), or use dist.deepspeed=zero2")
+        if self.train.adaptive_clip is not None:
+            raise ValueError(f"train.adaptive_clip with dist.deepspeed={name}: DeepSpeed clips inside its engine at "
+                             f"the fixed train.max_grad_norm, so the adaptive threshold would be ignored; remove "
+                             f"train.adaptive_clip or dist.deepspeed")
+        optim = self.train.optim.lower()
+        if stage == 3 and ("8bit" in optim or "4bit" in optim or optim.startswith("paged_")):
+            raise ValueError(f"train.optim={self.train.optim} (an 8-bit/4-bit or paged optimizer) is not supported "
+                             f"with ZeRO-3 (dist.deepspeed={name}): ZeRO-3 already shards the optimizer state and "
+                             f"hands the optimizer flattened fp32 shards, where its per-parameter settings do not "
+                             f"apply; set train.optim=adamw_torch")
         return self
 
     def fingerprint(self) -> str:

@@ -40,10 +40,13 @@ def local_device_index() -> int:
 
 def load_base_model(model: ModelSection):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     kwargs: dict = dict(dtype=DTYPES[model.dtype], attn_implementation=model.attn_implementation,
                         trust_remote_code=model.trust_remote_code)
-    if torch.cuda.is_available():
+    # ZeRO-3 (on once TrainingArguments with a stage-3 DeepSpeed config exist) places and shards the weights
+    # itself and refuses a device_map.
+    if torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
         # One process per GPU: place the whole model on this rank's device (no DataParallel, no sharding).
         kwargs["device_map"] = {"": local_device_index()}
     if model.load_in_4bit:
@@ -51,7 +54,7 @@ def load_base_model(model: ModelSection):
             load_in_4bit=True, bnb_4bit_quant_type=model.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=DTYPES[model.bnb_4bit_compute_dtype],
-            bnb_4bit_quant_storage=DTYPES[model.dtype])
+            bnb_4bit_quant_storage={**DTYPES, "uint8": torch.uint8}[model.bnb_4bit_quant_storage])
     return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
 
 
@@ -67,6 +70,7 @@ def lora_config(adapter: AdapterSection):
 def load_model(recipe: Recipe):
     """The trainable model: base (bf16 or NF4) + LoRA. Gradient checkpointing is enabled by the Trainer."""
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     base = load_base_model(recipe.model)
     base.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
@@ -75,14 +79,18 @@ def load_model(recipe: Recipe):
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(base, lora_config(recipe.adapter))
+    # Under ZeRO-3 every trainable tensor must share one dtype (DeepSpeed asserts it when it flattens them):
+    # keep LoRA in the base dtype instead of peft's fp32 upcast, beside modules_to_save copies in that dtype.
+    return get_peft_model(base, lora_config(recipe.adapter), autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) with 4-bit packed weights counted as their logical size."""
+    """(trainable, total) logical parameters: 4-bit packed weights unpacked, ZeRO-3 shards at full size."""
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)  # bnb packs two 4-bit values per byte
+        n = getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves an empty shard in p; ds_numel is the full size
+        if type(p).__name__ == "Params4bit":
+            n *= p.element_size() * 2  # bnb packs two 4-bit values per byte of the storage dtype
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total

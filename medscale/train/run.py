@@ -45,6 +45,7 @@ def preflight(recipe: Recipe) -> None:
     if recipe.train.use_liger_kernel and torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is None:
         problems.append("train.use_liger_kernel needs liger-kernel: pip install 'medscale[gpu]', "
                         "or set train.use_liger_kernel=false")
+    problems += _deepspeed_problems(recipe)
     gpus = torch.cuda.device_count()
     if gpus and recipe.dist.num_processes > gpus * recipe.dist.num_machines:
         problems.append(f"dist.num_processes={recipe.dist.num_processes} but this machine has {gpus} GPU(s)")
@@ -55,6 +56,50 @@ def preflight(recipe: Recipe) -> None:
             problems.append(f"data source: {e}")
     if problems:
         raise RecipeError("\n".join(problems))
+
+
+def _deepspeed_problems(recipe: Recipe) -> list[str]:
+    """DeepSpeed mismatches that would otherwise fail after the model loads, or silently train something else."""
+    from medscale.train.checkpoint import MANIFEST, checkpoint_dirs
+
+    problems: list[str] = []
+    ds = recipe.dist
+    ds_name = f"dist.deepspeed={Path(ds.deepspeed).stem}" if ds.deepspeed else "no dist.deepspeed"
+    # accelerate's DeepSpeed launcher sets ACCELERATE_CONFIG_DS_FIELDS; only the recipe says which ZeRO config runs
+    if "ACCELERATE_CONFIG_DS_FIELDS" in os.environ and not ds.deepspeed:
+        problems.append("started by accelerate with a DeepSpeed config (distributed_type: DEEPSPEED) but the recipe "
+                        "has no dist.deepspeed: set dist.deepspeed=zero2 | zero3 | zero3_offload (or a .json path), "
+                        "or launch with a non-DeepSpeed accelerate config")
+    if ds.deepspeed and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        problems.append("dist.deepspeed is set but accelerate was started with use_cpu (e.g. cpu_ddp.yaml): the "
+                        "Trainer would skip DeepSpeed and train plain DDP; use cluster/accelerate/cpu_deepspeed.yaml "
+                        "(the local launcher picks it when dist.config is unset)")
+    if ds.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        problems.append(f"{ds_name} needs DeepSpeed: pip install deepspeed, or remove dist.deepspeed")
+    # A checkpoint resumes only under the same DeepSpeed layout (no DeepSpeed / ZeRO-1,2 / ZeRO-3) and, with
+    # ZeRO, the same number of processes: else the Trainer fails after loading the model, or silently starts a
+    # fresh optimizer. Cheap look at the checkpoint train.resume would pick (manifest present, not re-hashed).
+    mode, out = recipe.train.resume, Path(recipe.train.output_dir)
+    ckpt = (None if mode == "never" else Path(mode).expanduser() if mode != "auto" else
+            next((c for _, c in reversed(checkpoint_dirs(out)) if (c / MANIFEST).is_file()), None))
+    if ckpt is not None and ckpt.is_dir():
+        tag = (ckpt / "latest").read_text().strip() if (ckpt / "latest").is_file() else None
+        shards = ckpt / tag if tag and (ckpt / tag).is_dir() else None
+        saved = ("no DeepSpeed" if shards is None else
+                 "ZeRO-3" if list(shards.glob("zero_pp_rank_*_model_states.pt")) else "ZeRO-1/2")
+        want = "no DeepSpeed" if not ds.deepspeed else "ZeRO-3" if ds.zero_stage() == 3 else "ZeRO-1/2"
+        ranks = len(list(shards.glob("*zero_pp_rank_*_optim_states.pt"))) if shards else 0
+        procs = ds.num_processes * ds.num_machines
+        if saved != want:
+            problems.append(f"train.resume: {ckpt} was saved with {saved}, but this recipe runs {want} ({ds_name}); "
+                            f"its optimizer state would not load (DeepSpeed refuses the folder; without DeepSpeed the "
+                            f"Trainer silently starts a fresh optimizer): continue with the dist.deepspeed it was "
+                            f"saved with, or choose a new train.output_dir")
+        elif ranks and ranks != procs:
+            problems.append(f"train.resume: {ckpt} was saved by {ranks} DeepSpeed processes and ZeRO cannot "
+                            f"re-partition its optimizer state for {procs}: set dist.num_processes so that "
+                            f"processes x machines = {ranks}, or choose a new train.output_dir")
+    return problems
 
 
 def ensure_model(recipe: Recipe) -> None:
@@ -72,6 +117,28 @@ def training_arguments(recipe: Recipe):
     from transformers import TrainingArguments
 
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    ds = recipe.dist.deepspeed
+    extra: dict = {}
+    if ds:
+        if "LOCAL_RANK" not in os.environ:
+            # One process without a launcher: DeepSpeed still wants a (1-process) process group, and without
+            # these it looks for MPI. Set only here, before anything reads them.
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+                os.environ.setdefault(k, v)
+        if not cuda:
+            # On a machine without GPUs accelerate gives DeepSpeed no backend, and every rank trains alone
+            # (world size 1, exit 0). Set up accelerate's state with gloo ourselves and let the Trainer use it.
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+            PartialState(backend="gloo", timeout=timedelta(minutes=30))
+            extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         per_device_train_batch_size=1 if recipe.data.packing else t.per_device_train_batch_size,
@@ -79,7 +146,8 @@ def training_arguments(recipe: Recipe):
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
-        bf16=t.bf16 and cuda, use_cpu=not cuda,
+        # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
+        bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
         gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=t.use_liger_kernel and cuda,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
@@ -88,7 +156,7 @@ def training_arguments(recipe: Recipe):
         eval_on_start=e.eval_on_start and e.eval_strategy != "no",
         include_num_input_tokens_seen="non_padding", report_to="none",
         run_name=recipe.track.run_name or recipe.name, remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False,
+        dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False, **extra,
     )
 
 
