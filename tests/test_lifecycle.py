@@ -123,6 +123,10 @@ def test_crash_between_weights_and_manifest_is_never_resumed_from(tiny_model_dir
     assert live == {6: True, 9: True}  # tiny-demo keeps 2 (save_total_limit): checkpoint-3 went to retention
     assert [c["step"] for c in job["checkpoints"] if c["deleted"]] == [3] and not (out / "checkpoint-3").exists()
 
+    p = run_cli("train", *_args(tiny_model_dir, out, *steps))  # a finished job: nothing to train, no new attempt
+    assert p.returncode == 0 and "already finished at step 9" in p.stderr, p.stderr[-3000:]
+    assert _job(out)["attempts"] == 2 and not (out / "checkpoint-10").exists() and _state(out)["global_step"] == 9
+
 
 def _training(min_step: int):
     """True once the registry's heartbeat shows the only job past `min_step`."""

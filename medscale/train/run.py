@@ -186,6 +186,18 @@ def _plan_start(recipe: Recipe, tracker: JobTracker) -> str | None:
     return str(start) if start else None
 
 
+def _finished_summary(recipe: Recipe, resume: str | None) -> dict | None:
+    """The run summary of a job that already trained to its last step, else None. (Resuming from a checkpoint
+    at max_steps would make the HF Trainer train one step past it.)"""
+    summary_file = Path(recipe.train.output_dir) / "run_summary.json"
+    if not resume or not summary_file.is_file():
+        return None
+    state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    done = 0 < state.get("max_steps", 0) <= state["global_step"] == summary.get("global_step")
+    return summary if done and summary.get("fingerprint") == recipe.fingerprint() else None
+
+
 def _decided_by_rank0(rank: int, decide):
     """Run `decide` on global rank 0 and give every rank its answer (or its RecipeError), so no rank
     starts collectives that another rank has refused to join."""
@@ -219,6 +231,11 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None) -> dict | None:
     args = training_arguments(recipe)  # also initialises torch.distributed under a launcher
     tracker = JobTracker(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size)
     resume = _decided_by_rank0(args.process_index, lambda: _plan_start(recipe, tracker))
+    if (finished := _decided_by_rank0(args.process_index, lambda: _finished_summary(recipe, resume))) is not None:
+        log.info("job %s already finished at step %s (%s): nothing to train", recipe.name,
+                 finished["global_step"], Path(recipe.train.output_dir) / "run_summary.json")
+        _shutdown_distributed()
+        return finished if args.process_index == 0 else None
     if resume:
         args.eval_on_start = False  # the base model's loss is already in the restored log history
     flag = StopFlag()
