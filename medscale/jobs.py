@@ -21,10 +21,11 @@ STATUSES = ("queued", "running", "lost", "succeeded", "failed", "preempted", "ca
 STATUS_STYLE = {"running": "green", "lost": "red", "failed": "red", "preempted": "yellow", "succeeded": "blue",
                 "completed": "blue", "cancelled": "magenta", "queued": "cyan"}
 
-# recorded launcher -> module whose `launch(recipe, recipe_ref, overrides) -> int` resumes the job;
-# None: that launcher exists but cannot be driven from here yet (SLURM and Ray plug in here).
-RESUME_LAUNCHERS: dict[str, str | None] = {"local": "launcher.local", "python": "launcher.local",
-                                           "accelerate": "launcher.local", "slurm": None, "ray": None}
+# recorded launcher -> module whose `launch(recipe, recipe_ref, overrides) -> int` resumes the job
+# (SLURM and Ray resubmit and return once submitted).
+RESUME_LAUNCHERS: dict[str, str] = {"local": "launcher.local", "python": "launcher.local",
+                                           "accelerate": "launcher.local", "slurm": "launcher.slurm",
+                                           "ray": "launcher.ray"}
 RESUME_OVERRIDES = ["train.resume=auto"]
 
 LaunchFn = Callable[..., int]
@@ -151,12 +152,7 @@ def _resume_launcher(launcher: str) -> str:
     if launcher not in RESUME_LAUNCHERS:
         raise RegistryError(f"job was started by launcher '{launcher}', which this medscale does not know "
                             f"(known: {', '.join(RESUME_LAUNCHERS)})")
-    module = RESUME_LAUNCHERS[launcher]
-    if module is None:
-        raise RegistryError(f"resuming a {launcher} job needs the {launcher} launcher, which `medscale jobs resume` "
-                            f"cannot drive yet (not available yet): resubmit the job the way it was first started; "
-                            f"train.resume=auto continues from its newest verified checkpoint")
-    return module
+    return RESUME_LAUNCHERS[launcher]
 
 
 def resume_job(reg: Registry, ref: str, launch_fn: LaunchFn | None = None) -> int:

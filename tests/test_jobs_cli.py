@@ -244,12 +244,14 @@ def test_resume_a_stopped_job_relaunches_its_recorded_recipe(tmp_path, medscale_
         assert recipe.name == name and recipe.train.output_dir == job["output_dir"] and recipe.train.resume == "auto"
 
 
-def test_resume_of_a_slurm_job_says_it_needs_the_slurm_launcher(tmp_path):
+def test_resume_goes_through_the_launcher_that_ran_the_job(tmp_path):
     reg = Registry()
     sync_output_dir(reg, make_output_dir(tmp_path, "on-slurm", [attempt(1, "preempted", 5, launcher="slurm")], [],
                                          launcher="slurm"))
-    with pytest.raises(RegistryError, match="resuming a slurm job needs the slurm launcher"):
-        jobs.resume_job(reg, "on-slurm", launch_fn=lambda *a: 0)
+    assert [jobs._resume_launcher(k) for k in ("local", "accelerate", "slurm", "ray")] == [
+        "launcher.local", "launcher.local", "launcher.slurm", "launcher.ray"]
+    with pytest.raises(RegistryError, match="launcher 'kubernetes', which this medscale does not know"):
+        jobs._resume_launcher("kubernetes")
 
 
 def test_unreachable_registry_never_prints_its_password():
