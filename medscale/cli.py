@@ -229,9 +229,11 @@ def jobs_resume(job: str = JOB) -> None:
     _logging()
     with user_errors(), _registry() as reg:
         d = jobs.show_job(reg, job)
+        summary = Path(d["output_dir"]) / "run_summary.json"
+        before = summary.stat().st_mtime_ns if summary.is_file() else None
         code = jobs.resume_job(reg, str(d["id"]))
-    summary = Path(d["output_dir"]) / "run_summary.json"
-    if code == 0 and summary.is_file():
+    # a launcher that only submits (SLURM, Ray) returns before training: no new summary to show then
+    if code == 0 and summary.is_file() and summary.stat().st_mtime_ns != before:
         _report(f"medscale: {d['name']} (job {d['id']}) finished", json.loads(summary.read_text(encoding="utf-8")))
     raise typer.Exit(code)
 
@@ -280,8 +282,91 @@ def jobs_gc(job: Optional[str] = typer.Argument(None, help="job id or name (defa
 
 # --------------------------------------------------------------------------- submit: slurm
 
+@submit_app.command("slurm")
+def submit_slurm(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+                 overrides: Optional[list[str]] = OVERRIDES,
+                 nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="nodes (default: the recipe's "
+                                                     "dist.num_machines)"),
+                 gpus_per_node: Optional[str] = typer.Option(None, "--gpus-per-node", help="GPUs per node, N or "
+                                                             "TYPE:N (default: processes per node); 0: CPU only"),
+                 procs_per_node: Optional[int] = typer.Option(None, "--procs-per-node", min=1,
+                                                              help="training processes per node (default: the GPU "
+                                                                   "count, else the recipe's dist.num_processes)"),
+                 cpus_per_node: Optional[int] = typer.Option(None, "--cpus-per-node", min=1,
+                                                             help="CPUs per node (default: 8 per GPU, else 1 per "
+                                                                  "process)"),
+                 partition: Optional[str] = typer.Option(None, "--partition", "-p"),
+                 time: Optional[str] = typer.Option(None, "--time", "-t", help="time limit, e.g. 24:00:00"),
+                 account: Optional[str] = typer.Option(None, "--account", "-A"),
+                 output: Optional[str] = typer.Option(None, "--output", "-o", help="job log (default: "
+                                                      "$MEDSCALE_HOME/slurm/%x-%j.out)"),
+                 sbatch_arg: Optional[list[str]] = typer.Option(None, "--sbatch-arg", help="one more sbatch flag, "
+                                                                "e.g. --sbatch-arg=--qos=high (repeatable)"),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="print the batch script, submit nothing"),
+                 ) -> None:
+    """Submit a recipe with sbatch: one accelerate launcher per node (slurm/common.sh), a checkpoint and a requeue
+    when SLURM warns of the time limit; prints the SLURM job id."""
+    from launcher.slurm import SlurmOptions, log_path, submit
+
+    opts = SlurmOptions(nodes=nodes, gpus_per_node=gpus_per_node, procs_per_node=procs_per_node,
+                        cpus_per_node=cpus_per_node, partition=partition, time=time, account=account, output=output,
+                        sbatch_args=list(sbatch_arg or []))
+    with user_errors():
+        sub = submit(recipe, overrides or [], opts, dry_run=dry_run)
+    if dry_run:
+        typer.echo(sub.script, nl=False)
+        return
+    o = sub.options
+    typer.echo(f"Submitted SLURM job {sub.job_id}: {recipe} on {o.nodes} node(s) x {o.procs_per_node} process(es)\n"
+               f"  log    {log_path(o, sub.job_id)}\n"
+               f"  watch  squeue -j {sub.job_id}; once it runs: medscale jobs show {o.job_name}")
+
 
 # --------------------------------------------------------------------------- submit: ray
+
+@submit_app.command("ray")
+def submit_ray(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+               overrides: Optional[list[str]] = OVERRIDES,
+               address: Optional[str] = typer.Option(None, "--address", help="the cluster's dashboard (job server) "
+                                                     "address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"),
+               dry_run: bool = typer.Option(False, "--dry-run", help="print the equivalent `ray job submit` "
+                                            "command (registry password redacted); submit nothing"),
+               env: Optional[list[str]] = typer.Option(None, "--env", help="KEY=VALUE for the job's runtime env "
+                                                       "(repeatable); MEDSCALE_HOME, MEDSCALE_REGISTRY_URL, "
+                                                       "MEDSCALE_MODELS, MEDSCALE_DATA travel with the job when set"),
+               max_failures: int = typer.Option(3, "--max-failures", min=0,
+                                                help="worker-group restarts (from the newest verified checkpoint) "
+                                                     "before Ray gives up"),
+               storage_path: Optional[str] = typer.Option(None, "--storage-path", help="shared storage for Ray's "
+                                                          "run dir (default: the recipe's train.output_dir)"),
+               gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per worker, or CPU workers "
+                                                  "(default: GPUs when the cluster has any)"),
+               cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0),
+               working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="project to upload (default: "
+                                                          "this directory if it holds launcher/ray_job.py)"),
+               runtime_env: Optional[Path] = typer.Option(None, "--runtime-env", help="base runtime env YAML "
+                                                          "(default: cluster/ray/runtime_env.yaml)"),
+               wait: bool = typer.Option(False, "--wait", help="wait for the job, print its logs, exit with its "
+                                         "driver's code")) -> None:
+    """Submit a recipe as a Ray job: Ray Train workers (dist.num_processes x dist.num_machines) each run it."""
+    from launcher import ray as ray_launcher
+    from medscale.recipe import load_recipe
+
+    with user_errors():
+        r = load_recipe(recipe, overrides or [])
+        opts = ray_launcher.RayOptions(max_failures=max_failures, storage_path=storage_path, use_gpu=gpu,
+                                       cpus_per_worker=cpus_per_worker)
+        sub = ray_launcher.prepare_submission(r, recipe, overrides or [], address=address, env=env or [],
+                                              working_dir=working_dir, runtime_env_file=runtime_env, opts=opts)
+    if dry_run:
+        typer.echo(sub.command())
+        return
+    job_id = ray_launcher.submit(sub)
+    typer.echo(f"submitted {r.name} to Ray at {sub.address}: job {job_id}")
+    typer.echo(f"  follow it: ray job logs --address {sub.address} -f {job_id}")
+    typer.echo(f"  the registry lists its attempts under Ray job {job_id}: medscale jobs show {r.name}")
+    if wait:
+        raise typer.Exit(ray_launcher.wait(sub.address, job_id))
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -24,6 +25,9 @@ from medscale.train.checkpoint import (discard_newer_unverified, latest_verified
                                        write_json_atomic)
 from medscale.train.lifecycle import STOP_CANCELLED, JobTracker, LaunchInfo, StopFlag
 from medscale.train.report import eval_verdict, plot_losses
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 log = logging.getLogger("medscale.train")
 
@@ -221,9 +225,10 @@ def _shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()  # else a rank can abort at exit and the launcher fails
 
 
-def run(recipe: Recipe, launch: LaunchInfo | None = None) -> dict | None:
+def run(recipe: Recipe, launch: LaunchInfo | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict | None:
     """Train the recipe as one attempt of its job; returns the run summary on global rank 0 (None on other
-    ranks). Raises AttemptStopped after a preemption or cancel has been saved as a verified checkpoint."""
+    ranks). Raises AttemptStopped after a preemption or cancel has been saved as a verified checkpoint.
+    Launchers may add Trainer `callbacks`; they run after medscale's (e.g. Ray reports verified checkpoints)."""
     preflight(recipe)
     # Fewer fragmentation OOMs with variable-length batches; must be set before the first CUDA allocation.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -242,7 +247,7 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None) -> dict | None:
     flag.install()
     tracker.start(Path(resume) if resume else None, flag.cancel)
     try:
-        summary, stopped = _train(recipe, args, tracker, flag, resume, started)
+        summary, stopped = _train(recipe, args, tracker, flag, resume, started, callbacks)
     except KeyboardInterrupt:
         tracker.end("cancelled", "interrupted (Ctrl-C)")
         raise
@@ -262,7 +267,7 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None) -> dict | None:
 
 
 def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: str | None,
-           started: float) -> tuple[dict | None, int]:
+           started: float, extra_callbacks: Sequence[TrainerCallback] = ()) -> tuple[dict | None, int]:
     """The training proper: (summary on rank 0, stop code). A stopped run skips the final save and summary."""
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import count_parameters, load_model, load_tokenizer
@@ -293,7 +298,7 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
     callbacks = [meter, ProgressToCollator(data.collator), attempt_cb]
     trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                               data_collator=data.collator, processing_class=tok, meter=meter, clipper=clipper,
-                              callbacks=callbacks + ([swan_cb] if swan_cb else []))
+                              callbacks=callbacks + ([swan_cb] if swan_cb else []) + list(extra_callbacks))
     if rank == 0:
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
