@@ -86,8 +86,20 @@ def run_forwarding_signals(cmd: list[str], env: dict) -> int:
             signal.signal(sig, handler)
 
 
-def _attempts(output_dir: str) -> list[dict]:
+def attempts(output_dir: str) -> list[dict]:
+    """The job's attempts as its output dir records them (oldest first)."""
     return (read_journal(output_dir) or {}).get("attempts", [])
+
+
+def run_reporting_stops(recipe: Recipe, cmd: list[str], env: dict, runner: Callable[[list[str], dict], int]) -> int:
+    """Run a launcher command and return its exit code, except that a preempted or cancelled attempt returns
+    EXIT_PREEMPTED / EXIT_CANCELLED: torchrun reports any worker's non-zero exit as 1."""
+    before = len(attempts(recipe.train.output_dir))
+    code = runner(cmd, env)
+    ours = attempts(recipe.train.output_dir)[before:]
+    if code != 0 and ours and ours[-1]["status"] in STOP_EXIT_CODES:
+        return STOP_EXIT_CODES[ours[-1]["status"]]
+    return code
 
 
 def launch(recipe: Recipe, recipe_ref: str, overrides: list[str],
@@ -101,11 +113,6 @@ def launch(recipe: Recipe, recipe_ref: str, overrides: list[str],
 
         run(recipe, LaunchInfo.from_env(env))  # AttemptStopped carries its own exit code
         return 0
-    before = len(_attempts(recipe.train.output_dir))
     cmd = accelerate_command(recipe, recipe_ref, overrides)
     print("+ " + " ".join(cmd), flush=True)
-    code = runner(cmd, env)
-    ours = _attempts(recipe.train.output_dir)[before:]
-    if code != 0 and ours and ours[-1]["status"] in STOP_EXIT_CODES:
-        return STOP_EXIT_CODES[ours[-1]["status"]]  # torchrun reports any worker's non-zero exit as 1
-    return code
+    return run_reporting_stops(recipe, cmd, env, runner)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from medscale import medscale_home
-from medscale.errors import EXIT_BAD_INPUT, STOP_EXIT_CODES
+from medscale.errors import EXIT_BAD_INPUT
 from medscale.recipe import Recipe, RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,12 +103,6 @@ def run_stoppable(cmd: list[str], env: dict) -> int:
             signal.signal(sig, handler)
 
 
-def _attempts(output_dir: str) -> list[dict]:
-    from medscale.train.lifecycle import read_journal
-
-    return (read_journal(output_dir) or {}).get("attempts", [])
-
-
 def _time_limit(job_id: str | None) -> str | None:
     if not job_id:
         return None
@@ -146,14 +140,11 @@ def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank:
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_GRACE_S)
     if machine_rank == 0:
         record_resources(recipe, env)
-    before = len(_attempts(recipe.train.output_dir))
     cmd = node_command(recipe, recipe_ref, overrides, machine_rank=machine_rank, main_ip=main_ip, port=port)
     print(f"medscale: node {machine_rank}/{nodes}: + {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    code = runner(cmd, env)
-    ours = _attempts(recipe.train.output_dir)[before:]
-    if code != 0 and ours and ours[-1]["status"] in STOP_EXIT_CODES:
-        return STOP_EXIT_CODES[ours[-1]["status"]]  # torchrun reports any worker's non-zero exit as 1
-    return code
+    from launcher.local import run_reporting_stops
+
+    return run_reporting_stops(recipe, cmd, env, runner)
 
 
 # --------------------------------------------------------------------------- sbatch scripts
@@ -297,8 +288,10 @@ def launch(recipe: Recipe, recipe_ref: str, overrides: list[str], executor: Exec
     new SLURM job continues from the newest verified checkpoint (train.resume=auto). Returns 0 once queued.
     Refused while the job's last SLURM job is still queued or running (e.g. requeued after a preemption): it
     continues by itself, and two jobs in one output dir would overwrite each other's checkpoints."""
-    attempts = _attempts(recipe.train.output_dir)
-    last = next((a["slurm_job_id"] for a in reversed(attempts) if a.get("slurm_job_id")), None)
+    from launcher.local import attempts
+
+    last = next((a["slurm_job_id"] for a in reversed(attempts(recipe.train.output_dir)) if a.get("slurm_job_id")),
+                None)
     if last and (now := state(last)) in ACTIVE:
         raise RecipeError(f"SLURM job {last} of {recipe.name} is still {now}: it continues by itself from the newest "
                           f"verified checkpoint; to start it anew, `scancel {last}` first")
