@@ -127,3 +127,21 @@ def test_swanlab_cloud_without_key_falls_back_to_offline(tiny_model_dir, tmp_pat
         assert list((tmp_path / "out" / "swanlog").glob("run-*"))
     finally:
         finish_swanlab()
+
+
+def test_throughput_meter_leaves_the_warm_up_step_out_of_the_run_totals(monkeypatch):
+    from types import SimpleNamespace
+
+    from medscale.train import callbacks
+
+    clock = iter([0.0, 10.0, 10.0, 11.0, 11.0, 12.0])  # step 1 takes 10 s (compilation), steps 2 and 3 take 1 s
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    meter = callbacks.ThroughputMeter(samples_per_step=4, world_size=1, flops_per_token=None)
+    state = SimpleNamespace(num_input_tokens_seen=0)
+    for seen in (100, 200, 300):
+        meter.on_step_begin(None, state, None)
+        state.num_input_tokens_seen = seen
+        meter.on_step_end(None, state, None)
+    assert meter.summary() == {"tokens_per_s": 100.0, "tokens_per_s_per_device": 100.0, "samples_per_s": 4.0,
+                               "first_step_s": 10.0}
+    assert meter.pop_window()["tokens_per_s"] == 25.0  # the log window itself keeps every step

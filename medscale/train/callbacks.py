@@ -42,13 +42,15 @@ def flops_per_token(total_params: int, trainable_params: int, recompute: bool) -
 
 class ThroughputMeter(TrainerCallback):
     """Tokens/s of real (non-padding) tokens, samples/s, peak GPU memory and MFU, over optimizer steps
-    only (evaluation and checkpoint time excluded), both per log window and for the whole run."""
+    only (evaluation and checkpoint time excluded), per log window and for the whole run (the whole-run
+    figures leave out the first, warm-up step; its time is reported as first_step_s)."""
 
     def __init__(self, samples_per_step: int, world_size: int, flops_per_token: float | None):
         self.samples_per_step, self.world = samples_per_step, world_size
         self.fpt, self.peak = flops_per_token, device_peak_flops()
         self.window = [0.0, 0, 0]   # seconds, tokens, steps since the last log
-        self.total = [0.0, 0, 0]
+        self.total = [0.0, 0, 0]    # every step after the first
+        self.first_step_s: float | None = None
         self._t = self._tokens0 = 0
 
     def on_step_begin(self, args, state, control, **kw):
@@ -56,7 +58,12 @@ class ThroughputMeter(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         dt, dtok = time.perf_counter() - self._t, state.num_input_tokens_seen - self._tokens0
-        for acc in (self.window, self.total):
+        if self.first_step_s is None:  # kernel compilation, allocator warm-up: reported, kept out of the totals
+            self.first_step_s = dt
+            accs = (self.window,)
+        else:
+            accs = (self.window, self.total)
+        for acc in accs:
             acc[0] += dt
             acc[1] += dtok
             acc[2] += 1
@@ -78,7 +85,8 @@ class ThroughputMeter(TrainerCallback):
         return rates
 
     def summary(self) -> dict:
-        return self._rates(*self.total)
+        """Whole-run rates over every optimizer step but the first (warm-up), and the first step's time."""
+        return {**self._rates(*self.total), **({"first_step_s": self.first_step_s} if self.first_step_s else {})}
 
 
 class AdaptiveClipper:
