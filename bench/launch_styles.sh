@@ -2,7 +2,7 @@
 # Throughput of the seed 003 recipe (qwen3-8b-lora-huatuo: Qwen3-8B shape, random weights, real Qwen3 tokenizer,
 # real medical_sft records) through medscale's launch styles on N GPUs of this host, and the plain HF Trainer +
 # PEFT baseline (../shared/gpu/hf_baseline.py) on one GPU in the same call. Prints a table; logs under $OUT.
-#   bash bench/launch_styles.sh [N_GPUS] [STEPS]       (repo root; STYLES="ddp zero3 baseline" by default)
+#   bash bench/launch_styles.sh [N_GPUS] [STEPS]       (repo root; STYLES="ddp zero3 baseline" by default; also zero2)
 # Needs .gpu/ in the repo root: qwen3_tokenizer/, model_configs.json, medical_sft_1K_format.jsonl, hf_baseline.py.
 set -uo pipefail
 N=${1:-$(nvidia-smi -L | wc -l)}; STEPS=${2:-20}; STYLES=${STYLES:-ddp zero3 baseline}
@@ -14,7 +14,7 @@ build_random('Qwen/Qwen3-8B', Path('.gpu/model_configs.json'), Path('.gpu/qwen3_
 common=(model.path=/tmp/m8b "data.sources=[{path: .gpu/medical_sft_1K_format.jsonl, format: sharegpt}]"
         data.eval_size=0 eval.eval_strategy=no "train.max_steps=$STEPS" train.save_steps=100000 train.logging_steps=5
         track.swanlab=null train.effective_batch_size=null "dist.num_processes=$N")
-declare -A extra=([ddp]="" [zero3]="dist.deepspeed=zero3")
+declare -A extra=([ddp]="" [zero2]="dist.deepspeed=zero2" [zero3]="dist.deepspeed=zero3")
 for s in $STYLES; do
   if [ "$s" = baseline ]; then
     CUDA_VISIBLE_DEVICES=0 python3 .gpu/hf_baseline.py --shape qwen3-8b --lora_r 16 --lora_alpha 32 --lora_dropout 0.05 \
