@@ -31,7 +31,6 @@ from medscale.errors import EXIT_BAD_INPUT
 from medscale.recipe import Recipe, RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-SHUTDOWN_GRACE_S = "300"  # torchrun waits this long for workers to save after a SIGTERM (its default: 30)
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
 RECORD = "slurm_job.json"  # in the output dir: the resources the job ran with, so `jobs resume` asks for them again
@@ -133,6 +132,8 @@ def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank:
              runner: Callable[[list[str], dict], int] = run_stoppable) -> int:
     """One node of a SLURM job: fit the recipe to the job's nodes, start this node's launcher, and return the
     registry's code for a preempted (75) or cancelled (4) attempt, whatever code the launcher reports."""
+    from launcher.local import SHUTDOWN_GRACE_S, run_reporting_stops
+
     recipe = load_recipe(recipe_ref, overrides)
     overrides = [*overrides, *node_overrides(recipe, nodes)]
     recipe = load_recipe(recipe_ref, overrides)
@@ -142,8 +143,6 @@ def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank:
         record_resources(recipe, env)
     cmd = node_command(recipe, recipe_ref, overrides, machine_rank=machine_rank, main_ip=main_ip, port=port)
     print(f"medscale: node {machine_rank}/{nodes}: + {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    from launcher.local import run_reporting_stops
-
     return run_reporting_stops(recipe, cmd, env, runner)
 
 

@@ -15,9 +15,10 @@ import yaml
 
 from medscale import medscale_home
 from medscale.registry import Registry, RegistryError, heartbeat_interval
+from medscale.registry.models import JOB_STATUSES
 
 # Statuses a person can filter on: the job statuses plus `lost` (computed: a running attempt gone silent).
-STATUSES = ("queued", "running", "lost", "succeeded", "failed", "preempted", "cancelled")
+STATUSES = (*JOB_STATUSES, "lost")
 STATUS_STYLE = {"running": "green", "lost": "red", "failed": "red", "preempted": "yellow", "succeeded": "blue",
                 "completed": "blue", "cancelled": "magenta", "queued": "cyan"}
 

@@ -163,7 +163,6 @@ def test_repeated_upserts_give_the_same_rows(reg):
         reg.record_checkpoint(s, ckpt(s.output_dir, 10, metrics={"loss": 1.0}))
         reg.upsert_attempt(s, attempt(2, resumed_from=f"{s.output_dir}/checkpoint-10"))
         reg.record_checkpoint(s, ckpt(s.output_dir, 20, attempt_number=2))
-        reg.upsert_job(s)
     assert counts(reg) == {"jobs": 1, "attempts": 2, "checkpoints": 2}
     # the same key with a new recipe updates the job instead of adding one
     reg.upsert_attempt(spec(recipe_yaml="name: demo\nlr: 1e-4\n", fingerprint="fp-2"), attempt(2))

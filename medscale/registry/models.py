@@ -12,7 +12,6 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "preempted", "cancelled")
-ATTEMPT_STATUSES = ("running", "completed", "failed", "preempted", "cancelled", "lost")
 
 
 def utcnow() -> datetime:

@@ -174,14 +174,6 @@ class Registry:
                                          "fingerprint": spec.fingerprint})
         return job
 
-    def upsert_job(self, spec: JobSpec, status: str | None = None) -> int:
-        with self._session.begin() as s:
-            job = self._job(s, spec, refresh=True)
-            if status:
-                job.status = status
-            s.flush()
-            return job.id
-
     def upsert_attempt(self, spec: JobSpec, a: AttemptInfo, current: bool = True, beat: bool = True) -> bool:
         """Create or update attempt `a.number`; `beat` refreshes its heartbeat (the live run does, `jobs sync` does
         not: replaying a journal must not make a dead attempt look alive). When it is the job's current attempt
