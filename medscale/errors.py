@@ -10,6 +10,11 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGUSR1 arrived, a checkpoint was sa
 STOP_EXIT_CODES = {"preempted": EXIT_PREEMPTED, "cancelled": EXIT_CANCELLED}
 
 
+class UserError(Exception):
+    """The user's input cannot work (a recipe, data file, path, argument or unreachable service); the message
+    names the thing and the fix. The CLI prints it as one line and exits EXIT_BAD_INPUT."""
+
+
 class AttemptStopped(Exception):
     """Training stopped early on request (preemption or cancel) after saving a verified checkpoint."""
 
@@ -24,14 +29,9 @@ class AttemptStopped(Exception):
 def user_errors():
     """Bad recipes and bad data exit 2 with one message, a stopped attempt exits with its code; real bugs keep
     their traceback."""
-    from medscale.data.chat import TemplateError
-    from medscale.data.formats import DataError
-    from medscale.recipe import RecipeError
-    from medscale.registry import RegistryError
-
     try:
         yield
-    except (RecipeError, DataError, TemplateError, RegistryError) as e:
+    except UserError as e:
         print(f"medscale: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:

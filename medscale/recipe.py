@@ -8,6 +8,8 @@ users' habits carry over.
 """
 from __future__ import annotations
 
+from medscale.errors import UserError
+
 import difflib
 import hashlib
 import json
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medscale import medscale_home
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot run, with a message that names the file, key and fix."""
 
 

@@ -11,12 +11,14 @@ earlier turns anyway, and the model never sees earlier reasoning at inference.
 """
 from __future__ import annotations
 
+from medscale.errors import UserError
+
 from dataclasses import dataclass
 
 IGNORE = -100
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """The tokenizer's chat template does not render conversations prefix-consistently."""
 
 

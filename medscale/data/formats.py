@@ -5,6 +5,8 @@ conversion script. Errors name `file:line` and what was wrong.
 """
 from __future__ import annotations
 
+from medscale.errors import UserError
+
 import csv
 import glob
 import json
@@ -19,7 +21,7 @@ log = logging.getLogger("medscale.data")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data, with the file and line it came from."""
 
 

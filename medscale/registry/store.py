@@ -7,6 +7,8 @@ BEGIN (a deferred transaction that later writes can fail with "database is locke
 """
 from __future__ import annotations
 
+from medscale.errors import UserError
+
 import os
 import socket
 from dataclasses import asdict, dataclass, field
@@ -29,7 +31,7 @@ _JOB_STATUS = {"running": "running", "completed": "succeeded", "failed": "failed
                "cancelled": "cancelled", "lost": "failed"}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError):
     """The registry cannot answer (unreachable, newer schema, unknown job); the message says which."""
 
 
