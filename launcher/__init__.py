@@ -1,1 +1,17 @@
-"""Launch backends: each decides where and how many processes start; all end in medscale.train.run."""
+"""Launch backends: each decides where and how many processes start; what they run is the Entry it is given.
+
+Every backend implements `medscale.jobs.launch.Launcher` (prepare -> submit -> wait). `launchers()` is the
+name -> launcher map the CLI hands to `medscale.jobs.ops` (which never imports this package): a job recorded with
+launcher NAME is resumed by `launchers()[NAME]`.
+"""
+from __future__ import annotations
+
+
+def launchers() -> dict:
+    from launcher.local import LocalLauncher
+    from launcher.ray import RayLauncher
+    from launcher.slurm import SlurmLauncher
+
+    local = LocalLauncher()
+    # a job started by hand (`python -m medscale.train`, `accelerate launch`) records `python` / `accelerate`
+    return {"local": local, "python": local, "accelerate": local, "slurm": SlurmLauncher(), "ray": RayLauncher()}

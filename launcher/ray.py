@@ -1,4 +1,5 @@
-"""Ray launcher: a Ray Train TorchTrainer whose workers each call the same `medscale.train.run()`.
+"""Ray launcher: a Ray Train TorchTrainer whose workers each call the job's entry (`medscale.train.run()` for
+training).
 
 Two thin halves:
 - **cluster side** (`launcher/ray_job.py`, the job's driver): validates the recipe, builds ScalingConfig /
@@ -33,7 +34,9 @@ from typing import Callable
 
 import yaml
 
-from medscale.errors import EXIT_CANCELLED
+from medscale.errors import EXIT_CANCELLED, UserError
+from medscale.jobs.launch import ENV_RAY_JOB_ID, LaunchInfo, LaunchRequest, entry_for, register_submitted
+from medscale.preflight import Report, check_launch
 from medscale.recipe import Recipe, RecipeError, load_recipe
 from medscale.registry import redact
 
@@ -52,6 +55,10 @@ PASS_ENV = ("MEDSCALE_HOME", "MEDSCALE_REGISTRY_URL", "MEDSCALE_MODELS", "MEDSCA
 
 # --------------------------------------------------------------------------- options (entry script flags)
 
+class LaunchError(UserError):
+    """The Ray cluster cannot take this job (its job server unreachable, a bad --env, no project to upload)."""
+
+
 @dataclass
 class RayOptions:
     """What the Ray job needs beyond the recipe. Entry-script flags, each defaulting to an environment variable
@@ -61,6 +68,19 @@ class RayOptions:
     storage_path: str | None = None  # None: the recipe's train.output_dir
     use_gpu: bool | None = None  # None: GPUs when the cluster has any
     cpus_per_worker: float = 1.0
+    # submit side only (not entry-script flags): where the job goes and what it uploads
+    address: str | None = None  # None: $RAY_ADDRESS, else the local dashboard
+    working_dir: str | None = None  # None: this directory if it holds launcher/ray_job.py
+    runtime_env: str | None = None  # None: cluster/ray/runtime_env.yaml of the working dir
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RayOptions":
+        keep = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in (d or {}).items() if k in keep})
+
+    def to_dict(self) -> dict:
+        """What the job records for `jobs resume` (never `--env` values: they may hold secrets)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RayOptions":
@@ -101,7 +121,7 @@ def run_config(recipe: Recipe, opts: RayOptions, job_id: str | None):
     resubmitted job finds its Ray run again and two jobs never share one. Ray keeps only pointers there."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    env = {"MEDSCALE_LAUNCHER": "ray", **({"MEDSCALE_RAY_JOB_ID": job_id} if job_id else {})}
+    env = {"MEDSCALE_LAUNCHER": "ray", **({ENV_RAY_JOB_ID: job_id} if job_id else {})}
     return RunConfig(name=recipe.name, storage_path=opts.storage_path or os.path.abspath(recipe.train.output_dir),
                      failure_config=FailureConfig(max_failures=opts.max_failures),
                      # Ray deletes only its pointer folders; the checkpoints themselves follow train.save_total_limit
@@ -152,7 +172,7 @@ def load_from_source(source: dict, overrides: list[str]) -> Recipe:
 def pointed_checkpoint(checkpoint) -> Path | None:
     """The medscale checkpoint folder a Ray checkpoint stands for: its pointer's target, or itself when it is a
     medscale checkpoint (local mode reports those directly)."""
-    from medscale.train.checkpoint import MANIFEST
+    from medscale.jobs.checkpoint import MANIFEST
 
     if checkpoint is None:
         return None
@@ -170,7 +190,7 @@ def resume_overrides(checkpoint, recipe: Recipe) -> list[str]:
     it is a verified checkpoint of this job and still its newest; when the output dir has a newer verified one
     (reported too late) or Ray's was deleted since, continue from the newest (`auto`). A Ray checkpoint of another
     job (two jobs with one name sharing --storage-path) is ignored."""
-    from medscale.train.checkpoint import checkpoint_step, latest_verified, read_manifest
+    from medscale.jobs.checkpoint import checkpoint_step, latest_verified, read_manifest
 
     target = pointed_checkpoint(checkpoint)
     if target is None:
@@ -226,7 +246,7 @@ def report_save(output_dir: str, step: int, rank0: bool) -> None:
     import ray.train
     from ray.train import CheckpointUploadMode
 
-    from medscale.train.checkpoint import read_manifest
+    from medscale.jobs.checkpoint import read_manifest
 
     metrics, checkpoint = {}, None
     if rank0:
@@ -267,20 +287,18 @@ def train_func(config: dict) -> dict | None:
     import ray.train
 
     from medscale.errors import AttemptStopped
-    from medscale.train.lifecycle import LaunchInfo
-    from medscale.train.run import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # RunConfig's worker_runtime_env sets these; local mode (num_workers=0) runs in the driver without it
     os.environ.setdefault("MEDSCALE_LAUNCHER", "ray")
     if config.get("job_id"):
-        os.environ.setdefault("MEDSCALE_RAY_JOB_ID", config["job_id"])
+        os.environ.setdefault(ENV_RAY_JOB_ID, config["job_id"])
     overrides = list(config["overrides"])
     recipe = load_from_source(config["source"], overrides)
     if extra := resume_overrides(ray.train.get_checkpoint(), recipe):
         recipe = load_from_source(config["source"], overrides + extra)
     try:
-        return run(recipe, LaunchInfo.from_env(), callbacks=[ray_report()])
+        return entry_for(config.get("entry", "train")).load()(recipe, LaunchInfo.from_env(), callbacks=[ray_report()])
     except AttemptStopped as e:
         if e.status != "cancelled":
             raise
@@ -292,7 +310,7 @@ def train_func(config: dict) -> dict | None:
 def current_job_id() -> str | None:
     """The id to record on every attempt: the one `medscale submit ray` chose, else the Ray job submission id
     (`ray job submit`), else Ray's core job id (a driver started by hand)."""
-    if v := os.environ.get("MEDSCALE_RAY_JOB_ID"):
+    if v := os.environ.get(ENV_RAY_JOB_ID):
         return v
     try:
         meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata") or {}
@@ -322,26 +340,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--cpu", dest="use_gpu", action="store_false", help="train on CPUs (gloo)")
     p.add_argument("--cpus-per-worker", type=float, default=env.cpus_per_worker,
                    help="CPUs reserved per worker (env MEDSCALE_RAY_CPUS_PER_WORKER; default 1)")
+    p.add_argument("--entry", default="train", help="what every worker runs: train (default), eval, trial")
     return p.parse_intermixed_args(argv)
 
 
 def build_trainer(recipe: Recipe, source: dict, overrides: list[str], opts: RayOptions, use_gpu: bool,
-                  job_id: str | None, num_workers_override: int | None = None):
+                  job_id: str | None, num_workers_override: int | None = None, entry: str = "train"):
     from ray.train.torch import TorchTrainer
 
     scaling = scaling_config(recipe, use_gpu, opts.cpus_per_worker)
     if num_workers_override is not None:  # tests: 0 runs train_func in this process (Ray Train local mode)
         scaling.num_workers = num_workers_override
-    config = {"source": source, "overrides": list(overrides), "job_id": job_id}
+    config = {"source": source, "overrides": list(overrides), "job_id": job_id, "entry": entry}
     return TorchTrainer(train_func, train_loop_config=config, scaling_config=scaling,
                         run_config=run_config(recipe, opts, job_id))
 
 
 def _final_status(output_dir: str) -> str | None:
-    from medscale.train.lifecycle import read_journal
+    from medscale.jobs.record import read_journal
 
-    attempts = (read_journal(output_dir) or {}).get("attempts") or []
-    return attempts[-1]["status"] if attempts else None
+    journal = read_journal(output_dir)
+    return journal.last.status if journal and journal.last else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = opts.use_gpu if opts.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     print(f"medscale: {recipe.name}: {num_workers(recipe)} Ray Train worker(s) on {'GPU' if use_gpu else 'CPU'}, "
           f"max_failures={opts.max_failures}, Ray job id {job_id}, output {recipe.train.output_dir}", flush=True)
-    trainer = build_trainer(recipe, source, args.overrides, opts, use_gpu, job_id)
+    trainer = build_trainer(recipe, source, args.overrides, opts, use_gpu, job_id, entry=args.entry)
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
@@ -412,7 +431,7 @@ def default_working_dir() -> Path:
     for folder in (Path.cwd(), REPO):
         if (folder / ENTRY_SCRIPT).is_file() and (folder / "pyproject.toml").is_file():
             return folder
-    raise RecipeError(f"no medscale project here to upload as the job's working dir: run from the medscale "
+    raise LaunchError(f"no medscale project here to upload as the job's working dir: run from the medscale "
                       f"project root (it holds {ENTRY_SCRIPT}) or pass --working-dir PROJECT")
 
 
@@ -432,32 +451,33 @@ def _parse_env(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise RecipeError(f"--env {item!r}: expected KEY=VALUE")
+            raise LaunchError(f"--env {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
 
 
-def prepare_submission(recipe: Recipe, recipe_ref: str, overrides: list[str], *, address: str | None = None,
-                       env: list[str] | None = None, working_dir: str | Path | None = None,
-                       runtime_env_file: str | Path | None = None, opts: RayOptions | None = None,
-                       submission_id: str | None = None, environ=os.environ) -> RaySubmission:
+def prepare_submission(recipe: Recipe, recipe_ref: str, overrides: list[str], *, opts: RayOptions | None = None,
+                       env: list[str] | None = None, submission_id: str | None = None, environ=os.environ,
+                       entry: str = "train") -> RaySubmission:
     """The Ray job for a validated recipe. A built-in name or a recipe inside the working dir is named on the
     entrypoint; a recipe file outside it (e.g. the recorded one `jobs resume` writes) travels as text in
     MEDSCALE_RECIPE_YAML, since the cluster cannot see this machine's files."""
+    opts = opts or RayOptions()
     check_for_ray(recipe)
-    wd = Path(working_dir).expanduser().resolve() if working_dir else default_working_dir()
+    wd = Path(opts.working_dir).expanduser().resolve() if opts.working_dir else default_working_dir()
     if not (wd / ENTRY_SCRIPT).is_file():
-        raise RecipeError(f"working dir {wd} has no {ENTRY_SCRIPT}: run from the medscale project or pass "
+        raise LaunchError(f"working dir {wd} has no {ENTRY_SCRIPT}: run from the medscale project or pass "
                           f"--working-dir PROJECT")
-    env_file = Path(runtime_env_file) if runtime_env_file else wd / RUNTIME_ENV_FILE
+    env_file = Path(opts.runtime_env) if opts.runtime_env else wd / RUNTIME_ENV_FILE
+    if opts.runtime_env and not env_file.is_file():
+        raise LaunchError(f"--runtime-env {env_file} does not exist")
     base = (yaml.safe_load(env_file.read_text(encoding="utf-8")) or {}) if env_file.is_file() else {}
-    if runtime_env_file and not env_file.is_file():
-        raise RecipeError(f"--runtime-env {env_file} does not exist")
     sid = submission_id or f"medscale-{re.sub(r'[^A-Za-z0-9_.-]+', '-', recipe.name)}-{secrets.token_hex(4)}"
     env_vars = {str(k): str(v) for k, v in (base.get("env_vars") or {}).items()}
     env_vars.update({k: environ[k] for k in PASS_ENV if environ.get(k)})
     env_vars.update(_parse_env(env or []))
-    env_vars.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "MEDSCALE_LAUNCHER": "ray", "MEDSCALE_RAY_JOB_ID": sid})
+    launch = LaunchInfo("ray", {"ray_job_id": sid}, opts.to_dict())
+    env_vars.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", ENV_RAY_JOB_ID: sid, **launch.env()})
     ref, path = recipe_ref, Path(recipe_ref).expanduser()
     if path.suffix in (".yaml", ".yml"):  # as load_recipe tells a file from a built-in name
         rel = _inside(path, wd)
@@ -470,27 +490,36 @@ def prepare_submission(recipe: Recipe, recipe_ref: str, overrides: list[str], *,
             env_vars[RECIPE_ENV] = text
             ref = f"env:{RECIPE_ENV}"
     runtime_env = {**base, "working_dir": str(wd), "env_vars": env_vars}
-    entrypoint = ["python", ENTRY_SCRIPT, ref, *overrides, *(opts or RayOptions()).flags()]
-    return RaySubmission(address or default_address(environ), sid, entrypoint, runtime_env,
+    entry_flag = ["--entry", entry] if entry != "train" else []
+    entrypoint = ["python", ENTRY_SCRIPT, ref, *overrides, *opts.flags(), *entry_flag]
+    return RaySubmission(opts.address or default_address(environ), sid, entrypoint, runtime_env,
                          {"medscale_job": recipe.name, "output_dir": os.path.abspath(recipe.train.output_dir)})
+
+
+def _client(address: str, client_factory: Callable | None):
+    """The job server's client; an address nobody answers at is a one-line LaunchError, not Ray's traceback."""
+    if client_factory is None:
+        from ray.job_submission import JobSubmissionClient as client_factory
+    try:
+        return client_factory(address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise LaunchError(f"cannot reach the Ray job server at {address} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no answer'}): start the cluster (`ray start "
+                          f"--head` on the head node) or pass --address http://HEAD:8265 (or set RAY_ADDRESS)") from None
 
 
 def submit(sub: RaySubmission, client_factory: Callable | None = None) -> str:
     """Hand the job to the cluster's job server (the dashboard address); returns the submission id."""
-    if client_factory is None:
-        from ray.job_submission import JobSubmissionClient as client_factory
-    client = client_factory(sub.address)
-    return client.submit_job(entrypoint=shlex.join(sub.entrypoint), runtime_env=sub.runtime_env,
-                             submission_id=sub.submission_id, metadata=sub.metadata)
+    return _client(sub.address, client_factory).submit_job(
+        entrypoint=shlex.join(sub.entrypoint), runtime_env=sub.runtime_env, submission_id=sub.submission_id,
+        metadata=sub.metadata)
 
 
 def wait(address: str, submission_id: str, client_factory: Callable | None = None, poll_s: float = 2.0,
          out=sys.stdout) -> int:
     """Follow a submitted job to its end; print its logs; return the driver's exit code (0 only if it
     SUCCEEDED)."""
-    if client_factory is None:
-        from ray.job_submission import JobSubmissionClient as client_factory
-    client = client_factory(address)
+    client = _client(address, client_factory)
     while True:
         info = client.get_job_info(submission_id)
         status = getattr(info.status, "value", str(info.status))
@@ -505,11 +534,39 @@ def wait(address: str, submission_id: str, client_factory: Callable | None = Non
     return code if isinstance(code, int) and code > 0 else 1
 
 
-def launch(recipe: Recipe, recipe_ref: str, overrides: list[str], client_factory: Callable | None = None) -> int:
-    """`medscale jobs resume` of a Ray job: resubmit it (to $RAY_ADDRESS, default the local dashboard) with the
-    recorded recipe; the new attempt continues from the newest verified checkpoint. Returns once submitted."""
-    sub = prepare_submission(recipe, recipe_ref, overrides, opts=RayOptions.from_env())
-    sid = submit(sub, client_factory)
-    print(f"medscale: resubmitted {recipe.name} to Ray at {sub.address}: job {sid} "
-          f"(follow it: ray job logs --address {sub.address} -f {sid})", flush=True)
-    return 0
+@dataclass
+class RayPlan:
+    request: LaunchRequest
+    submission: RaySubmission
+    report: Report
+
+
+class RayLauncher:
+    """`ray job submit` of launcher/ray_job.py with the job's entry; `wait` follows it to its end. `env` holds the
+    `--env KEY=VALUE` extras of this submission (passed on, never recorded: they may hold secrets)."""
+
+    name = "ray"
+    waits_by_default = False
+
+    def __init__(self, env: list[str] | None = None, client_factory: Callable | None = None):
+        self.env, self.client_factory = list(env or []), client_factory
+
+    def prepare(self, request: LaunchRequest) -> RayPlan:
+        opts = RayOptions.from_dict(request.options)
+        report = check_launch(check_for_ray(request.recipe), devices=False, paths_must_exist=False)
+        sub = prepare_submission(request.recipe, request.ref, request.overrides, opts=opts, env=self.env,
+                                 entry=request.entry.kind)
+        return RayPlan(LaunchRequest(request.recipe, request.ref, request.overrides, request.entry, opts.to_dict()),
+                       sub, report)
+
+    def submit(self, plan: RayPlan) -> RaySubmission:
+        plan.report.raise_if_failed()
+        submit(plan.submission, self.client_factory)
+        register_submitted(plan.request, "ray")
+        print(f"medscale: submitted {plan.request.recipe.name} to Ray at {plan.submission.address}: job "
+              f"{plan.submission.submission_id} (follow it: ray job logs --address {plan.submission.address} -f "
+              f"{plan.submission.submission_id})", flush=True)
+        return plan.submission
+
+    def wait(self, handle: RaySubmission) -> int:
+        return wait(handle.address, handle.submission_id, self.client_factory)

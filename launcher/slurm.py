@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -26,14 +26,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from launcher.process import Outcome, popen_tied, run_reporting_stops
 from medscale import medscale_home
-from medscale.errors import EXIT_BAD_INPUT
+from medscale.errors import EXIT_BAD_INPUT, UserError
+from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, register_submitted
+from medscale.jobs.record import read_journal
+from medscale.paths import shipped
+from medscale.preflight import Report, check_launch
 from medscale.recipe import Recipe, RecipeError, load_recipe
 
-REPO = Path(__file__).resolve().parent.parent
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
-RECORD = "slurm_job.json"  # in the output dir: the resources the job ran with, so `jobs resume` asks for them again
+ENV_ENTRY = "MEDSCALE_ENTRY"  # the entry kind the nodes run (train unless a submit says otherwise)
+
+
+class LaunchError(UserError):
+    """The cluster cannot take this submission (sbatch missing or refusing, an option it cannot parse)."""
 
 Executor = Callable[[list[str], str], str]  # (sbatch command, script on stdin) -> sbatch's stdout
 
@@ -62,25 +70,25 @@ def node_overrides(recipe: Recipe, nodes: int) -> list[str]:
 
 
 def node_command(recipe: Recipe, recipe_ref: str, overrides: list[str], *, machine_rank: int, main_ip: str,
-                 port: int) -> list[str]:
+                 port: int, module: str = "medscale.train") -> list[str]:
     """What one node runs: `accelerate launch` with this node's machine rank and the job's main address (the
-    recipe already fitted to the job's nodes), or the training module itself for a 1-process job."""
+    recipe already fitted to the job's nodes), or the entry module itself for a 1-process job."""
     from launcher.local import accelerate_command
 
     if recipe.dist.num_processes * recipe.dist.num_machines == 1:
-        return [sys.executable, "-m", "medscale.train", recipe_ref, *overrides]
-    cmd = accelerate_command(recipe, recipe_ref, overrides)
+        return [sys.executable, "-m", module, recipe_ref, *overrides]
+    cmd = accelerate_command(recipe, recipe_ref, overrides, module)
     cmd[cmd.index("--main_process_port") + 1] = str(port)
     at = cmd.index("-m", 3)  # the training module follows the launcher's own flags
     return [*cmd[:at], "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, *cmd[at:]]
 
 
-def run_stoppable(cmd: list[str], env: dict) -> int:
+def run_stoppable(cmd: list[str], env: dict) -> Outcome:
     """Run the node's launcher; the first SIGUSR2 becomes exactly one SIGTERM to it. SIGTERM/SIGUSR1/SIGINT to
     this wrapper are ignored: SLURM sends those to every process of the step (time limit, scancel), so the
     launcher and workers already have them."""
     quiet = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGUSR1, STOP_SIGNAL)}
-    proc = subprocess.Popen(cmd, env=env)  # inherits SIGUSR1/SIGUSR2 ignored (exec keeps SIG_IGN)
+    proc = popen_tied(cmd, env)  # inherits SIGUSR1/SIGUSR2 ignored (exec keeps SIG_IGN); dies with this wrapper
     sent = False
 
     def stop(_signum, _frame):
@@ -96,7 +104,7 @@ def run_stoppable(cmd: list[str], env: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, signal.SIG_IGN)
     try:
-        return proc.wait()
+        return Outcome(proc.wait(), signal.SIGTERM if sent else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -113,37 +121,35 @@ def _time_limit(job_id: str | None) -> str | None:
     return None
 
 
-def record_resources(recipe: Recipe, env=os.environ) -> None:
-    """Write RECORD in the output dir: what this job asked SLURM for, so a `jobs resume` asks for it again."""
+def options_from_env(recipe: Recipe, env=os.environ) -> dict:
+    """What a job started by a static script (`sbatch slurm/8b_huatuo.sh`) asked SLURM for, so `jobs resume` asks
+    for it again (a job from `medscale submit slurm` carries its options in MEDSCALE_LAUNCH_OPTIONS instead)."""
     gpus = env.get("SLURM_GPUS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or "0"
-    rec = {"slurm_job_id": env.get("SLURM_JOB_ID"), "nodes": recipe.dist.num_machines,
-           "procs_per_node": recipe.dist.num_processes, "gpus_per_node": gpus,
-           "cpus_per_node": int(env["SLURM_CPUS_PER_TASK"]) if env.get("SLURM_CPUS_PER_TASK", "").isdigit() else None,
-           "partition": env.get("SLURM_JOB_PARTITION"), "account": env.get("SLURM_JOB_ACCOUNT"),
-           "time": _time_limit(env.get("SLURM_JOB_ID"))}
-    from medscale.train.checkpoint import write_json_atomic
-
-    out = Path(recipe.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RECORD, rec)
+    opts = {"nodes": recipe.dist.num_machines, "procs_per_node": recipe.dist.num_processes, "gpus_per_node": gpus,
+            "cpus_per_node": int(env["SLURM_CPUS_PER_TASK"]) if env.get("SLURM_CPUS_PER_TASK", "").isdigit() else None,
+            "partition": env.get("SLURM_JOB_PARTITION"), "account": env.get("SLURM_JOB_ACCOUNT"),
+            "time": _time_limit(env.get("SLURM_JOB_ID"))}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank: int, main_ip: str, port: int,
-             runner: Callable[[list[str], dict], int] = run_stoppable) -> int:
+             entry: str = "train", runner: Callable[[list[str], dict], Outcome] = run_stoppable) -> int:
     """One node of a SLURM job: fit the recipe to the job's nodes, start this node's launcher, and return the
     registry's code for a preempted (75) or cancelled (4) attempt, whatever code the launcher reports."""
-    from launcher.local import SHUTDOWN_GRACE_S, run_reporting_stops
+    from launcher.local import SHUTDOWN_GRACE_S
 
     recipe = load_recipe(recipe_ref, overrides)
     overrides = [*overrides, *node_overrides(recipe, nodes)]
     recipe = load_recipe(recipe_ref, overrides)
-    env = {**os.environ, "MEDSCALE_LAUNCHER": "slurm"}
+    env = {**os.environ}
+    launch = LaunchInfo.from_env(env)
+    launch.launcher, launch.options = "slurm", launch.options or options_from_env(recipe, env)
+    env.update(launch.env())
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_GRACE_S)
-    if machine_rank == 0:
-        record_resources(recipe, env)
-    cmd = node_command(recipe, recipe_ref, overrides, machine_rank=machine_rank, main_ip=main_ip, port=port)
+    cmd = node_command(recipe, recipe_ref, overrides, machine_rank=machine_rank, main_ip=main_ip, port=port,
+                       module=entry_for(entry).module)
     print(f"medscale: node {machine_rank}/{nodes}: + {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return run_reporting_stops(recipe, cmd, env, runner)
+    return run_reporting_stops(recipe.train.output_dir, cmd, env, runner)
 
 
 # --------------------------------------------------------------------------- sbatch scripts
@@ -163,11 +169,38 @@ class SlurmOptions:
     job_name: str | None = None
     sbatch_args: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SlurmOptions":
+        keep = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in keep and v is not None})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, [])}
+
+
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\"'\\`$;|&<>]")
+
+
+def check_options(o: SlurmOptions) -> None:
+    """Every value that lands on an `#SBATCH` line: no control characters (a newline would end the directive and
+    run the rest as a command, dropping every later directive), no blanks or shell/quote characters (sbatch reads
+    directives word by word). Refused with the option's name, never quoted into something else."""
+    values = [("--partition", o.partition), ("--time", o.time), ("--account", o.account), ("--output", o.output),
+              ("--job-name (the recipe name)", o.job_name), ("--gpus-per-node", o.gpus_per_node),
+              *[("--sbatch-arg", a) for a in o.sbatch_args]]
+    for name, value in values:
+        if value is not None and (bad := _UNSAFE.search(str(value))):
+            raise LaunchError(f"{name} {value!r}: contains {bad.group()!r}, which an #SBATCH line cannot carry safely "
+                              f"(control characters, blanks, quotes and shell characters are refused): remove it")
+    for a in o.sbatch_args:
+        if not a.startswith("--"):
+            raise LaunchError(f"--sbatch-arg {a!r}: expected one long sbatch option, e.g. --sbatch-arg=--qos=high")
+
 
 def _gpu_count(gpus: str) -> int:
-    count = gpus.rsplit(":", 1)[-1]
+    count = str(gpus).rsplit(":", 1)[-1]
     if not count.isdigit():
-        raise RecipeError(f"--gpus-per-node {gpus}: expected a count or TYPE:COUNT, e.g. 4 or a100:4")
+        raise LaunchError(f"--gpus-per-node {gpus}: expected a count or TYPE:COUNT, e.g. 4 or a100:4")
     return int(count)
 
 
@@ -180,17 +213,19 @@ def resolve(recipe: Recipe, opts: SlurmOptions) -> tuple[SlurmOptions, list[str]
     gpus = _gpu_count(o.gpus_per_node)
     o.procs_per_node = o.procs_per_node or gpus or recipe.dist.num_processes
     if gpus and o.procs_per_node > gpus:
-        raise RecipeError(f"{o.procs_per_node} processes per node but --gpus-per-node {o.gpus_per_node}: one "
+        raise LaunchError(f"{o.procs_per_node} processes per node but --gpus-per-node {o.gpus_per_node}: one "
                           f"process per GPU (--gpus-per-node 0 runs on CPUs)")
     o.cpus_per_node = o.cpus_per_node or (8 * gpus if gpus else o.procs_per_node)
     o.job_name = o.job_name or recipe.name
     o.output = o.output or str(medscale_home() / "slurm" / "%x-%j.out")
+    check_options(o)
     extra = [f"dist.num_processes={o.procs_per_node}"] if o.procs_per_node != recipe.dist.num_processes else []
     return o, extra
 
 
-def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str]) -> str:
-    """A batch script that sources slurm/common.sh and runs the recipe; `opts` already resolved."""
+def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str],
+                  launch: LaunchInfo | None = None, entry: str = "train") -> str:
+    """A batch script that sources slurm/common.sh and runs the recipe's entry; `opts` already resolved."""
     gpus = _gpu_count(opts.gpus_per_node)
     lines = [f"--job-name={opts.job_name}", f"--nodes={opts.nodes}",
              "--ntasks-per-node=1", f"--cpus-per-task={opts.cpus_per_node}",
@@ -201,15 +236,16 @@ def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, com
              f"--signal={WARNING}", "--requeue", "--open-mode=append", f"--output={opts.output}", "--export=ALL",
              *opts.sbatch_args]
     run = " ".join(shlex.quote(a) for a in [recipe_ref, *overrides])
+    exports = {"MEDSCALE_REPO": str(shipped("slurm").parent), "MEDSCALE_PYTHON": sys.executable, ENV_ENTRY: entry,
+               **(launch.env() if launch else {})}
     return "\n".join([
         "#!/bin/bash",
-        f"# Rendered by `medscale submit slurm` for recipe {recipe_ref}: {opts.nodes} node(s) x {opts.procs_per_node} "
-        f"process(es), {'GPUs ' + opts.gpus_per_node if gpus else 'no GPUs'} per node.",
+        f"# Rendered by `medscale submit slurm` for recipe {shlex.quote(recipe_ref)}: {opts.nodes} node(s) x "
+        f"{opts.procs_per_node} process(es), {'GPUs ' + opts.gpus_per_node if gpus else 'no GPUs'} per node.",
         f"# medscale hands it to `{shlex.join(command)}` on stdin; a saved copy submits with `sbatch FILE`. A stopped",
         "# job continues with `medscale jobs resume JOB` (same resources, newest verified checkpoint).",
         *[f"#SBATCH {line}" for line in lines],
-        f"export MEDSCALE_REPO={shlex.quote(str(REPO))}",
-        f"export MEDSCALE_PYTHON={shlex.quote(sys.executable)}",
+        *[f"export {k}={shlex.quote(v)}" for k, v in exports.items()],
         'source "$MEDSCALE_REPO/slurm/common.sh"',
         f"medscale_run {run}",
         "",
@@ -221,51 +257,15 @@ def run_sbatch(cmd: list[str], script: str) -> str:
     try:
         r = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise RecipeError("sbatch not found: run this on a SLURM login node (or install slurm-client)") from None
+        raise LaunchError("sbatch not found: run this on a SLURM login node (or install slurm-client)") from None
     if r.returncode != 0:
-        raise RecipeError(f"sbatch failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        raise LaunchError(f"sbatch failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout
-
-
-@dataclass
-class Submission:
-    script: str
-    command: list[str]
-    options: SlurmOptions
-    job_id: str | None = None
-
-
-def submit(recipe_ref: str, overrides: list[str], opts: SlurmOptions | None = None, *, dry_run: bool = False,
-           executor: Executor = run_sbatch) -> Submission:
-    """Validate the recipe for the requested shape, render the batch script, and (unless dry_run) sbatch it."""
-    overrides = list(overrides)
-    ref = str(Path(recipe_ref).resolve()) if Path(recipe_ref).suffix in (".yaml", ".yml") else recipe_ref
-    recipe = load_recipe(ref, overrides)
-    o, extra = resolve(recipe, opts or SlurmOptions())
-    overrides += extra
-    node_overrides(load_recipe(ref, overrides), o.nodes)  # refuse a shape the recipe cannot take, before queueing
-    command = ["sbatch", "--parsable"]
-    sub = Submission(render_script(ref, overrides, o, command), command, o)
-    if dry_run:
-        return sub
-    if "%" not in o.output.rsplit("/", 1)[0]:
-        Path(o.output).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it
-    sub.job_id = executor(command, sub.script).strip().split(";")[0]
-    return sub
-
-
-def options_from_record(output_dir: str) -> SlurmOptions:
-    """The resources a job ran with (RECORD in its output dir), else the defaults."""
-    path = Path(output_dir) / RECORD
-    if not path.is_file():
-        return SlurmOptions()
-    rec = json.loads(path.read_text(encoding="utf-8"))
-    keep = {f.name for f in fields(SlurmOptions)}
-    return SlurmOptions(**{k: v for k, v in rec.items() if k in keep and v is not None})
 
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
+FINAL_CODES = {"completed": 0, "preempted": 75, "cancelled": 4}
 
 
 def slurm_state(job_id: str) -> str | None:
@@ -281,23 +281,74 @@ def log_path(opts: SlurmOptions, job_id: str | None) -> str:
     return opts.output.replace("%x", opts.job_name or "").replace("%j", job_id or "%j")
 
 
-def launch(recipe: Recipe, recipe_ref: str, overrides: list[str], executor: Executor = run_sbatch,
-           state: Callable[[str], str | None] = slurm_state) -> int:
-    """`medscale jobs resume` of a SLURM job: submit the recorded recipe again with the resources it ran with; the
-    new SLURM job continues from the newest verified checkpoint (train.resume=auto). Returns 0 once queued.
-    Refused while the job's last SLURM job is still queued or running (e.g. requeued after a preemption): it
-    continues by itself, and two jobs in one output dir would overwrite each other's checkpoints."""
-    from launcher.local import attempts
+@dataclass
+class SlurmPlan:
+    request: LaunchRequest
+    options: SlurmOptions
+    overrides: list[str]
+    script: str
+    command: list[str]
+    report: Report
 
-    last = next((a["slurm_job_id"] for a in reversed(attempts(recipe.train.output_dir)) if a.get("slurm_job_id")),
-                None)
-    if last and (now := state(last)) in ACTIVE:
-        raise RecipeError(f"SLURM job {last} of {recipe.name} is still {now}: it continues by itself from the newest "
-                          f"verified checkpoint; to start it anew, `scancel {last}` first")
-    sub = submit(recipe_ref, overrides, options_from_record(recipe.train.output_dir), executor=executor)
-    print(f"medscale: {recipe.name} resubmitted as SLURM job {sub.job_id} (log {log_path(sub.options, sub.job_id)}); "
-          f"it resumes from the newest verified checkpoint in {recipe.train.output_dir}", flush=True)
-    return 0
+
+@dataclass
+class SlurmHandle:
+    plan: SlurmPlan
+    job_id: str
+
+
+class SlurmLauncher:
+    """`sbatch` of a rendered script that runs the entry on every node (slurm/common.sh); `wait` follows the job
+    with squeue and returns its attempt's exit code. The executor (sbatch) and the state query (squeue) are
+    parameters, so tests check the script without a cluster."""
+
+    name = "slurm"
+    waits_by_default = False
+
+    def __init__(self, executor: Executor = run_sbatch, state: Callable[[str], str | None] = slurm_state,
+                 poll_s: float = 10.0):
+        self.executor, self.state, self.poll_s = executor, state, poll_s
+
+    def prepare(self, request: LaunchRequest) -> SlurmPlan:
+        """Validate the recipe for the requested shape and render the batch script; refuse while the job's last
+        SLURM job is still queued or running (e.g. requeued after a preemption): it continues by itself, and two
+        jobs in one output dir would overwrite each other's checkpoints."""
+        ref = str(Path(request.ref).resolve()) if Path(request.ref).suffix in (".yaml", ".yml") else request.ref
+        overrides = list(request.overrides)
+        o, extra = resolve(request.recipe, SlurmOptions.from_dict(request.options))
+        overrides += extra
+        recipe = load_recipe(ref, overrides)
+        node_overrides(recipe, o.nodes)  # refuse a shape the recipe cannot take, before queueing
+        report = check_launch(recipe, devices=False)
+        journal = read_journal(recipe.train.output_dir)
+        last = next((a.launcher_ids["slurm_job_id"] for a in reversed(journal.attempts)
+                     if a.launcher_ids.get("slurm_job_id")), None) if journal else None
+        if last and (now := self.state(last)) in ACTIVE:
+            raise LaunchError(f"SLURM job {last} of {recipe.name} is still {now}: it continues by itself from the "
+                              f"newest verified checkpoint; to start it anew, `scancel {last}` first")
+        command = ["sbatch", "--parsable"]
+        launch = LaunchInfo("slurm", options=o.to_dict())
+        script = render_script(ref, overrides, o, command, launch, request.entry.kind)
+        return SlurmPlan(LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), o, overrides, script,
+                         command, report)
+
+    def submit(self, plan: SlurmPlan) -> SlurmHandle:
+        plan.report.raise_if_failed()
+        o = plan.options
+        if "%" not in o.output.rsplit("/", 1)[0]:
+            Path(o.output).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it
+        job_id = self.executor(plan.command, plan.script).strip().split(";")[0]
+        register_submitted(plan.request, "slurm")
+        return SlurmHandle(plan, job_id)
+
+    def wait(self, handle: SlurmHandle) -> int:
+        """Until SLURM no longer lists the job (a requeued job stays listed); then the code of its last attempt."""
+        import time
+
+        while self.state(handle.job_id) is not None:
+            time.sleep(self.poll_s)
+        journal = read_journal(handle.plan.request.recipe.train.output_dir)
+        return FINAL_CODES.get(journal.last.status, 1) if journal and journal.last else 1
 
 
 # --------------------------------------------------------------------------- `python -m launcher.slurm`
@@ -312,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--machine-rank", type=int, required=True, help="this node ($SLURM_NODEID, on the node)")
         s.add_argument("--main-ip", required=True, help="host of machine rank 0 (first host of the nodelist)")
         s.add_argument("--port", type=int, required=True, help="free port on the main host")
+        s.add_argument("--entry", default=os.environ.get(ENV_ENTRY, "train"), help="entry kind the nodes run")
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
@@ -320,11 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(a.recipe, a.overrides)
             overrides = [*a.overrides, *node_overrides(recipe, a.nodes)]
             print(shlex.join(node_command(load_recipe(a.recipe, overrides), a.recipe, overrides,
-                                          machine_rank=a.machine_rank, main_ip=a.main_ip, port=a.port)))
+                                          machine_rank=a.machine_rank, main_ip=a.main_ip, port=a.port,
+                                          module=entry_for(a.entry).module)))
             return 0
         return node_run(a.recipe, a.overrides, nodes=a.nodes, machine_rank=a.machine_rank, main_ip=a.main_ip,
-                        port=a.port)
-    except RecipeError as e:
+                        port=a.port, entry=a.entry)
+    except UserError as e:
         print(f"medscale: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

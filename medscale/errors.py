@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
@@ -15,25 +17,68 @@ class UserError(Exception):
     names the thing and the fix. The CLI prints it as one line and exits EXIT_BAD_INPUT."""
 
 
-class AttemptStopped(Exception):
-    """Training stopped early on request (preemption or cancel) after saving a verified checkpoint."""
+class RunFailed(Exception):
+    """A run that cannot go on for a reason the message explains (e.g. a diverged loss); the attempt is recorded
+    failed and the CLI prints the message as one line (exit 1)."""
 
-    def __init__(self, status: str, step: int):
-        super().__init__(f"{status} at step {step}: a verified checkpoint was saved; "
+
+class AttemptStopped(Exception):
+    """Work stopped early on request (preemption or cancel): after saving a verified checkpoint (`saved`), or before
+    training started, when there was nothing to save."""
+
+    def __init__(self, status: str, step: int, saved: bool = False):
+        what = "a verified checkpoint was saved" if saved else "stopped before training started, nothing to save"
+        super().__init__(f"{status} at step {step}: {what}; "
                          + ("requeue or `medscale jobs resume` to continue" if status == "preempted" else
                             "`medscale jobs resume` continues it"))
-        self.status, self.exit_code = status, STOP_EXIT_CODES[status]
+        self.status, self.step, self.saved, self.exit_code = status, step, saved, STOP_EXIT_CODES[status]
+
+
+# OS errors a person causes and can fix (a path, a permission, a full disk): one line, not a traceback
+_USER_OS_ERRORS = {errno.ENOENT: "no such file or folder", errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+                   errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EISDIR: "is a folder, not a file", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                   errno.ENAMETOOLONG: "file name too long"}
+
+
+def debugging() -> bool:
+    """`--debug` or MEDSCALE_DEBUG=1: show tracebacks instead of one-line errors."""
+    return os.environ.get("MEDSCALE_DEBUG", "") not in ("", "0", "false")
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line for an OS error a person caused, naming the path and what to do; None for any other."""
+    what = _USER_OS_ERRORS.get(e.errno)
+    if what is None:
+        return None
+    path = f"{e.filename}: " if e.filename else ""
+    fix = {errno.ENOSPC: "free some space or choose another folder", errno.EDQUOT: "free some space"}.get(
+        e.errno, "check the path and its permissions")
+    return f"{path}{what} ({fix})"
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Bad recipes and bad data exit 2 with one message, a stopped attempt exits with its code; real bugs keep
-    their traceback."""
+    """The one boundary between medscale and a person: bad input (a UserError, or a path, permission or full disk)
+    exits 2 with one line naming the thing and the fix; a stopped attempt exits with its code; a failed run exits
+    1 with its reason. Real bugs keep their traceback, and so does everything with --debug / MEDSCALE_DEBUG=1."""
     try:
         yield
     except UserError as e:
+        if debugging():
+            raise
         print(f"medscale: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except OSError as e:
+        line = os_error_line(e)
+        if line is None or debugging():
+            raise
+        print(f"medscale: error: {line}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
         print(f"medscale: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
+    except RunFailed as e:
+        print(f"medscale: failed: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medscale import medscale_home
+from medscale.paths import shipped
 
 
 class RecipeError(UserError):
@@ -168,7 +169,7 @@ class TrainSection(Section):
 
 
 class DistSection(Section):
-    DS_CONFIG_DIR: ClassVar[Path] = Path(__file__).resolve().parent.parent / "ds_configs"
+    DS_CONFIG_DIR: ClassVar[Path] = shipped("ds_configs")
 
     num_processes: int = Field(1, ge=1, description="processes (GPUs) on this machine")
     num_machines: int = Field(1, ge=1)
@@ -247,6 +248,16 @@ class Recipe(Section):
     dist: DistSection = Field(default_factory=DistSection)
     track: TrackSection = Field(default_factory=TrackSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_plain_word(cls, v: str) -> str:
+        """The name becomes a SLURM job name, a folder and a registry key: letters, digits, . _ + - only (a newline
+        in it once ended an #SBATCH line and ran the rest as a command)."""
+        if not re.fullmatch(r"\w[\w.+-]{0,199}", v):
+            raise ValueError(f"name {v!r}: use letters, digits and . _ + - only (no blanks, slashes or control "
+                             f"characters), at most 200 characters")
+        return v
 
     # Cross-field checks, one small validator per domain, each naming the key and the fix.
     @model_validator(mode="after")

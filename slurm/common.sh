@@ -30,7 +30,9 @@ MEDSCALE_EXIT_PREEMPTED=75  # medscale/errors.py
 MEDSCALE_EXIT_CANCELLED=4
 MEDSCALE_REPO=${MEDSCALE_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export MEDSCALE_REPO
-export PYTHONPATH="$MEDSCALE_REPO${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's launcher/ and medscale/
+if [ -d "$MEDSCALE_REPO/launcher" ]; then  # a checkout: use its launcher/ and medscale/ (an install has them)
+    export PYTHONPATH="$MEDSCALE_REPO${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 _medscale_srun=""
 _medscale_warned=""

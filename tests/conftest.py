@@ -51,6 +51,19 @@ def qwen3_tokenizer():
     return AutoTokenizer.from_pretrained(needs_realdata("qwen3_tokenizer"))
 
 
+def cli(*args: str, env: dict | None = None, input: str | None = None):
+    """Run `medscale ARGS` in this process (typer's CliRunner): `.returncode`, `.stdout`, `.stderr` like run_cli,
+    without a Python start-up per call. Use run_cli where a real process is the point (signals, exit codes)."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from medscale.cli import app
+
+    r = CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None):
     """Run `python -m medscale.cli ARGS` as a real process; returns CompletedProcess (text)."""
     return subprocess.run([sys.executable, "-m", "medscale.cli", *args], capture_output=True, text=True,

@@ -1,5 +1,5 @@
 """The attempt lifecycle's pieces without training: launcher identity, stop signals, a registry that
-goes away and comes back, the metrics a checkpoint records."""
+goes away and comes back (or whose file is deleted mid-run), the metrics a checkpoint records."""
 from __future__ import annotations
 
 import logging
@@ -8,60 +8,105 @@ import signal
 
 import pytest
 
+from medscale.errors import AttemptStopped
+from medscale.jobs import stop
+from medscale.jobs.attempt import Attempt
+from medscale.jobs.client import RunRegistry
+from medscale.jobs.launch import LaunchInfo
 from medscale.recipe import load_recipe
 from medscale.registry import Registry
-from medscale.train.lifecycle import (STOP_CANCELLED, STOP_NONE, STOP_PREEMPTED, JobTracker, LaunchInfo,
-                                      SafeRegistry, StopFlag)
 
 
 def test_launch_info_from_the_environment():
-    assert LaunchInfo.from_env({}) == LaunchInfo("python", None, None)
+    assert LaunchInfo.from_env({}).launcher == "python" and LaunchInfo.from_env({}).ids == {}
     assert LaunchInfo.from_env({"ACCELERATE_MIXED_PRECISION": "no"}).launcher == "accelerate"
-    assert LaunchInfo.from_env({"SLURM_JOB_ID": "812"}) == LaunchInfo("slurm", "812", None)
+    slurm = LaunchInfo.from_env({"SLURM_JOB_ID": "812"})
+    assert (slurm.launcher, slurm.ids) == ("slurm", {"slurm_job_id": "812"})
     array = {"SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "899", "SLURM_ARRAY_TASK_ID": "3"}
-    assert LaunchInfo.from_env(array).slurm_job_id == "899_3"
-    ray = {"MEDSCALE_LAUNCHER": "ray", "MEDSCALE_RAY_JOB_ID": "raysubmit_1"}
-    assert LaunchInfo.from_env(ray) == LaunchInfo("ray", None, "raysubmit_1")
+    assert LaunchInfo.from_env(array).ids == {"slurm_job_id": "899_3"}
+    ray = LaunchInfo.from_env({"MEDSCALE_LAUNCHER": "ray", "MEDSCALE_RAY_JOB_ID": "raysubmit_1"})
+    assert (ray.launcher, ray.ids) == ("ray", {"ray_job_id": "raysubmit_1"})
+    sent = LaunchInfo("slurm", options={"partition": "gpu", "nodes": 2})
+    back = LaunchInfo.from_env(sent.env())  # what a launcher tells its processes comes back whole
+    assert (back.launcher, back.options, back.launched_at) == (sent.launcher, sent.options, back.launched_at)
+    assert back.launched_at is not None
 
 
-def test_sigterm_and_sigusr1_request_a_preemption_and_a_cancel_wins():
-    flag = StopFlag()
-    before = signal.getsignal(signal.SIGTERM)
-    flag.install()
-    try:
-        assert flag.code == STOP_NONE
-        os.kill(os.getpid(), signal.SIGUSR1)
-        assert flag.code == STOP_PREEMPTED
-        flag.cancel()
-        os.kill(os.getpid(), signal.SIGTERM)  # a later preemption does not undo a cancel
-        assert flag.code == STOP_CANCELLED
-    finally:
-        flag.restore()
-    assert signal.getsignal(signal.SIGTERM) is before
+@pytest.fixture
+def flag():
+    """A fresh flag with medscale's handlers, the process's own handlers restored afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    f = stop.StopFlag()
+    f.install()
+    yield f
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def test_sigterm_and_sigusr1_request_a_preemption_and_a_cancel_wins(flag):
+    assert flag.code == stop.NONE
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert flag.code == stop.PREEMPTED and "SIGUSR1" in flag.reason
+    flag.cancel()
+    os.kill(os.getpid(), signal.SIGTERM)  # a later preemption does not undo a cancel
+    assert flag.code == stop.CANCELLED
+
+
+def test_first_ctrl_c_asks_for_a_save_the_second_stops_at_once(flag, capsys):
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.code == stop.CANCELLED and "Ctrl-C again" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_stop_before_training_raises_with_the_right_exit_code(flag):
+    flag.raise_if_set(0)  # nothing asked: nothing happens
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(AttemptStopped) as e:
+        flag.raise_if_set(12)
+    assert e.value.exit_code == 75 and e.value.status == "preempted" and not e.value.saved
 
 
 def test_a_registry_that_comes_back_gets_the_rows_written_while_it_was_away(tmp_path, caplog):
     recipe = load_recipe("tiny-demo", [f"train.output_dir={tmp_path / 'out'}"])
-    tracker = JobTracker(recipe, LaunchInfo("local"), rank=0, world_size=1,
-                         registry_url="postgresql+psycopg://u:hunter2@127.0.0.1:1/db")
-    with caplog.at_level(logging.ERROR, logger="medscale.lifecycle"):
-        tracker.start(None, on_cancel=lambda: None)
+    attempt = Attempt(recipe, LaunchInfo("local"), rank=0, world_size=1, stop=stop.StopFlag(),
+                      registry_url="postgresql+psycopg://u:hunter2@127.0.0.1:1/db")
+    with caplog.at_level(logging.ERROR, logger="medscale.registry"):
+        attempt.__enter__()
     assert "REGISTRY UNREACHABLE" in caplog.text and "hunter2" not in caplog.text
-    tracker.step = 7
-    tracker.registry.call("upsert_attempt", tracker.spec, tracker.attempt)  # still down: skipped, not raised
-
+    attempt.step = 7
     good = f"sqlite:///{tmp_path / 'registry.db'}"
-    tracker.registry.url, tracker.registry._retry_at = good, 0.0  # the registry is back
-    tracker.end("completed")
-    job = Registry(good).job(Registry(good).find(recipe.name))
-    assert job["status"] == "succeeded" and [a["status"] for a in job["attempt_list"]] == ["completed"]
+    attempt.registry.url, attempt.registry._retry_at = good, 0.0  # the registry is back
+    attempt.__exit__(None, None, None)
+    reg = Registry(good)
+    job = reg.job(reg.find(recipe.name))
+    assert job.status == "succeeded" and [a.status for a in job.attempt_list] == ["completed"]
+    assert job.attempt_list[0].step == 7
 
 
 def test_unreachable_registry_calls_are_retried_only_after_a_pause(tmp_path):
-    safe = SafeRegistry("postgresql+psycopg://u:p@127.0.0.1:1/db", str(tmp_path))
-    assert safe.call("jobs") is None
-    safe.url = f"sqlite:///{tmp_path / 'r.db'}"
-    assert safe.call("jobs") is None, "within RETRY_S the registry is not tried again (no stall per step)"
+    client = RunRegistry("postgresql+psycopg://u:p@127.0.0.1:1/db", str(tmp_path))
+    assert client._call("listing", lambda r: r.jobs()) is None
+    client.url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert client._call("listing", lambda r: r.jobs()) is None, "within RETRY_S it is not tried again (no stall)"
+
+
+def test_a_registry_file_deleted_mid_run_is_recreated_and_refilled(tmp_path, caplog):
+    """Defect: with registry.db deleted under a live run, nothing was logged or restored and `jobs list` showed
+    nothing. The run now notices the file is gone, logs it, reopens the path and restores its rows."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    recipe = load_recipe("tiny-demo", [f"train.output_dir={tmp_path / 'out'}"])
+    attempt = Attempt(recipe, LaunchInfo("local"), rank=0, world_size=1, stop=stop.StopFlag(), registry_url=url)
+    attempt.__enter__()
+    for f in tmp_path.glob("registry.db*"):
+        f.unlink()
+    attempt.step = 5
+    with caplog.at_level(logging.ERROR, logger="medscale.registry"):
+        attempt.__exit__(None, None, None)
+    assert "deleted or replaced" in caplog.text
+    reg = Registry(url)
+    job = reg.job(reg.find(recipe.name))
+    assert [(a.status, a.step) for a in job.attempt_list] == [("completed", 5)]
 
 
 @pytest.mark.parametrize("step,want", [(3, {"loss": 2.5, "learning_rate": 0.1, "eval_loss": 2.4}),

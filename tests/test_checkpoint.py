@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-import medscale.train.checkpoint as ck
-from medscale.recipe import RecipeError
-from medscale.train.checkpoint import (MANIFEST, checkpoint_dirs, delete_checkpoint, discard_newer_unverified,
-                                       failpoint, latest_verified, read_manifest, resolve_resume, retention_plan,
-                                       write_json_atomic, write_manifest)
+import medscale.jobs.checkpoint as ck
+from medscale.jobs.checkpoint import (MANIFEST, checkpoint_dirs, clear_newer_than, damaged_dirs, delete_checkpoint,
+                                      failpoint, latest_verified, read_manifest, retention_plan, write_manifest)
+from medscale.jobs.errors import CheckpointError
+from medscale.jobs.record import write_json_atomic
+from medscale.jobs.resume import resolve_resume
+
+
+def discard_newer_unverified(out, start):
+    """What a start clears above its resume point: removed (torn) + set aside (damaged), as their old names."""
+    removed, aside = clear_newer_than(out, start)
+    return removed + [p.with_name(p.name.split(ck.DAMAGED)[0]) for p in aside]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,19 +79,38 @@ def test_rewriting_a_manifest_does_not_list_the_manifest_itself(tmp_path):
     assert read_manifest(ckpt) == again
 
 
-def test_large_files_are_checked_by_size_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(ck, "HASH_LIMIT", 100)
-    ckpt = make_ckpt(tmp_path, 5, big=b"A" * 300)
+def test_every_file_is_checksummed_even_a_large_one(tmp_path):
+    """Defect: files over 64 MB (an 8B adapter's optimizer state) were checked by size only, so a same-size
+    corruption of optimizer.pt was resumed and trained to NaN. Every file is hashed now."""
+    ckpt = make_ckpt(tmp_path, 5, big=b"A" * (65 * 2**20))
     manifest = read_manifest(ckpt)
-    assert manifest is not None
-    assert manifest["files"]["adapter_model.safetensors"] == {"size": 300, "sha256": None}
-    assert manifest["files"]["global_step5/rng_state_0.pth"]["sha256"]  # 64 bytes <= 100: hashed
-    # same size, other bytes: a size-only file cannot tell
-    (ckpt / "adapter_model.safetensors").write_bytes(b"B" * 300)
-    assert read_manifest(ckpt) is not None
-    # a different size it can
-    (ckpt / "adapter_model.safetensors").write_bytes(b"B" * 299)
+    assert all(f["sha256"] for f in manifest["files"].values())
+    with open(ckpt / "adapter_model.safetensors", "r+b") as f:  # same size, one byte changed deep inside
+        f.seek(40 * 2**20)
+        f.write(b"B")
     assert read_manifest(ckpt) is None
+
+
+def test_a_manifest_step_that_disagrees_with_the_folder_or_trainer_state_is_not_verified(tmp_path):
+    """Defect: a manifest's step was trusted without a cross-check."""
+    c10 = make_ckpt(tmp_path, 10)
+    wrong = make_ckpt(tmp_path, 20, verified=False)
+    write_manifest(wrong, 30, {})  # the manifest claims step 30 in checkpoint-20
+    assert "name says 20" in ck.problem(wrong)
+    lying = make_ckpt(tmp_path, 40, verified=False)
+    (lying / "trainer_state.json").write_text(json.dumps({"global_step": 39}))
+    write_manifest(lying, 40, {})
+    assert "trainer_state.json says 39" in ck.problem(lying)
+    assert latest_verified(tmp_path) == c10
+
+
+def test_an_old_manifest_without_checksums_for_big_files_still_verifies_by_size(tmp_path, caplog):
+    """medscale 0.1 wrote sha256 null for files over 64 MB; such a checkpoint stays resumable (warned)."""
+    ckpt = make_ckpt(tmp_path, 5)
+    m = json.loads((ckpt / MANIFEST).read_text())
+    m["format"], m["files"]["adapter_model.safetensors"]["sha256"] = 1, None
+    (ckpt / MANIFEST).write_text(json.dumps(m))
+    assert read_manifest(ckpt) is not None and "by size only" in caplog.text
 
 
 def test_truncated_file_after_manifest_is_not_verified(tmp_path):
@@ -161,27 +187,27 @@ def test_latest_verified_skips_torn_and_damaged(tmp_path):
 
 def test_resolve_resume_modes(tmp_path):
     out = tmp_path / "out"
-    assert resolve_resume("auto", str(out)) is None  # nothing yet
-    assert resolve_resume("never", str(out)) is None
+    assert resolve_resume("auto", out) is None  # nothing yet
+    assert resolve_resume("never", out) is None
     c10 = make_ckpt(out, 10)
     c20 = make_ckpt(out, 20)
     torn = make_ckpt(out, 30, verified=False)
-    assert resolve_resume("auto", str(out)) == c20
-    assert resolve_resume("never", str(out)) is None
-    assert resolve_resume(str(c20), str(out)) == c20  # an explicit verified checkpoint
-    with pytest.raises(RecipeError, match=r"train\.resume=.*newer verified checkpoints \(checkpoint-20\).*overwrite"):
-        resolve_resume(str(c10), str(out))  # an older one: its future saves would overwrite checkpoint-20
+    assert resolve_resume("auto", out) == c20
+    assert resolve_resume("never", out) is None
+    assert resolve_resume(str(c20), out) == c20  # an explicit verified checkpoint
+    with pytest.raises(CheckpointError, match=r"train\.resume=.*newer verified checkpoints \(checkpoint-20\).*overwrite"):
+        resolve_resume(str(c10), out)  # an older one: its future saves would overwrite checkpoint-20
     for bad in (torn, out / "checkpoint-999"):
-        with pytest.raises(RecipeError, match=r"train\.resume") as e:
-            resolve_resume(str(bad), str(out))
+        with pytest.raises(CheckpointError, match=r"train\.resume") as e:
+            resolve_resume(str(bad), out)
         assert str(bad) in str(e.value)
 
 
 def test_resolve_resume_path_with_damaged_file_is_refused(tmp_path):
     c10 = make_ckpt(tmp_path, 10)
     (c10 / "adapter_model.safetensors").write_bytes(b"short")
-    with pytest.raises(RecipeError, match=r"train\.resume"):
-        resolve_resume(str(c10), str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"train\.resume"):
+        resolve_resume(str(c10), tmp_path)
 
 
 def test_discard_newer_unverified_only_removes_torn_newer_than_start(tmp_path):
@@ -290,12 +316,8 @@ def test_delete_checkpoint_unverifies_first(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- failpoint
 
-# The children load checkpoint.py straight from its file: `import medscale.train.checkpoint` would first run
-# medscale/train/__init__.py, which imports run() and with it transformers + peft (~12 s a process). The code
-# that runs is the same file; only the package import is skipped.
-_LOAD = ("import importlib.util, sys\n"
-         f"spec = importlib.util.spec_from_file_location('ckpt_under_test', {str(Path(ck.__file__))!r})\n"
-         "ck = importlib.util.module_from_spec(spec); spec.loader.exec_module(ck)\n")
+# medscale.jobs imports no torch: a child process starts in a fraction of a second.
+_LOAD = "import sys\nimport medscale.jobs.checkpoint as ck\n"
 
 
 def _child(code: str, env_value: str | None, *args: str) -> subprocess.CompletedProcess:
@@ -368,7 +390,7 @@ def test_discard_after_resume_from_a_verified_folder_not_named_checkpoint_n(tmp_
     make_ckpt(out, 30, verified=False)
     src = make_ckpt(tmp_path / "backups", 20)
     final = src.rename(tmp_path / "backups" / "final")
-    start = resolve_resume(str(final), str(out))
+    start = resolve_resume(str(final), out)
     assert start == final
     removed = discard_newer_unverified(out, start)
     assert names(removed) == ["checkpoint-30"]
@@ -384,7 +406,56 @@ def test_discard_removes_newer_checkpoint_with_invalid_manifest(tmp_path):
     c10 = make_ckpt(tmp_path, 10)
     c20 = make_ckpt(tmp_path, 20)
     (c20 / MANIFEST).write_text("{not json")
-    start = resolve_resume("auto", str(tmp_path))
+    start = resolve_resume("auto", tmp_path)
     assert start == c10
     removed = discard_newer_unverified(tmp_path, start)
     assert names(removed) == ["checkpoint-20"]
+
+
+# ---------------------------------------------------------------------------------------- damaged: set aside
+
+
+def test_a_damaged_checkpoint_is_set_aside_never_deleted(tmp_path):
+    """Defect: a damaged checkpoint was deleted on the next start; a transient read error could destroy a good
+    one. It is renamed `checkpoint-N.damaged` now, listed apart, and only `jobs gc` deletes it."""
+    c10 = make_ckpt(tmp_path, 10)
+    c20 = make_ckpt(tmp_path, 20)
+    data = (c20 / "adapter_model.safetensors").read_bytes()
+    (c20 / "adapter_model.safetensors").write_bytes(b"X" + data[1:])
+    torn = make_ckpt(tmp_path, 30, verified=False)
+    removed, aside = clear_newer_than(tmp_path, resolve_resume("auto", tmp_path))
+    assert removed == [torn] and not torn.exists()
+    assert names(aside) == ["checkpoint-20.damaged"] and names(damaged_dirs(tmp_path)) == ["checkpoint-20.damaged"]
+    assert (aside[0] / "adapter_model.safetensors").read_bytes()[1:] == data[1:], "its files are all still there"
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [10] and latest_verified(tmp_path) == c10
+    # the same step damaged again (after the run saved it anew) does not overwrite the first one set aside
+    c20 = make_ckpt(tmp_path, 20)
+    (c20 / "trainer_state.json").write_text("{}")
+    clear_newer_than(tmp_path, c10)
+    assert names(damaged_dirs(tmp_path)) == ["checkpoint-20.damaged", "checkpoint-20.damaged-2"]
+
+
+def _journal(out: Path, verified_steps: list[int]) -> None:
+    from medscale.jobs.record import Journal
+
+    Journal("demo", str(out), verified_steps=verified_steps).save()
+
+
+def test_a_job_whose_every_checkpoint_is_damaged_refuses_to_restart_from_zero(tmp_path):
+    """Defect: with every checkpoint damaged, all were deleted and training silently restarted from step 0."""
+    from medscale.jobs.resume import plan_start
+    from medscale.recipe import load_recipe
+
+    out = tmp_path / "out"
+    for step in (10, 20):
+        (make_ckpt(out, step) / "trainer_state.json").write_text(json.dumps({"global_step": step, "x": 1}))
+    _journal(out, [10, 20])
+    recipe = load_recipe("tiny-demo", [f"train.output_dir={out}", "name=demo"])
+    with pytest.raises(CheckpointError) as e:
+        plan_start(recipe)
+    msg = str(e.value)
+    assert "steps 10, 20" in msg and "train.resume=never" in msg and "train.output_dir" in msg
+    assert names(damaged_dirs(out)) == ["checkpoint-10.damaged", "checkpoint-20.damaged"]
+    # starting over is allowed when asked for, and the damaged folders stay for `jobs gc`
+    plan = plan_start(load_recipe("tiny-demo", [f"train.output_dir={out}", "name=demo", "train.resume=never"]))
+    assert plan.resume is None and len(damaged_dirs(out)) == 2

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
+from medscale.preflight import PreflightError
 from medscale.recipe import RecipeError, builtin_names, load_recipe
 
 DS_DIR = REPO / "ds_configs"
@@ -228,21 +229,21 @@ def test_quant_storage_reaches_bitsandbytes_config(monkeypatch):
 # --------------------------------------------------------------------------- preflight
 
 def _preflight(overrides, monkeypatch=None, env=None):
-    from medscale.train.run import preflight
+    from medscale.preflight import check_worker
 
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
-    preflight(load_recipe("tiny-demo", overrides))
+    check_worker(load_recipe("tiny-demo", overrides))
 
 
 def test_deepspeed_launch_without_dist_deepspeed_is_refused(monkeypatch):
-    with pytest.raises(RecipeError, match="no dist.deepspeed: set dist.deepspeed=zero2"):
+    with pytest.raises(PreflightError, match="no dist.deepspeed: set dist.deepspeed=zero2"):
         _preflight([], monkeypatch, {"ACCELERATE_CONFIG_DS_FIELDS": "deepspeed_config_file"})
     _preflight(["dist.deepspeed=zero2"], monkeypatch)
 
 
 def test_deepspeed_under_use_cpu_launch_is_refused(monkeypatch):
-    with pytest.raises(RecipeError, match="use_cpu .*cpu_deepspeed.yaml"):
+    with pytest.raises(PreflightError, match="use_cpu .*cpu_deepspeed.yaml"):
         _preflight(["dist.deepspeed=zero2"], monkeypatch, {"ACCELERATE_USE_CPU": "true"})
 
 
@@ -280,7 +281,7 @@ def test_resume_needs_the_same_deepspeed_layout(tmp_path, saved, run, fails):
     if fails is None:
         _preflight(overrides)
         return
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(PreflightError) as e:
         _preflight(overrides)
     assert "train.resume" in str(e.value) and fails in str(e.value) and "new train.output_dir" in str(e.value)
     _preflight([*overrides, "train.resume=never"])  # the check is about the checkpoint a resume would load
@@ -289,7 +290,7 @@ def test_resume_needs_the_same_deepspeed_layout(tmp_path, saved, run, fails):
 def test_resume_needs_the_same_number_of_zero_processes(tmp_path):
     out = tmp_path / "out"
     _fake_checkpoint(out, 6, "zero2", ranks=2)
-    with pytest.raises(RecipeError, match="saved by 2 DeepSpeed processes .* for 1: set dist.num_processes"):
+    with pytest.raises(PreflightError, match="saved by 2 DeepSpeed processes .* for 1: set dist.num_processes"):
         _preflight([f"train.output_dir={out}", "dist.deepspeed=zero2"])
     _preflight([f"train.output_dir={out}", "dist.deepspeed=zero2", "dist.num_processes=2"])
 
@@ -319,7 +320,9 @@ def test_launcher_picks_deepspeed_accelerate_config_and_passes_the_json():
 def test_launcher_picks_zero_config_by_stage_on_gpus(monkeypatch):
     import launcher.local as local
 
-    monkeypatch.setattr(local.torch.cuda, "is_available", lambda: True)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for name, want in (("zero2", "zero2_4gpu"), ("zero3", "zero3_4gpu"), ("zero3_offload", "zero3_4gpu")):
         assert local.accelerate_config(load_recipe("tiny-demo", [f"dist.deepspeed={name}"])).stem == want
 

@@ -1,4 +1,5 @@
-"""Launching: the accelerate command line, real 2-process DDP on CPU (gloo), and the demo command."""
+"""Launching: the accelerate command line, the local launcher's protocol (prepare -> submit -> wait), real
+2-process DDP on CPU (gloo), and the demo command."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
-from launcher.local import accelerate_command, launch
+from conftest import REPO, cli, run_cli
+from launcher.local import LocalLauncher, accelerate_command
+from launcher.process import Outcome
+from medscale.jobs.launch import LaunchRequest, entry_for
 from medscale.recipe import load_recipe
 
 
@@ -20,17 +23,19 @@ def test_accelerate_command_uses_recipe_process_count_and_config():
     assert cmd[-5:] == ["-m", "medscale.train", "tiny-demo", "dist.num_processes=2", "dist.config=cpu_ddp"]
 
 
-def test_launch_hands_multi_process_runs_to_the_runner():
+def test_launch_hands_multi_process_runs_to_the_runner(tmp_path):
     seen = []
-
-    r = load_recipe("tiny-demo", ["dist.num_processes=2"])
-    assert launch(r, "tiny-demo", ["dist.num_processes=2"], runner=lambda cmd, env: seen.append((cmd, env)) or 7) == 7
+    over = ["dist.num_processes=2", f"train.output_dir={tmp_path / 'out'}"]
+    launcher = LocalLauncher(runner=lambda cmd, env: seen.append((cmd, env)) or Outcome(7))
+    request = LaunchRequest(load_recipe("tiny-demo", over), "tiny-demo", over, entry_for("train"), {"note": "x"})
+    assert launcher.wait(launcher.submit(launcher.prepare(request))) == 7
     cmd, env = seen[0]
-    assert "medscale.train" in cmd and env["MEDSCALE_LAUNCHER"] == "local"
+    assert cmd[-4:-2] == ["medscale.train", "tiny-demo"] and env["MEDSCALE_LAUNCHER"] == "local"
+    assert env["MEDSCALE_LAUNCH_OPTIONS"] == '{"note": "x"}' and env["MEDSCALE_LAUNCHED_AT"]
 
 
 def test_unknown_accelerate_config_is_a_recipe_error():
-    p = run_cli("train", "tiny-demo", "dist.num_processes=2", "dist.config=nope")
+    p = cli("train", "tiny-demo", "dist.num_processes=2", "dist.config=nope")
     assert p.returncode == 2 and "dist.config" in p.stderr and "cpu_ddp" in p.stderr
 
 

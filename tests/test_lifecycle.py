@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.registry import Registry
-from medscale.train.checkpoint import MANIFEST, latest_verified
+from medscale.jobs.checkpoint import MANIFEST, latest_verified
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def _adapter(out: Path) -> dict:
 def _job(out: Path) -> dict:
     reg = Registry()
     try:
-        return reg.job(reg.find(str(out)))
+        return reg.job(reg.find(str(out))).to_dict()
     finally:
         reg.close()
 
@@ -134,7 +134,7 @@ def _training(min_step: int):
         reg = Registry()
         try:
             jobs = reg.jobs()
-            return bool(jobs) and jobs[0]["step"] >= min_step
+            return bool(jobs) and jobs[0].step >= min_step
         finally:
             reg.close()
     return check

@@ -74,7 +74,7 @@ def test_packed_training_run(tiny_model_dir, tmp_path):
     s = run(load_recipe("tiny-demo", [f"model.path={tiny_model_dir}", f"train.output_dir={tmp_path}/out",
                                       "data.packing=true", "train.max_steps=6", "eval.eval_steps=3",
                                       "track.swanlab=null", "train.logging_steps=1"]))
-    st = s["data"]["train"]
+    st = s.data["train"]
     assert st["packs"] < st["kept"] and 0.5 < st["packing_efficiency"] <= 1.0
     assert st["pack_tokens"] == 512 * 8
-    assert s["loss_last"] < s["loss_first"] and s["global_step"] == 6
+    assert s.loss_last < s.loss_first and s.global_step == 6

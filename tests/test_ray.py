@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli, run_cli
 
 if os.environ.get("CI"):
     import ray  # noqa: F401  (under CI a missing Ray is a failure, never a skip)
@@ -21,9 +21,10 @@ else:
     pytest.importorskip("ray", reason="ray[default,train] not installed")
 
 from launcher import ray as ray_launcher  # noqa: E402
-from launcher.ray import RayOptions, prepare_submission, resume_overrides, run_config, scaling_config  # noqa: E402
-from medscale.recipe import RecipeError, load_recipe  # noqa: E402
-from medscale.train.checkpoint import write_manifest  # noqa: E402
+from launcher.ray import (LaunchError, RayLauncher, RayOptions, prepare_submission, resume_overrides,  # noqa: E402
+                          run_config, scaling_config)
+from medscale.jobs.checkpoint import write_manifest  # noqa: E402
+from medscale.recipe import load_recipe  # noqa: E402
 
 JOB_TIMEOUT_S = 600  # the machine is shared: generous
 
@@ -56,9 +57,9 @@ def test_entry_script_options_default_to_environment(monkeypatch):
 
 
 def test_dry_run_prints_the_exact_ray_job_submit_command():
-    p = run_cli("submit", "ray", "tiny-demo", "dist.num_processes=2", "train.max_steps=6", "--dry-run",
-                "--address", "http://head:8265", "--max-failures", "5",
-                env={"MEDSCALE_REGISTRY_URL": "postgresql+psycopg://medscale:s3cret@db/medscale"})
+    p = cli("submit", "ray", "tiny-demo", "dist.num_processes=2", "train.max_steps=6", "--dry-run",
+            "--address", "http://head:8265", "--max-failures", "5",
+            env={"MEDSCALE_REGISTRY_URL": "postgresql+psycopg://medscale:s3cret@db/medscale"})
     assert p.returncode == 0, p.stderr
     assert "s3cret" not in p.stdout, "the registry password is never printed"
     argv = shlex.split(p.stdout.strip())
@@ -74,8 +75,16 @@ def test_dry_run_prints_the_exact_ray_job_submit_command():
 
 
 def test_bad_recipe_is_refused_before_anything_is_submitted():
-    p = run_cli("submit", "ray", "tiny-demo", "train.nope=1", "--address", "http://127.0.0.1:9")
+    p = cli("submit", "ray", "tiny-demo", "train.nope=1", "--address", "http://127.0.0.1:9")
     assert p.returncode == 2 and "train.nope" in p.stderr
+
+
+def test_an_unreachable_ray_address_is_one_line_and_exit_2(tmp_path):
+    """Defect (issue 14): `submit ray` to an address nobody answers printed a 320-line traceback."""
+    p = cli("submit", "ray", "tiny-demo", f"train.output_dir={tmp_path}/out", "--address", "http://127.0.0.1:9")
+    assert p.returncode == 2, p.stderr
+    assert "cannot reach the Ray job server at http://127.0.0.1:9" in p.stderr and "--address" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 2
 
 
 class FakeClient:
@@ -94,7 +103,8 @@ def test_submit_names_in_tree_recipes_and_ships_others_as_text(tmp_path):
     outside = tmp_path / "my-recipe.yaml"
     outside.write_text("base: tiny-demo\ntrain: {max_steps: 2}\n")
     r = load_recipe(str(outside))
-    sub = prepare_submission(r, str(outside), ["adapter.r=4"], address="http://h:1", env=["A=1"], environ={})
+    sub = prepare_submission(r, str(outside), ["adapter.r=4"], opts=RayOptions(address="http://h:1"), env=["A=1"],
+                             environ={})
     assert ray_launcher.submit(sub, FakeClient) == sub.submission_id
     job = FakeClient.submitted[0]
     assert job["entrypoint"] == "python launcher/ray_job.py env:MEDSCALE_RECIPE_YAML adapter.r=4"
@@ -105,27 +115,33 @@ def test_submit_names_in_tree_recipes_and_ships_others_as_text(tmp_path):
     inside = REPO / "medscale" / "recipes" / "tiny-demo.yaml"
     sub = prepare_submission(load_recipe(str(inside)), str(inside), [], environ={})
     assert sub.entrypoint[2] == "medscale/recipes/tiny-demo.yaml" and sub.address == "http://127.0.0.1:8265"
-    with pytest.raises(RecipeError, match="KEY=VALUE"):
+    with pytest.raises(LaunchError, match="KEY=VALUE"):
         prepare_submission(r, str(outside), [], env=["no-equals"], environ={})
 
 
-def test_jobs_resume_of_a_ray_job_resubmits_the_recorded_recipe(tmp_path, monkeypatch):
-    from medscale import jobs
+def test_jobs_resume_of_a_ray_job_resubmits_the_recorded_recipe_with_its_options(tmp_path, monkeypatch):
+    """Ray's launch options were not saved for `jobs resume`; they are recorded with the job now."""
+    from medscale.jobs import ops
     from medscale.registry import AttemptInfo, JobSpec, Registry
 
     FakeClient.submitted.clear()
-    monkeypatch.setattr("ray.job_submission.JobSubmissionClient", FakeClient)
-    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")
     recipe = load_recipe("tiny-demo", [f"train.output_dir={tmp_path}/out", "dist.num_processes=2"])
-    reg = Registry(f"sqlite:///{tmp_path}/registry.db")
-    spec = JobSpec(recipe.name, recipe.train.output_dir, "ray", recipe.to_yaml(), recipe.fingerprint())
-    reg.upsert_attempt(spec, AttemptInfo(1, "ray", "node1", 123, recipe.fingerprint(), 2, ray_job_id="old",
-                                         status="failed"))
-    assert jobs.resume_job(reg, "tiny-demo") == 0
+    monkeypatch.setenv("MEDSCALE_REGISTRY_URL", f"sqlite:///{tmp_path}/registry.db")
+    reg = Registry()
+    options = {"address": "http://head:8265", "max_failures": 5, "cpus_per_worker": 2.0}
+    spec = JobSpec(recipe.name, recipe.train.output_dir, "ray", recipe.to_yaml(), recipe.fingerprint(),
+                   launcher_options=options)
+    reg.upsert_attempt(spec, AttemptInfo(1, "ray", "node1", 123, recipe.fingerprint(), 2,
+                                         launcher_ids={"ray_job_id": "old"}, status="failed"))
+    assert ops.resume_job(reg, "tiny-demo", {"ray": RayLauncher(client_factory=FakeClient)}) == 0
     job = FakeClient.submitted[0]
-    assert job["address"] == "http://head:8265"
-    assert job["entrypoint"] == "python launcher/ray_job.py env:MEDSCALE_RECIPE_YAML train.resume=auto"
+    assert job["address"] == "http://head:8265", "the recorded address, not $RAY_ADDRESS"
+    assert job["entrypoint"] == ("python launcher/ray_job.py env:MEDSCALE_RECIPE_YAML train.resume=auto "
+                                 "--max-failures 5 --cpus-per-worker 2")
     assert job["runtime_env"]["env_vars"]["MEDSCALE_RECIPE_YAML"] == recipe.to_yaml()
+    assert json.loads(job["runtime_env"]["env_vars"]["MEDSCALE_LAUNCH_OPTIONS"]) == options
+    assert reg.job(reg.find("tiny-demo")).status == "queued", "submit records the job as queued"
     reg.close()
 
 
@@ -210,7 +226,7 @@ def test_local_mode_reports_each_verified_save_from_the_trainer_callback(tmp_pat
     trainer = ray_launcher.build_trainer(r, ray_launcher.recipe_source("tiny-demo"), overrides,
                                          RayOptions(), False, "job-1", num_workers_override=0)
     result = trainer.fit()
-    assert (seen["launch"].launcher, seen["launch"].ray_job_id) == ("ray", "job-1")
+    assert (seen["launch"].launcher, seen["launch"].ids) == ("ray", {"ray_job_id": "job-1"})
     [cb] = seen["callbacks"]
     assert isinstance(cb, TrainerCallback)
     ckpt = tmp_path / "out" / "checkpoint-3"
@@ -258,7 +274,7 @@ def test_a_preempted_attempt_makes_ray_restart_a_cancelled_one_does_not(status, 
 
 
 def test_relative_output_dir_is_refused_for_ray():
-    p = run_cli("submit", "ray", "tiny-demo", "train.output_dir=runs/x", "--dry-run")
+    p = cli("submit", "ray", "tiny-demo", "train.output_dir=runs/x", "--dry-run")
     assert p.returncode == 2 and "absolute path" in p.stderr
 
 
@@ -298,7 +314,7 @@ def _registry_job(url: str, name: str) -> dict:
 
     reg = Registry(url)
     try:
-        return reg.job(reg.find(name))
+        return reg.job(reg.find(name)).to_dict()
     finally:
         reg.close()
 
@@ -316,7 +332,7 @@ def _ray_held_checkpoints(out: Path, job: str = "tiny-demo") -> dict[int, Path]:
     """The checkpoints Ray's controller holds for the finished run (its snapshot in the run dir), by step: each
     must be a medscale pointer folder naming a verified checkpoint in the output dir, with that checkpoint's
     metrics; the newest must be the one Ray hands out (latest_checkpoint_result)."""
-    from medscale.train.checkpoint import read_manifest
+    from medscale.jobs.checkpoint import read_manifest
 
     run_dir = out / job
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())

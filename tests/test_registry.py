@@ -15,9 +15,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, text
 
-from medscale.registry import (AttemptInfo, CheckpointInfo, JobSpec, Registry, RegistryError, heartbeat_interval,
+from medscale.registry import (AttemptInfo, CancelOutcome, CheckpointInfo, JobSpec, Registry, RegistryError, heartbeat_interval,
                                redact, scrub)
-from medscale.registry.models import utcnow
+from medscale.registry import utcnow
 
 HOST = socket.gethostname()
 
@@ -68,6 +68,15 @@ def alembic_versions(url: str) -> list[str]:
         engine.dispose()
 
 
+def J(reg: Registry, job_id: int) -> dict:
+    """A job as JSON (`jobs show --json` shape), for compact assertions."""
+    return reg.job(job_id).to_dict()
+
+
+def L(reg: Registry, **kw) -> list[dict]:
+    return [j.to_dict(brief=True) for j in reg.jobs(**kw)]
+
+
 @pytest.fixture
 def reg(registry_url):
     r = Registry(registry_url)
@@ -80,20 +89,20 @@ def reg(registry_url):
 
 def test_round_trip_two_attempts_checkpoints_and_status(reg):
     s = spec()
-    assert reg.upsert_attempt(s, attempt(1, slurm_job_id="4242", world_size=4)) is False
+    assert reg.upsert_attempt(s, attempt(1, launcher_ids={"slurm_job_id": "4242"}, world_size=4)) is False
     jid = reg.find_by_key(s)
     assert isinstance(jid, int)
-    assert reg.job(jid)["status"] == "running"
+    assert J(reg, jid)["status"] == "running"
     # recorded out of order: job() lists them by step
     reg.record_checkpoint(s, ckpt(s.output_dir, 20, metrics={"loss": 1.25, "eval_loss": 1.5}, size_bytes=2048))
     reg.record_checkpoint(s, ckpt(s.output_dir, 10, metrics={"loss": 2.5, "eval_loss": 2.75}, size_bytes=1024))
     reg.record_checkpoint(s, ckpt(s.output_dir, 30, verified=False, metrics={"loss": 1.0}))  # a torn save
 
     resumed = f"{s.output_dir}/checkpoint-20"
-    assert reg.upsert_attempt(s, attempt(2, resumed_from=resumed, step=20, ray_job_id="raysubmit_1")) is False
+    assert reg.upsert_attempt(s, attempt(2, resumed_from=resumed, step=20, launcher_ids={"ray_job_id": "raysubmit_1"})) is False
     reg.record_checkpoint(s, ckpt(s.output_dir, 40, attempt_number=2, metrics={"loss": 0.5, "eval_loss": 0.75}))
 
-    j = reg.job(jid)
+    j = J(reg, jid)
     assert (j["id"], j["name"], j["output_dir"], j["launcher"]) == (jid, "demo", "/runs/demo", "local")
     assert j["recipe_yaml"] == "name: demo\n" and j["fingerprint"] == "fp-1"
     assert j["status"] == "running" and j["attempts"] == 2 and j["cancel_requested"] is False
@@ -101,8 +110,8 @@ def test_round_trip_two_attempts_checkpoints_and_status(reg):
     assert [a1["number"], a2["number"]] == [1, 2]
     # attempt 1 never ended: attempt 2 starting marks it lost, with the reason kept
     assert a1["status"] == "lost" and "attempt 2" in a1["exit_reason"]
-    assert a1["slurm_job_id"] == "4242" and a1["world_size"] == 4 and a1["resumed_from"] is None
-    assert a2["status"] == "running" and a2["resumed_from"] == resumed and a2["ray_job_id"] == "raysubmit_1"
+    assert a1["launcher_ids"] == {"slurm_job_id": "4242"} and a1["world_size"] == 4 and a1["resumed_from"] is None
+    assert a2["status"] == "running" and a2["resumed_from"] == resumed and a2["launcher_ids"] == {"ray_job_id": "raysubmit_1"}
     assert a2["host"] == HOST and a2["pid"] == os.getpid() and a2["ended_at"] is None
     assert a2["started_at"].endswith("Z") and a2["heartbeat_at"].endswith("Z")
 
@@ -119,16 +128,16 @@ def test_round_trip_two_attempts_checkpoints_and_status(reg):
 
     # the job follows its current attempt
     reg.upsert_attempt(s, ended(2, "completed", step=50, exit_reason="done"))
-    j = reg.job(jid)
+    j = J(reg, jid)
     assert j["status"] == "succeeded" and j["step"] == 50
     assert j["attempt_list"][1]["status"] == "completed" and j["attempt_list"][1]["ended_at"]
     assert j["attempt_list"][0]["status"] == "lost"  # stays lost
     # an older attempt updated as not current does not move the job
     reg.upsert_attempt(s, ended(1, "failed", exit_reason="late report"), current=False)
-    j = reg.job(jid)
+    j = J(reg, jid)
     assert j["status"] == "succeeded" and j["attempt_list"][0]["status"] == "failed"
 
-    brief = reg.jobs()
+    brief = L(reg)
     assert len(brief) == 1 and brief[0]["id"] == jid and "attempt_list" not in brief[0]
     assert brief[0]["attempts"] == 2 and brief[0]["status"] == "succeeded"
 
@@ -141,14 +150,14 @@ def test_job_status_follows_the_current_attempt(reg, status, job_status):
     reason = {"failed": "RuntimeError: CUDA error: an illegal memory access",
               "preempted": "SIGTERM at step 7"}.get(status)
     reg.upsert_attempt(s, ended(1, status, exit_reason=reason, step=7))
-    j = reg.job(reg.find_by_key(s))
+    j = J(reg, reg.find_by_key(s))
     assert j["status"] == job_status
     assert j["attempt_list"][0]["status"] == status
     assert j["attempt_list"][0]["exit_reason"] == reason
-    assert reg.jobs(status=job_status)[0]["id"] == j["id"]
+    assert L(reg, status=job_status)[0]["id"] == j["id"]
     if status == "preempted":  # the requeued attempt takes over
         reg.upsert_attempt(s, attempt(2, resumed_from="/runs/preempted/checkpoint-7"))
-        j = reg.job(j["id"])
+        j = J(reg, j["id"])
         assert j["status"] == "running"
         assert [a["status"] for a in j["attempt_list"]] == ["preempted", "running"]  # not lost: it had ended
 
@@ -167,7 +176,7 @@ def test_repeated_upserts_give_the_same_rows(reg):
     # the same key with a new recipe updates the job instead of adding one
     reg.upsert_attempt(spec(recipe_yaml="name: demo\nlr: 1e-4\n", fingerprint="fp-2"), attempt(2))
     assert counts(reg) == {"jobs": 1, "attempts": 2, "checkpoints": 2}
-    j = reg.job(reg.find_by_key(s))
+    j = J(reg, reg.find_by_key(s))
     assert j["fingerprint"] == "fp-2" and "lr" in j["recipe_yaml"]
     # the same name in another output dir is another job
     reg.upsert_attempt(spec(out="/runs/demo-2"), attempt(1))
@@ -181,14 +190,14 @@ def test_record_checkpoint_updates_in_place_and_clears_deleted(reg):
     path = f"{s.output_dir}/checkpoint-10"
     reg.record_checkpoint(s, ckpt(s.output_dir, 10, verified=False))
     reg.record_checkpoint(s, ckpt(s.output_dir, 10, verified=True, metrics={"eval_loss": 0.5}, size_bytes=99))
-    (c,) = reg.job(jid)["checkpoints"]
+    (c,) = J(reg, jid)["checkpoints"]
     assert (c["path"], c["verified"], c["metrics"], c["size_bytes"], c["deleted"]) == (path, True,
                                                                                      {"eval_loss": 0.5}, 99, False)
 
     reg.mark_deleted(s, [path])
-    (c,) = reg.job(jid)["checkpoints"]
+    (c,) = J(reg, jid)["checkpoints"]
     assert c["deleted"] is True
-    assert reg.job(jid)["latest_checkpoint"] is None  # a deleted checkpoint is not the latest
+    assert J(reg, jid)["latest_checkpoint"] is None  # a deleted checkpoint is not the latest
     with reg.engine.connect() as conn:
         first = conn.execute(text("SELECT deleted_at FROM checkpoints")).scalar_one()
     time.sleep(0.01)
@@ -199,9 +208,9 @@ def test_record_checkpoint_updates_in_place_and_clears_deleted(reg):
     assert counts(reg)["checkpoints"] == 1
 
     reg.record_checkpoint(s, ckpt(s.output_dir, 10, metrics={"eval_loss": 0.4}))  # saved again: alive again
-    (c,) = reg.job(jid)["checkpoints"]
+    (c,) = J(reg, jid)["checkpoints"]
     assert c["deleted"] is False and c["metrics"] == {"eval_loss": 0.4}
-    assert reg.job(jid)["latest_checkpoint"] == path
+    assert J(reg, jid)["latest_checkpoint"] == path
     assert counts(reg) == {"jobs": 1, "attempts": 1, "checkpoints": 1}
 
 
@@ -210,8 +219,8 @@ def test_record_checkpoint_before_any_attempt_creates_the_job(reg):
     s = spec()
     reg.record_checkpoint(s, ckpt(s.output_dir, 10))
     jid = reg.find_by_key(s)
-    assert jid is not None and reg.job(jid)["status"] == "queued"
-    assert reg.job(jid)["latest_checkpoint"] == "/runs/demo/checkpoint-10"
+    assert jid is not None and J(reg, jid)["status"] == "queued"
+    assert J(reg, jid)["latest_checkpoint"] == "/runs/demo/checkpoint-10"
 
 
 # ------------------------------------------------------------------------------------------ 3. lost
@@ -239,14 +248,14 @@ def test_running_attempt_of_a_dead_pid_on_this_host_is_lost(reg):
     reg.upsert_attempt(done_spec, ended(1, "completed", pid=_dead_pid()))
     done = reg.find_by_key(done_spec)
 
-    j = reg.job(dead)
+    j = J(reg, dead)
     assert j["attempt_list"][0]["status"] == "lost" and j["status"] == "lost"
-    assert reg.job(alive)["status"] == "running" and reg.job(alive)["attempt_list"][0]["status"] == "running"
-    assert reg.job(remote)["status"] == "running"
-    assert reg.job(done)["status"] == "succeeded"
-    assert [x["id"] for x in reg.jobs(status="lost")] == [dead]
-    assert {x["id"] for x in reg.jobs(status="running")} == {alive, remote}
-    assert len(reg.jobs()) == 4
+    assert J(reg, alive)["status"] == "running" and J(reg, alive)["attempt_list"][0]["status"] == "running"
+    assert J(reg, remote)["status"] == "running"
+    assert J(reg, done)["status"] == "succeeded"
+    assert [x["id"] for x in L(reg, status="lost")] == [dead]
+    assert {x["id"] for x in L(reg, status="running")} == {alive, remote}
+    assert len(L(reg)) == 4
 
 
 def test_running_attempt_with_a_stale_heartbeat_is_lost(reg, monkeypatch):
@@ -257,20 +266,20 @@ def test_running_attempt_with_a_stale_heartbeat_is_lost(reg, monkeypatch):
     reg.upsert_attempt(s, attempt(1))  # alive pid on this host: only the heartbeat can make it lost
     reg.upsert_attempt(other, ended(1, "preempted"))
     jid, oid = reg.find_by_key(s), reg.find_by_key(other)
-    assert reg.job(jid)["status"] == "running"
+    assert J(reg, jid)["status"] == "running"
 
     monkeypatch.setenv("MEDSCALE_HEARTBEAT_S", "0.05")
     assert heartbeat_interval() == 0.05
     time.sleep(4 * 0.05 + 0.15)
-    j = reg.job(jid)
+    j = J(reg, jid)
     assert j["attempt_list"][0]["status"] == "lost" and j["status"] == "lost"
-    assert [x["id"] for x in reg.jobs(status="lost")] == [jid]
-    assert reg.jobs(status="running") == []
-    assert reg.job(oid)["status"] == "preempted"  # ended attempts never go lost
+    assert [x["id"] for x in L(reg, status="lost")] == [jid]
+    assert L(reg, status="running") == []
+    assert J(reg, oid)["status"] == "preempted"  # ended attempts never go lost
 
     monkeypatch.setenv("MEDSCALE_HEARTBEAT_S", "30")
     reg.upsert_attempt(s, attempt(1, step=5))  # a heartbeat brings it back
-    assert reg.job(jid)["status"] == "running" and reg.jobs(status="lost") == []
+    assert J(reg, jid)["status"] == "running" and L(reg, status="lost") == []
 
 
 def test_heartbeat_threshold_is_four_intervals(monkeypatch):
@@ -294,34 +303,62 @@ def test_cancel_a_running_job_is_seen_at_the_next_heartbeat(reg):
     s = spec()
     assert reg.upsert_attempt(s, attempt(1)) is False
     jid = reg.find_by_key(s)
-    reg.request_cancel(jid)
-    j = reg.job(jid)
+    assert reg.request_cancel(jid) == CancelOutcome.STOPPING
+    j = J(reg, jid)
     assert j["status"] == "running" and j["cancel_requested"] is True  # it still runs until it saves
     assert reg.upsert_attempt(s, attempt(1, step=12)) is True
     assert reg.upsert_attempt(s, attempt(1, step=13)) is True  # and keeps saying so
     assert reg.upsert_attempt(s, ended(1, "cancelled", step=13)) is True
-    assert reg.job(jid)["status"] == "cancelled"
-    # `medscale jobs resume`: a new attempt is a fresh request to run
-    assert reg.upsert_attempt(s, attempt(2, resumed_from="/runs/demo/checkpoint-13")) is False
-    j = reg.job(jid)
+    assert J(reg, jid)["status"] == "cancelled"
+    # `medscale jobs resume` later: a new launch after the cancel is a fresh request to run
+    assert reg.upsert_attempt(s, attempt(2, resumed_from="/runs/demo/checkpoint-13"), launched_at=utcnow()) is False
+    j = J(reg, jid)
     assert j["cancel_requested"] is False and j["status"] == "running"
     assert reg.upsert_attempt(s, attempt(2, step=14)) is False
 
 
-@pytest.mark.parametrize("stopped", ["preempted", "failed", "completed"])
+@pytest.mark.parametrize("stopped", ["preempted", "failed"])
 def test_cancel_a_stopped_job_marks_it_cancelled(reg, stopped):
     s = spec()
     reg.upsert_attempt(s, attempt(1))
     reg.upsert_attempt(s, ended(1, stopped))
     jid = reg.find_by_key(s)
-    reg.request_cancel(jid)
-    j = reg.job(jid)
+    assert reg.request_cancel(jid) == CancelOutcome.CANCELLED
+    j = J(reg, jid)
     assert j["status"] == "cancelled" and j["cancel_requested"] is True
-    assert reg.jobs(status="cancelled")[0]["id"] == jid
-    # a requeue that starts anyway (a new attempt) resets the request
-    assert reg.upsert_attempt(s, attempt(2)) is False
-    j = reg.job(jid)
+    assert L(reg, status="cancelled")[0]["id"] == jid
+    # a person who runs it again afterwards (a launch after the cancel) starts a real attempt
+    assert reg.upsert_attempt(s, attempt(2), launched_at=utcnow()) is False
+    j = J(reg, jid)
     assert j["cancel_requested"] is False and j["status"] == "running"
+
+
+def test_a_cancel_made_while_an_attempt_is_starting_takes_effect(reg):
+    """Defect: `jobs cancel` while a new attempt was starting printed "marked cancelled", then the new attempt
+    cleared the request and trained to the end. An attempt launched before the cancel now obeys it."""
+    s = spec()
+    reg.upsert_attempt(s, attempt(1))
+    reg.upsert_attempt(s, ended(1, "preempted"))
+    jid = reg.find_by_key(s)
+    launched = utcnow()  # e.g. SLURM requeued the job; its process is starting
+    time.sleep(0.01)
+    assert reg.request_cancel(jid) == CancelOutcome.CANCELLED
+    assert reg.upsert_attempt(s, attempt(2), launched_at=launched) is True, "the starting attempt must stop"
+    assert J(reg, jid)["cancel_requested"] is True
+    reg.upsert_attempt(s, ended(2, "cancelled"), launched_at=launched)
+    assert J(reg, jid)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("final", ["completed", "cancelled"])
+def test_cancelling_a_finished_job_changes_nothing(reg, final):
+    """Defect: cancelling a finished job flipped it to `cancelled`."""
+    s = spec()
+    reg.upsert_attempt(s, attempt(1))
+    reg.upsert_attempt(s, ended(1, final))
+    jid = reg.find_by_key(s)
+    before = J(reg, jid)["status"]
+    assert reg.request_cancel(jid) == CancelOutcome.NOTHING
+    assert J(reg, jid)["status"] == before and J(reg, jid)["cancel_requested"] is False
 
 
 def test_cancel_only_touches_its_job(reg):
@@ -436,12 +473,12 @@ def test_concurrent_writer_processes(registry_url):
                                "checkpoints": N_WRITERS * (OWN_CKPTS + SHARED_CKPTS)}
         assert alembic_versions(registry_url) == [head_revision()]  # migrated once, one row
         for i in range(N_WRITERS):
-            j = reg.job(reg.find(f"job-{i}"))
+            j = J(reg, reg.find(f"job-{i}"))
             assert [a["number"] for a in j["attempt_list"]] == [1, 2, 3]
             assert [a["status"] for a in j["attempt_list"]] == ["lost", "lost", "completed"]
             assert j["status"] == "succeeded"
             assert [c["step"] for c in j["checkpoints"]] == list(range(OWN_CKPTS))
-        shared = reg.job(reg.find("shared"))
+        shared = J(reg, reg.find("shared"))
         assert shared["attempts"] == 1 and shared["status"] == "running"
         assert len(shared["checkpoints"]) == N_WRITERS * SHARED_CKPTS
         assert len({c["path"] for c in shared["checkpoints"]}) == N_WRITERS * SHARED_CKPTS
@@ -455,8 +492,8 @@ def test_concurrent_writer_processes(registry_url):
 
 def test_fresh_database_is_at_head_and_reopening_keeps_rows(registry_url):
     reg = Registry(registry_url)
-    assert head_revision() == "0001"
-    assert alembic_versions(registry_url) == ["0001"]
+    head = head_revision()
+    assert alembic_versions(registry_url) == [head]
     reg.upsert_attempt(spec(), attempt(1))
     reg.record_checkpoint(spec(), ckpt("/runs/demo", 10))
     jid = reg.find("demo")
@@ -466,10 +503,59 @@ def test_fresh_database_is_at_head_and_reopening_keeps_rows(registry_url):
     try:
         assert again.find("demo") == jid
         assert counts(again) == {"jobs": 1, "attempts": 1, "checkpoints": 1}
-        assert again.job(jid)["latest_checkpoint"] == "/runs/demo/checkpoint-10"
-        assert alembic_versions(registry_url) == ["0001"]
+        assert again.job(jid).latest_checkpoint == "/runs/demo/checkpoint-10"
+        assert alembic_versions(registry_url) == [head]
     finally:
         again.close()
+
+
+def _upgrade_to(url: str, revision: str) -> None:
+    """Bring an empty database to an older revision, as an older medscale left it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from medscale.registry.store import MIGRATIONS, make_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_a_registry_made_by_the_first_schema_upgrades_with_its_rows(registry_url):
+    """0001 -> head on a registry file written by medscale 0.1: SLURM / Ray ids move into launcher_ids, every job
+    becomes a `train` job, and nothing is lost."""
+    _upgrade_to(registry_url, "0001")
+    engine = create_engine(registry_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO jobs (id, name, output_dir, status, launcher, recipe_yaml, fingerprint, "
+                           "cancel_requested, created_at, updated_at) VALUES (1, 'old', '/runs/old', 'preempted', "
+                           "'slurm', 'name: old', 'fp', false, '2026-11-01 10:00:00', '2026-11-01 10:00:00')"))
+            for number, slurm, ray in ((1, "4242", None), (2, None, "raysubmit_7"), (3, None, None)):
+                c.execute(text("INSERT INTO attempts (job_id, number, status, launcher, host, pid, world_size, "
+                               "slurm_job_id, ray_job_id, fingerprint, step, started_at, heartbeat_at) VALUES "
+                               "(1, :n, 'preempted', 'slurm', 'node1', 7, 4, :s, :r, 'fp', 10, '2026-11-01 10:00:00', "
+                               "'2026-11-01 10:00:00')"), {"n": number, "s": slurm, "r": ray})
+    finally:
+        engine.dispose()
+    reg = Registry(registry_url)
+    try:
+        assert alembic_versions(registry_url) == [head_revision()]
+        job = reg.job(reg.find("old"))
+        assert (job.kind, job.status, job.launcher, job.launcher_options) == ("train", "preempted", "slurm", {})
+        assert [a.launcher_ids for a in job.attempt_list] == [{"slurm_job_id": "4242"},
+                                                              {"ray_job_id": "raysubmit_7"}, {}]
+        assert [a.world_size for a in job.attempt_list] == [4, 4, 4]
+        reg.upsert_attempt(spec("old", "/runs/old", launcher="slurm"), attempt(4))  # and it takes new rows
+        assert reg.job(job.id).attempts == 4
+    finally:
+        reg.close()
 
 
 def test_newer_schema_is_refused(registry_url):

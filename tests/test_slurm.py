@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli, run_cli
 from launcher import slurm as sl
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.recipe import RecipeError, builtin_names, load_recipe
@@ -287,8 +287,8 @@ def test_node_wrapper_turns_the_step_wide_sigusr2_into_one_sigterm_per_worker(tm
 # --------------------------------------------------------------------------- medscale submit slurm / jobs resume
 
 def test_submit_dry_run_prints_the_batch_script_and_submits_nothing(tmp_path):
-    p = run_cli("submit", "slurm", "tiny-demo", "dist.num_processes=2", "train.max_steps=6", "--gpus-per-node", "0",
-                "--dry-run", env={"PATH": str(tmp_path)})  # no sbatch on PATH: nothing can be submitted
+    p = cli("submit", "slurm", "tiny-demo", "dist.num_processes=2", "train.max_steps=6", "--gpus-per-node", "0",
+            "--dry-run", env={"PATH": str(tmp_path)})  # no sbatch on PATH: nothing can be submitted
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == "#!/bin/bash"
@@ -299,50 +299,87 @@ def test_submit_dry_run_prints_the_batch_script_and_submits_nothing(tmp_path):
     assert not any(f.startswith("--gpus") for f in sbatch), "--gpus-per-node 0 asks for no GPUs"
     assert lines[-1] == "medscale_run tiny-demo dist.num_processes=2 train.max_steps=6"
     assert f"export MEDSCALE_REPO={REPO}" in lines and 'source "$MEDSCALE_REPO/slurm/common.sh"' in lines
+    assert "export MEDSCALE_ENTRY=train" in lines and "export MEDSCALE_LAUNCHER=slurm" in lines
+    options = next(ln for ln in lines if ln.startswith("export MEDSCALE_LAUNCH_OPTIONS="))
+    assert json.loads(shlex.split(options.split("=", 1)[1])[0])["gpus_per_node"] == "0"
     assert subprocess.run(["bash", "-n"], input=p.stdout, text=True).returncode == 0
 
 
+def _plan(recipe: str, overrides: list[str], options: dict | None = None, launcher: sl.SlurmLauncher | None = None):
+    from medscale.jobs.launch import LaunchRequest, entry_for
+
+    launcher = launcher or sl.SlurmLauncher(executor=lambda cmd, script: pytest.fail("submitted"),
+                                            state=lambda job: None)
+    return launcher.prepare(LaunchRequest(load_recipe(recipe, overrides), recipe, overrides, entry_for("train"),
+                                          options or {}))
+
+
 def test_submit_options_shape_the_script():
-    sub = sl.submit("qwen3-8b-lora-huatuo", ["train.learning_rate=5e-6"],
-                    sl.SlurmOptions(nodes=2, partition="gpu", time="24:00:00", sbatch_args=["--qos=high"]),
-                    dry_run=True)
-    sbatch = re.findall(r"^#SBATCH (\S+)", sub.script, re.M)
+    plan = _plan("qwen3-8b-lora-huatuo", ["train.learning_rate=5e-6"],
+                 {"nodes": 2, "partition": "gpu", "time": "24:00:00", "sbatch_args": ["--qos=high"]})
+    sbatch = re.findall(r"^#SBATCH (\S+)", plan.script, re.M)
     for flag in ("--nodes=2", "--gpus-per-node=4", "--cpus-per-task=32", "--partition=gpu", "--time=24:00:00",
                  "--qos=high"):
         assert flag in sbatch
-    assert sub.script.rstrip().endswith("medscale_run qwen3-8b-lora-huatuo train.learning_rate=5e-6")
-    cpu = sl.submit("tiny-demo", [], sl.SlurmOptions(gpus_per_node="0", procs_per_node=2), dry_run=True)
+    assert plan.script.rstrip().endswith("medscale_run qwen3-8b-lora-huatuo train.learning_rate=5e-6")
+    cpu = _plan("tiny-demo", [], {"gpus_per_node": "0", "procs_per_node": 2})
     assert cpu.script.rstrip().endswith("medscale_run tiny-demo dist.num_processes=2")
     with pytest.raises(RecipeError, match="effective_batch_size"):
-        sl.submit("qwen3-8b-lora-huatuo", [], sl.SlurmOptions(nodes=4), dry_run=True)
+        _plan("qwen3-8b-lora-huatuo", [], {"nodes": 4})
 
 
-def test_submit_hands_the_script_to_the_executor_and_returns_the_job_id(tmp_path):
+@pytest.mark.parametrize("option,value", [
+    ("partition", "gpu\ntouch /tmp/pwned"), ("account", "lab\r"), ("time", "1:00:00 --no-requeue"),
+    ("output", "/tmp/x.out\n#SBATCH --requeue"), ("sbatch_args", ["--qos=high\nrm -rf ~"]),
+    ("sbatch_args", ["qos=high"]), ("partition", "gpu;id"), ("account", "$(id)")])
+def test_control_characters_and_shell_characters_never_reach_the_batch_script(option, value, tmp_path):
+    """Defect: a newline in --partition (and others) ended the #SBATCH line and the rest ran as a command."""
+    with pytest.raises(sl.LaunchError) as e:
+        _plan("tiny-demo", [f"train.output_dir={tmp_path}/out"], {option: value, "gpus_per_node": "0"})
+    assert ("--sbatch-arg" if option == "sbatch_args" else f"--{option}") in str(e.value)
+
+
+def test_a_recipe_name_with_a_newline_is_refused_before_any_script_exists(tmp_path):
+    """The recipe name becomes --job-name; a recorded recipe from a shared registry is input too."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('base: tiny-demo\nname: "demo\\ntouch /tmp/pwned"\n')
+    p = cli("submit", "slurm", str(bad), "--gpus-per-node", "0", "--dry-run")
+    assert p.returncode == 2 and "name" in p.stderr and "#SBATCH" not in p.stdout
+
+
+def test_submit_hands_the_script_to_the_executor_records_it_queued_and_returns_the_job_id(tmp_path):
+    from medscale.registry import Registry
+
     seen = []
-    opts = sl.SlurmOptions(gpus_per_node="0", output=str(tmp_path / "x.out"))
-    sub = sl.submit("tiny-demo", ["train.max_steps=6"], opts,
-                    executor=lambda cmd, script: seen.append((cmd, script)) or "123;cluster\n")
-    assert sub.job_id == "123" and seen[0][0] == ["sbatch", "--parsable"] and seen[0][1] == sub.script
+    launcher = sl.SlurmLauncher(executor=lambda cmd, script: seen.append((cmd, script)) or "123;cluster\n",
+                                state=lambda job: None)
+    out = tmp_path / "out"
+    plan = _plan("tiny-demo", ["train.max_steps=6", f"train.output_dir={out}"],
+                 {"gpus_per_node": "0", "output": str(tmp_path / "x.out")}, launcher)
+    handle = launcher.submit(plan)
+    assert handle.job_id == "123" and seen[0][0] == ["sbatch", "--parsable"] and seen[0][1] == plan.script
+    reg = Registry()
+    job = reg.job(reg.find(str(out)))
+    assert (job.status, job.launcher, job.kind) == ("queued", "slurm", "train")
+    assert job.launcher_options["gpus_per_node"] == "0" and job.launcher_options["nodes"] == 1
 
 
 def test_jobs_resume_of_a_slurm_job_resubmits_the_recorded_recipe_with_its_resources(tmp_path, medscale_home):
-    from medscale import jobs
+    from medscale.jobs import ops
     from medscale.registry import AttemptInfo, JobSpec, Registry
 
-    assert jobs.RESUME_LAUNCHERS["slurm"] == "launcher.slurm"
     out = tmp_path / "run"
     r = load_recipe("tiny-demo", [f"train.output_dir={out}", "dist.num_processes=2"])
-    out.mkdir()
-    (out / sl.RECORD).write_text(json.dumps({"nodes": 1, "procs_per_node": 2, "gpus_per_node": "0",
-                                              "cpus_per_node": 2, "partition": "debug", "time": "1:00:00"}))
+    options = {"nodes": 1, "procs_per_node": 2, "gpus_per_node": "0", "cpus_per_node": 2, "partition": "debug",
+               "time": "1:00:00"}
     reg = Registry()
     try:
-        reg.upsert_attempt(JobSpec(r.name, str(out), "slurm", r.to_yaml(), r.fingerprint()),
-                           AttemptInfo(1, "slurm", "node07", 1, r.fingerprint(), world_size=2, slurm_job_id="41",
-                                       status="preempted"))
+        reg.upsert_attempt(JobSpec(r.name, str(out), "slurm", r.to_yaml(), r.fingerprint(), launcher_options=options),
+                           AttemptInfo(1, "slurm", "node07", 1, r.fingerprint(), world_size=2,
+                                       launcher_ids={"slurm_job_id": "41"}, status="preempted"))
         seen = []
-        code = jobs.resume_job(reg, "tiny-demo", launch_fn=functools.partial(
-            sl.launch, executor=lambda cmd, script: seen.append(script) or "77", state=lambda job: None))
+        launcher = sl.SlurmLauncher(executor=lambda cmd, script: seen.append(script) or "77", state=lambda job: None)
+        code = ops.resume_job(reg, "tiny-demo", {"slurm": launcher})
     finally:
         reg.close()
     assert code == 0
@@ -357,12 +394,15 @@ def test_jobs_resume_of_a_slurm_job_resubmits_the_recorded_recipe_with_its_resou
 def test_resume_is_refused_while_the_jobs_slurm_job_is_still_queued(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "medscale_job.json").write_text(json.dumps({"attempts": [{"slurm_job_id": "41", "status": "preempted"}]}))
-    r = load_recipe("tiny-demo", [f"train.output_dir={out}"])
-    never = lambda cmd, script: pytest.fail("submitted while the job is still queued")  # noqa: E731
-    with pytest.raises(RecipeError, match="SLURM job 41 .* still PENDING.*scancel 41"):
-        sl.launch(r, "tiny-demo", [], executor=never, state=lambda job: "PENDING")
-    assert sl.launch(r, "tiny-demo", [], executor=lambda cmd, script: "43", state=lambda job: None) == 0
+    (out / "medscale_job.json").write_text(json.dumps({"name": "tiny-demo", "attempts": [
+        {"number": 1, "launcher": "slurm", "host": "n", "pid": 1, "fingerprint": "f", "slurm_job_id": "41",
+         "status": "preempted"}]}))
+    over = [f"train.output_dir={out}"]
+    pending = sl.SlurmLauncher(executor=lambda cmd, script: pytest.fail("submitted"), state=lambda job: "PENDING")
+    with pytest.raises(sl.LaunchError, match="SLURM job 41 .* still PENDING.*scancel 41"):
+        _plan("tiny-demo", over, {"gpus_per_node": "0"}, pending)
+    gone = sl.SlurmLauncher(executor=lambda cmd, script: "43", state=lambda job: None)
+    assert gone.submit(_plan("tiny-demo", over, {"gpus_per_node": "0"}, gone)).job_id == "43"
 
 
 # --------------------------------------------------------------------------- a real one-node cluster

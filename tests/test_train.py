@@ -28,13 +28,13 @@ def trained(tiny_model_dir, tmp_path_factory):
 
 def test_loss_decreases_and_outputs_are_complete(trained):
     summary, out = trained
-    assert summary["world_size"] == 1 and summary["global_step"] == 24
-    assert summary["loss_last"] < summary["loss_first"] - 0.5
-    assert summary["eval_loss_final"] < summary["eval_loss_base"] and "better than the base" in summary["verdict"]
+    assert summary.world_size == 1 and summary.global_step == 24
+    assert summary.loss_last < summary.loss_first - 0.5
+    assert summary.eval_loss_final < summary.eval_loss_base and "better than the base" in summary.verdict
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json", "trainer_state.json",
                  "recipe.resolved.yaml", "loss.png", "run_summary.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "run_summary.json").read_text())["fingerprint"] == summary["fingerprint"]
+    assert json.loads((out / "run_summary.json").read_text())["fingerprint"] == summary.fingerprint
     for ckpt in ("checkpoint-12", "checkpoint-24"):
         assert (out / ckpt / "adapter_model.safetensors").is_file() and (out / ckpt / "recipe.resolved.yaml").is_file()
 
@@ -43,9 +43,9 @@ def test_throughput_metrics_are_logged(trained):
     summary, out = trained
     logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert logs and all(h["tokens_per_s"] > 0 and h["samples_per_s"] > 0 for h in logs)
-    assert summary["tokens_per_s"] > 0 and summary["data"]["train"]["label_tokens"] > 0
+    assert summary.tokens_per_s > 0 and summary.data["train"]["label_tokens"] > 0
     # real tokens only: the run saw no more tokens than its samples contain, padding excluded
-    assert logs[-1]["num_input_tokens_seen"] <= 24 * 8 * summary["data"]["train"]["max_tokens"]
+    assert logs[-1]["num_input_tokens_seen"] <= 24 * 8 * summary.data["train"]["max_tokens"]
 
 
 def test_adapter_reloads_with_peft_and_generates(trained, tiny_model_dir):
@@ -86,7 +86,7 @@ def test_adaptive_clipping_in_training(tiny_model_dir, tmp_path):
                           "train.adaptive_clip={percentile: 50, window: 10, min_history: 3}"))
     logs = [h for h in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     thresholds = [h["clip_threshold"] for h in logs]
-    assert thresholds[0] == 0.01 and thresholds[-1] > 0.01 and summary["global_step"] == 8
+    assert thresholds[0] == 0.01 and thresholds[-1] > 0.01 and summary.global_step == 8
 
 
 def test_term_masking_reaches_the_batches(tiny_model_dir, tiny_tokenizer):
@@ -110,8 +110,8 @@ def test_verdict_says_plainly_when_the_fine_tune_is_worse(tiny_model_dir, tmp_pa
 
     summary = run(_recipe(tiny_model_dir, tmp_path / "out", "train.max_steps=6", "eval.eval_steps=3",
                           "train.learning_rate=0.5", "train.warmup_ratio=0", "train.max_grad_norm=0"))
-    assert summary["eval_loss_final"] > summary["eval_loss_base"]
-    assert "WORSE than the base model" in summary["verdict"]
+    assert summary.eval_loss_final > summary.eval_loss_base
+    assert "WORSE than the base model" in summary.verdict
 
 
 def test_swanlab_cloud_without_key_falls_back_to_offline(tiny_model_dir, tmp_path, monkeypatch):

@@ -11,17 +11,6 @@ from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def check_model_dir(model: ModelSection) -> Path:
-    """Fail before any heavy import or GPU work if the weights are not where the recipe says."""
-    path = Path(model.path)
-    if (path / "config.json").is_file():
-        return path
-    what = f"download {model.hub_id} into {path}" if model.hub_id else f"put a Hugging Face model folder at {path}"
-    state = "is missing" if not path.exists() else "has no config.json"
-    raise RecipeError(f"model.path: {path} {state}: {what} (config.json, *.safetensors, tokenizer files), "
-                      f"or set model.path=/your/folder")
-
-
 def load_tokenizer(model: ModelSection):
     from transformers import AutoTokenizer
 

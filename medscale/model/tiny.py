@@ -71,3 +71,13 @@ def build_tiny_model(out: str | Path, layers: int = 2, hidden: int = 64, tokeniz
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def ensure_tiny_model(model) -> None:
+    """Build the recipe's tiny random Qwen3 (`model.tiny`) at `model.path` if it is not there yet (demo, tests)."""
+    if model.tiny is not None and not (Path(model.path) / "config.json").is_file():
+        import logging
+
+        logging.getLogger("medscale.model").info("building tiny random Qwen3 at %s", model.path)
+        spec = model.tiny
+        build_tiny_model(model.path, layers=spec.layers, hidden=spec.hidden, tokenizer=spec.tokenizer)

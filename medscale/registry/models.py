@@ -6,16 +6,13 @@ revision under migrations/versions/ so existing registry files upgrade in place.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "preempted", "cancelled")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+from medscale.jobs.status import AttemptStatus, JobStatus
+from medscale.registry.records import utcnow
 
 
 class Base(DeclarativeBase):
@@ -28,12 +25,15 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="train")
     output_dir: Mapped[str] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     launcher: Mapped[str] = mapped_column(String(32))
+    launcher_options: Mapped[dict] = mapped_column(JSON, default=dict)
     recipe_yaml: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -50,17 +50,17 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default=AttemptStatus.RUNNING.value)
     launcher: Mapped[str] = mapped_column(String(32))
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     world_size: Mapped[int] = mapped_column(Integer, default=1)
-    slurm_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    ray_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    launcher_ids: Mapped[dict] = mapped_column(JSON, default=dict)  # slurm_job_id, ray_job_id, ... as the launcher has
     fingerprint: Mapped[str] = mapped_column(String(64))
     resumed_from: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
     exit_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recipe_changes: Mapped[list] = mapped_column(JSON, default=list)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -4,15 +4,15 @@ Every write is an idempotent upsert keyed by (job name, output dir), attempt num
 path, so a run that could not reach the registry, `medscale jobs sync` and a concurrent writer all
 converge on the same rows. SQLite runs in WAL mode with a busy timeout and takes its write lock at
 BEGIN (a deferred transaction that later writes can fail with "database is locked" without waiting).
+Reads return the typed views of `records`, never ORM rows or dicts.
 """
 from __future__ import annotations
 
-from medscale.errors import UserError
-
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, select, update
@@ -21,18 +21,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from medscale import medscale_home
-from medscale.registry.models import Attempt, Checkpoint, Job, utcnow
+from medscale.errors import UserError
+from medscale.jobs.status import AttemptStatus, JobStatus
+from medscale.registry.models import Attempt, Checkpoint, Job
+from medscale.registry.records import (AttemptInfo, AttemptView, CheckpointInfo, CheckpointView, JobSpec, JobView,
+                                       iso, utcnow)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D656473  # any constant: serializes concurrent first-time migrations on PostgreSQL
 
-# attempt status -> job status
-_JOB_STATUS = {"running": "running", "completed": "succeeded", "failed": "failed", "preempted": "preempted",
-               "cancelled": "cancelled", "lost": "failed"}
-
 
 class RegistryError(UserError):
     """The registry cannot answer (unreachable, newer schema, unknown job); the message says which."""
+
+
+class CancelOutcome(str, Enum):
+    """What `request_cancel` did, so the CLI can say whether the cancel takes effect."""
+
+    STOPPING = "stopping"  # a running attempt will save and stop at its next heartbeat
+    CANCELLED = "cancelled"  # a queued or stopped job is now cancelled; an attempt starting later stops at once
+    NOTHING = "nothing"  # the job already succeeded or was cancelled: nothing changed
 
 
 def heartbeat_interval() -> float:
@@ -52,42 +60,21 @@ def redact(url: str) -> str:
         return "<unparseable registry URL>"
 
 
-@dataclass
-class JobSpec:
-    name: str
-    output_dir: str
-    launcher: str
-    recipe_yaml: str
-    fingerprint: str
+def scrub(text: str, url: str) -> str:
+    """Drivers sometimes echo the connection string; never let its password through."""
+    try:
+        pw = make_url(url).password
+    except Exception:
+        return "(detail withheld)"
+    return text.replace(pw, "***") if pw else text
 
 
-@dataclass
-class AttemptInfo:
-    number: int
-    launcher: str
-    host: str
-    pid: int
-    fingerprint: str
-    world_size: int = 1
-    slurm_job_id: str | None = None
-    ray_job_id: str | None = None
-    resumed_from: str | None = None
-    status: str = "running"
-    step: int = 0
-    exit_reason: str | None = None
-    started_at: datetime = field(default_factory=utcnow)
-    ended_at: datetime | None = None
-
-
-@dataclass
-class CheckpointInfo:
-    step: int
-    path: str
-    verified: bool
-    attempt_number: int
-    metrics: dict = field(default_factory=dict)
-    size_bytes: int = 0
-    created_at: datetime = field(default_factory=utcnow)
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other backends and in-memory databases)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).expanduser()
 
 
 def _sqlite_engine(url) -> Engine:
@@ -121,16 +108,40 @@ def make_engine(url: str, connect_timeout: float = 5) -> Engine:
     return create_engine(u, pool_pre_ping=True, connect_args=args)
 
 
+def _head_revision() -> str:
+    """The newest migration, read from the revision files' headers (alembic itself is imported only to migrate)."""
+    revs, downs = set(), set()
+    for f in (MIGRATIONS / "versions").glob("*.py"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.startswith("revision = "):
+                revs.add(line.split("=", 1)[1].strip().strip("\"'"))
+            elif line.startswith("down_revision = "):
+                downs.add(line.split("=", 1)[1].strip().strip("\"'"))
+    (head,) = revs - downs
+    return head
+
+
 def _migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision, once, under a lock; refuse a schema newer than this code."""
+    """Bring the schema to the newest revision, once, under a lock; refuse a schema newer than this code.
+    A registry already at head (every run but the first) never imports alembic, so commands start fast."""
+    from sqlalchemy import inspect, text
+
+    head = _head_revision()
+    with engine.connect() as conn:
+        if inspect(conn).has_table("alembic_version"):
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if current == head:
+                return
+    import logging
+
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision is noise in a training log
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     script = ScriptDirectory.from_config(cfg)
-    head = script.get_current_head()
     with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE already serializes writers
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
@@ -160,11 +171,18 @@ class Registry:
             raise
         except Exception as e:
             raise RegistryError(f"registry {self.url_redacted} unreachable: {type(e).__name__}: "
-                                f"{scrub(str(e), self.url)}") from None
+                                f"{scrub(str(e).splitlines()[0] if str(e) else '', self.url)}") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.file_identity = _identity(sqlite_path(self.url))
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def file_replaced(self) -> bool:
+        """True when this SQLite registry's file was deleted or replaced since it was opened: writes through the
+        open connection would go to a file nobody can see any more."""
+        path = sqlite_path(self.url)
+        return path is not None and _identity(path) != self.file_identity
 
     # ------------------------------------------------------------------ writes (global rank 0, sync, CLI)
 
@@ -173,15 +191,30 @@ class Registry:
         job = s.scalar(select(Job).filter_by(**keys))
         if job is None or refresh:
             job = _upsert(s, Job, keys, {"launcher": spec.launcher, "recipe_yaml": spec.recipe_yaml,
-                                         "fingerprint": spec.fingerprint})
+                                         "fingerprint": spec.fingerprint, "kind": spec.kind,
+                                         "launcher_options": spec.launcher_options})
         return job
 
-    def upsert_attempt(self, spec: JobSpec, a: AttemptInfo, current: bool = True, beat: bool = True) -> bool:
+    def register(self, spec: JobSpec) -> int:
+        """A submitted job (sbatch, ray job submit, a sweep trial): its row, `queued` unless an attempt of it is
+        running. Returns its id."""
+        with self._session.begin() as s:
+            job = self._job(s, spec, refresh=True)
+            if not job.attempts or attempt_state(job.attempts[-1]) != AttemptStatus.RUNNING:
+                job.status = JobStatus.QUEUED.value
+            s.flush()
+            return job.id
+
+    def upsert_attempt(self, spec: JobSpec, a: AttemptInfo, current: bool = True, beat: bool = True,
+                       launched_at: datetime | None = None) -> bool:
         """Create or update attempt `a.number`; `beat` refreshes its heartbeat (the live run does, `jobs sync` does
         not: replaying a journal must not make a dead attempt look alive). When it is the job's current attempt
-        the job's status follows it. Returns whether a cancel of the job was requested."""
+        the job's status follows it. Returns whether a cancel applies to this attempt.
+
+        A new attempt clears a cancel request made before `launched_at` (the submit or command that started it: a
+        person ran the job again), and obeys one made after it (a cancel of a queued or starting job)."""
         values = {k: v for k, v in asdict(a).items() if k != "number"}
-        if a.status != "running":
+        if a.status != AttemptStatus.RUNNING:
             values["heartbeat_at"] = a.ended_at or utcnow()
         elif beat:
             values["heartbeat_at"] = utcnow()
@@ -192,14 +225,17 @@ class Registry:
                 values["heartbeat_at"] = a.started_at
             _upsert(s, Attempt, {"job_id": job.id, "number": a.number}, values)
             if current:
-                if new and a.status == "running":
-                    job.cancel_requested = False  # starting or resuming a job is a fresh request to run it
+                if new and a.status == AttemptStatus.RUNNING:
+                    asked = job.cancel_requested_at
+                    if job.cancel_requested and (asked is None or launched_at is None or asked < launched_at):
+                        job.cancel_requested, job.cancel_requested_at = False, None
                     for old in s.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.number < a.number,
-                                                               Attempt.status == "running")):
-                        old.status = "lost"  # it never ended: it was killed
+                                                               Attempt.status == AttemptStatus.RUNNING.value)):
+                        old.status = AttemptStatus.LOST.value  # it never ended: it was killed
                         old.exit_reason = old.exit_reason or f"never ended; attempt {a.number} started after it"
-                cancelled = job.cancel_requested and a.status not in ("running", "completed")
-                job.status = "cancelled" if cancelled else _JOB_STATUS[a.status]
+                status = AttemptStatus(a.status)
+                cancelled = job.cancel_requested and status not in (AttemptStatus.RUNNING, AttemptStatus.COMPLETED)
+                job.status = (JobStatus.CANCELLED if cancelled else status.job_status()).value
             return bool(job.cancel_requested)
 
     def record_checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
@@ -216,13 +252,23 @@ class Registry:
             s.execute(update(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.path.in_(paths),
                                                Checkpoint.deleted_at.is_(None)).values(deleted_at=utcnow()))
 
-    def request_cancel(self, job_id: int) -> None:
-        """A running attempt sees this at its next heartbeat, saves and stops; a stopped job is marked cancelled."""
+    def set_status(self, job_id: int, status: JobStatus) -> None:
+        """Set a job's status outside an attempt (a sweep's scheduler stopping a trial early)."""
+        with self._session.begin() as s:
+            _get(s, job_id).status = status.value
+
+    def request_cancel(self, job_id: int) -> CancelOutcome:
+        """A running attempt sees this at its next heartbeat, saves and stops; a queued or stopped job is marked
+        cancelled (an attempt that starts from an earlier launch stops at once); a finished job is left alone."""
         with self._session.begin() as s:
             job = _get(s, job_id)
-            job.cancel_requested = True
-            if not (job.attempts and attempt_state(job.attempts[-1]) == "running"):
-                job.status = "cancelled"
+            if job.status in (JobStatus.SUCCEEDED.value, JobStatus.CANCELLED.value, JobStatus.STOPPED_EARLY.value):
+                return CancelOutcome.NOTHING
+            job.cancel_requested, job.cancel_requested_at = True, utcnow()
+            if job.attempts and attempt_state(job.attempts[-1]) == AttemptStatus.RUNNING:
+                return CancelOutcome.STOPPING
+            job.status = JobStatus.CANCELLED.value
+            return CancelOutcome.CANCELLED
 
     # ------------------------------------------------------------------ reads
 
@@ -230,35 +276,48 @@ class Registry:
         with self._session() as s:
             return s.scalar(select(Job.id).filter_by(name=spec.name, output_dir=spec.output_dir))
 
+    def candidates(self, ref: str) -> list[tuple[int, str, str]]:
+        """(id, name, output dir) of every job `ref` may mean: an id, a name, or an output dir."""
+        with self._session() as s:
+            if ref.isdigit() and (job := s.get(Job, int(ref))) is not None:
+                return [(job.id, job.name, job.output_dir)]
+            where = Job.output_dir == os.path.abspath(ref) if os.sep in ref else Job.name == ref
+            return [tuple(r) for r in s.execute(select(Job.id, Job.name, Job.output_dir).where(where).order_by(Job.id))]
+
     def find(self, ref: str) -> int:
         """Job id from an id, a name or an output dir; a name shared by several output dirs must be given as
         an id or a dir."""
-        with self._session() as s:
-            if ref.isdigit() and s.get(Job, int(ref)) is not None:
-                return int(ref)
-            where = Job.output_dir == os.path.abspath(ref) if os.sep in ref else Job.name == ref
-            rows = s.execute(select(Job.id, Job.output_dir).where(where).order_by(Job.id)).all()
+        rows = self.candidates(ref)
         if not rows:
             raise RegistryError(f"no job '{ref}' in the registry {self.url_redacted} (see `medscale jobs list`)")
         if len(rows) > 1:
-            listing = ", ".join(f"{i} ({d})" for i, d in rows)
+            listing = ", ".join(f"{i} ({d})" for i, _, d in rows)
             raise RegistryError(f"job name '{ref}' is used by {len(rows)} output dirs; give the id: {listing}")
         return rows[0][0]
 
-    def jobs(self, status: str | None = None) -> list[dict]:
+    def jobs(self, status: str | None = None) -> list[JobView]:
         with self._session() as s:
             query = select(Job).order_by(Job.id).options(selectinload(Job.attempts), selectinload(Job.checkpoints))
-            out = [_job_dict(j, brief=True) for j in s.scalars(query)]
-        return [j for j in out if status is None or j["status"] == status]
+            out = [_view(j, brief=True) for j in s.scalars(query)]
+        return [j for j in out if status is None or j.status == status]
 
-    def job(self, job_id: int) -> dict:
+    def job(self, job_id: int) -> JobView:
         with self._session() as s:
-            return _job_dict(_get(s, job_id), brief=False)
+            return _view(_get(s, job_id), brief=False)
 
     def job_spec(self, job_id: int) -> JobSpec:
         with self._session() as s:
             j = _get(s, job_id)
-            return JobSpec(j.name, j.output_dir, j.launcher, j.recipe_yaml, j.fingerprint)
+            return JobSpec(j.name, j.output_dir, j.launcher, j.recipe_yaml, j.fingerprint, j.kind,
+                           dict(j.launcher_options or {}))
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st else None
 
 
 def _get(s: Session, job_id: int) -> Job:
@@ -284,15 +343,6 @@ def _upsert(s: Session, model, keys: dict, values: dict):
     return row
 
 
-def scrub(text: str, url: str) -> str:
-    """Drivers sometimes echo the connection string; never let its password through."""
-    try:
-        pw = make_url(url).password
-    except Exception:
-        return "(detail withheld)"
-    return text.replace(pw, "***") if pw else text
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -303,46 +353,38 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def attempt_state(a: Attempt, now: datetime | None = None) -> str:
+def attempt_state(a: Attempt, now: datetime | None = None) -> AttemptStatus:
     """The status a person should see: `lost` for a running attempt that stopped beating or whose
     process is gone from this host (a kill -9, a node failure)."""
-    if a.status != "running":
-        return a.status
+    status = AttemptStatus(a.status)
+    if status != AttemptStatus.RUNNING:
+        return status
     now = now or utcnow()
     if now - a.heartbeat_at > timedelta(seconds=4 * heartbeat_interval()):
-        return "lost"
+        return AttemptStatus.LOST
     if a.host == socket.gethostname() and not pid_alive(a.pid):
-        return "lost"
-    return "running"
+        return AttemptStatus.LOST
+    return AttemptStatus.RUNNING
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat(timespec="seconds") + "Z" if t else None
-
-
-def _job_dict(j: Job, brief: bool) -> dict:
-    attempts = [{"number": a.number, "status": attempt_state(a), "launcher": a.launcher, "host": a.host,
-                 "pid": a.pid, "world_size": a.world_size, "slurm_job_id": a.slurm_job_id,
-                 "ray_job_id": a.ray_job_id, "resumed_from": a.resumed_from, "step": a.step,
-                 "fingerprint": a.fingerprint, "exit_reason": a.exit_reason, "started_at": _iso(a.started_at),
-                 "heartbeat_at": _iso(a.heartbeat_at), "ended_at": _iso(a.ended_at)} for a in j.attempts]
-    live = [c for c in j.checkpoints if c.deleted_at is None]
-    verified = [c for c in live if c.verified]
+def _view(j: Job, brief: bool) -> JobView:
+    attempts = [AttemptView(a.number, attempt_state(a).value, a.launcher, a.host, a.pid, a.world_size,
+                            dict(a.launcher_ids or {}), a.resumed_from, a.step, a.fingerprint, a.exit_reason,
+                            list(a.recipe_changes or []), iso(a.started_at), iso(a.heartbeat_at), iso(a.ended_at))
+                for a in j.attempts]
+    verified = [c for c in j.checkpoints if c.deleted_at is None and c.verified]
     status = j.status
-    if status == "running" and attempts and attempts[-1]["status"] == "lost":
-        status = "lost"
+    if status == JobStatus.RUNNING and attempts and attempts[-1].status == AttemptStatus.LOST:
+        status = AttemptStatus.LOST.value
     latest = verified[-1] if verified else None
-    out = {"id": j.id, "name": j.name, "output_dir": j.output_dir, "status": status, "launcher": j.launcher,
-           "fingerprint": j.fingerprint, "attempts": len(attempts),
-           "step": max((a["step"] for a in attempts), default=0),
-           "latest_checkpoint": latest.path if latest else None,
-           "latest_metrics": latest.metrics if latest else {},
-           "cancel_requested": j.cancel_requested,
-           "created_at": _iso(j.created_at), "updated_at": _iso(j.updated_at)}
+    view = JobView(j.id, j.name, j.kind, j.output_dir, status, j.launcher, dict(j.launcher_options or {}),
+                   j.fingerprint, len(attempts), max((a.step for a in attempts), default=0),
+                   latest.path if latest else None, dict(latest.metrics) if latest else {}, j.cancel_requested,
+                   iso(j.created_at), iso(j.updated_at))
     if not brief:
-        out["attempt_list"] = attempts
-        out["checkpoints"] = [{"step": c.step, "path": c.path, "verified": c.verified, "attempt": c.attempt_number,
-                               "metrics": c.metrics, "size_bytes": c.size_bytes, "created_at": _iso(c.created_at),
-                               "deleted": c.deleted_at is not None} for c in j.checkpoints]
-        out["recipe_yaml"] = j.recipe_yaml
-    return out
+        view.attempt_list = attempts
+        view.checkpoints = [CheckpointView(c.step, c.path, c.verified, c.attempt_number, dict(c.metrics),
+                                           c.size_bytes, iso(c.created_at), c.deleted_at is not None)
+                            for c in j.checkpoints]
+        view.recipe_yaml = j.recipe_yaml
+    return view

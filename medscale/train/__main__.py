@@ -1,12 +1,33 @@
 """One process of a run: `accelerate launch -m medscale.train RECIPE [key=value ...]`.
 
-Every process re-loads and re-validates the recipe from the same name and overrides.
+Every process re-loads and re-validates the recipe from the same name and overrides. The stop flag is installed
+before anything slow is imported, so a SIGTERM during start-up still ends in exit 75 (requeue), never 143.
 """
-import logging
 import sys
 
-from medscale.errors import user_errors
-from medscale.recipe import load_recipe
+from medscale.jobs.stop import stop_flag
+
+stop_flag().install()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+
+
+def _die_with_launcher() -> None:
+    """A worker started by torchrun stops when torchrun is gone (killed with -9, by the OOM killer, with its
+    parent `medscale train`): orphaned, it would train on unseen and hold the GPUs. The attempt shows `lost`."""
+    parent = os.getppid()
+
+    def watch():
+        import time
+
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(137)
+
+    threading.Thread(target=watch, name="medscale-orphan-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv else 2)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _die_with_launcher()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from medscale.errors import user_errors
+    from medscale.recipe import load_recipe
+
     with user_errors():
         recipe = load_recipe(argv[0], argv[1:])
         from medscale.train.run import run

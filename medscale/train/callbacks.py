@@ -1,8 +1,9 @@
 """Trainer callbacks and the small Trainer subclass that feeds them.
 
 HF Trainer stays in charge of the loop; what medscale adds is measurement
-(real-token throughput, peak memory, MFU), adaptive clipping, and the Trainer side of the attempt
-lifecycle (stop agreement across ranks, verified checkpoints, retention; see lifecycle.py).
+(real-token throughput, peak memory, MFU), adaptive clipping, a guard against non-finite losses, and the
+Trainer side of the attempt lifecycle (stop agreement across ranks, verified checkpoints, retention; the
+record itself is `medscale.jobs.attempt`).
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from medscale.registry.models import utcnow
-from medscale.train.checkpoint import delete_checkpoint, retention_plan, write_manifest, write_text_atomic
-from medscale.train.lifecycle import RECIPE_FILE, STOP_NONE, STOP_PREEMPTED, JobTracker, StopFlag
+from medscale.errors import AttemptStopped, RunFailed
+from medscale.jobs import stop
+from medscale.jobs.attempt import Attempt
+from medscale.jobs.checkpoint import delete_checkpoint, retention_plan, write_manifest
+from medscale.jobs.record import PRIVATE, RECIPE_FILE, write_text_atomic
+from medscale.registry import utcnow
+from medscale.train.dist import agree_max, barrier
 
 log = logging.getLogger("medscale.train")
 
@@ -117,20 +122,6 @@ class ProgressToCollator(TrainerCallback):
         self.collator.set_progress(state.global_step, state.max_steps)
 
 
-def _agree(code: int, device) -> int:
-    """The largest stop code of all ranks, so every rank stops at the same step."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return code
-    t = torch.tensor([code], dtype=torch.int32, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def _metrics_at(history: list[dict], step: int) -> dict:
     """Latest train loss / learning rate at or before `step`, and the eval loss measured at `step`."""
     out = {}
@@ -145,50 +136,84 @@ def _metrics_at(history: list[dict], step: int) -> dict:
     return out
 
 
-class AttemptCallback(TrainerCallback):
-    """Stops every rank together on a stop request, and turns each Trainer save into a verified checkpoint."""
+NONFINITE = 3  # above every stop code: a diverged step fails the attempt on every rank, whatever else was asked
 
-    def __init__(self, tracker: JobTracker, flag: StopFlag, keep_last: int | None, keep_best: bool):
-        self.tracker, self.flag, self.keep_last, self.keep_best = tracker, flag, keep_last, keep_best
-        self.stopped = STOP_NONE
+
+class StepHealth:
+    """Whether every loss and gradient norm of the current optimizer step was finite, kept on the device so the
+    check costs one sync per step (inside the stop agreement), not one per micro-batch."""
+
+    def __init__(self):
+        self._finite = None
+
+    def observe(self, value) -> None:
+        ok = torch.isfinite(value.detach() if torch.is_tensor(value) else torch.tensor(float(value))).all()
+        self._finite = ok if self._finite is None else self._finite & ok.to(self._finite.device)
+
+    def pop(self) -> bool:
+        ok = True if self._finite is None else bool(self._finite.item())
+        self._finite = None
+        return ok
+
+
+class AttemptCallback(TrainerCallback):
+    """Stops every rank together on a stop request, fails every rank together on a non-finite loss or gradient
+    norm (before the step can be saved), and turns each Trainer save into a verified checkpoint."""
+
+    def __init__(self, attempt: Attempt, flag: stop.StopFlag, health: StepHealth, keep_last: int | None,
+                 keep_best: bool):
+        self.attempt, self.flag, self.health, self.keep_last, self.keep_best = attempt, flag, health, keep_last, keep_best
+        self.stopped = stop.NONE
 
     def on_step_end(self, args, state, control, **kw):
-        self.tracker.step = state.global_step
-        code = _agree(self.flag.code, args.device)
+        self.attempt.step = state.global_step
+        code = agree_max(max(self.flag.code, 0 if self.health.pop() else NONFINITE), args.device)
+        if code == NONFINITE:
+            raise RunFailed(f"the loss or gradient norm became NaN/inf at step {state.global_step}: the weights are "
+                            f"no longer usable, so nothing was saved from them; lower train.learning_rate (or check "
+                            f"the data and the resumed checkpoint) and run again: it resumes from the newest "
+                            f"verified checkpoint")
         if code and not self.stopped:
             self.stopped = code
             control.should_save = control.should_training_stop = True
             if state.is_world_process_zero:
-                log.warning("%s: saving a checkpoint at step %d and stopping",
-                            "preemption signal" if code == STOP_PREEMPTED else "cancel requested", state.global_step)
+                log.warning("%s: saving a checkpoint at step %d and stopping", self.flag.reason or stop.STATUS[code],
+                            state.global_step)
 
     def on_save(self, args, state, control, **kw):
-        _barrier()  # every rank has written its part (RNG states, DeepSpeed shards)
+        barrier()  # every rank has written its part (RNG states, DeepSpeed shards)
         if not state.is_world_process_zero:
             return
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        write_text_atomic(ckpt / RECIPE_FILE, self.tracker.recipe.to_yaml())
-        attempt = self.tracker.attempt.number if self.tracker.attempt else 0
+        recipe = self.attempt.recipe
+        write_text_atomic(ckpt / RECIPE_FILE, recipe.to_yaml(), mode=PRIVATE)
+        number = self.attempt.info.number if self.attempt.info else 0
         manifest = write_manifest(ckpt, state.global_step, {
-            "job": self.tracker.recipe.name, "attempt": attempt, "fingerprint": self.tracker.recipe.fingerprint(),
+            "job": recipe.name, "attempt": number, "fingerprint": recipe.fingerprint(),
             "created": utcnow().isoformat(), "metrics": _metrics_at(state.log_history, state.global_step)})
-        self.tracker.checkpoint_saved(ckpt, manifest)
+        self.attempt.checkpoint_saved(ckpt, manifest)
         doomed = retention_plan(args.output_dir, self.keep_last, self.keep_best)
         for path in doomed:
             delete_checkpoint(path)
-        self.tracker.checkpoints_deleted(doomed)
+        self.attempt.checkpoints_deleted(doomed)
+
+    def raise_if_stopped(self) -> None:
+        """After `trainer.train()` returns: a stop request ended it, with a verified checkpoint saved."""
+        if self.stopped:
+            raise AttemptStopped(stop.STATUS[self.stopped], self.attempt.step, saved=True)
 
 
 class MedscaleTrainer(Trainer):
-    """HF Trainer + throughput metrics in every log line + optional adaptive clipping.
+    """HF Trainer + throughput metrics in every log line + optional adaptive clipping + the finiteness check.
 
-    Overrides two small hooks rather than the loop: `log` (documented as the place to inject
-    metrics) and `_clip_grad_norm` (the one place the clip threshold is read, in transformers 5.x).
+    Overrides small hooks rather than the loop: `log` (documented as the place to inject metrics),
+    `training_step` (each micro-batch's loss) and `_clip_grad_norm` (the one place the clip threshold is read,
+    in transformers 5.x).
     """
 
-    def __init__(self, *a, meter: ThroughputMeter, clipper: AdaptiveClipper | None = None, **kw):
+    def __init__(self, *a, meter: ThroughputMeter, health: StepHealth, clipper: AdaptiveClipper | None = None, **kw):
         super().__init__(*a, **kw)
-        self.meter, self.clipper = meter, clipper
+        self.meter, self.health, self.clipper = meter, health, clipper
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
@@ -197,10 +222,17 @@ class MedscaleTrainer(Trainer):
                 logs["clip_threshold"] = round(self.clipper.threshold(), 4)
         super().log(logs, *args, **kwargs)
 
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.health.observe(loss)
+        return loss
+
     def _clip_grad_norm(self, model):
-        if self.clipper is None:
-            return super()._clip_grad_norm(model)
-        self.args.max_grad_norm = self.clipper.threshold()
+        if self.clipper is not None:
+            self.args.max_grad_norm = self.clipper.threshold()
         norm = super()._clip_grad_norm(model)
-        self.clipper.observe(float(norm))
+        if norm is not None:
+            self.health.observe(norm)
+            if self.clipper is not None:
+                self.clipper.observe(float(norm))
         return norm

@@ -1,0 +1,42 @@
+"""The `medscale` command: thin wrappers over library functions, one module per command group.
+
+Every command passes through one error boundary (`medscale.errors.user_errors`): a person's mistake is one line
+and exit 2, `--debug` (or MEDSCALE_DEBUG=1) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import os
+
+import typer
+
+from medscale.cli.app import App
+from medscale.cli.data import data_app
+from medscale.cli.jobs import jobs_app
+from medscale.cli.submit import submit_app
+from medscale.cli.train import app as train_commands
+from medscale.cli.train import recipe_app
+
+app = App(add_completion=False, no_args_is_help=True,
+          help="Fine-tune medical LLMs from one recipe, on a laptop, SLURM or Ray.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks instead of one-line errors")) -> None:
+    if debug:
+        os.environ["MEDSCALE_DEBUG"] = "1"
+
+
+for _group in (train_commands,):
+    for _cmd in _group.registered_commands:
+        app.registered_commands.append(_cmd)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(submit_app, name="submit")
+
+
+def main() -> None:
+    from medscale.jobs.stop import stop_flag
+
+    stop_flag().install()  # first: a stop signal during start-up must still end in exit 75 or 4
+    app()

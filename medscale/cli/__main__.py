@@ -1,0 +1,3 @@
+from medscale.cli import main
+
+main()

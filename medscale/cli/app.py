@@ -1,0 +1,46 @@
+"""The pieces every command module shares: the Typer class whose commands all pass through one error boundary,
+the common arguments, and logging set-up."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Callable
+
+import typer
+
+from medscale.errors import user_errors
+
+
+class App(typer.Typer):
+    """A Typer whose every command runs inside `user_errors()`: a person's mistake is one line and exit 2 (a stopped
+    run exits 75 or 4), whether the command is run from a shell or in-process by a test's CliRunner."""
+
+    def command(self, *args, **kwargs) -> Callable:
+        register = super().command(*args, **kwargs)
+
+        def wrap(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def guarded(*a, **kw):
+                with user_errors():
+                    return fn(*a, **kw)
+
+            register(guarded)
+            return fn
+
+        return wrap
+
+
+OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. train.learning_rate=5e-6 adapter.r=8")
+AS_JSON = typer.Option(False, "--json", help="one JSON document instead of a table")
+
+
+def setup_logging() -> None:
+    """INFO for medscale's own lines; libraries' chatter (alembic, httpx, ...) only when something is wrong."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("alembic", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, default=str))

@@ -1,0 +1,124 @@
+"""`medscale recipes | recipe show | recipe schema | train | demo | check | tiny-model`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medscale.cli.app import OVERRIDES, App, setup_logging
+
+app = App()
+recipe_app = App(no_args_is_help=True, help="Inspect recipes.")
+
+
+@app.command("recipes")
+def recipes() -> None:
+    """List the built-in recipes, one line each."""
+    from medscale.recipe import builtin_names, load_recipe
+
+    for name in builtin_names():
+        typer.echo(f"{name:32s} {load_recipe(name).description}")
+
+
+@recipe_app.command("show")
+def recipe_show(name: str, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Print the resolved recipe (built-in name or YAML path, plus overrides) as YAML."""
+    from medscale.recipe import load_recipe
+
+    r = load_recipe(name, overrides or [])
+    typer.echo(f"# fingerprint: {r.fingerprint()}")
+    typer.echo(r.to_yaml(), nl=False)
+
+
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """Print the recipe JSON schema (every key, type, default and description)."""
+    from medscale.recipe import recipe_schema as schema
+
+    typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
+
+
+def print_summary(title: str, s) -> None:
+    """The end-of-run lines a person reads: did the loss fall, was it better than the base, where is it."""
+    p = s.paths
+    loss = (f"{s.loss_first:.3f} -> {s.loss_last:.3f}" if s.loss_first is not None and s.loss_last is not None
+            else "(not logged)")
+    lines = ["", title,
+             f"  loss          {loss} over {s.global_step} steps on {s.world_size} process(es)",
+             f"  verdict       {s.verdict}"]
+    if s.tokens_per_s is not None:
+        lines.append(f"  throughput    {s.tokens_per_s:.0f} tokens/s, {s.samples_per_s or 0:.1f} samples/s")
+    if s.finished_from_checkpoint:
+        lines.append(f"  finished from {s.finished_from_checkpoint} (the run was stopped after its last save)")
+    lines += [f"  adapter       {p['adapter']}/adapter_model.safetensors",
+              f"  loss curve    {p['loss_plot']}",
+              f"  logs          {p['trainer_state']}" + (f"  and SwanLab (offline) {p['swanlab']}" if p.get("swanlab")
+                                                        else ""),
+              f"  run record    {p['adapter']}/run_summary.json"]
+    typer.echo("\n".join(lines))
+
+
+def launch_here(recipe_ref: str, overrides: list[str], entry_kind: str = "train"):
+    """Validate, pre-flight and run a recipe with the local launcher: (the exit code of its attempt, the recipe)."""
+    from launcher.local import LocalLauncher
+    from medscale.jobs.launch import LaunchRequest, entry_for
+    from medscale.recipe import load_recipe
+
+    launcher = LocalLauncher()
+    recipe = load_recipe(recipe_ref, overrides)
+    request = LaunchRequest(recipe, recipe_ref, overrides, entry_for(entry_kind))
+    return launcher.wait(launcher.submit(launcher.prepare(request))), recipe
+
+
+def _run_and_report(recipe_ref: str, overrides: list[str], title: str | None = None) -> None:
+    from medscale.jobs.record import RunSummary
+
+    setup_logging()
+    code, recipe = launch_here(recipe_ref, overrides)
+    summary = RunSummary.load(recipe.train.output_dir) if code == 0 else None
+    if summary is not None:
+        print_summary(title or f"medscale: {summary.recipe} finished", summary)
+    raise typer.Exit(code)
+
+
+@app.command("train")
+def train(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+          overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Train a recipe here: in this process for one process, else through `accelerate launch`."""
+    _run_and_report(recipe, overrides or [])
+
+
+@app.command("demo")
+def demo(overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """CPU demo: build a tiny Qwen3, fine-tune it on the shipped medical data, report where everything is."""
+    _run_and_report("tiny-demo", overrides or [], "medscale demo finished")
+
+
+@app.command("check")
+def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+          overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Pre-flight alone: every problem with the recipe, model folder, data, devices, output dir and registry at
+    once, without starting anything (exit 0: it can run here; 2: it cannot)."""
+    from medscale.preflight import check as run_check
+    from medscale.recipe import load_recipe
+
+    report = run_check(load_recipe(recipe, overrides or []), devices=True)
+    marks = {"error": "✗", "warning": "!", "info": "·"}
+    for f in report.findings:
+        typer.echo(f"{marks[f.level]} {f.topic:9s} {f.message}", err=f.level != "info")
+    verdict = f"{len(report.errors)} problem(s): fix them and run `medscale check` again" if report.errors else "ok"
+    typer.echo(f"medscale check {recipe}: {verdict}")
+    raise typer.Exit(2 if report.errors else 0)
+
+
+@app.command("tiny-model")
+def tiny_model(out: Path, layers: int = typer.Option(2, help="decoder layers"),
+               hidden: int = typer.Option(64, help="hidden size"),
+               tokenizer: Optional[Path] = typer.Option(None, help="copy this tokenizer (e.g. a real Qwen3 one)")) -> None:
+    """Write a tiny random Qwen3 checkpoint (safetensors) + tokenizer for demos and tests."""
+    from medscale.model.tiny import build_tiny_model
+
+    path = build_tiny_model(out, layers=layers, hidden=hidden, tokenizer=str(tokenizer) if tokenizer else None)
+    typer.echo(f"tiny Qwen3 written to {path}")

@@ -1,0 +1,238 @@
+"""Verified checkpoints: a checkpoint counts only once its manifest is on disk and every file matches it.
+
+Protocol (DESIGN.md): the Trainer writes `checkpoint-N/` on every rank; after a barrier, global rank 0 reads
+every file once, hashing it (sha256) and fsyncing it, then writes `manifest.json` (each file's size and hash, the
+step, attempt and metrics) under a temporary name, fsyncs it and renames it into place. A crash at any moment
+leaves either no manifest (a torn save: ignored, then removed) or a complete one. Resuming re-hashes every file and
+cross-checks the step against the folder name and `trainer_state.json`, so a checkpoint damaged after the fact is
+never resumed from: it is set aside as `checkpoint-N.damaged` (a transient read error must never destroy a good
+checkpoint) and only `medscale jobs gc` deletes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+from medscale.jobs.record import fsync_dir, write_json_atomic
+
+log = logging.getLogger("medscale.checkpoint")
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # 2: every file hashed. 1 (medscale <= 0.1): files over 64 MB were checked by size only
+DAMAGED = ".damaged"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_BLOCK = 4 * 2**20
+
+
+def _hash_and_sync(path: Path) -> str:
+    """sha256 of a file, read once; the same descriptor is fsynced (pages written by any rank on this node)."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, _BLOCK):
+            h.update(block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}"))
+
+
+def failpoint(name: str, step: int) -> None:
+    """Test hook: `MEDSCALE_FAILPOINT=name@step` kills this process with SIGKILL at that point, so the
+    crash-recovery tests crash exactly where a real crash would hurt most. Unset in real runs."""
+    if os.environ.get("MEDSCALE_FAILPOINT") == f"{name}@{step}":
+        log.warning("failpoint %s@%d: killing this process", name, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_manifest(ckpt: Path, step: int, meta: dict) -> dict:
+    """Make `ckpt` durable, then mark it verified by writing its manifest last, atomically."""
+    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _hash_and_sync(p)} for p in _files(ckpt)}
+    for d in {p.parent for p in _files(ckpt)}:
+        fsync_dir(d)
+    failpoint("before_manifest", step)
+    manifest = {"format": MANIFEST_FORMAT, "step": step, **meta, "files": files,
+                "size_bytes": sum(f["size"] for f in files.values())}
+    write_json_atomic(ckpt / MANIFEST, manifest)
+    return manifest
+
+
+def _well_formed(m) -> bool:
+    if not isinstance(m, dict):
+        return False
+    files = m.get("files")
+    return (m.get("format") in (1, MANIFEST_FORMAT) and isinstance(m.get("step"), int) and isinstance(files, dict)
+            and bool(files) and all(isinstance(f, dict) and isinstance(f.get("size"), int) for f in files.values()))
+
+
+def load_manifest(ckpt: Path) -> dict | None:
+    """The manifest as written, if there is one of a known shape; nothing is checked against the files."""
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if _well_formed(manifest) else None
+
+
+def problem(ckpt: Path, check_hashes: bool = True) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None when it verifies."""
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no manifest (a save that never finished)"
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({e})"
+    if not _well_formed(manifest):
+        return "manifest of an unknown format"
+    m = _CKPT.match(ckpt.name)
+    if m and int(m.group(1)) != manifest["step"]:
+        return f"its manifest says step {manifest['step']}, its name says {m.group(1)}"
+    for rel, want in manifest["files"].items():
+        p = ckpt / rel
+        if not p.is_file() or p.stat().st_size != want["size"]:
+            return f"{rel} is missing or has the wrong size"
+        if check_hashes and want.get("sha256") and _sha256(p) != want["sha256"]:
+            return f"{rel} does not match its checksum"
+        if check_hashes and not want.get("sha256"):
+            log.warning("%s: %s was saved by an older medscale without a checksum: checked by size only", ckpt, rel)
+    if "trainer_state.json" in manifest["files"]:
+        try:
+            state_step = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
+        except (OSError, ValueError):
+            return "trainer_state.json is unreadable"
+        if state_step != manifest["step"]:
+            return f"its manifest says step {manifest['step']}, trainer_state.json says {state_step}"
+    return None
+
+
+def read_manifest(ckpt: Path, check_hashes: bool = True) -> dict | None:
+    """The manifest if the checkpoint is complete and intact, else None (with the reason logged)."""
+    why = problem(ckpt, check_hashes)
+    if why is not None:
+        (log.info if why.startswith("no manifest") else log.warning)("%s: %s: not resumable", ckpt, why)
+        return None
+    return load_manifest(ckpt)
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `checkpoint-N` folder, oldest first (set-aside `.damaged` ones excluded)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
+    return sorted(found)
+
+
+def damaged_dirs(output_dir: str | Path) -> list[Path]:
+    """Checkpoints set aside because they did not verify, oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    return sorted((p for p in out.iterdir() if p.is_dir() and DAMAGED in p.name and p.name.startswith("checkpoint-")),
+                  key=lambda p: p.name)
+
+
+def latest_verified(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint with a valid manifest; torn or damaged ones are skipped."""
+    for _, path in reversed(checkpoint_dirs(output_dir)):
+        if read_manifest(path) is not None:
+            return path
+    return None
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The global step a checkpoint was saved at, from its manifest (whatever the folder is called)."""
+    manifest = load_manifest(ckpt)
+    if manifest is None:
+        from medscale.jobs.errors import CheckpointError
+
+        raise CheckpointError(f"{ckpt} is not a verified checkpoint (no valid {MANIFEST})")
+    return manifest["step"]
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a checkpoint that does not verify to `checkpoint-N.damaged[-k]`: never resumed from, never
+    overwritten by a new save of that step, deleted only by `medscale jobs gc`."""
+    target = path.with_name(path.name + DAMAGED)
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}{DAMAGED}-{k}")
+    path.rename(target)
+    fsync_dir(path.parent)
+    log.warning("set %s aside as %s: %s (`medscale jobs gc` deletes it)", path.name, target.name, why)
+    return target
+
+
+def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[Path], list[Path]]:
+    """Checkpoints newer than the resume point that do not verify, which the Trainer would save into again:
+    torn saves (no manifest) are removed, damaged ones (a manifest their files no longer match) set aside.
+    Returns (removed, set aside)."""
+    start_step = checkpoint_step(start) if start else -1
+    removed, aside = [], []
+    for step, p in checkpoint_dirs(output_dir):
+        if step <= start_step or (why := problem(p)) is None:
+            continue
+        if (p / MANIFEST).exists():
+            aside.append(set_aside(p, why))
+        else:
+            log.warning("removing %s: its save never finished (no manifest)", p)
+            delete_checkpoint(p)
+            removed.append(p)
+    return removed, aside
+
+
+def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool) -> list[Path]:
+    """Checkpoints to delete: keep the newest `keep_last` verified ones, the best by eval loss, and always
+    the newest verified one; torn ones older than it go too. Unverified ones newer than it are left
+    alone (they may be a save in progress)."""
+    if keep_last is None:
+        return []
+    verified, torn = [], []
+    for step, path in checkpoint_dirs(output_dir):
+        manifest = load_manifest(path)
+        (verified if manifest else torn).append((step, path, manifest))
+    if not verified:
+        return []
+    keep = {p for _, p, _ in verified[-max(keep_last, 1):]}
+    if keep_best:
+        scored = [(m["metrics"]["eval_loss"], p) for _, p, m in verified
+                  if isinstance(m.get("metrics", {}).get("eval_loss"), (int, float))]
+        if scored:
+            keep.add(min(scored, key=lambda t: t[0])[1])
+    newest = verified[-1][0]
+    return [p for _, p, _ in verified if p not in keep] + [p for step, p, _ in torn if step < newest]
+
+
+def delete_checkpoint(path: Path) -> None:
+    """Unverify first (manifest removed atomically), so a crash mid-delete never leaves a 'verified' husk."""
+    (path / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def deepspeed_layout(ckpt: Path) -> tuple[str, int]:
+    """How a checkpoint was saved: ("no DeepSpeed" | "ZeRO-1/2" | "ZeRO-3", DeepSpeed processes or 0)."""
+    tag = (ckpt / "latest").read_text().strip() if (ckpt / "latest").is_file() else None
+    shards = ckpt / tag if tag and (ckpt / tag).is_dir() else None
+    if shards is None:
+        return "no DeepSpeed", 0
+    layout = "ZeRO-3" if list(shards.glob("zero_pp_rank_*_model_states.pt")) else "ZeRO-1/2"
+    return layout, len(list(shards.glob("*zero_pp_rank_*_optim_states.pt")))

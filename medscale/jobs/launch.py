@@ -1,0 +1,131 @@
+"""How a job gets started: the entry a launcher runs, the launcher protocol, and what a launcher tells the processes
+it starts (through the environment, so every launcher, `accelerate launch` and `ray job submit` alike, works).
+
+A launcher only decides *where* processes start and how many; what they run is an `Entry` it is given, so the same
+three launchers (local, SLURM, Ray) run training, an evaluation or a sweep trial. `medscale.jobs` never imports a
+launcher module: the CLI hands `ops.resume_job` a name -> launcher map.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from medscale.registry.records import utcnow
+
+if TYPE_CHECKING:
+    from medscale.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What every launched process runs: `python -m <module> RECIPE [key=value ...]`, or, in-process (one local
+    process, a Ray worker), `<function>(recipe, launch, callbacks)`."""
+
+    kind: str  # the job kind recorded in the registry: train | eval | trial
+    module: str
+    function: str  # "package.module:function"
+
+    def load(self):
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+ENTRIES = {
+    "train": Entry("train", "medscale.train", "medscale.train.run:run"),
+}
+
+
+def entry_for(kind: str) -> Entry:
+    return ENTRIES[kind]
+
+
+@dataclass
+class LaunchRequest:
+    """A validated recipe, how to name it again on another host (a built-in name or a YAML path), its overrides,
+    the entry to run, and the launcher's own options (saved with the job for `jobs resume`)."""
+
+    recipe: "Recipe"
+    ref: str
+    overrides: list[str]
+    entry: Entry
+    options: dict = field(default_factory=dict)
+
+
+class Launcher(Protocol):
+    """prepare (validate, resolve options, build the command; no side effects) -> submit (start or queue it; the
+    job is registered `queued`) -> wait (its exit code: 0, EXIT_PREEMPTED, EXIT_CANCELLED, ...)."""
+
+    name: str
+
+    def prepare(self, request: LaunchRequest) -> Any: ...
+
+    def submit(self, prepared: Any) -> Any: ...
+
+    def wait(self, handle: Any) -> int: ...
+
+
+# --------------------------------------------------------------------------- launcher -> process environment
+
+ENV_LAUNCHER = "MEDSCALE_LAUNCHER"
+ENV_OPTIONS = "MEDSCALE_LAUNCH_OPTIONS"  # JSON: the launcher's options, recorded in the journal for `jobs resume`
+ENV_LAUNCHED_AT = "MEDSCALE_LAUNCHED_AT"  # ISO time of the submit: a cancel made after it applies to this launch
+ENV_RAY_JOB_ID = "MEDSCALE_RAY_JOB_ID"
+
+
+@dataclass
+class LaunchInfo:
+    """Who started this process, for the attempt row: the launcher's name, its ids and options, and when."""
+
+    launcher: str = "python"
+    ids: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    launched_at: datetime | None = None
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "LaunchInfo":
+        ids = {}
+        slurm = env.get("SLURM_JOB_ID")
+        if env.get("SLURM_ARRAY_JOB_ID"):
+            slurm = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+        if slurm:
+            ids["slurm_job_id"] = slurm
+        if env.get(ENV_RAY_JOB_ID):
+            ids["ray_job_id"] = env[ENV_RAY_JOB_ID]
+        launcher = env.get(ENV_LAUNCHER) or (
+            "slurm" if slurm else "accelerate" if "ACCELERATE_MIXED_PRECISION" in env else "python")
+        try:
+            options = json.loads(env.get(ENV_OPTIONS) or "{}")
+        except ValueError:
+            options = {}
+        at = env.get(ENV_LAUNCHED_AT)
+        return cls(launcher, ids, options if isinstance(options, dict) else {},
+                   datetime.fromisoformat(at) if at else utcnow())
+
+    def env(self) -> dict[str, str]:
+        """The variables a launcher sets for the processes it starts."""
+        return {ENV_LAUNCHER: self.launcher, ENV_OPTIONS: json.dumps(self.options, sort_keys=True),
+                ENV_LAUNCHED_AT: (self.launched_at or utcnow()).isoformat()}
+
+
+def register_submitted(request: LaunchRequest, launcher: str) -> None:
+    """Record a job a launcher has just queued (sbatch, ray job submit) as `queued`, with its entry kind and the
+    launcher's options; a registry that cannot be reached only warns: the first attempt records the job anyway."""
+    import logging
+
+    from medscale.registry import JobSpec, Registry, RegistryError
+
+    r = request.recipe
+    spec = JobSpec(r.name, os.path.abspath(r.train.output_dir), launcher, r.to_yaml(), r.fingerprint(),
+                   request.entry.kind, request.options)
+    try:
+        reg = Registry()
+        try:
+            reg.register(spec)
+        finally:
+            reg.close()
+    except RegistryError as e:
+        logging.getLogger("medscale.launcher").warning("%s; the job is recorded when its first attempt starts", e)

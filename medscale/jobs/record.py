@@ -1,0 +1,183 @@
+"""A job's record in its output dir: the file names, atomic writes, the journal and the run summary.
+
+The output dir is the source of truth; the registry is an index of it plus live heartbeats, rebuilt from here
+by `medscale jobs sync` whenever it was unreachable or lost.
+
+- `medscale_job.json` (the journal): the job (name, kind, launcher and its options, fingerprint), every attempt,
+  and every step that ever had a verified checkpoint (so a job whose checkpoints were all damaged is never
+  silently restarted from zero). Rewritten atomically at each attempt's start and end and at each save.
+- `recipe.resolved.yaml`: the recipe of the newest attempt (each checkpoint keeps a copy of its own).
+- `run_summary.json`: what a finished run tells its user (the typed RunSummary below).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from medscale.registry.records import AttemptInfo, JobSpec
+
+JOURNAL = "medscale_job.json"
+RECIPE_FILE = "recipe.resolved.yaml"
+SUMMARY = "run_summary.json"
+LOSS_PLOT = "loss.png"
+TRAINER_STATE = "trainer_state.json"
+JOURNAL_FORMAT = 2
+PRIVATE = 0o600  # files that may hold secrets (resolved recipes name hosts and paths; tracker metadata)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Temp file + fsync + rename + directory fsync: a crash leaves the old file or the new one, never half. A
+    failed write (disk full) leaves no temp file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
+
+
+def write_json_atomic(path: Path, obj, mode: int | None = None) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False), mode)
+
+
+# --------------------------------------------------------------------------- the journal
+
+@dataclass
+class Journal:
+    """`medscale_job.json`: the job and its attempts, as the output dir records them."""
+
+    name: str
+    output_dir: str
+    kind: str = "train"
+    launcher: str = "python"
+    launcher_options: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    verified_steps: list[int] = field(default_factory=list)  # every step that ever had a verified checkpoint
+    attempts: list[AttemptInfo] = field(default_factory=list)
+
+    @property
+    def last(self) -> AttemptInfo | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def spec(self, recipe_yaml: str) -> JobSpec:
+        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind,
+                       self.launcher_options)
+
+    def to_json(self) -> dict:
+        return {"format": JOURNAL_FORMAT, "name": self.name, "kind": self.kind, "output_dir": self.output_dir,
+                "launcher": self.launcher, "launcher_options": self.launcher_options,
+                "fingerprint": self.fingerprint, "verified_steps": self.verified_steps,
+                "attempts": [a.to_json() for a in self.attempts]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Journal":
+        return cls(name=d["name"], output_dir=d.get("output_dir", ""), kind=d.get("kind", "train"),
+                   launcher=d.get("launcher", "python"), launcher_options=d.get("launcher_options") or {},
+                   fingerprint=d.get("fingerprint", ""), verified_steps=list(d.get("verified_steps") or []),
+                   attempts=[AttemptInfo.from_json(a) for a in d.get("attempts", [])])
+
+    def save(self) -> None:
+        write_json_atomic(Path(self.output_dir) / JOURNAL, self.to_json())
+
+
+def read_journal(output_dir: str | Path) -> Journal | None:
+    """The journal of an output dir, or None when it has none (not a medscale output dir, or nothing ran there)."""
+    path = Path(output_dir) / JOURNAL
+    if not path.is_file():
+        return None
+    return Journal.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def find_output_dirs(root: Path, depth: int = 4) -> list[Path]:
+    """Every output dir (a folder holding a journal) under `root`, at most `depth` levels down (runs/NAME,
+    runs/sweeps/SWEEP/TRIAL, ...); a checkpoint folder is never descended into."""
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("checkpoint-"):
+            continue
+        if (entry / JOURNAL).is_file():
+            found.append(entry)
+        elif depth > 1:
+            found += find_output_dirs(entry, depth - 1)
+    return found
+
+
+# --------------------------------------------------------------------------- the run summary
+
+class RunSummary(BaseModel):
+    """`run_summary.json`: what a finished run tells its user, typed so every reader sees the same fields.
+    Throughput fields are absent on CPU where they cannot be measured (peak memory, MFU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str
+    fingerprint: str
+    host: str
+    attempt: int
+    resumed_from: str | None = None
+    world_size: int
+    steps_per_rank: list[int]
+    global_step: int
+    epochs: float
+    train_runtime_s: float | None = None
+    wall_s: float
+    loss_first: float | None = None
+    loss_last: float | None = None
+    train_loss_mean: float | None = None
+    eval_loss_base: float | None = None
+    eval_loss_final: float | None = None
+    eval_loss_best: float | None = None
+    eval_loss_change_pct: float | None = None
+    verdict: str
+    trainable_params: int
+    total_params: int
+    data: dict
+    tokens_per_s: float | None = None
+    tokens_per_s_per_device: float | None = None
+    samples_per_s: float | None = None
+    peak_mem_alloc_gb: float | None = None
+    peak_mem_reserved_gb: float | None = None
+    mfu: float | None = None
+    first_step_s: float | None = None
+    finished_from_checkpoint: str | None = None  # a run killed after its last save was finished from it
+    benchmarks: dict = {}  # eval.benchmarks: per benchmark, the paired verdict against the base
+    control: dict = {}  # eval.control: the forgetting guard
+    paths: dict
+
+    def save(self, output_dir: Path) -> None:
+        write_text_atomic(output_dir / SUMMARY, self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> "RunSummary | None":
+        path = Path(output_dir) / SUMMARY
+        if not path.is_file():
+            return None
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))

@@ -1,0 +1,209 @@
+"""Pre-flight: every cheap check that can fail, before any process starts or any file is written, all problems at
+once (torchtune `config/_validate.py`, litgpt `validate_args`).
+
+Three callers, one set of checks:
+- every launcher's `prepare` calls `check_launch` and its `submit` refuses to spawn or queue anything while the
+  report has errors (local `accelerate launch`, `sbatch`, `ray job submit`): on a submit host it checks what that
+  host can see;
+- `run()` calls `check_worker` in each process before training: the paths and devices of the host it runs on;
+- `medscale check RECIPE` prints the full report, data read and tokenized included (issue 14).
+A problem is an error (the run cannot work: exit 2, nothing written) or a warning (it can, but you should know).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medscale.errors import UserError
+from medscale.recipe import Recipe
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class PreflightError(UserError):
+    """The recipe cannot run here; the message lists every problem found, one a line, each with its fix."""
+
+
+@dataclass
+class Finding:
+    level: str  # error | warning | info
+    topic: str  # what it is about: model, data, dist, output, registry, ...
+    message: str
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    def error(self, topic: str, message: str) -> None:
+        self.findings.append(Finding("error", topic, message))
+
+    def warn(self, topic: str, message: str) -> None:
+        self.findings.append(Finding("warning", topic, message))
+
+    def info(self, topic: str, message: str) -> None:
+        self.findings.append(Finding("info", topic, message))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    def raise_if_failed(self) -> "Report":
+        if self.errors:
+            raise PreflightError("\n".join(f.message for f in self.errors))
+        return self
+
+
+def model_dir_problem(model) -> str | None:
+    """Why `model.path` cannot be loaded, or None. A `model.tiny` recipe builds its folder itself."""
+    path = Path(model.path)
+    if model.tiny is not None and not (path / "config.json").exists():
+        return None
+    what = f"download {model.hub_id} into {path}" if model.hub_id else f"put a Hugging Face model folder at {path}"
+    if not path.exists():
+        return f"model.path: {path} is missing: {what}, or set model.path=/your/folder"
+    if not path.is_dir():
+        return f"model.path: {path} is a file, not a model folder: set model.path=/your/model/folder"
+    missing = [name for name, ok in (
+        ("config.json", (path / "config.json").is_file()),
+        ("weights (*.safetensors)", any(any(path.glob(g)) for g in WEIGHT_GLOBS)),
+        ("tokenizer files", any((path / f).is_file() for f in TOKENIZER_FILES))) if not ok]
+    if missing:
+        return f"model.path: {path} has no {', '.join(missing)}: {what} (config.json, *.safetensors, tokenizer files)"
+    return None
+
+
+def _output_dir_problem(out: Path) -> str | None:
+    if out.exists() and not out.is_dir():
+        return f"train.output_dir: {out} is a file: choose a folder path (train.output_dir=/path/to/run)"
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return (f"train.output_dir: {out} cannot be written ({probe} is read-only for this user): choose a "
+                f"writable train.output_dir or fix the permissions")
+    return None
+
+
+def _deepspeed(recipe: Recipe, report: Report, on_worker: bool) -> None:
+    from medscale.jobs.checkpoint import MANIFEST, checkpoint_dirs, deepspeed_layout
+
+    ds = recipe.dist
+    ds_name = f"dist.deepspeed={Path(ds.deepspeed).stem}" if ds.deepspeed else "no dist.deepspeed"
+    if on_worker and "ACCELERATE_CONFIG_DS_FIELDS" in os.environ and not ds.deepspeed:
+        report.error("dist", "started by accelerate with a DeepSpeed config (distributed_type: DEEPSPEED) but the "
+                             "recipe has no dist.deepspeed: set dist.deepspeed=zero2 | zero3 | zero3_offload (or a "
+                             ".json path), or launch with a non-DeepSpeed accelerate config")
+    if on_worker and ds.deepspeed and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        report.error("dist", "dist.deepspeed is set but accelerate was started with use_cpu (e.g. cpu_ddp.yaml): the "
+                             "Trainer would skip DeepSpeed and train plain DDP; use cluster/accelerate/cpu_deepspeed.yaml "
+                             "(the local launcher picks it when dist.config is unset)")
+    if ds.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        report.error("dist", f"{ds_name} needs DeepSpeed: pip install deepspeed, or remove dist.deepspeed")
+    # A checkpoint resumes only under the same DeepSpeed layout and, with ZeRO, the same number of processes: else
+    # the Trainer fails after loading the model, or silently starts a fresh optimizer. A cheap look at the checkpoint
+    # train.resume would pick (manifest present, not re-hashed).
+    mode, out = recipe.train.resume, Path(recipe.train.output_dir)
+    ckpt = (None if mode == "never" else Path(mode).expanduser() if mode != "auto" else
+            next((c for _, c in reversed(checkpoint_dirs(out)) if (c / MANIFEST).is_file()), None))
+    if ckpt is None or not ckpt.is_dir():
+        return
+    saved, ranks = deepspeed_layout(ckpt)
+    want = "no DeepSpeed" if not ds.deepspeed else "ZeRO-3" if ds.zero_stage() == 3 else "ZeRO-1/2"
+    procs = ds.num_processes * ds.num_machines
+    if saved != want:
+        report.error("dist", f"train.resume: {ckpt} was saved with {saved}, but this recipe runs {want} ({ds_name}); "
+                             f"its optimizer state would not load (DeepSpeed refuses the folder; without DeepSpeed the "
+                             f"Trainer silently starts a fresh optimizer): continue with the dist.deepspeed it was "
+                             f"saved with, or choose a new train.output_dir")
+    elif ranks and ranks != procs:
+        report.error("dist", f"train.resume: {ckpt} was saved by {ranks} DeepSpeed processes and ZeRO cannot "
+                             f"re-partition its optimizer state for {procs}: set dist.num_processes so that "
+                             f"processes x machines = {ranks}, or choose a new train.output_dir")
+
+
+def _devices(recipe: Recipe, report: Report) -> None:
+    """What the host that trains must have (this one: a worker, or the local launcher's machine)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if recipe.model.load_in_4bit and not cuda:
+        report.error("model", "model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit training); on CPU set "
+                              "model.load_in_4bit=false")
+    if recipe.train.use_liger_kernel and cuda and importlib.util.find_spec("liger_kernel") is None:
+        report.error("train", "train.use_liger_kernel needs liger-kernel: pip install 'medscale[gpu]', or set "
+                              "train.use_liger_kernel=false")
+    gpus = torch.cuda.device_count()
+    if gpus and recipe.dist.num_processes > gpus:
+        report.error("dist", f"dist.num_processes={recipe.dist.num_processes} but this machine has {gpus} GPU(s): "
+                             f"set dist.num_processes={gpus} (and train.gradient_accumulation_steps to keep the batch)")
+
+
+def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) -> None:
+    from medscale.data.formats import DataError, expand_sources, load_conversations
+
+    d = recipe.data
+    for group, sources in (("data.sources", d.sources), ("data.eval_sources", d.eval_sources)):
+        for i, src in enumerate(sources):
+            try:
+                expand_sources(src.path)
+            except DataError as e:
+                (report.error if missing_is_error else report.warn)("data", f"{group}[{i}].path: {e}")
+                continue
+            if not read:
+                continue
+            counts: dict = {}
+            try:
+                convs = load_conversations(src.path, src.format, d.prompt_field, d.system_prompt, src.limit,
+                                           d.on_bad_record, d.max_bad_fraction, counts)
+            except DataError as e:
+                report.error("data", str(e))
+                continue
+            bad = f", {counts['bad_records']} bad record(s) skipped" if counts.get("bad_records") else ""
+            report.info("data", f"{group}[{i}] {src.path}: {len(convs)} record(s){bad}")
+            if group == "data.sources" and d.eval_size >= 1 and not d.eval_sources and d.eval_size >= len(convs):
+                report.error("data", f"data.eval_size={d.eval_size:g} holds out every record of {src.path} "
+                                     f"({len(convs)}): lower data.eval_size or set data.eval_sources")
+
+
+def _registry(report: Report) -> None:
+    from medscale.registry import Registry, RegistryError
+
+    try:
+        Registry(connect_timeout=3).close()
+    except RegistryError as e:
+        report.warn("registry", f"{e} (training does not need it: the run records itself in its output dir; "
+                                f"`medscale jobs sync` restores the rows later)")
+
+
+def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_data: bool = True,
+          registry: bool = True) -> Report:
+    """Every check for running `recipe`; `devices`: this host is where it trains (GPUs, 4-bit, kernels);
+    `paths_must_exist`: a missing model or data path is an error here (a Ray head may not see the workers' paths:
+    then it is a warning and the workers check)."""
+    report = Report()
+    if (why := model_dir_problem(recipe.model)) is not None:
+        (report.error if paths_must_exist else report.warn)("model", why)
+    if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
+        report.error("output", why)
+    _deepspeed(recipe, report, on_worker=devices)
+    if devices:
+        _devices(recipe, report)
+    _data(recipe, report, paths_must_exist, read_data)
+    if registry:
+        _registry(report)
+    return report
+
+
+def check_launch(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True) -> Report:
+    """What a launcher's `prepare` records; its `submit` raises the errors before anything is spawned or queued
+    (a `--dry-run` prints the plan and the problems instead)."""
+    return check(recipe, devices=devices, paths_must_exist=paths_must_exist)
+
+
+def check_worker(recipe: Recipe) -> None:
+    """In each training process, before any work: this host's paths and devices (the data is read next anyway)."""
+    check(recipe, devices=True, read_data=False, registry=False).raise_if_failed()

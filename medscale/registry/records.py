@@ -1,0 +1,144 @@
+"""What goes into the registry and what comes out of it: plain dataclasses, so callers never handle ORM rows or
+untyped dicts. Writes take JobSpec / AttemptInfo / CheckpointInfo; reads return JobView (with its AttemptView and
+CheckpointView lists). `to_dict()` is the JSON shape of `medscale jobs ... --json`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    """Naive UTC (SQLite has no time zones, and one convention beats two)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso(t: datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") + "Z" if t else None
+
+
+@dataclass
+class JobSpec:
+    """A job's identity (name + output dir) and what was asked of it."""
+
+    name: str
+    output_dir: str
+    launcher: str
+    recipe_yaml: str
+    fingerprint: str
+    kind: str = "train"  # train | eval | trial
+    launcher_options: dict = field(default_factory=dict)  # what `jobs resume` asks the launcher for again
+
+
+@dataclass
+class AttemptInfo:
+    """One execution of a job. `launcher_ids` holds whatever ids its launcher has (slurm_job_id, ray_job_id, ...)."""
+
+    number: int
+    launcher: str
+    host: str
+    pid: int
+    fingerprint: str
+    world_size: int = 1
+    launcher_ids: dict = field(default_factory=dict)
+    resumed_from: str | None = None
+    status: str = "running"
+    step: int = 0
+    exit_reason: str | None = None
+    recipe_changes: list[str] = field(default_factory=list)  # resume-safe keys changed since the checkpoint
+    started_at: datetime = field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+    def to_json(self) -> dict:
+        return {k: (iso(v)[:-1] if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AttemptInfo":
+        """From a journal entry; journals of format 1 kept SLURM/Ray ids in columns of their own."""
+        d = dict(d)
+        ids = dict(d.pop("launcher_ids", None) or {})
+        for legacy in ("slurm_job_id", "ray_job_id"):
+            if d.get(legacy):
+                ids[legacy] = d[legacy]
+            d.pop(legacy, None)
+        for k in ("started_at", "ended_at"):
+            if d.get(k):
+                d[k] = datetime.fromisoformat(d[k].rstrip("Z"))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known}, launcher_ids=ids)
+
+
+@dataclass
+class CheckpointInfo:
+    step: int
+    path: str
+    verified: bool
+    attempt_number: int
+    metrics: dict = field(default_factory=dict)
+    size_bytes: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class AttemptView:
+    number: int
+    status: str  # `lost` when a running attempt stopped beating or its process is gone
+    launcher: str
+    host: str
+    pid: int
+    world_size: int
+    launcher_ids: dict
+    resumed_from: str | None
+    step: int
+    fingerprint: str
+    exit_reason: str | None
+    recipe_changes: list[str]
+    started_at: str | None
+    heartbeat_at: str | None
+    ended_at: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CheckpointView:
+    step: int
+    path: str
+    verified: bool
+    attempt: int
+    metrics: dict
+    size_bytes: int
+    created_at: str | None
+    deleted: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class JobView:
+    id: int
+    name: str
+    kind: str
+    output_dir: str
+    status: str  # a JobStatus value, or `lost`
+    launcher: str
+    launcher_options: dict
+    fingerprint: str
+    attempts: int
+    step: int
+    latest_checkpoint: str | None
+    latest_metrics: dict
+    cancel_requested: bool
+    created_at: str | None
+    updated_at: str | None
+    attempt_list: list[AttemptView] = field(default_factory=list)
+    checkpoints: list[CheckpointView] = field(default_factory=list)
+    recipe_yaml: str = ""
+
+    def to_dict(self, brief: bool = False) -> dict:
+        d = asdict(self)
+        if brief:
+            for k in ("attempt_list", "checkpoints", "recipe_yaml"):
+                d.pop(k)
+        return d

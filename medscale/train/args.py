@@ -1,0 +1,65 @@
+"""The recipe as HF TrainingArguments, and the process group they start.
+
+Kept apart from `run()` because the DeepSpeed-on-CPU bootstrap is subtle and has nothing to do with the run's
+story: one process without a launcher still needs a (1-process) group, and without GPUs accelerate gives
+DeepSpeed no backend, so every rank would silently train alone.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+from medscale.recipe import Recipe
+
+
+def _one_process_group_env() -> None:
+    """DeepSpeed in one process without a launcher wants a process group, and looks for MPI without these."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(k, v)
+
+
+def training_arguments(recipe: Recipe):
+    """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed."""
+    from transformers import TrainingArguments
+
+    t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    ds = recipe.dist.deepspeed
+    extra: dict = {}
+    if ds:
+        if "LOCAL_RANK" not in os.environ:
+            _one_process_group_env()
+        if not cuda:
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+            PartialState(backend="gloo", timeout=timedelta(minutes=30))
+            extra["accelerator_config"] = {"use_configured_state": True}
+    return TrainingArguments(
+        output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=1 if recipe.data.packing else t.per_device_train_batch_size,
+        per_device_eval_batch_size=e.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
+        weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
+        # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
+        bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
+        gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_liger_kernel=t.use_liger_kernel and cuda,
+        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only
+        eval_strategy=e.eval_strategy, eval_steps=e.eval_steps,
+        eval_on_start=e.eval_on_start and e.eval_strategy != "no",
+        # the Trainer would hide a NaN loss (logging_nan_inf_filter): medscale fails the attempt on one instead
+        logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="non_padding", report_to="none",
+        run_name=recipe.track.run_name or recipe.name, remove_unused_columns=False, label_names=["labels"],
+        dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False, **extra,
+    )
