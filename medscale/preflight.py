@@ -143,7 +143,7 @@ def _devices(recipe: Recipe, report: Report) -> None:
 
 
 def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) -> None:
-    from medscale.data.formats import DataError, expand_sources, load_conversations
+    from medscale.data.sources import DataError, expand_sources, load_conversations
 
     d = recipe.data
     for group, sources in (("data.sources", d.sources), ("data.eval_sources", d.eval_sources)):

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medscale import medscale_home
+from medscale.data.formats import format_names
 from medscale.paths import shipped
 
 
@@ -61,7 +62,8 @@ class ModelSection(Section):
     tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing")
 
 
-Format = Literal["auto", "sharegpt", "huatuo", "medical-o1", "r1-think", "alpaca", "messages"]
+# Generated from the format registry: a new format module is a new choice here.
+Format = Literal[("auto", *format_names())]
 
 
 class DataSource(Section):

@@ -8,7 +8,8 @@ import pytest
 from conftest import needs_realdata
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode, render_with_spans
-from medscale.data.formats import DataError, detect, load_conversations, to_messages
+from medscale.data.formats import detect, to_messages
+from medscale.data.sources import DataError, load_conversations
 from medscale.data.pipeline import split_eval
 from medscale.recipe import TermMasking, demo_data_dir
 
@@ -71,16 +72,46 @@ def test_wrongly_shaped_record_names_file_and_line(tmp_path):
         load_conversations(str(p))
 
 
-def test_unknown_layout_lists_formats_and_keys(tmp_path):
+def test_unknown_layout_lists_formats_and_fields(tmp_path):
     p = _write(tmp_path, "d.jsonl", json.dumps({"foo": 1, "bar": 2}) + "\n")
-    with pytest.raises(DataError, match=r"keys \['bar', 'foo'\].*sharegpt"):
+    with pytest.raises(DataError, match=r"fields \['bar', 'foo'\].*sharegpt.*data.sources\[\]\.format"):
         load_conversations(str(p))
+
+
+def test_a_near_miss_layout_names_the_closest_formats(tmp_path):
+    p = _write(tmp_path, "d.jsonl", json.dumps({"Question": "头痛?", "Answer": "休息"}, ensure_ascii=False) + "\n")
+    with pytest.raises(DataError, match=r"closest: medical-o1 \(Question, Complex_CoT, Response\)"):
+        load_conversations(str(p))
+
+
+def test_question_answer_records_and_wenda_lines_are_detected(tmp_path):
+    """Issue 14: {question, answer} (MedicalGPT's GRPO sample) was not detected, {问, 答} not supported."""
+    qa = _write(tmp_path, "qa.jsonl", json.dumps({"question": "咳嗽怎么办", "answer": "多喝水"}, ensure_ascii=False))
+    [msgs] = load_conversations(str(qa))
+    assert msgs == [{"role": "user", "content": "咳嗽怎么办"}, {"role": "assistant", "content": "多喝水"}]
+    wd = _write(tmp_path, "c.txt.jsonl", json.dumps({"问": "发烧", "答": "退热"}, ensure_ascii=False))
+    assert load_conversations(str(wd))[0][1]["content"] == "退热"
+
+
+def test_a_json_array_in_a_jsonl_file_is_read_as_an_array(tmp_path, caplog):
+    p = _write(tmp_path, "arr.jsonl", json.dumps([RECORDS["alpaca"]] * 3, ensure_ascii=False, indent=1))
+    assert len(load_conversations(str(p))) == 3 and "one JSON array" in caplog.text
 
 
 def test_invalid_utf8_reported_with_line(tmp_path):
     p = _write(tmp_path, "d.jsonl", json.dumps(RECORDS["huatuo"]).encode() + b"\n\xff\xfe bad\n")
     with pytest.raises(DataError, match=rf"{p}:2: not valid UTF-8"):
         load_conversations(str(p))
+
+
+def test_one_invalid_utf8_byte_is_one_skippable_bad_record(tmp_path):
+    """Defect: one bad byte failed the whole source even with data.on_bad_record=skip."""
+    good = json.dumps(RECORDS["huatuo"], ensure_ascii=False).encode()
+    broken = good.replace("胃".encode(), b"\xe8\x83")  # a multi-byte character cut short
+    p = _write(tmp_path, "d.jsonl", b"\n".join([good] * 99 + [broken]) + b"\n")
+    counts: dict = {}
+    convs = load_conversations(str(p), on_bad_record="skip", max_bad_fraction=0.05, counts=counts)
+    assert len(convs) == 99 and counts["bad_records"] == 1
 
 
 def test_bom_crlf_blank_lines_and_limit(tmp_path):

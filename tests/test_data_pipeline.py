@@ -9,7 +9,7 @@ import pytest
 
 from conftest import needs_realdata, run_cli
 from medscale.data.chat import IGNORE, encode
-from medscale.data.formats import DataError, load_conversations
+from medscale.data.sources import DataError, load_conversations
 from medscale.data.pipeline import build_datasets
 from medscale.recipe import load_recipe
 

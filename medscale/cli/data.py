@@ -33,7 +33,7 @@ def data_inspect(file: str, tokenizer: Optional[Path] = typer.Option(None, help=
 
     from rich.console import Console
 
-    from medscale.data.formats import load_conversations
+    from medscale.data.sources import load_conversations
     from medscale.data.inspect import render_segments, segments
 
     color = sys.stdout.isatty()

@@ -6,7 +6,7 @@ import random
 import numpy as np
 
 from medscale.data.chat import encode, render_with_spans
-from medscale.data.formats import load_conversations
+from medscale.data.sources import load_conversations
 from medscale.data.packing import best_fit_decreasing
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
-from medscale.data.formats import DataError, expand_sources, load_conversations
+from medscale.data.sources import DataError, expand_sources, load_conversations
 from medscale.data.packing import PackedCollator, pack_rows, packing_efficiency
 from medscale.recipe import DataSection, DataSource
 

@@ -1,0 +1,111 @@
+"""Record layouts -> chat messages `[{role, content, reasoning_content?}]`: a registry with one module per format.
+
+Every medical SFT layout our users train on is converted here, so nobody writes a conversion script. A format
+module registers a `Format` (its name, what it looks like, how to convert a record); this package imports every
+module beside it, and the recipe's `data.sources[].format` choices are generated from the registry, so a new
+format is one new file. Conversion raises ValueError; the caller adds `file:line`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    description: str  # one line: the layout, as a person recognises it
+    fields: tuple[str, ...]  # the keys it reads (for "closest formats" when detection fails)
+    detect: Callable[[dict], bool]
+    convert: Callable[[dict, str], list[dict]]  # (record, prompt_field) -> messages
+    priority: int = 50  # lower is tried first: specific layouts before general ones
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    if fmt.name in FORMATS:
+        raise ValueError(f"format {fmt.name!r} is registered twice")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def format_names() -> tuple[str, ...]:
+    return tuple(sorted(FORMATS))
+
+
+def detect(rec: dict) -> str | None:
+    """The first format (by priority) whose layout the record has, or None."""
+    for fmt in sorted(FORMATS.values(), key=lambda f: (f.priority, f.name)):
+        if fmt.detect(rec):
+            return fmt.name
+    return None
+
+
+def closest(keys) -> list[str]:
+    """Formats ranked by how many of their fields the record has (for an error message), best first."""
+    keys = set(keys)
+    scored = sorted(((len(keys & set(f.fields)), f.name) for f in FORMATS.values()), key=lambda t: (-t[0], t[1]))
+    return [f"{name} ({', '.join(FORMATS[name].fields)})" for score, name in scored if score][:3]
+
+
+def to_messages(rec: dict, fmt: str, prompt_field: str = "question") -> list[dict]:
+    """Convert one record; raises ValueError (the caller adds file:line)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(format_names())}")
+    return FORMATS[fmt].convert(rec, prompt_field)
+
+
+# --------------------------------------------------------------------------- helpers the format modules share
+
+def split_think(text: str) -> tuple[str, str | None]:
+    m = _THINK.match(text)
+    return (m.group(2), m.group(1).strip("\n")) if m else (text, None)
+
+
+def assistant(content: str, reasoning: str | None = None) -> dict:
+    """An assistant turn; reasoning from the argument, else from a leading <think> block of the content."""
+    if reasoning is None:
+        content, reasoning = split_think(content)
+    msg = {"role": "assistant", "content": content.strip()}
+    if reasoning and reasoning.strip():
+        msg["reasoning_content"] = reasoning.strip()
+    return msg
+
+
+def require(rec: dict, *fields: str) -> None:
+    missing = [f for f in fields if not isinstance(rec.get(f), str) or not rec[f].strip()]
+    if missing:
+        raise ValueError(f"missing or empty field(s) {missing}")
+
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+         "model": "assistant", "bot": "assistant"}
+
+
+def turns(items, role_key: str, content_key: str) -> list[dict]:
+    """Turn lists (sharegpt from/value, messages role/content); assistant reasoning from a <think> block or a
+    `reasoning_content` key."""
+    out = []
+    for turn in items or []:
+        role = ROLES.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise ValueError(f"unknown {role_key} {turn.get(role_key)!r} (known: {sorted(ROLES)})")
+        content = str(turn.get(content_key) or "")
+        out.append(assistant(content, turn.get("reasoning_content")) if role == "assistant"
+                   else {"role": role, "content": content.strip()})
+    return out
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text.strip()}
+
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

@@ -1,0 +1,17 @@
+"""Question-answer records with optional reasoning: `{"question" | "instruction", "think"?, "answer"}`
+(delicate_medical_r1; also plain `{question, answer}` QA such as MedicalGPT's GRPO sample). `data.prompt_field`
+chooses question or instruction when both are there."""
+from medscale.data.formats import Format, assistant, register, require, user
+
+
+def convert(rec: dict, prompt_field: str) -> list[dict]:
+    other = "instruction" if prompt_field == "question" else "question"
+    field = prompt_field if isinstance(rec.get(prompt_field), str) and rec[prompt_field].strip() else other
+    require(rec, field, "answer")
+    return [user(rec[field]), assistant(rec["answer"], rec.get("think") or "")]
+
+
+register(Format("r1-think", "question (or instruction) / think (optional) / answer",
+                ("question", "instruction", "think", "answer"),
+                detect=lambda rec: "answer" in rec and ("question" in rec or "instruction" in rec),
+                convert=convert, priority=30))

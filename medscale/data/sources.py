@@ -1,0 +1,185 @@
+"""Source files -> records -> chat messages: reading files, folders, globs and saved datasets, and checking every
+record (its layout converted by `medscale.data.formats`). Errors name `file:line` and what was wrong."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from medscale.data.formats import closest, detect, format_names, to_messages
+from medscale.errors import UserError
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+log = logging.getLogger("medscale.data")
+
+
+class DataError(UserError):
+    """Bad data, with the file and line it came from."""
+
+
+def expand_sources(path: str) -> list[Path]:
+    """A file, a folder (its data files, sorted) or a glob."""
+    p = Path(path)
+    if is_saved_dataset(p):
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
+    elif any(c in path for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(path, recursive=True) if Path(f).suffix in SUFFIXES)
+    else:
+        files = [p] if p.exists() else []
+    if not files:
+        raise DataError(f"{path}: no data files found (expected a file, folder or glob of {', '.join(SUFFIXES)})")
+    return files
+
+
+def is_saved_dataset(p: Path) -> bool:
+    """A `datasets` save_to_disk folder (a Dataset, or a DatasetDict whose train split is used)."""
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _json_lines(path: Path, data: bytes, bad: list[str] | None) -> Iterator[tuple[int, dict]]:
+    """JSON Lines, decoded line by line: one bad byte or one malformed line is one bad record (file:line), not a
+    failed file. A .jsonl that holds one JSON array is read as the array it is (and said so)."""
+    head = data.lstrip()[:1]
+    if head == b"[":
+        try:
+            items = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError):
+            items = None
+        if isinstance(items, list):
+            log.warning("%s holds one JSON array, not JSON lines: read as an array (rename it to .json)", path)
+            yield from _objects(path, enumerate(items, start=1), bad, "array item")
+            return
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        if n == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problem = f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
+        else:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                problem = None if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
+                if isinstance(rec, list) and n == 1:
+                    problem += " (a JSON array on line 1: rename the file to .json if it is one array)"
+            except json.JSONDecodeError as e:
+                problem = f"malformed JSON line: {e.msg} (column {e.colno})"
+        if problem is None:
+            yield n, rec
+        elif bad is None:
+            raise DataError(f"{path}:{n}: {problem}")
+        else:
+            bad.append(f"{path}:{n}: {problem}")
+
+
+def _objects(path: Path, items, bad: list[str] | None, what: str) -> Iterator[tuple[int, dict]]:
+    for n, rec in items:
+        if isinstance(rec, dict):
+            yield n, rec
+            continue
+        msg = f"{path}:{n}: {what} is not a JSON object ({type(rec).__name__})"
+        if bad is None:
+            raise DataError(msg)
+        bad.append(msg)
+
+
+def read_records(path: Path, bad: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record). Tolerates a UTF-8 BOM, CRLF and blank lines. A malformed JSON line (or one
+    with invalid UTF-8) raises DataError, or is appended to `bad` and skipped when a list is given."""
+    if is_saved_dataset(path):
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        yield from enumerate(ds, start=1)
+        return
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        return
+    data = path.read_bytes()
+    if path.suffix == ".jsonl":
+        yield from _json_lines(path, data, bad)
+        return
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); a {path.suffix} file is read whole: fix the "
+                        f"byte, or convert the file to .jsonl (read line by line, bad lines skippable)") from None
+    if path.suffix == ".csv":
+        yield from enumerate(csv.DictReader(text.splitlines()), start=2)
+        return
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        yield from _objects(path, enumerate(items, start=1), bad, "array item")
+        return
+    yield from _json_lines(path, data, bad)  # a .json file of JSON lines
+
+
+def check_conversation(msgs: list[dict]) -> None:
+    body = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
+    if not body or body[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in body):
+        raise ValueError("a conversation needs a user turn and must end with an assistant turn")
+    for a, b in zip(body, body[1:]):
+        if a["role"] == b["role"]:
+            raise ValueError(f"two {a['role']} turns in a row")
+    if any(not m["content"] for m in body if m["role"] == "user") or not body[-1]["content"]:
+        raise ValueError("empty user or final assistant turn")
+
+
+def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
+                       system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
+                       max_bad_fraction: float = 0.01, counts: dict | None = None) -> list[list[dict]]:
+    """All conversations of one source, in file order. With on_bad_record="skip", malformed records are
+    counted (into `counts`, if given) and skipped, but more than `max_bad_fraction` of them still fails."""
+    convs: list[list[dict]] = []
+    bad: list[str] = []
+    for file in expand_sources(path):
+        file_fmt = fmt
+        for n, rec in read_records(file, bad if on_bad_record == "skip" else None):
+            if limit is not None and len(convs) >= limit:
+                break
+            if file_fmt == "auto":
+                file_fmt = detect(rec) or ""
+                if not file_fmt:
+                    near = closest(rec)
+                    hint = f"; closest: {'; '.join(near)}" if near else ""
+                    raise DataError(f"{file}:{n}: unknown record layout with fields {sorted(rec)}{hint}; known "
+                                    f"formats: {', '.join(format_names())} (set data.sources[].format, or --format, "
+                                    f"to read it as one of them)")
+            try:
+                msgs = to_messages(rec, file_fmt, prompt_field)
+                if system_prompt and msgs[0]["role"] != "system":
+                    msgs.insert(0, {"role": "system", "content": system_prompt})
+                check_conversation(msgs)
+            except (ValueError, TypeError, AttributeError) as e:  # wrong shapes too, e.g. a turn that is not a dict
+                msg = f"{file}:{n}: bad {file_fmt} record: {e}"
+                if on_bad_record != "skip":
+                    raise DataError(msg) from None
+                bad.append(msg)
+                continue
+            convs.append(msgs)
+    total = len(convs) + len(bad)
+    if bad:
+        log.warning("%s: skipped %d of %d bad records; first: %s", path, len(bad), total, bad[0])
+        if len(bad) > max_bad_fraction * total:
+            raise DataError(f"{path}: {len(bad)} of {total} records are bad (> data.max_bad_fraction="
+                            f"{max_bad_fraction}); first: {bad[0]}")
+    if counts is not None:
+        counts["bad_records"] = counts.get("bad_records", 0) + len(bad)
+    if not convs:
+        raise DataError(f"{path}: no records")
+    return convs
