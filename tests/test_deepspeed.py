@@ -355,8 +355,8 @@ def _train(tiny_model_dir, out, *extra):
 def test_two_process_deepspeed_on_cpu_saves_and_resumes(zero, tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
-    from medscale.train.checkpoint import read_manifest
-    from medscale.train.lifecycle import read_journal
+    from medscale.jobs.checkpoint import read_manifest
+    from medscale.jobs.record import read_journal
 
     out = tmp_path / zero
     p = _train(tiny_model_dir, out, "dist.num_processes=2", f"dist.deepspeed={zero}", "train.max_steps=6")
@@ -382,7 +382,7 @@ def test_two_process_deepspeed_on_cpu_saves_and_resumes(zero, tmp_path, tiny_mod
     state = json.loads((out / "trainer_state.json").read_text())
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert steps == list(range(1, 10)), "steps 7-9 continue the restored history"
-    assert [a["status"] for a in read_journal(out)["attempts"]] == ["completed", "completed"]
+    assert [a.status for a in read_journal(out).attempts] == ["completed", "completed"]
 
 
 @pytest.mark.slow
@@ -396,3 +396,39 @@ def test_one_process_deepspeed_runs_in_process(tmp_path, tiny_model_dir):
     assert s["world_size"] == 1 and s["steps_per_rank"] == [3]
     assert (out / "checkpoint-3" / "global_step3").is_dir() and (out / "checkpoint-3" / "manifest.json").is_file()
 
+
+
+class _Planted:
+    """What an attacker pickles into a checkpoint folder: unpickling it runs a command."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_in_a_deepspeed_checkpoint_is_refused_not_run(tmp_path, tiny_model_dir):
+    """Defect: DeepSpeed's resume loaded mp_rank_*_model_states.pt with weights_only=False; a planted pickle with a
+    recomputed manifest ran a shell command. It is refused now (exit 2, the file named) and runs nothing."""
+    import torch
+
+    from medscale.jobs.checkpoint import MANIFEST, load_manifest, write_manifest
+
+    out = tmp_path / "ds"
+    p = _train(tiny_model_dir, out, "dist.deepspeed=zero2", "train.max_steps=2", "train.save_steps=2")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ckpt = out / "checkpoint-2"
+    target = ckpt / "global_step2" / "mp_rank_00_model_states.pt"
+    state = torch.load(target, weights_only=False)  # this test's own file: trusted
+    marker = tmp_path / "pwned"
+    state["planted"] = _Planted(str(marker))
+    torch.save(state, target)
+    manifest = load_manifest(ckpt)
+    (ckpt / MANIFEST).unlink()
+    write_manifest(ckpt, 2, {k: v for k, v in manifest.items() if k not in ("files", "size_bytes", "format", "step")})
+    p = _train(tiny_model_dir, out, "dist.deepspeed=zero2", "train.max_steps=4", "train.save_steps=2")
+    assert not marker.exists(), "the planted pickle ran"
+    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "mp_rank_00_model_states.pt holds a Python object medscale does not load" in p.stderr

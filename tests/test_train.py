@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,36 @@ def test_swanlab_cloud_without_key_falls_back_to_offline(tiny_model_dir, tmp_pat
         assert list((tmp_path / "out" / "swanlog").glob("run-*"))
     finally:
         finish_swanlab()
+
+
+def test_swanlab_never_gets_a_token_from_the_git_remote_or_the_command_line(tiny_model_dir, tmp_path, monkeypatch):
+    """Defect: SwanLab's metadata file stored the git remote URL with its embedded token and the full command line,
+    mode 0644. Its git/runtime/package probes are off now and the log folder is private."""
+    import subprocess
+    import sys
+
+    from medscale.train.tracking import finish_swanlab, start_swanlab
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "remote", "add", "origin",
+                    "https://alice:ghp_SECRETTOKEN123@github.com/lab/medical.git"], check=True)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["medscale", "train", "x", "--hf-token=hf_CMDLINESECRET"])
+    r = _recipe(tiny_model_dir, tmp_path / "out", "track.swanlab={project: p, mode: offline}")
+    cb, logdir = start_swanlab(r, rank=0)
+    try:
+        assert cb is not None
+    finally:
+        finish_swanlab()
+    files = [p for p in Path(logdir).rglob("*") if p.is_file()]
+    assert files, "SwanLab wrote its offline run"
+    for f in files:
+        data = f.read_bytes()
+        assert b"SECRETTOKEN123" not in data and b"CMDLINESECRET" not in data, f
+    assert Path(logdir).stat().st_mode & 0o077 == 0, "the log folder is private"
 
 
 def test_throughput_meter_leaves_the_warm_up_step_out_of_the_run_totals(monkeypatch):

@@ -129,6 +129,10 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
                                           StepHealth, ThroughputMeter, flops_per_token)
     from medscale.train.tracking import finish_swanlab, start_swanlab
 
+    if recipe.dist.deepspeed:
+        from medscale.train.safe_load import install
+
+        install()  # DeepSpeed's own resume would unpickle whatever a checkpoint folder holds
     set_seed(recipe.train.seed)  # the adapter's random init too, so two runs of one recipe are comparable
     model = load_model(recipe)
     trainable, total = count_parameters(model)

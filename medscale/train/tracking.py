@@ -3,6 +3,10 @@
 Rank 0 only. `cloud` without an API key becomes `offline` (logs under the output dir,
 uploadable later with `swanlab sync`); a failed init falls back to offline, then to
 nothing; a failing log call is reported once and ignored. The key itself is never printed.
+
+SwanLab is never handed what may hold a credential: its git probe (the remote URL can embed a token), its runtime
+probe (the full command line) and its package list (private index URLs) are off, and the log folder is readable by
+its owner only.
 """
 from __future__ import annotations
 
@@ -62,14 +66,18 @@ def start_swanlab(recipe: Recipe, rank: int) -> tuple[TrainerCallback | None, st
         log.warning("no SwanLab API key (SWANLAB_API_KEY or `swanlab login`): logging offline; "
                     "upload later with `swanlab sync`")
         mode = "offline"
-    logdir = str(Path(recipe.train.output_dir) / "swanlog")
-    init = dict(project=cfg.project, workspace=cfg.workspace, log_dir=logdir,
+    logdir = Path(recipe.train.output_dir) / "swanlog"
+    logdir.mkdir(parents=True, exist_ok=True)
+    logdir.chmod(0o700)
+    settings = swanlab.Settings(probe=swanlab.Settings.Probe(git=False, runtime=False, requirements=False,
+                                                             conda=False))
+    init = dict(project=cfg.project, workspace=cfg.workspace, log_dir=str(logdir), settings=settings,
                 experiment_name=cfg.experiment or recipe.track.run_name or recipe.name,
                 config={"recipe": recipe.model_dump(mode="json"), "fingerprint": recipe.fingerprint()})
     for attempt in dict.fromkeys([mode, "offline"]):
         try:
             swanlab.init(mode=attempt, **init)
-            return GuardedCallback(SwanLabCallback()), logdir
+            return GuardedCallback(SwanLabCallback()), str(logdir)
         except Exception as e:
             log.warning("SwanLab init in %s mode failed (%s: %s)", attempt, type(e).__name__, e)
     log.warning("SwanLab unavailable; training continues without tracking")
