@@ -22,6 +22,20 @@ def needs_realdata(*parts: str) -> Path:
     return path
 
 
+_ISOLATED = ("MEDSCALE_SHARED", "MEDSCALE_TEST_PG_URL")
+
+
+def pytest_configure(config):
+    """Before any fixture, of any scope, runs: this whole process (and every process, Ray worker or SLURM job it
+    starts) gets a throwaway MEDSCALE_HOME, and none of the person's own medscale settings (a registry URL pointing
+    at their team's PostgreSQL, say). Tests must never touch the user's home or registry."""
+    import tempfile
+
+    for key in [k for k in os.environ if k.startswith("MEDSCALE_") and k not in _ISOLATED]:
+        del os.environ[key]
+    os.environ["MEDSCALE_HOME"] = tempfile.mkdtemp(prefix="medscale-test-home-")
+
+
 @pytest.fixture(autouse=True)
 def medscale_home(tmp_path, monkeypatch):
     home = tmp_path / "home"

@@ -105,6 +105,25 @@ def test_term_masking_reaches_the_batches(tiny_model_dir, tiny_tokenizer):
     assert [strip(x) for x in masked["labels"]] == [strip(x) for x in plain["labels"]]
 
 
+def test_progressive_masking_reaches_dataloader_workers(tiny_model_dir, tiny_tokenizer):
+    """Defect (suspected from reading, confirmed): the Trainer tells the collator the step in the main process, so
+    with train.dataloader_num_workers > 0 the workers' copies never saw it and masking stayed at p=0."""
+    from torch.utils.data import DataLoader
+
+    from medscale.data.pipeline import build_datasets
+
+    r = _recipe(tiny_model_dir, "/unused", "data.term_masking={p: 1.0, progressive: true}")
+    data = build_datasets(r.data, tiny_tokenizer, seed=0)
+    loader = DataLoader(data.train, batch_size=8, collate_fn=data.collator, num_workers=1, persistent_workers=True,
+                        prefetch_factor=1)
+    batches = iter(loader)
+    masked = lambda b: any("[MASK]" in t for t in tiny_tokenizer.batch_decode(b["input_ids"]))  # noqa: E731
+    assert not masked(next(batches)), "progress 0: nothing masked yet"
+    data.collator.set_progress(100, 100)  # the ramp's end, told in the main process only
+    next(batches)  # prefetched before the step changed
+    assert masked(next(batches)), "a worker must see the step the main process set"
+
+
 def test_verdict_says_plainly_when_the_fine_tune_is_worse(tiny_model_dir, tmp_path):
     """Seed 004: most fine-tunes were worse than the base and nothing said so. Here the summary does."""
     from medscale.train.run import run

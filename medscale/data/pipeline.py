@@ -102,19 +102,34 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
 
 
 class SFTCollator:
-    """Pads a batch (labels with -100); re-renders prompts with term masking when the recipe asks for it."""
+    """Pads a batch (labels with -100); re-renders prompts with term masking when the recipe asks for it.
+
+    The training step reaches the collator through shared memory: with `train.dataloader_num_workers > 0` it runs
+    in worker processes that were given a copy of it, and a plain attribute set in the main process would never
+    reach them (progressive masking would stay at p=0). Batches prefetched before a step lag it by the prefetch
+    depth (a few steps), which a ramp over hundreds of steps does not notice."""
 
     def __init__(self, tok, data: DataSection, seed: int):
+        import multiprocessing
+
         from transformers import DataCollatorForSeq2Seq
 
         self.tok, self.data = tok, data
         self.masker = TermMasker(data.term_masking, seed) if data.term_masking else None
-        self.step, self.progress = 0, 0.0
+        self._shared = multiprocessing.RawArray("d", 2)  # step, progress: shared with DataLoader workers
         self.pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8)
         self.packed = PackedCollator()
 
     def set_progress(self, step: int, max_steps: int) -> None:
-        self.step, self.progress = step, step / max(max_steps, 1)
+        self._shared[0], self._shared[1] = step, step / max(max_steps, 1)
+
+    @property
+    def step(self) -> int:
+        return int(self._shared[0])
+
+    @property
+    def progress(self) -> float:
+        return self._shared[1]
 
     def _features(self, f: dict) -> dict:
         ids, labels = f["input_ids"], f["labels"]
