@@ -210,3 +210,122 @@ def test_a_crash_in_training_records_a_failed_attempt_with_its_reason(tiny_model
     assert job["status"] == "failed"
     assert job["attempt_list"][0]["exit_reason"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert json.loads((out / "medscale_job.json").read_text())["attempts"][0]["status"] == "failed"
+
+
+# --------------------------------------------------------------------------- faults found by fault injection
+
+def test_a_kill_after_the_final_save_finishes_the_job_without_training_past_its_end(tiny_model_dir, tmp_path):
+    """Defect: killed after the last checkpoint's manifest but before run_summary.json, the rerun trained one step
+    past max_steps. A verified checkpoint at max_steps is the finished job: only the final save and summary are
+    redone. Then a change of recipe on the finished job is refused, unless it is resume-safe (a larger max_steps)."""
+    out = tmp_path / "final"
+    steps = ["train.max_steps=6", "train.save_steps=3"]
+    p = run_cli("train", *_args(tiny_model_dir, out, *steps), env={"MEDSCALE_FAILPOINT": "after_manifest@6"})
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    assert (out / "checkpoint-6" / MANIFEST).is_file() and not (out / "run_summary.json").exists()
+
+    p = run_cli("train", *_args(tiny_model_dir, out, *steps))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not (out / "checkpoint-7").exists() and _state(out)["global_step"] == 6
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["finished_from_checkpoint"] == str(out / "checkpoint-6")
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (out / "checkpoint-6" / "adapter_model.safetensors").read_bytes()
+    assert [a["status"] for a in _job(out)["attempt_list"]] == ["lost", "completed"]
+
+    # Defect: re-running a finished job with a changed recipe "resumed", trained 0 steps and rewrote its record.
+    before = (out / "run_summary.json").read_bytes()
+    for change, key in (("train.learning_rate=1e-4", "train.learning_rate"), ("train.max_steps=4", "train.max_steps")):
+        p = run_cli("train", *_args(tiny_model_dir, out, *steps, change))
+        assert p.returncode == 2, p.stderr[-3000:]
+        err = p.stderr.strip().splitlines()[-1]
+        assert key in err and "jobs resume" in err and "train.output_dir" in err, err
+    assert (out / "run_summary.json").read_bytes() == before and _job(out)["attempts"] == 2
+
+    p = run_cli("train", *_args(tiny_model_dir, out, "train.max_steps=8", "train.save_steps=3",
+                                "train.logging_steps=2"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _state(out)["global_step"] == 8
+    last = _job(out)["attempt_list"][-1]
+    assert last["status"] == "completed" and last["resumed_from"] == str(out / "checkpoint-6")
+    assert sorted(c.split(":")[0] for c in last["recipe_changes"]) == ["train.logging_steps", "train.max_steps"]
+
+
+def test_a_nan_loss_fails_the_attempt_and_saves_nothing_from_it(tiny_model_dir, tmp_path):
+    """Defect: a corrupted optimizer state trained to loss 0 / grad norm NaN, saved an all-NaN adapter and ended
+    `completed`. A non-finite loss or gradient norm now fails the attempt at that step, before any save."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medscale.jobs.checkpoint import load_manifest, write_manifest
+
+    out = tmp_path / "nan"
+    p = run_cli("train", *_args(tiny_model_dir, out, "train.max_steps=2", "train.save_steps=2"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = out / "checkpoint-2"
+    weights = load_file(str(ckpt / "adapter_model.safetensors"))
+    lora_a = next(k for k in weights if "lora_A" in k)
+    weights[lora_a] = torch.full_like(weights[lora_a], float("nan"))
+    save_file(weights, str(ckpt / "adapter_model.safetensors"), metadata={"format": "pt"})
+    meta = {k: v for k, v in load_manifest(ckpt).items() if k not in ("files", "size_bytes", "format", "step")}
+    (ckpt / MANIFEST).unlink()
+    write_manifest(ckpt, 2, meta)  # a checkpoint that verifies, with NaN weights in it
+
+    p = run_cli("train", *_args(tiny_model_dir, out, "train.max_steps=6", "train.save_steps=1"))
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "became NaN/inf at step 3" in p.stderr and "Traceback" not in p.stderr
+    assert [s for s in sorted(x.name for x in out.glob("checkpoint-*"))] == ["checkpoint-2"], "nothing saved"
+    last = _job(out)["attempt_list"][-1]
+    assert last["status"] == "failed" and "NaN/inf at step 3" in last["exit_reason"]
+
+
+def test_killing_the_launcher_takes_its_workers_with_it(tiny_model_dir, tmp_path):
+    """Defect: kill -9 (or an OOM kill, or a hang-up) of `medscale train` with dist.num_processes>1 left accelerate
+    and every worker training on, in their own session."""
+    out = tmp_path / "orphans"
+    proc = _start("train", *_args(tiny_model_dir, out, "dist.num_processes=2", "train.max_steps=200",
+                                  "train.save_steps=1000"), env={"MEDSCALE_HEARTBEAT_S": "0.2"})
+    _wait_for(_training(2), proc, what="training to reach step 2")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    workers = [c for c in children if "medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline()]
+    assert len(workers) == 2, [c.cmdline() for c in children]
+    proc.kill()  # the launcher only, as the OOM killer would
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, f"still running after their launcher died: {[p.pid for p in alive]}"
+    assert _job(out)["attempt_list"][0]["status"] == "lost"
+
+
+@pytest.mark.parametrize("procs", [1, 2], ids=["in-process", "ddp"])
+def test_a_stop_signal_during_start_up_exits_75_not_143(tiny_model_dir, tmp_path, procs):
+    """Defect: SIGTERM/SIGUSR1 during start-up (imports, pre-flight, model load) killed the process with 143/138,
+    so SLURM did not requeue. The handler is installed first thing; a stop before training ends in 75."""
+    out = tmp_path / "early"
+    proc = _start("train", *_args(tiny_model_dir, out, f"dist.num_processes={procs}", "train.max_steps=20"))
+    def caught(pid: int) -> bool:  # the process has its own SIGTERM handler (the kernel's mask of caught signals)
+        mask = Path(f"/proc/{pid}/status").read_text().split("SigCgt:")[1].split()[0]
+        return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+    if procs == 1:
+        _wait_for(lambda: caught(proc.pid), proc, what="the SIGTERM handler")
+    else:  # the workers are starting (importing torch): the signal reaches them through the launcher
+        _wait_for(lambda: any("medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline()
+                              for c in psutil.Process(proc.pid).children(recursive=True)), proc, what="the workers")
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
+    assert "Traceback" not in log
+    assert latest_verified(out) is None, "nothing was trained, so nothing was saved"
+
+
+def test_bad_data_found_at_start_leaves_no_output_dir_and_no_job(tiny_model_dir, tmp_path):
+    """Defect: data problems found after the attempt started (every record dropped, eval_size larger than the data)
+    exited 2 but left an output dir, recipe.resolved.yaml and a failed job behind. Data is read before the start."""
+    from conftest import cli
+
+    out = tmp_path / "bad-data"
+    for bad in ("data.eval_size=5000", "data.max_length=16"):
+        r = cli("train", *_args(tiny_model_dir, out, bad))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert not out.exists(), f"{bad}: the output dir was created"
+    assert Registry().jobs() == []

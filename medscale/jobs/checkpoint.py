@@ -72,6 +72,7 @@ def write_manifest(ckpt: Path, step: int, meta: dict) -> dict:
     manifest = {"format": MANIFEST_FORMAT, "step": step, **meta, "files": files,
                 "size_bytes": sum(f["size"] for f in files.values())}
     write_json_atomic(ckpt / MANIFEST, manifest)
+    failpoint("after_manifest", step)
     return manifest
 
 
