@@ -1,7 +1,8 @@
 """The job registry: every job, attempt and checkpoint, whichever launcher ran it (see DESIGN.md)."""
-from medscale.registry.records import AttemptInfo, AttemptView, CheckpointInfo, CheckpointView, JobSpec, JobView, utcnow
+from medscale.registry.records import (AttemptInfo, AttemptView, CheckpointInfo, CheckpointView, JobSpec, JobView,
+                                       ResultInfo, ResultView, utcnow)
 from medscale.registry.store import (CancelOutcome, Registry, RegistryError, default_url, heartbeat_interval, pid_alive,
                                      redact, scrub)
 
 __all__ = ["AttemptInfo", "AttemptView", "CancelOutcome", "CheckpointInfo", "CheckpointView", "JobSpec", "JobView",
-           "Registry", "RegistryError", "default_url", "heartbeat_interval", "pid_alive", "redact", "scrub", "utcnow"]
+           "Registry", "RegistryError", "ResultInfo", "ResultView", "default_url", "heartbeat_interval", "pid_alive", "redact", "scrub", "utcnow"]

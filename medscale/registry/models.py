@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from medscale.jobs.status import AttemptStatus, JobStatus
@@ -84,3 +84,32 @@ class Checkpoint(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
+
+
+class Result(Base):
+    """One measurement of one model: a benchmark's accuracy or a control set's loss, with the per-question outcomes
+    kept so two results on the same questions can be paired (a verdict is a comparison of two results)."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=True)
+    checkpoint: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # the checkpoint measured, if one
+    model: Mapped[str] = mapped_column(String(200))  # its label: job, job@checkpoint-N, base, or a folder name
+    role: Mapped[str] = mapped_column(String(16), default="tuned")  # tuned | base | reference
+    base_path: Mapped[str] = mapped_column(String(1024))
+    adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default="benchmark")  # benchmark | control
+    benchmark: Mapped[str] = mapped_column(String(512))  # built-in name or file path
+    fingerprint: Mapped[str] = mapped_column(String(64))  # of the questions (files + selection)
+    mode: Mapped[str] = mapped_column(String(16))  # letter | option | generate | loss
+    shots: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # training step, when measured during training
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    figures: Mapped[dict] = mapped_column(JSON, default=dict)  # per subject, skipped, unparseable, ...
+    outcomes: Mapped[list] = mapped_column(JSON, default=list)  # per question: id, chosen, correct, scores
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

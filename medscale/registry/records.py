@@ -142,3 +142,40 @@ class JobView:
             for k in ("attempt_list", "checkpoints", "recipe_yaml"):
                 d.pop(k)
         return d
+
+
+@dataclass
+class ResultInfo:
+    """One measurement to record (see models.Result)."""
+
+    model: str
+    base_path: str
+    benchmark: str
+    fingerprint: str
+    mode: str
+    n: int
+    role: str = "tuned"
+    adapter_path: str | None = None
+    kind: str = "benchmark"
+    shots: int = 0
+    step: int | None = None
+    checkpoint: str | None = None
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    loss: float | None = None
+    figures: dict = field(default_factory=dict)
+    outcomes: list = field(default_factory=list)
+
+
+@dataclass
+class ResultView(ResultInfo):
+    id: int = 0
+    job_id: int | None = None
+    created_at: str | None = None
+
+    def to_dict(self, outcomes: bool = False) -> dict:
+        d = asdict(self)
+        if not outcomes:
+            d.pop("outcomes")
+        return d

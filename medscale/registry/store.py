@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from medscale import medscale_home
 from medscale.errors import UserError
 from medscale.jobs.status import AttemptStatus, JobStatus
-from medscale.registry.models import Attempt, Checkpoint, Job
+from medscale.registry.models import Attempt, Checkpoint, Job, Result
 from medscale.registry.records import (AttemptInfo, AttemptView, CheckpointInfo, CheckpointView, JobSpec, JobView,
-                                       iso, utcnow)
+                                       ResultInfo, ResultView, iso, utcnow)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D656473  # any constant: serializes concurrent first-time migrations on PostgreSQL
@@ -270,7 +270,37 @@ class Registry:
             job.status = JobStatus.CANCELLED.value
             return CancelOutcome.CANCELLED
 
+    def record_result(self, r: ResultInfo, job_id: int | None = None) -> int:
+        """Store one measurement (of a job's model when `job_id` is given); returns its id."""
+        with self._session.begin() as s:
+            if job_id is not None:
+                _get(s, job_id)
+            row = Result(job_id=job_id, **asdict(r))
+            s.add(row)
+            s.flush()
+            return row.id
+
     # ------------------------------------------------------------------ reads
+
+    def results(self, job_id: int | None = None, benchmark: str | None = None, outcomes: bool = False,
+                ids: list[int] | None = None) -> list[ResultView]:
+        """Measurements, oldest first: of one job, of one benchmark, or by id; per-question outcomes only when asked
+        (they are the bulk of a row)."""
+        from sqlalchemy.orm import defer
+
+        with self._session() as s:
+            q = select(Result).order_by(Result.id)
+            if not outcomes:
+                q = q.options(defer(Result.outcomes))
+            if job_id is not None:
+                q = q.where(Result.job_id == job_id)
+            if benchmark is not None:
+                q = q.where(Result.benchmark == benchmark)
+            if ids is not None:
+                q = q.where(Result.id.in_(ids))
+            fields = [f for f in ResultInfo.__dataclass_fields__ if f != "outcomes"]
+            return [ResultView(**{f: getattr(r, f) for f in fields}, outcomes=list(r.outcomes) if outcomes else [],
+                               id=r.id, job_id=r.job_id, created_at=iso(r.created_at)) for r in s.scalars(q)]
 
     def find_by_key(self, spec: JobSpec) -> int | None:
         with self._session() as s:

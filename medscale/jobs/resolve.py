@@ -1,0 +1,161 @@
+"""A model reference -> the weights to load, for every command that takes a model (eval, compare, chat, export).
+
+A reference is one of:
+- a job name or id from the registry (its final adapter, or the newest verified checkpoint if it has none yet);
+- a job's output dir (same), or one of its `checkpoint-N` folders;
+- a PEFT adapter folder (`adapter_config.json`; its base from the adapter's own config, or `--base`);
+- a model folder (`config.json` + weights): the base itself, optionally with `--adapter DIR`.
+`--checkpoint N` picks a job's checkpoint-N. An ambiguous name is an error that lists the candidates; nothing here
+loads a tensor (torch-free): the caller loads what it is told.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from medscale.errors import UserError
+from medscale.jobs.checkpoint import MANIFEST, checkpoint_dirs, problem
+from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class ModelRefError(UserError):
+    """A model reference that names nothing loadable, or several things."""
+
+
+@dataclass
+class ModelRef:
+    """What to load: a base model folder, optionally a LoRA adapter on top, and where it came from."""
+
+    base: Path
+    adapter: Path | None = None
+    label: str = ""  # how reports name it: the job, `job@checkpoint-N`, or the folder
+    job_id: int | None = None
+    job_name: str | None = None
+    output_dir: Path | None = None
+    checkpoint: Path | None = None  # the checkpoint the adapter is, when it is one
+    recipe_yaml: str | None = None  # the job's resolved recipe (chat template options, generation, 4-bit)
+
+    @property
+    def recipe(self) -> dict:
+        return yaml.safe_load(self.recipe_yaml) if self.recipe_yaml else {}
+
+    def base_only(self) -> "ModelRef":
+        """The base this model was tuned from, as its own reference (`--against base`)."""
+        return ModelRef(self.base, None, f"{self.job_name or self.label} (base)", recipe_yaml=self.recipe_yaml)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
+                "job_id": self.job_id, "job": self.job_name,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+
+
+def _is_model_folder(p: Path) -> bool:
+    return (p / "config.json").is_file()
+
+
+def _base_of_recipe(recipe_yaml: str, where: Path) -> Path:
+    path = (yaml.safe_load(recipe_yaml) or {}).get("model", {}).get("path")
+    if not path:
+        raise ModelRefError(f"{where}: its recipe names no model.path")
+    return Path(path)
+
+
+def _checkpoint_of(out: Path, step: int) -> Path:
+    ckpt = out / f"checkpoint-{step}"
+    if not ckpt.is_dir() or problem(ckpt, check_hashes=False) is not None:
+        have = ", ".join(str(s) for s, p in checkpoint_dirs(out) if (p / MANIFEST).is_file()) or "none"
+        raise ModelRefError(f"--checkpoint {step}: {ckpt} is not a verified checkpoint of this job (verified: {have})")
+    return ckpt
+
+
+def _from_output_dir(out: Path, step: int | None, job_id: int | None = None) -> ModelRef:
+    journal = read_journal(out)
+    name = journal.name if journal else out.name
+    recipe_file = out / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise ModelRefError(f"{out}: no {RECIPE_FILE}: the job never started an attempt, nothing to load")
+    recipe_yaml = recipe_file.read_text(encoding="utf-8")
+    if step is not None:
+        ckpt = _checkpoint_of(out, step)
+        adapter, label = ckpt, f"{name}@{ckpt.name}"
+    elif (out / "adapter_model.safetensors").is_file() and (out / ADAPTER_CONFIG).is_file():
+        adapter, ckpt, label = out, None, name
+    else:  # not finished: its newest verified checkpoint
+        verified = [p for _, p in reversed(checkpoint_dirs(out)) if problem(p, check_hashes=False) is None]
+        if not verified:
+            raise ModelRefError(f"job {name} ({out}) has no final adapter and no verified checkpoint yet")
+        adapter = ckpt = verified[0]
+        label = f"{name}@{ckpt.name}"
+    return ModelRef(_base_of_recipe(recipe_yaml, out), adapter, label, job_id, name, out, ckpt, recipe_yaml)
+
+
+def _from_folder(p: Path, step: int | None, adapter: str | None, base: str | None) -> ModelRef:
+    if (p / JOURNAL).is_file():
+        return _from_output_dir(p, step)
+    if step is not None:
+        raise ModelRefError(f"--checkpoint {step}: {p} is not a job's output dir (no {JOURNAL})")
+    if (p / ADAPTER_CONFIG).is_file():  # a checkpoint or a bare adapter folder
+        recipe_file = p / RECIPE_FILE
+        recipe_yaml = recipe_file.read_text(encoding="utf-8") if recipe_file.is_file() else None
+        if base:
+            base_path = Path(base)
+        elif recipe_yaml:
+            base_path = _base_of_recipe(recipe_yaml, p)
+        else:
+            named = json.loads((p / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+            if not named or not Path(named).is_dir():
+                raise ModelRefError(f"{p} is a LoRA adapter whose base ({named!r}) is not a local folder: pass "
+                                    f"--base /path/to/base-model")
+            base_path = Path(named)
+        is_ckpt = (p / MANIFEST).is_file()
+        label = f"{p.parent.name}@{p.name}" if is_ckpt else p.name
+        return ModelRef(base_path, p, label, checkpoint=p if is_ckpt else None, recipe_yaml=recipe_yaml)
+    if _is_model_folder(p):
+        return ModelRef(p, Path(adapter) if adapter else None, p.name if not adapter else f"{p.name}+{Path(adapter).name}")
+    raise ModelRefError(f"{p} holds no model (config.json), LoRA adapter ({ADAPTER_CONFIG}) or medscale job "
+                        f"({JOURNAL}): give a model folder, an output dir or a job name")
+
+
+def resolve(ref: str, *, checkpoint: int | None = None, adapter: str | None = None, base: str | None = None,
+            registry=None) -> ModelRef:
+    """`ref` (a job name or id, an output dir, a checkpoint, an adapter or a model folder) -> ModelRef. `registry`
+    (a medscale.registry.Registry) is asked only for names and ids; without one the default registry is opened."""
+    p = Path(os.path.expanduser(ref))
+    if p.is_dir():
+        found = _from_folder(p.resolve(), checkpoint, adapter, base)
+    else:
+        found = _from_registry(ref, checkpoint, registry)
+    if adapter and found.adapter is not None and Path(adapter) != found.adapter:
+        raise ModelRefError(f"{ref} already is a tuned model ({found.adapter}): --adapter applies to a base model "
+                            f"folder only")
+    if not _is_model_folder(found.base):
+        raise ModelRefError(f"the base model of {found.label or ref} is not a model folder: {found.base} (no "
+                            f"config.json); put the weights there or pass --base")
+    return found
+
+
+def _from_registry(ref: str, checkpoint: int | None, registry) -> ModelRef:
+    from medscale.registry import Registry
+
+    reg = registry or Registry()
+    try:
+        rows = reg.candidates(ref)
+    finally:
+        if registry is None:
+            reg.close()
+    if not rows:
+        raise ModelRefError(f"'{ref}' is no folder and no job in the registry: give a model folder, an output dir, "
+                            f"or a job from `medscale jobs list`")
+    if len(rows) > 1:
+        listing = "; ".join(f"id {i}: {d}" for i, _, d in rows)
+        raise ModelRefError(f"'{ref}' names {len(rows)} jobs ({listing}): give the id or the output dir")
+    job_id, _, out = rows[0]
+    if not Path(out).is_dir():
+        raise ModelRefError(f"job '{ref}' (id {job_id}): its output dir {out} is gone")
+    return _from_output_dir(Path(out), checkpoint, job_id)
