@@ -15,7 +15,7 @@ from pathlib import Path
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.formats import DataError, expand_sources, load_conversations
-from medscale.data.packing import PackedCollator, pack_rows, packing_efficiency
+from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -102,7 +102,9 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
 
 
 class SFTCollator:
-    """Pads a batch (labels with -100); re-renders prompts with term masking when the recipe asks for it."""
+    """A micro-batch as model inputs, by data.batching: padded to its longest sample (labels with -100),
+    concatenated into one row (padding_free), or a packed row as built. Re-renders prompts with term
+    masking when the recipe asks for it (before concatenation, so masked lengths are exact)."""
 
     def __init__(self, tok, data: DataSection, seed: int):
         from transformers import DataCollatorForSeq2Seq
@@ -128,7 +130,10 @@ class SFTCollator:
     def __call__(self, features: list[dict]) -> dict:
         if "position_ids" in features[0]:
             return self.packed(features)
-        return self.pad([self._features(f) for f in features])
+        feats = [self._features(f) for f in features]
+        if self.data.batching == "padding_free":
+            return concat_samples(feats)
+        return self.pad(feats)
 
 
 def _pack(ds, budget: int, stats: dict):

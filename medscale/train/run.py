@@ -36,6 +36,7 @@ def preflight(recipe: Recipe) -> None:
     """Every cheap check that can fail, before any heavy work or any file is written; all at once."""
     from medscale.data.formats import DataError, expand_sources
     from medscale.model.load import check_model_dir
+    from medscale.plan import fit_problems
 
     problems = []
     if recipe.model.load_in_4bit and not torch.cuda.is_available():
@@ -50,6 +51,7 @@ def preflight(recipe: Recipe) -> None:
         problems.append("train.use_liger_kernel needs liger-kernel: pip install 'medscale[gpu]', "
                         "or set train.use_liger_kernel=false")
     problems += _deepspeed_problems(recipe)
+    problems += fit_problems(recipe)
     gpus = torch.cuda.device_count()
     if gpus and recipe.dist.num_processes > gpus * recipe.dist.num_machines:
         problems.append(f"dist.num_processes={recipe.dist.num_processes} but this machine has {gpus} GPU(s)")
@@ -145,7 +147,7 @@ def training_arguments(recipe: Recipe):
             extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=1 if recipe.data.packing else t.per_device_train_batch_size,
+        per_device_train_batch_size=1 if recipe.data.batching == "packed" else t.per_device_train_batch_size,
         per_device_eval_batch_size=e.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
@@ -271,6 +273,7 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
     """The training proper: (summary on rank 0, stop code). A stopped run skips the final save and summary."""
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import count_parameters, load_model, load_tokenizer
+    from medscale.plan import token_budget
     from medscale.train.callbacks import (AdaptiveClipper, AttemptCallback, MedscaleTrainer, ProgressToCollator,
                                           ThroughputMeter, flops_per_token)
     from medscale.train.tracking import finish_swanlab, start_swanlab
@@ -282,7 +285,7 @@ def _train(recipe: Recipe, args, tracker: JobTracker, flag: StopFlag, resume: st
             ensure_model(recipe)
         tok = load_tokenizer(recipe.model)
         # the main process tokenizes and caches; the others wait, then load the cache (no collective timeouts)
-        data = build_datasets(recipe.data, tok, recipe.train.seed, recipe.pack_budget(),
+        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe),
                               medscale_home() / "cache" / "data")
     set_seed(recipe.train.seed)  # the adapter's random init too, so two runs of one recipe are comparable
     model = load_model(recipe)
