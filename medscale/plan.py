@@ -171,6 +171,15 @@ def _optimizer_bytes(optim: str) -> int:
     return 2 if any(k in optim.lower() for k in EIGHT_BIT_OPTIMIZERS) else 8
 
 
+def trainable_params(recipe: Recipe, shape: Shape) -> tuple[int, int]:
+    """(LoRA parameters, modules_to_save parameters)."""
+    lora = shape.layers * sum(recipe.adapter.r * (a + b) for n, (a, b) in shape.linears().items()
+                              if n in _targets(recipe, shape))
+    saved = sum(shape.vocab * shape.hidden for m in recipe.adapter.modules_to_save or []
+                if m in ("embed_tokens", "lm_head"))
+    return lora, saved
+
+
 def fixed_components(recipe: Recipe, shape: Shape, gpus: int) -> list[Component]:
     """Everything that does not grow with the tokens of a micro-batch."""
     m, dist = recipe.model, recipe.dist
@@ -192,11 +201,7 @@ def fixed_components(recipe: Recipe, shape: Shape, gpus: int) -> list[Component]
         b = _dtype_bytes(m.dtype)
         out.append(Component(f"weights ({m.dtype})", shard((linear + other) * b, stage == 3 and "param" not in offload) / GIB,
                              f"{(linear + other) / 1e9:.2f}B params x {b} B"))
-    lora = sum(recipe.adapter.r * (a + b) for n, (a, b) in shape.linears().items() if n in _targets(recipe, shape))
-    lora *= shape.layers
-    saved = 0
-    for mod in recipe.adapter.modules_to_save or []:
-        saved += shape.vocab * shape.hidden if mod in ("embed_tokens", "lm_head") else 0
+    lora, saved = trainable_params(recipe, shape)
     trainable = lora + saved
     zero3 = stage == 3
     p_bytes = 2 if zero3 else 4                         # LoRA in fp32 (peft's upcast) unless ZeRO-3 keeps bf16
