@@ -51,14 +51,18 @@ SUITES = {
         runs=[("padding_free, varlen (default)", [], {}),
               ("packed, varlen, plan budget", ["data.batching=packed"], {}),
               ("packed, no cap, no recompute", ["data.batching=packed", "train.gradient_checkpointing=false"],
-               {"cap": 0})]),
+               {"cap": 0})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=None,
         runs=[("packed 8192-token rows, 4-bit", ["data.batching=packed", "data.pack_tokens=8192",
                                                  "train.per_device_train_batch_size=1",
-                                                 "train.gradient_accumulation_steps=8"], {})]),
+                                                 "train.gradient_accumulation_steps=8"], {})], est=150),
 }
+# Most telling first, across suites, so a deadline cuts the least useful runs: (suite, run index or "baseline").
+ORDER = [("qwen3-1.7b", "baseline"), ("qwen3-1.7b", 0), ("qwen3-8b", "baseline"), ("qwen3-8b", 0),
+         ("qwen3-1.7b", 1), ("qwen3-8b", 1), ("qwen3-1.7b", 2), ("qwen3-8b", 2), ("qwen3-1.7b", 3),
+         ("qwen3-1.7b", 4), ("qwen3-1.7b", 5), ("qwen3-1.7b", 6), ("r1-7b", 0)]
 
 
 def data_overrides(suite: dict, assets: Path) -> list[str]:
@@ -207,58 +211,77 @@ def driver(a: argparse.Namespace) -> None:
             versions[mod] = None
     device = torch.cuda.get_device_name(0)
     commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
-    table = []
-    for name in a.suite.split(","):
+    chosen = a.suite.split(",")
+    runs: dict[str, list] = {n: [] for n in chosen}
+    base: dict[str, dict | None] = {}
+    max_len: dict[str, int] = {}
+    lengths: dict[str, Path] = {}
+    for name, which in [o for o in ORDER if o[0] in chosen]:
         suite = SUITES[name]
-        lengths, max_len = write_lengths(suite, a.assets, out / f"lengths_{name}.txt")
-        runs, base = [], None
-        if suite["baseline"]:
-            cmd = [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb", str(suite["cap"]),
-                   "--steps", str(a.steps), "--warm", str(a.warm), "--lengths", str(lengths), "--max_len", str(max_len)]
-            base = _run(cmd, log, a.deadline - (time.time() - start))
-            if base:
-                base["total_params"], base["trainable_params"] = _baseline_params(suite, a.assets)
-                base.update(name="seed stack (hf_baseline.py)", recipe=None, cap_gb=suite["cap"],
-                            mfu=_mfu(base, True), loss_at_n=base.get("loss_last"),
-                            peak_alloc_gb=base.get("peak_alloc_gb"), ratio=1.0)
-                runs.append(base)
-        for title, overrides, opts in suite["runs"]:
-            left = a.deadline - (time.time() - start)
-            if left < a.min_left:
-                runs.append({"name": title, "skipped": f"{left:.0f}s left of the deadline"})
-                continue
-            cap = opts.get("cap", suite["cap"])
-            cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
-                   "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"), "--",
-                   suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
-                   f"train.output_dir=/tmp/bench-runs/{name}-{len(runs)}-{int(time.time())}", *overrides]
-            res = _run(cmd, log, left - 5) or {"failed": "see bench.log"}
-            res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
-            if "tokens_per_s" in res:
-                res["mfu"] = _mfu(res, res["gradient_checkpointing"])
-                res["ratio"] = round(res["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
-            runs.append(res)
-        ref = next((r for r in runs if r.get("name", "").startswith("padded") and r.get("loss_at_n")), None)
-        for r in runs:
-            if ref and r.get("loss_at_n") and r is not base:
-                r["loss_vs_padded_pct"] = round(100 * (r["loss_at_n"] / ref["loss_at_n"] - 1), 2)
-        doc = {"date": date.today().isoformat(), "device": device, "versions": versions, "commit": commit,
-               "command": " ".join([sys.executable, "bench/speed.py", *sys.argv[1:]]), "suite": name,
-               "steps": a.steps, "warm": a.warm, "max_length": max_len, "runs": runs}
-        (out / f"speed_{name}.json").write_text(json.dumps(doc, indent=1))
-        table += [(name, r) for r in runs]
+        if name not in lengths:
+            lengths[name], max_len[name] = write_lengths(suite, a.assets, out / f"lengths_{name}.txt")
+        left = a.deadline - (time.time() - start)
+        est = suite.get("est", a.min_left)
+        if which == "baseline":
+            if suite["baseline"] and left >= est:
+                cmd = [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb",
+                       str(suite["cap"]), "--steps", str(a.steps), "--warm", str(a.warm),
+                       "--lengths", str(lengths[name]), "--max_len", str(max_len[name])]
+                res = _run(cmd, log, left - 5)
+                if res:
+                    res["total_params"], res["trainable_params"] = _baseline_params(suite, a.assets)
+                    res.update(name="seed stack (hf_baseline.py)", recipe=None, cap_gb=suite["cap"],
+                               mfu=_mfu(res, True), loss_at_n=res.get("loss_last"), ratio=1.0)
+                    runs[name].append(res)
+                base[name] = res
+            continue
+        title, overrides, opts = suite["runs"][which]
+        if left < est:
+            runs[name].append({"name": title, "skipped": f"{left:.0f}s left of the deadline"})
+            continue
+        cap = opts.get("cap", suite["cap"])
+        cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
+               "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"), "--",
+               suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
+               f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
+        res = _run(cmd, log, left - 5) or {"failed": "see bench.log"}
+        res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
+        b = base.get(name)
+        if "tokens_per_s" in res:
+            res["mfu"] = _mfu(res, res["gradient_checkpointing"])
+            res["ratio"] = round(res["tokens_per_s"] / b["tokens_per_s"], 2) if b else None
+        runs[name].append(res)
+        _write(out, name, runs[name], device, versions, commit, a, max_len[name])
+    for name in chosen:
+        _write(out, name, runs[name], device, versions, commit, a, max_len.get(name))
+    _table(runs, device, commit, a)
+
+
+def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_len) -> None:
+    ref = next((r for r in runs if r.get("name", "").startswith("padded") and r.get("loss_at_n")), None)
+    for r in runs:
+        if ref and r.get("loss_at_n") and r.get("recipe"):
+            r["loss_vs_padded_pct"] = round(100 * (r["loss_at_n"] / ref["loss_at_n"] - 1), 2)
+    doc = {"date": date.today().isoformat(), "device": device, "versions": versions, "commit": commit,
+           "command": " ".join(["python3", "bench/speed.py", *sys.argv[1:]]), "suite": name,
+           "steps": a.steps, "warm": a.warm, "max_length": max_len, "runs": runs}
+    (out / f"speed_{name}.json").write_text(json.dumps(doc, indent=1))
+
+
+def _table(runs: dict, device: str, commit, a) -> None:
     print(f"\n{device}; {a.steps} steps, timed after {a.warm}; commit {commit}")
     print(f"{'suite':10s} {'run':36s} {'cap':>4s} {'tok/s':>7s} {'smp/s':>6s} {'MFU':>5s} {'alloc':>6s} {'resv':>6s} "
           f"{'plan':>6s} {'maxtok':>6s} {'loss@N':>7s} {'dloss%':>6s} {'ratio':>5s}")
-    for name, r in table:
-        if "tokens_per_s" not in r:
-            print(f"{name:10s} {r['name'][:36]:36s} {r.get('skipped') or r.get('failed')}")
-            continue
-        f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
-        print(f"{name:10s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
-              f"{f('samples_per_s', '6.2f')} {f('mfu', '5.3f')} {f('peak_alloc_gb', '6.2f')} "
-              f"{f('peak_reserved_gb', '6.2f')} {f('plan_alloc_gb', '6.2f')} {f('max_micro_batch_tokens', '6d')} "
-              f"{f('loss_at_n', '7.4f')} {f('loss_vs_padded_pct', '6.2f')} {f('ratio', '5.2f')}")
+    for name, rs in runs.items():
+        for r in rs:
+            if "tokens_per_s" not in r:
+                print(f"{name:10s} {r['name'][:36]:36s} {r.get('skipped') or r.get('failed')}")
+                continue
+            f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
+            print(f"{name:10s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
+                  f"{f('samples_per_s', '6.2f')} {f('mfu', '5.3f')} {f('peak_alloc_gb', '6.2f')} "
+                  f"{f('peak_reserved_gb', '6.2f')} {f('plan_alloc_gb', '6.2f')} {f('max_micro_batch_tokens', '6d')} "
+                  f"{f('loss_at_n', '7.4f')} {f('loss_vs_padded_pct', '6.2f')} {f('ratio', '5.2f')}")
 
 
 def main() -> None:
