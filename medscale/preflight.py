@@ -192,6 +192,10 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     _deepspeed(recipe, report, on_worker=devices)
     if devices:
         _devices(recipe, report)
+        from medscale.plan import fit_problems
+
+        for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
+            report.error("memory", problem)
     _data(recipe, report, paths_must_exist, read_data)
     if registry:
         _registry(report)

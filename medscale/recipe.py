@@ -57,7 +57,10 @@ class ModelSection(Section):
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
         "uint8", description="dtype the packed 4-bit weights are stored in; ZeRO-3 (and FSDP) shard them only "
                              "when it equals bnb_4bit_compute_dtype")
-    attn_implementation: str = Field("sdpa", description="sdpa | eager | flash_attention_2 | kernels-community/...")
+    attn_implementation: str = Field(
+        "sdpa", description="varlen (torch's variable-length flash kernel on GPU: padding-free and packed rows "
+                            "without a dense mask; sdpa elsewhere) | sdpa | eager | flash_attention_2 | "
+                            "flex_attention | kernels-community/...")
     trust_remote_code: bool = Field(False, description="run Python shipped with the weights; off unless you trust the folder")
     tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing")
 
@@ -98,10 +101,33 @@ class DataSection(Section):
     system_prompt: str | None = None
     train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="which assistant turns carry loss")
     term_masking: TermMasking | None = None
-    packing: bool = Field(False, description="pack samples into rows of pack_tokens (no padding); the micro-batch "
-                                             "is then one row and train.per_device_train_batch_size sizes its budget")
-    pack_tokens: int | None = Field(None, ge=16, description="tokens per packed row; default max_length x per-device batch")
+    batching: Literal["padded", "padding_free", "packed"] = Field(
+        "padded", description="padded: each micro-batch padded to its longest sample (the seed scripts); "
+                              "padding_free: the same samples per micro-batch and per optimizer step, concatenated "
+                              "into one row without padding (position_ids restart per sample); packed: samples "
+                              "packed best-fit into rows of a token budget (more samples per step, fewest steps)")
+    pack_tokens: int | None = Field(None, ge=16, description="batching=packed: tokens per row; default: the memory "
+                                                             "plan's budget on a GPU (`medscale plan`), else "
+                                                             "max_length x per-device batch")
     num_proc: int = Field(1, ge=1, description="processes for tokenization (datasets.map)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_packing(cls, data: Any) -> Any:
+        """`data.packing: true|false` (before data.batching existed) still reads as batching packed|padded."""
+        if not isinstance(data, dict) or "packing" not in data:
+            return data
+        data = dict(data)
+        packing = data.pop("packing")
+        if not isinstance(packing, bool):
+            raise ValueError(f"data.packing: expected true or false, got {packing!r}; it is replaced by "
+                             f"data.batching=padded|padding_free|packed")
+        want = "packed" if packing else "padded"
+        if data.get("batching", want) != want:
+            raise ValueError(f"data.packing={str(packing).lower()} contradicts data.batching={data['batching']}: "
+                             f"remove data.packing (replaced by data.batching)")
+        data["batching"] = want
+        return data
 
 
 class AdapterSection(Section):
@@ -289,17 +315,22 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _packing_fits(self) -> "Recipe":
         d = self.data
-        if d.packing and d.term_masking is not None:
-            raise ValueError("data.packing with data.term_masking: masking changes sample lengths after packing; "
-                             "set data.packing=false or remove data.term_masking")
-        if d.packing and d.pack_tokens is not None and d.pack_tokens < d.max_length:
+        if d.batching == "packed" and d.term_masking is not None:
+            raise ValueError("data.batching=packed with data.term_masking: masking changes sample lengths after "
+                             "packing; use data.batching=padding_free (masks each sample, then concatenates) or "
+                             "remove data.term_masking")
+        if d.pack_tokens is not None and d.batching != "packed":
+            raise ValueError(f"data.pack_tokens={d.pack_tokens} applies only to data.batching=packed (it is "
+                             f"{d.batching}): set data.batching=packed or remove data.pack_tokens")
+        if d.pack_tokens is not None and d.pack_tokens < d.max_length:
             raise ValueError(f"data.pack_tokens={d.pack_tokens} is below data.max_length={d.max_length}: "
                              f"a full-length sample would not fit; raise data.pack_tokens")
         return self
 
     def pack_budget(self) -> int | None:
-        """Tokens per packed row, or None when the recipe does not pack."""
-        if not self.data.packing:
+        """Tokens per packed row without a memory plan (data.pack_tokens, else max_length x per-device
+        batch), or None when the recipe does not pack. `medscale.plan.token_budget` sizes it to the GPU."""
+        if self.data.batching != "packed":
             return None
         return self.data.pack_tokens or self.data.max_length * self.train.per_device_train_batch_size
 

@@ -16,17 +16,18 @@ MAY_IMPORT = {
     "medscale.model": {"medscale.recipe", "medscale.errors", "medscale.data"},
     "medscale.registry": {"medscale.errors", "medscale.jobs.status"},
     "medscale.jobs": {"medscale.registry", "medscale.recipe", "medscale.errors"},
+    "medscale.plan": {"medscale.recipe", "medscale.model", "medscale.errors"},
     "medscale.preflight": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs",
-                           "medscale.registry", "medscale.errors"},
+                           "medscale.registry", "medscale.plan", "medscale.errors"},
     "medscale.train": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs", "medscale.registry",
-                       "medscale.preflight", "medscale.eval", "medscale.errors"},
+                       "medscale.preflight", "medscale.plan", "medscale.eval", "medscale.errors"},
     "medscale.eval": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs", "medscale.registry",
                       "medscale.errors"},
     "launcher": {"medscale.recipe", "medscale.jobs", "medscale.registry", "medscale.preflight", "medscale.paths",
                  "medscale.errors"},
 }
 ALWAYS = {"medscale"}  # the package root: medscale_home()
-TORCH_FREE = ("medscale.jobs", "medscale.registry", "medscale.recipe", "medscale.preflight")
+TORCH_FREE = ("medscale.jobs", "medscale.registry", "medscale.recipe", "medscale.preflight", "medscale.plan")
 HEAVY = ("torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "ray")
 
 

@@ -122,3 +122,43 @@ def tiny_model(out: Path, layers: int = typer.Option(2, help="decoder layers"),
 
     path = build_tiny_model(out, layers=layers, hidden=hidden, tokenizer=str(tokenizer) if tokenizer else None)
     typer.echo(f"tiny Qwen3 written to {path}")
+
+
+@app.command("plan")
+def plan_cmd(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+             overrides: Optional[list[str]] = OVERRIDES,
+             gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="GiB per GPU (default: this GPU)"),
+             gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs sharing the work (default: "
+                                                "dist.num_processes x dist.num_machines)"),
+             as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
+    """Memory per GPU, component by component, and the token budget the recipe can afford; exit 2 if it cannot fit."""
+    from medscale.cli.app import echo_json
+    from medscale.errors import UserError
+    from medscale.plan import CONTEXT_GIB, FRAGMENTATION, device_memory_gb, plan
+    from medscale.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides or [])
+    mem = gpu_mem if gpu_mem is not None else device_memory_gb()
+    if mem is None:
+        raise UserError("plan: no GPU here; give the card's memory, e.g. --gpu-mem 16")
+    p = plan(r, mem, gpus or r.dist.num_processes * r.dist.num_machines)
+    if as_json:
+        echo_json(p.to_dict())
+    else:
+        s = p.shape
+        typer.echo(f"{r.name}: {s.model_type} {s.total_params() / 1e9:.2f}B ({s.layers} layers, hidden {s.hidden}), "
+                   f"{p.gpus} x {p.gpu_mem_gb:g} GiB, batching={p.batching}, "
+                   f"recompute={'on' if p.recompute else 'off'}")
+        for c in p.components:
+            typer.echo(f"  {c.name:44s} {c.gib:7.2f} GiB  {c.note}")
+        typer.echo(f"  {'total allocated':44s} {p.allocated_gib:7.2f} GiB  "
+                   f"(reserved ~{p.reserved_gib:.2f} = x{FRAGMENTATION}; + ~{CONTEXT_GIB} GiB CUDA context)")
+        typer.echo(f"  activations per token: {p.per_token_kib['recompute']:.0f} KiB with recompute, "
+                   f"{p.per_token_kib['no_recompute']:.0f} KiB without "
+                   f"({'recompute needed' if p.recompute_needed else 'recompute not needed at these tokens'})")
+        typer.echo(f"  micro-batch: {p.tokens} tokens" +
+                   (f" (packed row budget {p.token_budget})" if p.token_budget else ""))
+        for prob in p.problems:
+            typer.echo(f"error: {prob}", err=True)
+    if p.problems:
+        raise typer.Exit(2)

@@ -1,10 +1,13 @@
-"""Packing: several samples per micro-batch row, no padding, no attention across samples.
+"""Rows without padding: several samples per row, no attention across samples.
 
-Samples are placed best-fit-decreasing into rows of at most `budget` tokens. Each row
-carries `position_ids` that restart at 0 for every sample and no attention mask;
-transformers then builds a block-diagonal causal mask from the restarts (sdpa/eager)
-or uses varlen kernels (flash attention), so a sample's loss inside a pack equals its
-loss alone.
+`packed`: samples are placed best-fit-decreasing into rows of at most `budget` tokens.
+`padding_free`: the micro-batch the sampler drew is concatenated into one row at collate time
+(the seed's samples per step, without the padding). Either way a row carries `position_ids`
+that restart at 0 for every sample, the samples' boundaries as `cu_seq_lens_q/k` +
+`max_length_q/k` (transformers' flash-attention kwargs, computed once here instead of in
+every layer) and no attention mask. Varlen kernels (medscale.model.attention, flash
+attention) read the boundaries; sdpa/eager build a block-diagonal causal mask from the
+position_ids restarts. A sample's loss inside a row equals its loss alone.
 """
 from __future__ import annotations
 
@@ -37,17 +40,23 @@ def pack_rows(input_ids: list[list[int]], labels: list[list[int]], budget: int) 
     """Columns of the packed dataset: one row per bin."""
     out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "num_samples": []}
     for group in best_fit_decreasing([len(x) for x in input_ids], budget):
-        ids, labs, pos = [], [], []
-        for i in sorted(group):
-            ids += input_ids[i]
-            # the first token of a sample is never predicted from the previous sample's tokens
-            labs += [IGNORE] + labels[i][1:]
-            pos += list(range(len(input_ids[i])))
+        ids, labs, pos = concat_lists([input_ids[i] for i in sorted(group)], [labels[i] for i in sorted(group)])
         out["input_ids"].append(ids)
         out["labels"].append(labs)
         out["position_ids"].append(pos)
         out["num_samples"].append(len(group))
     return out
+
+
+def concat_lists(input_ids: list[list[int]], labels: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """Samples end to end: (input_ids, labels, position_ids restarting at 0 per sample). The first token
+    of each sample carries no label: it is never predicted from the previous sample's tokens."""
+    ids, labs, pos = [], [], []
+    for x, y in zip(input_ids, labels):
+        ids += x
+        labs += [IGNORE] + list(y[1:])
+        pos += range(len(x))
+    return ids, labs, pos
 
 
 def packing_efficiency(rows: dict[str, list] | list[list[int]], budget: int) -> float:
@@ -56,14 +65,31 @@ def packing_efficiency(rows: dict[str, list] | list[list[int]], budget: int) -> 
     return sum(len(x) for x in ids) / (len(ids) * budget) if ids else 0.0
 
 
+def row_batch(input_ids: list[int], labels: list[int], position_ids: list[int]) -> dict:
+    """One row as model inputs: [1, T] tensors, no attention mask, and the sample boundaries (starts
+    where position_ids restart) as the varlen kwargs every attention layer reuses."""
+    import torch
+
+    starts = [i for i, p in enumerate(position_ids) if p == 0 or i == 0]
+    cu = starts + [len(input_ids)]
+    longest = max(b - a for a, b in zip(cu, cu[1:]))
+    cu_t = torch.tensor(cu, dtype=torch.int32)
+    return {"input_ids": torch.tensor([input_ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([position_ids], dtype=torch.long),
+            "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": longest, "max_length_k": longest}
+
+
+def concat_samples(features: list[dict]) -> dict:
+    """padding_free: a micro-batch's samples (input_ids, labels) as one row without padding."""
+    return row_batch(*concat_lists([f["input_ids"] for f in features], [f["labels"] for f in features]))
+
+
 class PackedCollator:
-    """One packed row per micro-batch: no padding and no attention mask (position_ids carry the
-    sample boundaries)."""
+    """One packed row per micro-batch (position_ids carry the sample boundaries)."""
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
-
         if len(features) != 1:
             raise ValueError("packed batches hold one row per micro-batch (per_device_train_batch_size is 1)")
         f = features[0]
-        return {k: torch.tensor([f[k]], dtype=torch.long) for k in ("input_ids", "labels", "position_ids")}
+        return row_batch(f["input_ids"], f["labels"], f["position_ids"])

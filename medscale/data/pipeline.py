@@ -14,8 +14,8 @@ from pathlib import Path
 
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
+from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
 from medscale.data.sources import DataError, expand_sources, load_conversations
-from medscale.data.packing import PackedCollator, pack_rows, packing_efficiency
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -102,7 +102,9 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
 
 
 class SFTCollator:
-    """Pads a batch (labels with -100); re-renders prompts with term masking when the recipe asks for it.
+    """A micro-batch as model inputs, by data.batching: padded to its longest sample (labels with -100),
+    concatenated into one row (padding_free), or a packed row as built. Re-renders prompts with term
+    masking when the recipe asks for it (before concatenation, so masked lengths are exact).
 
     The training step reaches the collator through shared memory: with `train.dataloader_num_workers > 0` it runs
     in worker processes that were given a copy of it, and a plain attribute set in the main process would never
@@ -143,7 +145,10 @@ class SFTCollator:
     def __call__(self, features: list[dict]) -> dict:
         if "position_ids" in features[0]:
             return self.packed(features)
-        return self.pad([self._features(f) for f in features])
+        feats = [self._features(f) for f in features]
+        if self.data.batching == "padding_free":
+            return concat_samples(feats)
+        return self.pad(feats)
 
 
 def _pack(ds, budget: int, stats: dict):

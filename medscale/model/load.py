@@ -31,6 +31,9 @@ def load_base_model(model: ModelSection):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    from medscale.model.attention import register_attention
+
+    register_attention()  # model.attn_implementation=varlen
     kwargs: dict = dict(dtype=DTYPES[model.dtype], attn_implementation=model.attn_implementation,
                         trust_remote_code=model.trust_remote_code)
     # ZeRO-3 (on once TrainingArguments with a stage-3 DeepSpeed config exist) places and shards the weights

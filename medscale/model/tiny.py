@@ -43,6 +43,14 @@ def train_demo_tokenizer(vocab_size: int = 3000):
     return tok
 
 
+def tiny_shape(tokens: int, layers: int, hidden: int) -> dict:
+    """Qwen3 config fields of the tiny model (also what `medscale plan` assumes before it is built)."""
+    heads = max(2, hidden // 16)
+    return dict(model_type="qwen3", vocab_size=(tokens + 63) // 64 * 64, hidden_size=hidden,
+                intermediate_size=hidden * 3, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads, tie_word_embeddings=False)
+
+
 def build_tiny_model(out: str | Path, layers: int = 2, hidden: int = 64, tokenizer: str | None = None,
                      seed: int = 0) -> Path:
     """Write a random Qwen3 (safetensors) + tokenizer to `out`, atomically: a crash leaves no half folder."""
@@ -51,12 +59,8 @@ def build_tiny_model(out: str | Path, layers: int = 2, hidden: int = 64, tokeniz
 
     out = Path(out)
     tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else train_demo_tokenizer()
-    heads = max(2, hidden // 16)
-    cfg = Qwen3Config(
-        vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=hidden, intermediate_size=hidden * 3,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-        head_dim=hidden // heads, max_position_embeddings=8192, rope_theta=1e6, tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    cfg = Qwen3Config(**tiny_shape(len(tok), layers, hidden), max_position_embeddings=8192, rope_theta=1e6,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def training_arguments(recipe: Recipe):
             extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=1 if recipe.data.packing else t.per_device_train_batch_size,
+        per_device_train_batch_size=1 if recipe.data.batching == "packed" else t.per_device_train_batch_size,
         per_device_eval_batch_size=e.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,

@@ -95,12 +95,13 @@ def _prepare_data(recipe: Recipe, args):
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import load_tokenizer
     from medscale.model.tiny import ensure_tiny_model
+    from medscale.plan import token_budget
 
     with args.main_process_first(desc="build model folder and datasets"):
         if args.local_process_index == 0:
             ensure_tiny_model(recipe.model)
         tok = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tok, recipe.train.seed, recipe.pack_budget(),
+        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe),
                               medscale_home() / "cache" / "data")
     return tok, data
 

@@ -1,0 +1,309 @@
+"""Side-by-side throughput: medscale's batching/attention/kernel paths vs the seed stack, in one call.
+
+    python bench/speed.py --assets .gpu --suite qwen3-1.7b,qwen3-8b [--steps 12] [--warm 3] [--deadline 560]
+
+For each suite: builds the model folder (random weights in the real shape, real Qwen3 tokenizer), writes
+the exact token lengths medscale trains on (its own data pipeline on the real records) and gives them to
+../shared/gpu/hf_baseline.py (--lengths, --max_len), then runs the recipe's variants, each in its own
+process under the suite's memory cap. Timing covers the steps after `--warm` for both stacks. Prints one
+table (tokens/s, samples/s, MFU, peak allocated/reserved, the memory plan at the largest micro-batch
+seen, loss at step N, ratio to the seed stack) and writes $OUT/speed_<suite>.json (copy to bench/results/).
+Assets (--assets): qwen3_tokenizer/, model_configs.json, hf_baseline.py and the data files named below.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+COMMON = ["eval.eval_strategy=no", "data.eval_sources=[]", "data.eval_size=0", "track.swanlab=null",
+          "train.save_steps=100000", "train.logging_steps=1", "train.resume=never"]
+SUITES = {
+    "qwen3-1.7b": dict(
+        shape="Qwen/Qwen3-1.7B", recipe="qwen3-1.7b-qlora-v1", cap=16,
+        data="delicate_medical_r1/val.jsonl", format="r1-think",
+        baseline=["--shape", "qwen3-1.7b", "--qlora", "--lora_r", "64", "--lora_alpha", "32", "--lora_dropout", "0.1",
+                  "--optim", "paged_adamw_8bit", "--bs", "4", "--accum", "2"],
+        runs=[("padding_free, varlen (default)", [], {}),
+              ("packed, varlen, plan budget", ["data.batching=packed"], {}),
+              ("padded, sdpa (as shipped before)", ["data.batching=padded", "model.attn_implementation=sdpa"], {}),
+              ("padding_free, sdpa dense mask", ["model.attn_implementation=sdpa"], {}),
+              ("padding_free, Liger FLCE only", [], {"liger": "flce"}),
+              # the plan refuses no-recompute on 16 GB (4 x 2048 tokens would not fit): measured without the cap
+              ("padding_free, no recompute, no cap", ["train.gradient_checkpointing=false"], {"cap": 0}),
+              ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {})]),
+    "qwen3-8b": dict(
+        shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
+        data="medical_sft_1K_format.jsonl", format="sharegpt",
+        extra=["dist.num_processes=1", "train.effective_batch_size=null", "dist.config=null", "data.num_proc=1"],
+        baseline=["--shape", "qwen3-8b", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05",
+                  "--bs", "4", "--accum", "2"],
+        runs=[("padding_free, varlen (default)", [], {}),
+              ("packed, varlen, plan budget", ["data.batching=packed"], {}),
+              ("packed, no cap, no recompute", ["data.batching=packed", "train.gradient_checkpointing=false"],
+               {"cap": 0})], est=75),
+    "r1-7b": dict(
+        shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
+        data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=None,
+        runs=[("packed 8192-token rows, 4-bit", ["data.batching=packed", "data.pack_tokens=8192",
+                                                 "train.per_device_train_batch_size=1",
+                                                 "train.gradient_accumulation_steps=8"], {})], est=150),
+}
+# Most telling first, across suites, so a deadline cuts the least useful runs: (suite, run index or "baseline").
+ORDER = [("qwen3-1.7b", "baseline"), ("qwen3-1.7b", 0), ("qwen3-8b", "baseline"), ("qwen3-8b", 0),
+         ("qwen3-1.7b", 1), ("qwen3-8b", 1), ("qwen3-1.7b", 2), ("qwen3-8b", 2), ("qwen3-1.7b", 3),
+         ("qwen3-1.7b", 4), ("qwen3-1.7b", 5), ("qwen3-1.7b", 6), ("r1-7b", 0)]
+
+
+def data_overrides(suite: dict, assets: Path) -> list[str]:
+    src = f"[{{path: {assets / suite['data']}, format: {suite['format']}}}]"
+    return [f"data.sources={src}", *suite.get("extra", []), *COMMON]
+
+
+def write_lengths(suite: dict, assets: Path, out: Path) -> tuple[Path, int]:
+    """The token lengths of the records medscale trains on (its own pipeline), shuffled: the baseline takes
+    the first bs x accum x (steps + 1) of them."""
+    from medscale.data.pipeline import build_datasets
+    from medscale.model.load import load_tokenizer
+    from medscale.recipe import load_recipe
+
+    r = load_recipe(suite["recipe"], data_overrides(suite, assets) + ["data.batching=padded"])
+    r.model.path = str(assets / "qwen3_tokenizer")
+    lengths = [len(x) for x in build_datasets(r.data, load_tokenizer(r.model), r.train.seed).train["input_ids"]]
+    random.Random(0).shuffle(lengths)
+    out.write_text("\n".join(map(str, lengths)) + "\n")
+    return out, r.data.max_length
+
+
+# --------------------------------------------------------------------------- one medscale run (child process)
+
+def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
+    import torch
+    from transformers import TrainerCallback
+
+    import medscale.train.run as train_run
+    from gpu_check import build_random
+    from medscale.data import pipeline
+    from medscale.plan import plan
+    from medscale.recipe import load_recipe
+
+    path = build_random(a.shape, a.assets / "model_configs.json", a.assets / "qwen3_tokenizer",
+                        Path("/tmp/medscale-models") / a.shape.replace("/", "--"))
+    if a.cap_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(a.cap_gb * 2**30 / total)
+    seen = {"max_tokens": 0}
+    collate = pipeline.SFTCollator.__call__
+
+    def counting(self, features):  # the largest micro-batch, padding included, for the plan comparison
+        batch = collate(self, features)
+        seen["max_tokens"] = max(seen["max_tokens"], batch["input_ids"].numel())
+        return batch
+
+    pipeline.SFTCollator.__call__ = counting
+    if a.liger == "flce":  # Liger's fused linear cross-entropy only: no RMSNorm/SwiGLU/RoPE kernels
+        make_args = train_run.training_arguments
+
+        def flce_only(recipe):
+            args = make_args(recipe)
+            args.liger_kernel_config = {"rope": False, "rms_norm": False, "swiglu": False,
+                                        "fused_linear_cross_entropy": True}
+            return args
+
+        train_run.training_arguments = flce_only
+
+    class Steady(TrainerCallback):
+        """Tokens and seconds over the steps after the warm-up ones (as hf_baseline.py times them)."""
+
+        t0 = tok0 = t1 = tok1 = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == a.warm and self.t0 is None:
+                torch.cuda.synchronize()
+                self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_train_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.t1, self.tok1 = time.perf_counter(), state.num_input_tokens_seen
+
+    steady = Steady()
+    recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
+    torch.cuda.reset_peak_memory_stats()
+    s = train_run.run(recipe, callbacks=[steady])
+    el, timed = steady.t1 - steady.t0, s["global_step"] - a.warm
+    stats = s["data"]["train"]
+    tps = (steady.tok1 - steady.tok0) / el
+    per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
+    sps = tps / stats["mean_tokens"] if recipe.data.batching == "packed" else timed * per_step / el
+    history = json.loads(Path(s["paths"]["trainer_state"]).read_text())["log_history"]
+    losses = {h["step"]: h["loss"] for h in history if "loss" in h}
+    p = plan(recipe, a.cap_gb or torch.cuda.get_device_properties(0).total_memory / 2**30, 1,
+             tokens=seen["max_tokens"])
+    print("RESULT " + json.dumps({
+        "tokens_per_s": round(tps), "samples_per_s": round(sps, 2), "timed_steps": timed,
+        "peak_alloc_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "plan_alloc_gb": round(p.allocated_gib, 2), "plan_reserved_gb": round(p.reserved_gib, 2),
+        "max_micro_batch_tokens": seen["max_tokens"], "pack_tokens": stats.get("pack_tokens"),
+        "loss_first": losses.get(1), "loss_at_n": losses.get(s["global_step"]), "steps": s["global_step"],
+        "first_step_s": s.get("first_step_s"), "gradient_checkpointing": recipe.train.gradient_checkpointing,
+        "total_params": s["total_params"], "trainable_params": s["trainable_params"]}), flush=True)
+
+
+# --------------------------------------------------------------------------- driver
+
+def _result(text: str) -> dict | None:
+    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else None
+
+
+def _run(cmd: list[str], log: Path, timeout: float) -> dict | None:
+    t = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1))
+        text = p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:
+        text = f"TIMEOUT after {timeout:.0f}s\n{e.stdout or ''}{e.stderr or ''}"
+    with log.open("a") as f:
+        f.write(f"\n===== {' '.join(cmd)}  ({time.time() - t:.0f}s)\n{text[-20000:]}\n")
+    return _result(text)
+
+
+def _mfu(res: dict, recompute: bool) -> float | None:
+    from medscale.train.callbacks import device_peak_flops, flops_per_token
+
+    peak = device_peak_flops()
+    if not peak or not res.get("tokens_per_s"):
+        return None
+    return round(res["tokens_per_s"] * flops_per_token(res["total_params"], res["trainable_params"], recompute) / peak, 4)
+
+
+def _baseline_params(suite: dict, assets: Path) -> tuple[int, int]:
+    from medscale.plan import Shape, trainable_params
+    from medscale.recipe import load_recipe
+
+    spec = json.loads((assets / "model_configs.json").read_text())["models"][suite["shape"]]
+    shape = Shape.from_config(spec)
+    return shape.total_params(), sum(trainable_params(load_recipe(suite["recipe"]), shape))
+
+
+def driver(a: argparse.Namespace) -> None:
+    import torch
+
+    out = Path(os.environ.get("OUT", "/tmp/bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    log, start = out / "bench.log", time.time()
+    versions = {}
+    for mod in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "liger_kernel"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing package is reported, not fatal
+            versions[mod] = None
+    device = torch.cuda.get_device_name(0)
+    commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
+    chosen = a.suite.split(",")
+    runs: dict[str, list] = {n: [] for n in chosen}
+    base: dict[str, dict | None] = {}
+    max_len: dict[str, int] = {}
+    lengths: dict[str, Path] = {}
+    for name, which in [o for o in ORDER if o[0] in chosen]:
+        suite = SUITES[name]
+        if name not in lengths:
+            lengths[name], max_len[name] = write_lengths(suite, a.assets, out / f"lengths_{name}.txt")
+        left = a.deadline - (time.time() - start)
+        est = suite.get("est", a.min_left)
+        if which == "baseline":
+            if suite["baseline"] and left >= est:
+                cmd = [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb",
+                       str(suite["cap"]), "--steps", str(a.steps), "--warm", str(a.warm),
+                       "--lengths", str(lengths[name]), "--max_len", str(max_len[name])]
+                res = _run(cmd, log, left - 5)
+                if res:
+                    res["total_params"], res["trainable_params"] = _baseline_params(suite, a.assets)
+                    res.update(name="seed stack (hf_baseline.py)", recipe=None, cap_gb=suite["cap"],
+                               mfu=_mfu(res, True), loss_at_n=res.get("loss_last"), ratio=1.0)
+                    runs[name].append(res)
+                base[name] = res
+            continue
+        title, overrides, opts = suite["runs"][which]
+        if left < est:
+            runs[name].append({"name": title, "skipped": f"{left:.0f}s left of the deadline"})
+            continue
+        cap = opts.get("cap", suite["cap"])
+        cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
+               "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"), "--",
+               suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
+               f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
+        res = _run(cmd, log, left - 5) or {"failed": "see bench.log"}
+        res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
+        b = base.get(name)
+        if "tokens_per_s" in res:
+            res["mfu"] = _mfu(res, res["gradient_checkpointing"])
+            res["ratio"] = round(res["tokens_per_s"] / b["tokens_per_s"], 2) if b else None
+        runs[name].append(res)
+        _write(out, name, runs[name], device, versions, commit, a, max_len[name])
+    for name in chosen:
+        _write(out, name, runs[name], device, versions, commit, a, max_len.get(name))
+    _table(runs, device, commit, a)
+
+
+def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_len) -> None:
+    ref = next((r for r in runs if r.get("name", "").startswith("padded") and r.get("loss_at_n")), None)
+    for r in runs:
+        if ref and r.get("loss_at_n") and r.get("recipe"):
+            r["loss_vs_padded_pct"] = round(100 * (r["loss_at_n"] / ref["loss_at_n"] - 1), 2)
+    doc = {"date": date.today().isoformat(), "device": device, "versions": versions, "commit": commit,
+           "command": " ".join(["python3", "bench/speed.py", *sys.argv[1:]]), "suite": name,
+           "steps": a.steps, "warm": a.warm, "max_length": max_len, "runs": runs}
+    (out / f"speed_{name}.json").write_text(json.dumps(doc, indent=1))
+
+
+def _table(runs: dict, device: str, commit, a) -> None:
+    print(f"\n{device}; {a.steps} steps, timed after {a.warm}; commit {commit}")
+    print(f"{'suite':10s} {'run':36s} {'cap':>4s} {'tok/s':>7s} {'smp/s':>6s} {'MFU':>5s} {'alloc':>6s} {'resv':>6s} "
+          f"{'plan':>6s} {'maxtok':>6s} {'loss@N':>7s} {'dloss%':>6s} {'ratio':>5s}")
+    for name, rs in runs.items():
+        for r in rs:
+            if "tokens_per_s" not in r:
+                print(f"{name:10s} {r['name'][:36]:36s} {r.get('skipped') or r.get('failed')}")
+                continue
+            f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
+            print(f"{name:10s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
+                  f"{f('samples_per_s', '6.2f')} {f('mfu', '5.3f')} {f('peak_alloc_gb', '6.2f')} "
+                  f"{f('peak_reserved_gb', '6.2f')} {f('plan_alloc_gb', '6.2f')} {f('max_micro_batch_tokens', '6d')} "
+                  f"{f('loss_at_n', '7.4f')} {f('loss_vs_padded_pct', '6.2f')} {f('ratio', '5.2f')}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", nargs="?", default="driver", choices=["driver", "child"])
+    ap.add_argument("--assets", type=Path, default=Path(".gpu"))
+    ap.add_argument("--suite", default="qwen3-1.7b")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--deadline", type=float, default=540, help="seconds for the whole driver")
+    ap.add_argument("--min-left", type=float, default=45, help="do not start a run with less time left")
+    ap.add_argument("--shape")
+    ap.add_argument("--cap-gb", type=float, default=0)
+    ap.add_argument("--liger", default="all", choices=["all", "flce"])
+    ap.add_argument("rest", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    a.assets = a.assets.resolve()
+    if a.mode == "child":
+        child(a, a.rest[1:] if a.rest[:1] == ["--"] else a.rest)
+    else:
+        driver(a)
+
+
+if __name__ == "__main__":
+    main()

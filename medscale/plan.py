@@ -1,0 +1,318 @@
+"""Memory plan: what a recipe needs per GPU, component by component, and the token budget it can afford.
+
+`plan(recipe, gpu_mem_gb, gpus)` reads the model's real shapes (config.json in model.path; the tiny
+spec before a tiny model is built) and estimates peak GPU memory as the PyTorch allocator would report
+it: weights in their stored dtype (NF4 with its constants; what peft's k-bit preparation upcasts to
+fp32), LoRA parameters with gradients and optimizer state (ZeRO shards them), activations with or
+without recompute, the logits and loss (Liger's fused linear cross-entropy or full logits), and the
+transient dequantized 4-bit weight. Per-token activation costs count the tensors autograd keeps for one
+decoder layer (frozen base, LoRA on the target linears, dropout masks, the fp32 residual stream of a
+k-bit-prepared model). Written here because no library plans LoRA/QLoRA memory from a recipe.
+
+Rows: padded and padding_free micro-batches hold at most per_device_train_batch_size x max_length
+tokens; packed rows get the largest budget that fits (capped at PACK_CAP tokens, past which the GEMMs are
+saturated and bigger rows only cut the number of optimizer steps).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medscale.recipe import Recipe, RecipeError
+
+GIB = 2**30
+CONTEXT_GIB = 0.6      # CUDA context + cuBLAS/Triton workspaces: outside the allocator, still on the card
+FRAGMENTATION = 1.08   # reserved / allocated with expandable segments, variable-length batches
+PACK_CAP = 16384       # tokens per packed row
+BLOCK = 256            # packed budgets are multiples of this
+EIGHT_BIT_OPTIMIZERS = ("8bit",)
+
+
+@dataclass
+class Shape:
+    """The decoder shapes a plan needs, from a Hugging Face config.json (Qwen2/Qwen3/Llama-like)."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Shape":
+        heads = cfg["num_attention_heads"]
+        return cls(model_type=cfg.get("model_type", "?"), hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
+                   intermediate=cfg["intermediate_size"], heads=heads,
+                   kv_heads=cfg.get("num_key_value_heads") or heads,
+                   head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab=cfg["vocab_size"],
+                   tied=bool(cfg.get("tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each decoder-layer linear, by the module names LoRA targets."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+    def other_params(self) -> int:
+        """Embeddings, lm_head, norms and biases: what 4-bit quantization leaves in floating point."""
+        h, d = self.hidden, self.head_dim
+        per_layer = 2 * h + (2 * d if self.model_type == "qwen3" else 0)
+        if self.model_type == "qwen2":  # q/k/v biases
+            per_layer += (self.heads + 2 * self.kv_heads) * d
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer + h
+
+    def total_params(self) -> int:
+        return self.linear_params() + self.other_params()
+
+
+@dataclass
+class Component:
+    name: str
+    gib: float
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    recipe: str
+    gpu_mem_gb: float
+    gpus: int
+    shape: Shape
+    batching: str
+    recompute: bool
+    tokens: int                      # tokens of the largest micro-batch planned for
+    token_budget: int | None         # batching=packed: the chosen row budget
+    components: list[Component]
+    per_token_kib: dict              # activation cost per token, with and without recompute
+    recompute_needed: bool           # False: the same tokens fit without gradient checkpointing
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def allocated_gib(self) -> float:
+        return sum(c.gib for c in self.components)
+
+    @property
+    def reserved_gib(self) -> float:
+        return self.allocated_gib * FRAGMENTATION
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(allocated_gib=round(self.allocated_gib, 2), reserved_gib=round(self.reserved_gib, 2), fits=self.fits)
+        return d
+
+
+def model_shape(recipe: Recipe) -> Shape:
+    """Shapes from model.path/config.json; the tiny spec's shapes when a tiny model is not built yet."""
+    cfg_file = Path(recipe.model.path) / "config.json"
+    if cfg_file.is_file():
+        return Shape.from_config(json.loads(cfg_file.read_text(encoding="utf-8")))
+    if recipe.model.tiny is not None:
+        from medscale.model.tiny import tiny_shape
+
+        return Shape.from_config(tiny_shape(3000, recipe.model.tiny.layers, recipe.model.tiny.hidden))
+    raise RecipeError(f"model.path: {cfg_file} is missing: the memory plan reads the model's shapes from it "
+                      f"(download {recipe.model.hub_id or 'the model'} into {recipe.model.path}, or set model.path)")
+
+
+def _targets(recipe: Recipe, shape: Shape) -> list[str]:
+    t = recipe.adapter.target_modules
+    return list(shape.linears()) if t == "all-linear" else [m for m in t if m in shape.linears()]
+
+
+def _dtype_bytes(name: str) -> int:
+    return {"bfloat16": 2, "float16": 2, "float32": 4}[name]
+
+
+def layer_activation_bytes(recipe: Recipe, shape: Shape) -> tuple[float, float]:
+    """(kept, transient) bytes per token for one decoder layer in training: what autograd keeps until
+    the layer's backward, and the largest short-lived tensors of its forward/backward."""
+    kbit = recipe.model.load_in_4bit
+    res = 4 if kbit or recipe.model.dtype == "float32" else 2   # k-bit prep: fp32 embeddings -> fp32 residual
+    act = _dtype_bytes(recipe.model.bnb_4bit_compute_dtype if kbit else recipe.model.dtype)
+    liger = recipe.train.use_liger_kernel
+    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    targets, r = set(_targets(recipe, shape)), recipe.adapter.r
+    inputs = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": i}
+    dropout = recipe.adapter.lora_dropout > 0
+    kept = 0.0
+    kept += 2 * (res if liger else 4) * h                 # two RMSNorms keep their (fp32) input
+    for m in targets:                                      # LoRA: A keeps its (dropped-out, cast) input, B keeps A's out
+        kept += inputs[m] * (act + (1 if dropout else 0)) + r * act
+    norm = 4 if shape.model_type == "qwen3" else 0         # Qwen3 q/k RMSNorm over head_dim keeps fp32 inputs
+    kept += norm * (q + kv)
+    kept += act * (2 * q + 2 * kv) + 4 * shape.heads       # attention keeps q, k, v, out and the log-sum-exp
+    kept += act * i * (2 if liger else 3)                  # SwiGLU: gate, up (+ silu(gate) without Liger)
+    kept += act * i if "down_proj" not in targets else 0   # the product feeding down_proj
+    transient = act * 3 * i + 2 * res * h                  # backward: grads of gate/up/product, residual grads
+    return kept, transient
+
+
+def _loss_bytes_per_token(recipe: Recipe, shape: Shape) -> float:
+    """Logits and loss. Liger's fused linear cross-entropy never holds more than a chunk of logits (about
+    the size of the fp32 hidden states); plain HF materialises bf16 logits, their fp32 copy and the grads."""
+    if recipe.train.use_liger_kernel:
+        return 4 * shape.hidden * 3
+    return shape.vocab * (2 + 4 + 4 + 2)
+
+
+def _optimizer_bytes(optim: str) -> int:
+    return 2 if any(k in optim.lower() for k in EIGHT_BIT_OPTIMIZERS) else 8
+
+
+def trainable_params(recipe: Recipe, shape: Shape) -> tuple[int, int]:
+    """(LoRA parameters, modules_to_save parameters)."""
+    lora = shape.layers * sum(recipe.adapter.r * (a + b) for n, (a, b) in shape.linears().items()
+                              if n in _targets(recipe, shape))
+    saved = sum(shape.vocab * shape.hidden for m in recipe.adapter.modules_to_save or []
+                if m in ("embed_tokens", "lm_head"))
+    return lora, saved
+
+
+def fixed_components(recipe: Recipe, shape: Shape, gpus: int) -> list[Component]:
+    """Everything that does not grow with the tokens of a micro-batch."""
+    m, dist = recipe.model, recipe.dist
+    stage = dist.zero_stage() if dist.deepspeed else 0
+    offload = dist.offloads() if dist.deepspeed else []
+    shard = lambda n, on: n / gpus if on else n  # noqa: E731
+    out: list[Component] = []
+    linear, other = shape.linear_params(), shape.other_params()
+    if m.load_in_4bit:
+        per = 0.5 + (1 / 64 if m.bnb_4bit_use_double_quant else 4 / 64)
+        quant = shard(linear * per, stage == 3 and "param" not in offload)
+        out.append(Component("weights: decoder linears (4-bit)", quant / GIB,
+                             f"{linear / 1e9:.2f}B params x {per:.3f} B (NF4 + {'double-quantized ' if m.bnb_4bit_use_double_quant else ''}constants)"))
+        out.append(Component("weights: embeddings, lm_head, norms (fp32)", shard(other * 4, stage == 3) / GIB,
+                             f"{other / 1e9:.2f}B params upcast to fp32 by peft's k-bit preparation"))
+        dq = max(a * b for a, b in shape.linears().values()) * 2
+        out.append(Component("dequantized 4-bit weight (transient)", 2 * dq / GIB, "largest linear in bf16, x2"))
+    else:
+        b = _dtype_bytes(m.dtype)
+        out.append(Component(f"weights ({m.dtype})", shard((linear + other) * b, stage == 3 and "param" not in offload) / GIB,
+                             f"{(linear + other) / 1e9:.2f}B params x {b} B"))
+    lora, saved = trainable_params(recipe, shape)
+    trainable = lora + saved
+    zero3 = stage == 3
+    p_bytes = 2 if zero3 else 4                         # LoRA in fp32 (peft's upcast) unless ZeRO-3 keeps bf16
+    out.append(Component("trainable parameters", shard(trainable * p_bytes, zero3) / GIB,
+                         f"LoRA r{recipe.adapter.r}: {lora / 1e6:.1f}M" + (f", modules_to_save {saved / 1e6:.0f}M" if saved else "")))
+    out.append(Component("gradients", shard(trainable * p_bytes, stage >= 2) / GIB,
+                         f"{'sharded over ' + str(gpus) + ' GPUs (ZeRO-' + str(stage) + ')' if stage >= 2 and gpus > 1 else 'one copy'}"))
+    opt = (0 if "optimizer" in offload else
+           shard(trainable * (_optimizer_bytes(recipe.train.optim) + (4 if stage else 0)), stage >= 1))
+    out.append(Component("optimizer state", opt / GIB,
+                         "offloaded to CPU" if "optimizer" in offload else
+                         f"{recipe.train.optim}" + (" + fp32 master (ZeRO)" if stage else "")))
+    return out
+
+
+def _micro_batch_tokens(recipe: Recipe) -> int:
+    return recipe.train.per_device_train_batch_size * recipe.data.max_length
+
+
+def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = None) -> Plan:
+    """The memory plan of `recipe` on GPUs of `gpu_mem_gb` GiB each (`gpus` of them, for ZeRO sharding), for
+    its largest micro-batch (or for micro-batches of `tokens` tokens, e.g. to compare with a measured run)."""
+    if gpu_mem_gb <= 0 or gpus < 1:
+        raise RecipeError(f"plan: --gpu-mem must be > 0 and --gpus >= 1 (got {gpu_mem_gb}, {gpus})")
+    shape = model_shape(recipe)
+    fixed = fixed_components(recipe, shape, gpus)
+    kept, transient = layer_activation_bytes(recipe, shape)
+    res = 4 if recipe.model.load_in_4bit or recipe.model.dtype == "float32" else 2
+    loss = _loss_bytes_per_token(recipe, shape)
+    embed = res * shape.hidden * 2                        # embedding output + final norm input
+    with_rc = shape.layers * res * shape.hidden + kept + transient + loss + embed
+    without_rc = shape.layers * kept + transient + loss + embed
+    recompute = recipe.train.gradient_checkpointing
+    per_token = with_rc if recompute else without_rc
+    usable = (gpu_mem_gb - CONTEXT_GIB) / FRAGMENTATION * GIB - sum(c.gib for c in fixed) * GIB
+    afford = int(usable // per_token) if usable > 0 else 0
+    budget = None
+    if recipe.data.batching == "packed":
+        budget = recipe.data.pack_tokens or max(recipe.data.max_length, min(PACK_CAP, afford // BLOCK * BLOCK))
+    tokens = tokens or budget or _micro_batch_tokens(recipe)
+    act = Component("activations" + (" (recompute)" if recompute else ""), tokens * (per_token - loss) / GIB,
+                    f"{tokens} tokens x {(per_token - loss) / 1024:.0f} KiB")
+    logits = Component("logits + loss", tokens * loss / GIB,
+                       f"{'Liger fused linear cross-entropy' if recipe.train.use_liger_kernel else 'full logits'}: "
+                       f"{loss / 1024:.0f} KiB/token")
+    p = Plan(recipe=recipe.name, gpu_mem_gb=gpu_mem_gb, gpus=gpus, shape=shape, batching=recipe.data.batching,
+             recompute=recompute, tokens=tokens, token_budget=budget, components=[*fixed, act, logits],
+             per_token_kib={"recompute": round(with_rc / 1024, 1), "no_recompute": round(without_rc / 1024, 1)},
+             recompute_needed=tokens * without_rc > usable)
+    if tokens > afford:
+        p.problems.append(_advice(recipe, p, afford, with_rc, usable))
+    return p
+
+
+def _advice(recipe: Recipe, p: Plan, afford: int, with_rc: float, usable: float) -> str:
+    """Why a recipe does not fit, and what to change, most effective first."""
+    need = p.reserved_gib + CONTEXT_GIB
+    fixes = []
+    if usable <= 0:
+        fixes.append("model.load_in_4bit=true" if not recipe.model.load_in_4bit else "a smaller model or more GPUs "
+                     "with dist.deepspeed=zero3")
+    else:
+        if not recipe.train.gradient_checkpointing and p.tokens * with_rc <= usable:
+            fixes.append("train.gradient_checkpointing=true")
+        if not recipe.train.use_liger_kernel:
+            fixes.append("train.use_liger_kernel=true (no full logits)")
+        if recipe.data.batching == "packed":
+            fixes.append(f"data.pack_tokens={max(afford // BLOCK * BLOCK, BLOCK)}")
+        else:
+            per = max(1, afford // recipe.data.max_length)
+            t = recipe.train
+            if per < t.per_device_train_batch_size:
+                fixes.append(f"train.per_device_train_batch_size={per} with train.gradient_accumulation_steps="
+                             f"{-(-t.per_device_train_batch_size * t.gradient_accumulation_steps // per)} (same samples per step)")
+            if afford < recipe.data.max_length:
+                fixes.append(f"data.max_length={max(afford // 64 * 64, 64)}")
+    return (f"{recipe.name} needs about {need:.1f} GiB per GPU for {p.tokens}-token micro-batches but the GPU has "
+            f"{p.gpu_mem_gb:g} GiB (it affords {max(afford, 0)} tokens): set " + " or ".join(fixes or ["a larger GPU"]))
+
+
+def device_memory_gb() -> float | None:
+    """This process's usable GPU memory in GiB (the card, times any per-process fraction), or None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(dev).total_memory
+    frac = torch.cuda.get_per_process_memory_fraction(dev) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
+    return total * frac / GIB
+
+
+def token_budget(recipe: Recipe) -> int | None:
+    """Tokens per packed row for this run: data.pack_tokens, else the plan's budget on this GPU, else (CPU)
+    max_length x per-device batch; None when the recipe does not pack."""
+    if recipe.data.batching != "packed" or recipe.data.pack_tokens:
+        return recipe.pack_budget()
+    mem = device_memory_gb()
+    if mem is None:
+        return recipe.pack_budget()
+    return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).token_budget
+
+
+def fit_problems(recipe: Recipe, gpu_mem_gb: float | None = None) -> list[str]:
+    """Pre-flight: why the recipe cannot fit this GPU (or one of `gpu_mem_gb` GiB), naming what to change; []
+    when it fits, on a machine without a GPU, or before the model's shapes are known (model.path is checked
+    on its own)."""
+    mem = gpu_mem_gb if gpu_mem_gb is not None else device_memory_gb()
+    if mem is None:
+        return []
+    try:
+        return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).problems
+    except RecipeError:
+        return []
