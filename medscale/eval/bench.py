@@ -315,12 +315,14 @@ def _index_base(rows: list[tuple[int, dict]], layout: _Layout, path: Path) -> in
 
 def _val_rows_first(rows: list[tuple[int, dict]]) -> int:
     """Rows before this index are a dev split: files that hold val rows then test rows (as the C-Eval export
-    does) restart an integer `id` at 0 where the test rows begin. 0 when there is no such restart."""
-    ids = [r.get("id") for _, r in rows]
-    if not all(isinstance(i, int) or (isinstance(i, str) and i.isdigit()) for i in ids):
+    does) number each part 0, 1, 2, ... with an integer `id`, so the ids read 0..k-1 then 0..m-1 (k, m >= 2). 0 otherwise."""
+    try:
+        ids = [int(r.get("id")) for _, r in rows]
+    except (TypeError, ValueError):
         return 0
-    restarts = [i for i, v in enumerate(ids) if i > 0 and int(v) == 0]
-    return restarts[0] if len(restarts) == 1 and int(ids[0]) == 0 else 0
+    k = next((i for i in range(1, len(ids)) if ids[i] == 0), 0)
+    m = len(ids) - k
+    return k if k >= 2 and m >= 2 and ids == list(range(k)) + list(range(m)) else 0
 
 
 def _load_file(path: Path, src: BenchmarkSource, skip_bad: bool,
