@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -450,6 +451,8 @@ def eval_cmd(model: str = MODEL,
         gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
         report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
                           gen, skip_bad, system_prompt)
+    if int(os.environ.get("RANK", "0")) != 0:  # launched with several processes: every one has the whole report
+        return
     if out is not None:
         from medscale.train.checkpoint import write_text_atomic
 

@@ -76,6 +76,7 @@ class BenchResult(_Model):
     notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     questions_per_s: float = 0.0
+    processes: int = Field(1, description="processes the questions were sharded over")
     created: str = Field(default_factory=_now)
 
     def to_markdown(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medscale.eval.bench import Benchmark, load_benchmark
 from medscale.eval.result import BenchResult, EvalReport
-from medscale.eval.score import score
+from medscale.eval.score import process_group_rank, score
 from medscale.eval.stats import paired_verdict, summarise
 from medscale.recipe import BenchmarkSource, GenerationSection
 
@@ -21,8 +21,10 @@ def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots
                      f"benchmark (never itself)")
     if system_prompt:
         notes.append("asked with the run's system prompt")
-    return summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
-                     mode=mode, shots=shots, model=model_meta, skipped=bench.skipped, notes=notes, seconds=seconds)
+    result = summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
+                       mode=mode, shots=shots, model=model_meta, skipped=bench.skipped, notes=notes, seconds=seconds)
+    result.processes = process_group_rank()[1]
+    return result
 
 
 def load_benchmarks(refs: list[str | BenchmarkSource], data_dir: str | None = None, limit: int | None = None,
@@ -41,6 +43,7 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     from medscale.eval.resolve import resolve_model
 
     benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad)
+    started_group = _join_process_group()
     targets = [resolve_model(model_ref, adapter, checkpoint)] + ([resolve_model(against)] if against else [])
 
     def measure(base, adapter_path, meta) -> list[BenchResult]:
@@ -58,4 +61,24 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     if against:
         report.against = measure(*targets[1])
         report.verdicts = [paired_verdict(a, b) for a, b in zip(report.against, results)]
+    if started_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return report
+
+
+def _join_process_group() -> bool:
+    """Started by torchrun / accelerate with several processes: join their group (NCCL on GPUs, gloo on CPU) so
+    scoring is sharded. True when this call created the group (and so must destroy it)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
