@@ -432,6 +432,9 @@ def eval_cmd(model: str = MODEL,
                                                      "stop in your files)"),
              system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
                                                          "data.system_prompt, if MODEL is a medscale run"),
+             train_data: Optional[list[str]] = typer.Option(None, "--train-data", help="training data for the "
+                                                            "contamination check beside a 'better' verdict (default: "
+                                                            "the sources in MODEL's recipe.resolved.yaml)"),
              recipe: Optional[str] = RECIPE_OPT,
              as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
              out: Optional[Path] = typer.Option(None, "--out", help="also write eval.json and eval.md here"),
@@ -450,7 +453,7 @@ def eval_cmd(model: str = MODEL,
         refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
         gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
         report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
-                          gen, skip_bad, system_prompt)
+                          gen, skip_bad, system_prompt, train_data=train_data)
     if int(os.environ.get("RANK", "0")) != 0:  # launched with several processes: every one has the whole report
         return
     if out is not None:

@@ -140,6 +140,20 @@ def eval_data(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+def own_home(root: Path):
+    """MEDSCALE_HOME (registry, caches) under `root` while a session fixture trains: function-scoped fixtures such
+    as `medscale_home` are not active yet when session fixtures are built."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def home():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MEDSCALE_HOME", str(root / "home"))
+            yield
+
+    return home()
+
+
 def tiny_run_recipe(model: Path, out: Path, source: Path, fmt: str, *extra: str, limit: int | None = None):
     from medscale.recipe import load_recipe
 
@@ -161,8 +175,9 @@ def control_base(tiny_model_dir, eval_data, tmp_path_factory) -> Path:
     from medscale.train.run import run
 
     root = tmp_path_factory.mktemp("control_base")
-    run(tiny_run_recipe(tiny_model_dir, root / "run", eval_data["control"], "r1-think", "data.max_length=192",
-                        "data.truncation=truncate_response", "train.max_steps=24", limit=64))
+    with own_home(root):
+        run(tiny_run_recipe(tiny_model_dir, root / "run", eval_data["control"], "r1-think", "data.max_length=192",
+                            "data.truncation=truncate_response", "train.max_steps=24", limit=64))
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                                        root / "run").merge_and_unload()
     merged.save_pretrained(root / "model")
@@ -177,9 +192,10 @@ def _mcq_job(control_base: Path, eval_data: dict, out: Path, source: Path, steps
     from medscale.train.run import run
 
     cb = BenchmarkCallback([load_benchmark(str(eval_data["mcq"]))], batch_size=40)
-    summary = run(tiny_run_recipe(control_base, out, source, "messages", f"data.eval_sources=[{{path: '{source}'}}]",
-                                  "eval.eval_strategy=steps", f"eval.eval_steps={steps // 3}", f"train.max_steps={steps}",
-                                  "train.per_device_train_batch_size=8"), callbacks=[cb])
+    with own_home(out.parent):
+        summary = run(tiny_run_recipe(control_base, out, source, "messages", f"data.eval_sources=[{{path: '{source}'}}]",
+                                      "eval.eval_strategy=steps", f"eval.eval_steps={steps // 4}",
+                                      f"train.max_steps={steps}"), callbacks=[cb])
     return out, summary, cb
 
 

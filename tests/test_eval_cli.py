@@ -29,13 +29,16 @@ def test_eval_json_is_one_object_and_against_gives_the_paired_verdict(control_ba
     r = cli("eval", mcq_job[0], "--bench", eval_data["mcq"], "--against", control_base, "--json", "--out", out,
             "--batch-size", 16)
     assert r.exit_code == 0, r.output
-    report = json.loads(r.stdout)  # the whole of stdout is one JSON object
+    report = json.loads(r.stdout)
+    r = cli("eval", mcq_job[0], "--bench", eval_data["mcq"], "--against", control_base)  # Markdown  # the whole of stdout is one JSON object
     (tuned,), (base,) = report["results"], report["against"]
     assert tuned["acc"] >= 0.9 and tuned["model"]["adapter"] == str(mcq_job[0])
     assert tuned["model"]["base"] == str(control_base) and len(tuned["outcomes"]) == 40
     assert report["verdicts"][0]["verdict"] == "better" and report["verdicts"][0]["ci_low"] > 0
     assert json.loads((out / "eval.json").read_text())["verdicts"] == report["verdicts"]
     assert "-> BETTER" in (out / "eval.md").read_text()
+    # beside "better": the run's own training data (from its recipe.resolved.yaml) holds every question
+    assert report["verdicts"][0]["contamination"]["overlapping"] == 40 and "contamination: 40/40" in r.stdout
 
 
 def test_eval_option_and_generate_modes_run_end_to_end(mcq_job, eval_data):

@@ -37,9 +37,11 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
              checkpoint: int | None = None, against: str | None = None, mode: str = "letter", shots: int = 0,
              limit: int | None = None, seed: int = 0, data_dir: str | None = None, batch_size: int = 8,
              generation: GenerationSection | None = None, skip_bad: bool | None = None,
-             system_prompt: str | None = None, dtype: str = "auto") -> EvalReport:
+             system_prompt: str | None = None, dtype: str = "auto",
+             train_data: list[str] | None = None) -> EvalReport:
     """Evaluate MODEL on the benchmarks; with `against` (another model), score it on the same questions and give
-    the paired verdict of MODEL against it."""
+    the paired verdict of MODEL against it, with a contamination check beside every "better" (against
+    `train_data`, default: the data sources in the run's recipe.resolved.yaml)."""
     from medscale.eval.resolve import resolve_model
 
     benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad)
@@ -61,11 +63,51 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     if against:
         report.against = measure(*targets[1])
         report.verdicts = [paired_verdict(a, b) for a, b in zip(report.against, results)]
+        check_contamination(report, benches, train_data or _trained_on(targets[0][1]))
     if started_group:
         import torch.distributed as dist
 
         dist.destroy_process_group()
     return report
+
+
+def _trained_on(adapter) -> list[str]:
+    """The training data paths recorded in a run's resolved recipe ([] for a plain model folder)."""
+    from medscale.model.infer import trained_recipe
+
+    return [src["path"] for src in (trained_recipe(adapter).get("data") or {}).get("sources") or []]
+
+
+def training_texts(paths: list[str]):
+    """Every turn's text of the training records, in any layout medscale.data reads."""
+    from medscale.data.formats import load_conversations
+
+    for path in paths:
+        for conv in load_conversations(path, on_bad_record="skip", max_bad_fraction=1.0):
+            for m in conv:
+                yield m["content"]
+                if m.get("reasoning_content"):
+                    yield m["reasoning_content"]
+
+
+def check_contamination(report: EvalReport, benches: list[Benchmark], train_data: list[str]) -> None:
+    """Beside every "better": the share of the benchmark's questions whose text overlaps the training data. Says so
+    in the verdict when the training data cannot be read, rather than leaving the gain unexamined."""
+    import glob
+
+    from medscale.eval.stats import contamination
+
+    for verdict, bench in zip(report.verdicts, benches):
+        if verdict.verdict != "better":
+            continue
+        missing = [p for p in train_data if not glob.glob(p)]
+        if not train_data or missing:
+            report.results[benches.index(bench)].notes.append(
+                "contamination not checked: " + (f"training data {', '.join(missing)} not found" if missing else
+                                                 "no training data known (pass --train-data)"))
+            continue
+        questions = {q.id: q.question for q in bench.questions}
+        verdict.contamination = contamination(questions, training_texts(train_data), bench.language)
 
 
 def _join_process_group() -> bool:
