@@ -501,8 +501,7 @@ def compare_cmd(models: list[str] = typer.Argument(..., help="models to compare,
         gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
         result = compare(specs, qs, gen, greedy, batch_size, seed, system_prompt=system_prompt)
     paths = write_compare(result, out)
-    rows = result.summary_rows()
-    typer.echo("| " + " | ".join(rows[0]) + " |\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows[1:]))
+    typer.echo(result.summary_markdown())
     typer.echo(f"\nanswers side by side: {paths['markdown']}\n                      {paths['html']}")
 
 

@@ -72,11 +72,13 @@ class CompareResult(_Model):
                                                      if has_ref else []))
         return rows
 
-    def to_markdown(self) -> str:
+    def summary_markdown(self) -> str:
         rows = self.summary_rows()
-        out = ["## Model comparison", "", _settings_line(self.settings), "",
-               "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        lines = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+    def to_markdown(self) -> str:
+        out = ["## Model comparison", "", _settings_line(self.settings), "", self.summary_markdown()]
         for i, q in enumerate(self.questions):
             out += ["", f"### {i + 1}. {q.prompt}"]
             if q.reference:
