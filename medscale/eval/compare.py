@@ -5,7 +5,6 @@ Markdown and one self-contained HTML page (no scripts, no external assets).
 """
 from __future__ import annotations
 
-import gc
 import html
 from pathlib import Path
 
@@ -133,10 +132,8 @@ def compare(models: list[tuple[str, str | Path, str | Path | None, dict]], quest
             generation: GenerationSection, greedy: bool = False, batch_size: int = 8, seed: int = 0,
             dtype: str = "auto", system_prompt: str | None = None) -> CompareResult:
     """models: (label, base folder, adapter folder or None, meta) each, loaded one at a time (only one in memory)."""
-    import torch
-
     from medscale.eval.generate import generate
-    from medscale.model.infer import load_for_inference
+    from medscale.model.infer import free_memory, load_for_inference
 
     convs = [([{"role": "system", "content": system_prompt}] if system_prompt else []) + q.messages for q in questions]
     out = []
@@ -144,9 +141,7 @@ def compare(models: list[tuple[str, str | Path, str | Path | None, dict]], quest
         model, tok = load_for_inference(base, adapter, dtype, trust_remote_code=meta.get("trust_remote_code", False))
         gens = generate(model, tok, convs, generation, greedy=greedy, batch_size=batch_size, seed=seed, desc=label)
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
         answers = [CompareAnswer(question_id=q.id, think=g.think, answer=g.answer, tokens=g.tokens,
                                  rouge_l=round(rouge_l(g.answer, q.reference), 4) if q.reference else None)
                    for q, g in zip(questions, gens)]

@@ -49,13 +49,14 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     targets = [resolve_model(model_ref, adapter, checkpoint)] + ([resolve_model(against)] if against else [])
 
     def measure(base, adapter_path, meta) -> list[BenchResult]:
-        from medscale.model.infer import load_for_inference
+        from medscale.model.infer import free_memory, load_for_inference
 
         model, tok = load_for_inference(base, adapter_path, dtype, trust_remote_code=meta["trust_remote_code"])
         prompt = system_prompt if system_prompt is not None else meta.get("system_prompt")
         results = [evaluate_benchmark(model, tok, b, mode, shots, batch_size, prompt, generation, meta, seed)
                    for b in benches]
         del model
+        free_memory()
         return results
 
     results = measure(*targets[0])

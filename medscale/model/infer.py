@@ -118,3 +118,15 @@ def load_for_inference(base: str | Path, adapter: str | Path | None = None, dtyp
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory before the next one loads (compare and --against load models one after
+    another); call after `del model`."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
