@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated MEDSCALE_HOME, a tiny random Qwen3, and the real data under ../shared."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def write_mcq_set(folder: Path, n: int = 40, seed: int = 7) -> dict[str, Path]:
     import random
 
     from medscale.eval.bench import Question
-    from medscale.eval.prompt import answer_text, question_text
+    from medscale.eval.prompt import question_text
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,12 +120,10 @@ def write_mcq_set(folder: Path, n: int = 40, seed: int = 7) -> dict[str, Path]:
         ans = "ABCD"[rng.randrange(4)]
         text = f"病例{i}：患者{rng.randint(18, 80)}岁，{rng.choice(EVAL_TERMS)}病史，{rng.choice(EVAL_SUBJECTS)}就诊，最可能的诊断是"
         rows.append({"id": i, "question": text, **dict(zip("ABCD", opts)), "answer": ans})
-        q = Question(str(i), "x", text, dict(zip("ABCD", opts)), (ans,), "")
+        asked = question_text(Question(str(i), "x", text, dict(zip("ABCD", opts)), (ans,), ""), "zh", "letter")
         wrong = rng.choice([c for c in "ABCD" if c != ans])
-        for out, letter in ((right, ans), (noise, wrong)):
-            out.append({"messages": [{"role": "user", "content": question_text(q, "zh", "letter")},
-                                     {"role": "assistant", "content": answer_text(
-                                         Question(q.id, q.subject, q.question, q.options, (letter,), ""), "letter")}]})
+        for out, letter in ((right, ans), (noise, wrong)):  # the answer turn is the letter, as eval expects it
+            out.append({"messages": [{"role": "user", "content": asked}, {"role": "assistant", "content": letter}]})
     paths = {"mcq": folder / "mcq40.jsonl", "sft": folder / "mcq40_sft.jsonl", "noise": folder / "mcq40_noise.jsonl"}
     for key, recs in (("mcq", rows), ("sft", right), ("noise", noise)):
         paths[key].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
@@ -140,18 +139,13 @@ def eval_data(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@contextlib.contextmanager
 def own_home(root: Path):
     """MEDSCALE_HOME (registry, caches) under `root` while a session fixture trains: function-scoped fixtures such
     as `medscale_home` are not active yet when session fixtures are built."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def home():
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MEDSCALE_HOME", str(root / "home"))
-            yield
-
-    return home()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSCALE_HOME", str(root / "home"))
+        yield
 
 
 def tiny_run_recipe(model: Path, out: Path, source: Path, fmt: str, *extra: str, limit: int | None = None):
