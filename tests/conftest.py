@@ -195,9 +195,9 @@ def _mcq_job(control_base: Path, eval_data: dict, out: Path, source: Path, steps
 
 @pytest.fixture(scope="session")
 def mcq_job(control_base, eval_data, tmp_path_factory):
-    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("mcq_job") / "out", eval_data["sft"], 120)
+    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("mcq_job") / "out", eval_data["sft"], 96)
 
 
 @pytest.fixture(scope="session")
 def noise_job(control_base, eval_data, tmp_path_factory):
-    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("noise_job") / "out", eval_data["noise"], 60)
+    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("noise_job") / "out", eval_data["noise"], 96)

@@ -89,7 +89,7 @@ def test_model_references_resolve_to_base_and_adapter(control_base, mcq_job, tmp
     base, adapter, meta = resolve_model(str(mcq_job[0]))
     assert (base, adapter) == (control_base, mcq_job[0]) and meta["system_prompt"] is None
     assert resolve_model(str(control_base), str(mcq_job[0]))[:2] == (control_base, mcq_job[0])
-    with pytest.raises(ModelFolderError, match="no checkpoint-7 .available: 120"):
+    with pytest.raises(ModelFolderError, match="no checkpoint-7 .available: 96"):
         resolve_model(str(mcq_job[0]), checkpoint=7)
     with pytest.raises(ModelFolderError, match="already a LoRA adapter folder"):
         resolve_model(str(mcq_job[0]), str(mcq_job[0]))

@@ -32,7 +32,7 @@ class ChatSession:
 
 def format_reply(reply: Generation) -> str:
     think = f"[think]\n{reply.think}\n[/think]\n\n" if reply.think else ""
-    return f"{think}{reply.answer}"
+    return f"{think}{reply.answer or '(no answer: the model ended its turn without one)'}"
 
 
 def interactive(session: ChatSession, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> int:
