@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated MEDSCALE_HOME, a tiny random Qwen3, and the real data under ../shared."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -120,3 +121,110 @@ def registry_url(request, tmp_path):
     finally:
         engine.dispose()
     yield url
+
+
+# ---- evaluation: a tiny base trained on a control set, then fine-tuned to memorise 40 questions (and on noise) ----
+
+EVAL_SUBJECTS = ["心内科", "呼吸科", "消化科", "神经科"]
+EVAL_TERMS = ["高血压", "肺炎", "胃溃疡", "脑卒中", "糖尿病", "哮喘", "肝硬化", "偏头痛", "冠心病", "支气管炎",
+              "胰腺炎", "癫痫", "心衰", "肺结核", "胆囊炎", "帕金森病"]
+
+
+def write_mcq_set(folder: Path, n: int = 40, seed: int = 7) -> dict[str, Path]:
+    """n distinct four-option questions (C-Eval layout) and SFT records that teach their answers: the correct
+    letters, and noise (always a wrong letter)."""
+    import json
+    import random
+
+    from medscale.eval.bench import Question
+    from medscale.eval.prompt import question_text
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, right, noise = [], [], []
+    for i in range(n):
+        opts = rng.sample(EVAL_TERMS, 4)
+        ans = "ABCD"[rng.randrange(4)]
+        text = f"病例{i}：患者{rng.randint(18, 80)}岁，{rng.choice(EVAL_TERMS)}病史，{rng.choice(EVAL_SUBJECTS)}就诊，最可能的诊断是"
+        rows.append({"id": i, "question": text, **dict(zip("ABCD", opts)), "answer": ans})
+        asked = question_text(Question(str(i), "x", text, dict(zip("ABCD", opts)), (ans,), ""), "zh", "letter")
+        wrong = rng.choice([c for c in "ABCD" if c != ans])
+        for out, letter in ((right, ans), (noise, wrong)):  # the answer turn is the letter, as eval expects it
+            out.append({"messages": [{"role": "user", "content": asked}, {"role": "assistant", "content": letter}]})
+    paths = {"mcq": folder / "mcq40.jsonl", "sft": folder / "mcq40_sft.jsonl", "noise": folder / "mcq40_noise.jsonl"}
+    for key, recs in (("mcq", rows), ("sft", right), ("noise", noise)):
+        paths[key].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory) -> dict[str, Path]:
+    from medscale.recipe import demo_data_dir
+
+    paths = write_mcq_set(tmp_path_factory.mktemp("evaldata"))
+    paths["control"] = demo_data_dir() / "medical_r1_demo.jsonl"
+    return paths
+
+
+@contextlib.contextmanager
+def own_home(root: Path):
+    """MEDSCALE_HOME (registry, caches) under `root` while a session fixture trains: function-scoped fixtures such
+    as `medscale_home` are not active yet when session fixtures are built."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSCALE_HOME", str(root / "home"))
+        yield
+
+
+def tiny_run_recipe(model: Path, out: Path, source: Path, fmt: str, *extra: str, limit: int | None = None):
+    from medscale.recipe import load_recipe
+
+    lim = f", limit: {limit}" if limit else ""
+    return load_recipe("tiny-demo", [f"model.path={model}", f"train.output_dir={out}", "track.swanlab=null",
+                                     f"data.sources=[{{path: '{source}', format: {fmt}{lim}}}]", "data.system_prompt=null",
+                                     "data.eval_size=0", "eval.eval_strategy=no", "train.save_steps=1000",
+                                     "train.logging_steps=5", "train.warmup_ratio=0", *extra])
+
+
+@pytest.fixture(scope="session")
+def control_base(tiny_model_dir, eval_data, tmp_path_factory) -> Path:
+    """The tiny random model trained (LoRA + embeddings/head, then merged) on the control set, so that a later
+    fine-tune has something to forget."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medscale.train.run import run
+
+    root = tmp_path_factory.mktemp("control_base")
+    with own_home(root):
+        run(tiny_run_recipe(tiny_model_dir, root / "run", eval_data["control"], "r1-think", "data.max_length=192",
+                            "data.truncation=truncate_response", "train.max_steps=24", limit=64))
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                                       root / "run").merge_and_unload()
+    merged.save_pretrained(root / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / "model")
+    return root / "model"
+
+
+def _mcq_job(control_base: Path, eval_data: dict, out: Path, source: Path, steps: int):
+    """Fine-tune the control base on 40 questions' SFT records, scoring the questions at every evaluation."""
+    from medscale.eval.bench import load_benchmark
+    from medscale.eval.callback import BenchmarkCallback
+    from medscale.train.run import run
+
+    cb = BenchmarkCallback([load_benchmark(str(eval_data["mcq"]))], batch_size=40)
+    with own_home(out.parent):
+        summary = run(tiny_run_recipe(control_base, out, source, "messages", f"data.eval_sources=[{{path: '{source}'}}]",
+                                      "eval.eval_strategy=steps", f"eval.eval_steps={steps // 4}",
+                                      f"train.max_steps={steps}"), callbacks=[cb])
+    return out, summary, cb
+
+
+@pytest.fixture(scope="session")
+def mcq_job(control_base, eval_data, tmp_path_factory):
+    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("mcq_job") / "out", eval_data["sft"], 96)
+
+
+@pytest.fixture(scope="session")
+def noise_job(control_base, eval_data, tmp_path_factory):
+    return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("noise_job") / "out", eval_data["noise"], 96)

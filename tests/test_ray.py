@@ -306,7 +306,7 @@ def _job_env(tmp_path: Path) -> tuple[str, list[str]]:
 
 
 def _submitted_id(stdout: str) -> str:
-    return re.search(r"job (\S+)\n", stdout).group(1)
+    return re.search(r": job (\S+) \(follow it", stdout).group(1)
 
 
 def _registry_job(url: str, name: str) -> dict:

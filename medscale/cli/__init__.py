@@ -11,6 +11,7 @@ import typer
 
 from medscale.cli.app import App
 from medscale.cli.data import data_app
+from medscale.cli.eval import app as eval_commands
 from medscale.cli.jobs import jobs_app
 from medscale.cli.submit import submit_app
 from medscale.cli.train import app as train_commands
@@ -26,7 +27,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks ins
         os.environ["MEDSCALE_DEBUG"] = "1"
 
 
-for _group in (train_commands,):
+for _group in (train_commands, eval_commands):
     for _cmd in _group.registered_commands:
         app.registered_commands.append(_cmd)
 app.add_typer(recipe_app, name="recipe")

@@ -105,3 +105,15 @@ def encode(tok, msgs: list[dict], max_length: int, train_on: str = "all_assistan
     if all(lab == IGNORE for lab in labels):
         return None
     return Encoded(ids, labels, truncated)
+
+
+def render_prompt(tok, msgs: list[dict], enable_thinking: bool | None = None) -> str:
+    """The text a model continues to write the next assistant turn after `msgs`: exactly the prefix training treats
+    as that turn's prompt (see `_turn_start` and the R1 branch of `render_with_spans`), so evaluation and training
+    cannot drift. enable_thinking=False gives the prompt of an answer without reasoning (Qwen3's empty think block,
+    or an R1-style opened <think> closed empty); None leaves the template's default."""
+    kw = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    prompt = _render(tok, msgs, add_generation_prompt=True, **kw)
+    if enable_thinking is False and prompt.rstrip("\n").endswith("<think>"):
+        prompt += "\n</think>\n\n"
+    return prompt

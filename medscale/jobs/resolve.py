@@ -45,14 +45,35 @@ class ModelRef:
     def recipe(self) -> dict:
         return yaml.safe_load(self.recipe_yaml) if self.recipe_yaml else {}
 
+    @property
+    def load_in_4bit(self) -> bool:
+        return bool((self.recipe.get("model") or {}).get("load_in_4bit"))
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool((self.recipe.get("model") or {}).get("trust_remote_code"))
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The prompt the job was trained with: a tuned model is asked the way it was taught."""
+        return (self.recipe.get("data") or {}).get("system_prompt")
+
+    @property
+    def training_data(self) -> list[str]:
+        """The job's training data paths (the contamination check reads them)."""
+        return [src["path"] for src in (self.recipe.get("data") or {}).get("sources") or []]
+
     def base_only(self) -> "ModelRef":
         """The base this model was tuned from, as its own reference (`--against base`)."""
         return ModelRef(self.base, None, f"{self.job_name or self.label} (base)", recipe_yaml=self.recipe_yaml)
 
     def to_dict(self) -> dict:
+        """What a result records of the model it measured."""
         return {"label": self.label, "base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
                 "job_id": self.job_id, "job": self.job_name,
-                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "load_in_4bit": self.load_in_4bit, "trust_remote_code": self.trust_remote_code,
+                "system_prompt": self.system_prompt}
 
 
 def _is_model_folder(p: Path) -> bool:

@@ -1,0 +1,169 @@
+"""`medscale eval | compare | chat`: thin wrappers over medscale.eval. MODEL is anything
+medscale.jobs.resolve understands: a job name or id, an output dir, a checkpoint, an adapter or a model folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medscale.cli.app import App
+
+app = App()
+
+MODEL = typer.Argument(..., help="a job name or id, an output dir, a checkpoint-N folder, a LoRA adapter or a model "
+                                  "folder")
+ADAPTER = typer.Option(None, "--adapter", help="a LoRA adapter folder to apply on MODEL")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="use checkpoint-N of the run in MODEL")
+RECIPE_OPT = typer.Option(None, "--recipe", help="take generation.* and eval.* defaults from this recipe")
+
+
+def _generation(recipe: Optional[str], temperature, top_p, top_k, max_new_tokens, think: Optional[bool],
+                think_budget):
+    """The recipe's generation section (or the defaults) with the command-line values on top, re-validated."""
+    from medscale.recipe import GenerationSection, RecipeError, load_recipe
+
+    base = load_recipe(recipe).generation if recipe else GenerationSection()
+    given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens,
+             "enable_thinking": think, "think_budget": think_budget}
+    try:
+        return GenerationSection.model_validate({**base.model_dump(), **{k: v for k, v in given.items()
+                                                                         if v is not None}})
+    except ValueError as e:
+        raise RecipeError(f"generation options: {e}") from None
+
+
+def _gen_options():
+    return dict(
+        temperature=typer.Option(None, "--temperature", help="default: the recipe's generation.temperature (0.7)"),
+        top_p=typer.Option(None, "--top-p"), top_k=typer.Option(None, "--top-k"),
+        max_new_tokens=typer.Option(None, "--max-new-tokens"),
+        think=typer.Option(None, "--think/--no-think", help="Qwen3 thinking on/off (default: the template's)"),
+        think_budget=typer.Option(None, "--think-budget", help="force </think> after this many tokens"))
+
+
+_G = _gen_options()
+
+
+@app.command("eval")
+def eval_cmd(model: str = MODEL,
+             bench: Optional[list[str]] = typer.Option(None, "--bench", help="benchmark name (cmmlu-med, ceval-med, "
+                                                       "medqa-zh, cmexam, medqa-en, mmlu-med) or a file/folder; "
+                                                       "repeatable (default: the four Chinese medical ones)"),
+             adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
+             against: Optional[str] = typer.Option(None, "--against", help="`base` (the model MODEL was tuned from) "
+                                                   "or another model: score it on the same questions and give the "
+                                                   "paired verdict"),
+             shots: int = typer.Option(0, "--shots", min=0, max=10, help="worked examples from the dev split"),
+             mode: str = typer.Option("letter", "--mode", help="letter | option | generate"),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="a fixed random subset of N questions "
+                                                 "per benchmark"),
+             seed: int = typer.Option(0, "--seed", help="seed of the --limit subset"),
+             batch_size: int = typer.Option(8, "--batch-size", min=1),
+             data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where built-in benchmarks live "
+                                                    "(default: $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval)"),
+             question_field: Optional[str] = typer.Option(None, "--question-field", help="field with the question"),
+             options_field: Optional[str] = typer.Option(None, "--options-field", help="field with the options (dict "
+                                                         "or list), or the option fields comma-separated"),
+             answer_field: Optional[str] = typer.Option(None, "--answer-field", help="field with the answer"),
+             skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--strict", help="count malformed questions as "
+                                                     "skipped / stop at the first (default: skip in built-in sets, "
+                                                     "stop in your files)"),
+             system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
+                                                         "data.system_prompt, if MODEL is a medscale run"),
+             train_data: Optional[list[str]] = typer.Option(None, "--train-data", help="training data for the "
+                                                            "contamination check beside a 'better' verdict (default: "
+                                                            "the sources in MODEL's recipe.resolved.yaml)"),
+             recipe: Optional[str] = RECIPE_OPT,
+             as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+             out: Optional[Path] = typer.Option(None, "--out", help="also write eval.json and eval.md here"),
+             temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
+             top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
+             think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
+    """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict."""
+    from medscale.eval.bench import MEDICAL_ZH, BenchmarkError
+    from medscale.eval.run import run_eval
+    from medscale.recipe import BenchmarkSource
+
+    if mode not in ("letter", "option", "generate"):
+        raise BenchmarkError(f"--mode {mode}: use letter, option or generate")
+    fields = {"question_field": question_field, "options_field": options_field, "answer_field": answer_field}
+    refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
+    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
+    report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
+                      gen, skip_bad, system_prompt, train_data=train_data)
+    if int(os.environ.get("RANK", "0")) != 0:  # launched with several processes: every one has the whole report
+        return
+    if out is not None:
+        from medscale.jobs.record import write_text_atomic
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "eval.json", report.to_json(indent=1))
+        write_text_atomic(out / "eval.md", report.to_markdown())
+    typer.echo(report.to_json() if as_json else report.to_markdown())
+
+
+def _model_spec(spec: str):
+    """[LABEL=]MODEL[+ADAPTER] -> (label, ModelRef)."""
+    from medscale.jobs.resolve import resolve
+
+    label, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    ref, _, adapter = rest.partition("+")
+    found = resolve(ref, adapter=adapter or None)
+    return label or found.label, found
+
+
+@app.command("compare")
+def compare_cmd(models: list[str] = typer.Argument(..., help="models to compare, each [LABEL=]MODEL[+ADAPTER]: a "
+                                                   "model folder, a LoRA run's output dir, or a base + an adapter"),
+                questions: Optional[str] = typer.Option(None, "--questions", help="question file (.jsonl/.json/.csv/"
+                                                        ".txt; default: seed 003's ten questions)"),
+                limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
+                greedy: bool = typer.Option(False, "--greedy", help="greedy decoding: reproducible comparisons"),
+                batch_size: int = typer.Option(8, "--batch-size", min=1),
+                seed: int = typer.Option(0, "--seed"),
+                system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
+                recipe: Optional[str] = RECIPE_OPT,
+                out: Path = typer.Option(Path("compare-out"), "--out", help="writes compare.md, compare.html, "
+                                         "compare.json here"),
+                temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
+                top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
+                think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
+    """Seed 003's table: each model answers the same questions; time, tokens, tokens/s, answers side by side."""
+    from medscale.eval.bench import load_questions
+    from medscale.eval.compare import compare, write_compare
+
+    qs = load_questions(questions)[:limit]
+    specs = [_model_spec(m) for m in models]
+    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
+    result = compare(specs, qs, gen, greedy, batch_size, seed, system_prompt=system_prompt)
+    paths = write_compare(result, out)
+    typer.echo(result.summary_markdown())
+    typer.echo(f"\nanswers side by side: {paths['markdown']}\n                      {paths['html']}")
+
+
+@app.command("chat")
+def chat_cmd(model: str = MODEL, adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
+             prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="answer this one question and exit"),
+             system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
+                                                         "data.system_prompt, if MODEL is a medscale run"),
+             greedy: bool = typer.Option(False, "--greedy"), seed: int = typer.Option(0, "--seed"),
+             recipe: Optional[str] = RECIPE_OPT,
+             temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
+             top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
+             think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
+    """Talk to a model (its adapter applied): one question with --prompt, else interactive."""
+    from medscale.eval.chat import ChatSession, format_reply, interactive
+    from medscale.jobs.resolve import resolve
+    from medscale.model.infer import load_for_inference
+
+    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
+    ref = resolve(model, checkpoint=checkpoint, adapter=adapter)
+    llm, tok = load_for_inference(ref.base, ref.adapter, model_section=ref.recipe.get("model"))
+    session = ChatSession(llm, tok, gen, system_prompt if system_prompt is not None else ref.system_prompt,
+                          greedy, seed)
+    if prompt is not None:
+        typer.echo(format_reply(session.ask(prompt)))
+    else:
+        interactive(session, read=input, write=typer.echo)

@@ -1,0 +1,3 @@
+"""Evaluation that tells the truth: benchmarks (bench), prompts (prompt), scoring (score), intervals and paired
+verdicts (stats), typed results (result), the forgetting guard (control), `compare`, `chat`, and a Trainer callback
+for benchmarks at eval steps (callback). Importing the package is cheap; torch loads with score/generate."""

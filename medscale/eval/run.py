@@ -1,0 +1,160 @@
+"""The eval entry: benchmarks in, typed results out. `run_eval` is what `medscale eval` (and, through the
+launchers, an eval job) calls; `evaluate_benchmark` is the library step the training callback and the lead's
+end-of-run verdict reuse."""
+from __future__ import annotations
+
+from medscale.eval.bench import Benchmark, BenchmarkError, load_benchmark
+from medscale.eval.result import BenchResult, EvalReport
+from medscale.eval.score import process_group_rank, score
+from medscale.eval.stats import paired_verdict, summarise
+from medscale.recipe import BenchmarkSource, GenerationSection
+
+
+def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
+                       system_prompt: str | None = None, generation: GenerationSection | None = None,
+                       model_meta: dict | None = None, seed: int = 0) -> BenchResult:
+    """Score one (already loaded, possibly subset) benchmark and summarise it with intervals."""
+    outcomes, seconds = score(model, tok, bench, mode, shots, batch_size, system_prompt, generation, seed)
+    notes = []
+    if shots and not bench.dev:
+        notes.append(f"{bench.name} has no dev split: each question's {shots} examples are other questions of the "
+                     f"benchmark (never itself)")
+    if system_prompt:
+        notes.append("asked with the run's system prompt")
+    result = summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
+                       mode=mode, shots=shots, model=model_meta, skipped=bench.skipped, notes=notes, seconds=seconds)
+    result.processes = process_group_rank()[1]
+    return result
+
+
+def load_benchmarks(refs: list[str | BenchmarkSource], data_dir: str | None = None, limit: int | None = None,
+                    seed: int = 0, skip_bad: bool | None = None) -> list[Benchmark]:
+    """Every benchmark loaded (and cut to its fixed subset) before any model is: bad input fails in seconds."""
+    return [load_benchmark(r, data_dir, skip_bad).subset(limit, seed) for r in refs]
+
+
+def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: str | None = None,
+             checkpoint: int | None = None, against: str | None = None, mode: str = "letter", shots: int = 0,
+             limit: int | None = None, seed: int = 0, data_dir: str | None = None, batch_size: int = 8,
+             generation: GenerationSection | None = None, skip_bad: bool | None = None,
+             system_prompt: str | None = None, dtype: str = "auto",
+             train_data: list[str] | None = None, record: bool = True) -> EvalReport:
+    """Evaluate MODEL (a job, an output dir, a checkpoint, an adapter or a model folder: medscale.jobs.resolve) on
+    the benchmarks; with `against` (another model, or `base`: the model MODEL was tuned from), score it on the same
+    questions and give the paired verdict of MODEL against it, with a contamination check beside every "better"
+    (against `train_data`, default: the job's own training data). Every result is stored in the registry against the
+    job and checkpoint it measured (`record`; a registry that cannot be reached only warns)."""
+    from medscale.jobs.resolve import resolve
+
+    benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad)
+    started_group = _join_process_group()
+    target = resolve(model_ref, checkpoint=checkpoint, adapter=adapter)
+    other = (target.base_only() if against == "base" else resolve(against)) if against else None
+    if against == "base" and target.adapter is None:
+        raise BenchmarkError(f"--against base: {target.label} is a base model already (no adapter to compare with)")
+
+    def measure(ref) -> list[BenchResult]:
+        from medscale.model.infer import free_memory, load_for_inference
+
+        model, tok = load_for_inference(ref.base, ref.adapter, dtype, model_section=ref.recipe.get("model"))
+        prompt = system_prompt if system_prompt is not None else ref.system_prompt
+        results = [evaluate_benchmark(model, tok, b, mode, shots, batch_size, prompt, generation, ref.to_dict(), seed)
+                   for b in benches]
+        del model
+        free_memory()
+        return results
+
+    report = EvalReport(model=target.to_dict(), results=measure(target))
+    if other is not None:
+        report.against = measure(other)
+        report.verdicts = [paired_verdict(a, b) for a, b in zip(report.against, report.results)]
+        check_contamination(report, benches, train_data or target.training_data)
+    if started_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if record and process_group_rank()[0] == 0:
+        rows = [(r, target, "tuned" if target.adapter else "model") for r in report.results]
+        rows += [(r, other, "base" if against == "base" else "model") for r in report.against]
+        record_results(rows, job_id=target.job_id)
+    return report
+
+
+def record_results(rows, job_id: int | None, step: int | None = None) -> None:
+    """Store (result, model reference, role) rows in the registry; role: tuned (a job's adapter), base (the model
+    that job was tuned from: stored with the job, so its verdicts are a query) or model (any other folder, stored
+    with its own job if it is one). A registry that cannot be reached only warns: the results are in the report."""
+    import logging
+
+    from medscale.registry import Registry, RegistryError, ResultInfo
+
+    def info(result: BenchResult, ref, role: str) -> ResultInfo:
+        return ResultInfo(model=ref.label, base_path=str(ref.base), benchmark=result.benchmark,
+                          fingerprint=result.fingerprint, mode=result.mode, n=result.n, role=role,
+                          adapter_path=str(ref.adapter) if ref.adapter else None, shots=result.shots, step=step,
+                          checkpoint=str(ref.checkpoint) if ref.checkpoint else None, accuracy=result.acc,
+                          ci_low=result.ci_low, ci_high=result.ci_high,
+                          figures={"correct": result.correct, "skipped": result.skipped,
+                                   "unparseable": result.unparseable, "multi_answer": result.multi_answer,
+                                   "language": result.language, "questions_per_s": result.questions_per_s,
+                                   "subjects": [s.model_dump() for s in result.subjects]},
+                          outcomes=[o.model_dump() for o in result.outcomes])
+
+    try:
+        reg = Registry()
+        try:
+            for result, ref, role in rows:
+                reg.record_result(info(result, ref, role), job_id if role != "model" else ref.job_id)
+        finally:
+            reg.close()
+    except RegistryError as e:
+        logging.getLogger("medscale.eval").warning("%s: results not recorded in the registry (they are in the "
+                                                   "report)", e)
+
+
+def training_texts(paths: list[str]):
+    """Every turn's text of the training records, in any layout medscale.data reads."""
+    from medscale.data.sources import load_conversations
+
+    for path in paths:
+        for conv in load_conversations(path, on_bad_record="skip", max_bad_fraction=1.0):
+            for m in conv:
+                yield m["content"]
+                if m.get("reasoning_content"):
+                    yield m["reasoning_content"]
+
+
+def check_contamination(report: EvalReport, benches: list[Benchmark], train_data: list[str]) -> None:
+    """Beside every "better": the share of the benchmark's questions whose text overlaps the training data. Says so
+    in the verdict when the training data cannot be read, rather than leaving the gain unexamined."""
+    import glob
+
+    from medscale.eval.stats import contamination
+
+    for verdict, bench in zip(report.verdicts, benches):
+        if verdict.verdict != "better":
+            continue
+        missing = [p for p in train_data if not glob.glob(p)]
+        if not train_data or missing:
+            report.results[benches.index(bench)].notes.append(
+                "contamination not checked: " + (f"training data {', '.join(missing)} not found" if missing else
+                                                 "no training data known (pass --train-data)"))
+            continue
+        questions = {q.id: q.question for q in bench.questions}
+        verdict.contamination = contamination(questions, training_texts(train_data), bench.language)
+
+
+def _join_process_group() -> bool:
+    """Started by torchrun / accelerate with several processes: join their group (NCCL on GPUs, gloo on CPU) so
+    scoring is sharded. True when this call created the group (and so must destroy it)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
