@@ -375,7 +375,7 @@ def test_submitted_ray_job_trains_on_two_workers_and_registers(ray_cluster, tmp_
     job = _registry_job(url, "tiny-demo")
     assert job["status"] == "succeeded" and job["launcher"] == "ray"
     [attempt] = job["attempt_list"]
-    assert (attempt["launcher"], attempt["ray_job_id"], attempt["world_size"]) == ("ray", job_id, 2)
+    assert (attempt["launcher"], attempt["launcher_ids"]["ray_job_id"], attempt["world_size"]) == ("ray", job_id, 2)
 
     # Ray knows the checkpoints by pointer only (each save reported by the Trainer callback): nothing of the model
     # was copied into its run dir
@@ -426,7 +426,7 @@ def test_killed_worker_restarts_the_group_from_the_last_verified_checkpoint(ray_
     job = _registry_job(url, "tiny-demo")
     first, second = job["attempt_list"]
     assert first["status"] in ("failed", "lost") and second["status"] == "completed"
-    assert first["ray_job_id"] == second["ray_job_id"] == job_id
+    assert first["launcher_ids"]["ray_job_id"] == second["launcher_ids"]["ray_job_id"] == job_id
     assert second["resumed_from"] == str(resumed) and job["status"] == "succeeded"
     # the restarted group's saves reached Ray too: it holds the last two (Ray's num_to_keep), by pointer
     assert _ray_held_checkpoints(out) == {35: out / "checkpoint-35", 40: out / "checkpoint-40"}
