@@ -169,6 +169,27 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
                                      f"({len(convs)}): lower data.eval_size or set data.eval_sources")
 
 
+def _eval(recipe: Recipe, report: Report) -> None:
+    """eval.benchmarks and eval.control are read at eval steps and at the end: a missing file would fail the run
+    after hours of training."""
+    from medscale.errors import UserError
+    from medscale.eval.bench import load_benchmark
+    from medscale.eval.control import is_sft_data
+
+    e = recipe.eval
+    for b in e.benchmarks:
+        try:
+            load_benchmark(b, e.data_dir)
+        except UserError as err:
+            report.error("eval", f"eval.benchmarks: {err}")
+    if e.control:
+        try:
+            if not is_sft_data(e.control):
+                load_benchmark(e.control, e.data_dir)
+        except (UserError, OSError) as err:
+            report.error("eval", f"eval.control: {err}")
+
+
 def _registry(report: Report) -> None:
     from medscale.registry import Registry, RegistryError
 
@@ -197,6 +218,8 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
             report.error("memory", problem)
     _data(recipe, report, paths_must_exist, read_data)
+    if read_data and (recipe.eval.benchmarks or recipe.eval.control):
+        _eval(recipe, report)
     if registry:
         _registry(report)
     return report

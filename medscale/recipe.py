@@ -182,7 +182,10 @@ class TrainSection(Section):
     save_total_limit: int | None = Field(
         None, ge=1, description="keep the newest N verified checkpoints (plus the best by eval loss, and always the "
                                 "newest verified one); null keeps all")
-    keep_best_checkpoint: bool = Field(True, description="retention also keeps the checkpoint with the lowest eval loss")
+    keep_best_checkpoint: bool | str = Field(
+        True, description="retention also keeps the best checkpoint: true = lowest eval loss; or a metric logged at "
+                          "eval steps, e.g. bench/cmmlu-med/acc (higher is better for accuracies) or control/loss; "
+                          "false: newest only")
     resume: str = Field(
         "auto", description="auto: continue from the newest verified checkpoint of this job (output_dir), if any; "
                             "never: refuse to start over existing checkpoints; or a checkpoint folder path")

@@ -48,6 +48,9 @@ def print_summary(title: str, s) -> None:
     lines = ["", title,
              f"  loss          {loss} over {s.global_step} steps on {s.world_size} process(es)",
              f"  verdict       {s.verdict}"]
+    lines += [f"  benchmark     {b['line']}" for b in s.benchmarks.values()]
+    if s.control:
+        lines.append(f"  forgetting    {s.control['line']}")
     if s.tokens_per_s is not None:
         lines.append(f"  throughput    {s.tokens_per_s:.0f} tokens/s, {s.samples_per_s or 0:.1f} samples/s")
     if s.finished_from_checkpoint:

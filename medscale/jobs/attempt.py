@@ -142,6 +142,12 @@ class Attempt:
         self.registry.checkpoint(self.spec, CheckpointInfo(manifest["step"], str(ckpt), True, self.info.number,
                                                            manifest.get("metrics", {}), manifest["size_bytes"]))
 
+    def results_measured(self, rows: list) -> None:
+        """Measurements of this job made in the run (medscale.registry.ResultInfo rows: the tuned model and its
+        base on the same questions), stored against the job."""
+        if self.active and rows:
+            self.registry.results(self.spec, rows)
+
     def checkpoints_deleted(self, paths: list[Path]) -> None:
         if self.active and paths:
             self.registry.deleted(self.spec, [str(p) for p in paths])

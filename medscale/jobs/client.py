@@ -94,6 +94,15 @@ class RunRegistry:
     def checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
         self._call("recording a checkpoint", lambda r: r.record_checkpoint(spec, c))
 
+    def results(self, spec: JobSpec, rows: list) -> None:
+        """Store measurements (ResultInfo) of this job."""
+        def write(r):
+            job_id = r.find_by_key(spec)
+            for row in rows:
+                r.record_result(row, job_id)
+
+        self._call("recording results", write)
+
     def deleted(self, spec: JobSpec, paths: list[str]) -> None:
         if paths:
             self._call("marking checkpoints deleted", lambda r: r.mark_deleted(spec, paths))

@@ -36,10 +36,15 @@ class Entry:
 
 ENTRIES = {
     "train": Entry("train", "medscale.train", "medscale.train.run:run"),
+    "eval": Entry("eval", "medscale.eval", "medscale.eval.job:run_job"),
 }
 
 
 def entry_for(kind: str) -> Entry:
+    if kind not in ENTRIES:
+        from medscale.errors import UserError
+
+        raise UserError(f"--entry {kind}: unknown entry (known: {', '.join(ENTRIES)})")
     return ENTRIES[kind]
 
 

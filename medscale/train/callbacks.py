@@ -123,7 +123,8 @@ class ProgressToCollator(TrainerCallback):
 
 
 def _metrics_at(history: list[dict], step: int) -> dict:
-    """Latest train loss / learning rate at or before `step`, and the eval loss measured at `step`."""
+    """Latest train loss / learning rate at or before `step`, and what was evaluated at `step` (eval loss,
+    benchmark accuracies, the control set): the metrics a checkpoint is kept or ranked by."""
     out = {}
     for h in history:
         if h.get("step", 0) > step:
@@ -131,8 +132,8 @@ def _metrics_at(history: list[dict], step: int) -> dict:
         for k in ("loss", "learning_rate", "grad_norm", "epoch"):
             if k in h:
                 out[k] = h[k]
-        if "eval_loss" in h and h["step"] == step:
-            out["eval_loss"] = h["eval_loss"]
+        if h["step"] == step:
+            out.update({k: v for k, v in h.items() if k == "eval_loss" or k.startswith(("bench/", "control/"))})
     return out
 
 
@@ -161,7 +162,7 @@ class AttemptCallback(TrainerCallback):
     norm (before the step can be saved), and turns each Trainer save into a verified checkpoint."""
 
     def __init__(self, attempt: Attempt, flag: stop.StopFlag, health: StepHealth, keep_last: int | None,
-                 keep_best: bool):
+                 keep_best: bool | str):
         self.attempt, self.flag, self.health, self.keep_last, self.keep_best = attempt, flag, health, keep_last, keep_best
         self.stopped = stop.NONE
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from medscale import medscale_home
-from medscale.errors import AttemptStopped
+from medscale.errors import AttemptStopped, RunFailed
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
@@ -152,6 +152,15 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
                               data_collator=data.collator, processing_class=tok, meter=meter, health=health,
                               clipper=clipper, callbacks=[meter, ProgressToCollator(data.collator), attempt_cb]
                               + ([swan_cb] if swan_cb else []) + list(extra))
+    if (recipe.eval.benchmarks or recipe.eval.control) and args.eval_strategy != "no":
+        if recipe.dist.zero_stage() == 3:  # sharded scoring runs uneven batches per rank: ZeRO-3 would hang on it
+            log.warning("ZeRO-3: eval.benchmarks / eval.control are measured at the end of the run only")
+        else:
+            from medscale.eval.callback import BenchmarkCallback
+
+            bench_cb = BenchmarkCallback.from_recipe(recipe)
+            trainer.add_callback(bench_cb)
+            bench_cb.log = trainer.log  # reaches SwanLab and the log history like any metric
     if args.process_index == 0:
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
@@ -200,6 +209,7 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
     elif finished_from is None:
         trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
     trainer.save_state()
+    judgement = _judge(recipe, trainer)
     steps = dist.gather(state.global_step)
     if not trainer.is_world_process_zero():
         return None
@@ -217,9 +227,31 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
         **eval_verdict(history, final_eval.get("eval_loss")), trainable_params=session.trainable,
         total_params=session.total, data=data.stats, **{k: round(v, 4) for k, v in session.meter.summary().items()},
         finished_from_checkpoint=str(finished_from) if finished_from else None,
+        benchmarks=judgement.benchmarks if judgement else {}, control=judgement.control if judgement else {},
         paths={"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
                "trainer_state": str(out / TRAINER_STATE), "loss_plot": str(out / LOSS_PLOT),
                "swanlab": session.swanlab_dir})
     plot_losses(history, out / LOSS_PLOT, recipe.name)
     summary.save(out)
+    if judgement:
+        from medscale.eval.run import result_row
+
+        attempt.results_measured([result_row(r, model=f"{recipe.name} ({role})", base=recipe.model.path,
+                                             adapter=out if role == "tuned" else None, role=role,
+                                             step=state.global_step) for r, role in judgement.results])
+        if judgement.failure:
+            raise RunFailed(judgement.failure)
     return summary
+
+
+def _judge(recipe: Recipe, trainer):
+    """The benchmark verdicts and the forgetting guard at the end of a run (every rank: scoring is sharded)."""
+    if not (recipe.eval.benchmarks or recipe.eval.control):
+        return None
+    if recipe.dist.zero_stage() == 3:
+        log.warning("ZeRO-3: the end-of-run benchmark verdict is skipped; run `medscale eval %s --against base`",
+                    recipe.train.output_dir)
+        return None
+    from medscale.eval.judge import judge_run
+
+    return judge_run(trainer.model, trainer.processing_class, recipe, trainer.state.global_step)
