@@ -296,11 +296,12 @@ def main() -> None:
     ap.add_argument("--shape")
     ap.add_argument("--cap-gb", type=float, default=0)
     ap.add_argument("--liger", default="all", choices=["all", "flce"])
-    ap.add_argument("rest", nargs=argparse.REMAINDER)
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # the child's recipe and overrides follow `--`
+    a = ap.parse_args(argv[:cut])
     a.assets = a.assets.resolve()
     if a.mode == "child":
-        child(a, a.rest[1:] if a.rest[:1] == ["--"] else a.rest)
+        child(a, argv[cut + 1:])
     else:
         driver(a)
 

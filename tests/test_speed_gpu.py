@@ -96,8 +96,8 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
                           "data.batching=padding_free", "model.attn_implementation=varlen", "train.max_steps=4",
                           "train.gradient_checkpointing=true", "train.learning_rate=3e-3", "train.save_steps=2")
     s = run(recipe, callbacks=[Probe()])
-    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True, "optim": "PagedAdamW8bit"}
-    assert s["global_step"] == 4 and s["loss_last"] < s["loss_first"]
+    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True, "optim": "PagedAdamW8bit"}, seen
+    assert s.global_step == 4 and s.loss_last < s.loss_first
     # reload the saved adapter on a fresh 4-bit base: it must carry what was learned
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import load_tokenizer
@@ -107,7 +107,7 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
     base = _model(tiny_model_dir, "varlen", load_in_4bit=True)
     with torch.no_grad():
         before = base(**batch, use_cache=False).loss.item()
-        tuned = PeftModel.from_pretrained(base, s["paths"]["adapter"]).eval()
+        tuned = PeftModel.from_pretrained(base, s.paths["adapter"]).eval()
         after = tuned(**batch, use_cache=False).loss.item()
     assert after < before
 
@@ -118,7 +118,7 @@ def test_zero3_with_4bit_weights_stored_in_bf16(tiny_model_dir, tmp_path):
     s = run(_tiny_recipe(tiny_model_dir, tmp_path / "z3", "model.load_in_4bit=true", "dist.deepspeed=zero3",
                          "model.bnb_4bit_quant_storage=bfloat16", "train.optim=adamw_torch", "train.max_steps=2",
                          "data.batching=padding_free", "model.attn_implementation=varlen"))
-    assert s["global_step"] == 2 and s["loss_last"] == s["loss_last"]  # finite (not NaN)
+    assert s.global_step == 2 and s.loss_last == s.loss_last  # finite (not NaN)
 
 
 def test_liger_kernels_give_the_same_loss(tiny_model_dir):
