@@ -76,13 +76,33 @@ def model_dir_problem(model) -> str | None:
     return None
 
 
+def tokenizer_dir_problem(path: Path) -> str | None:
+    """Why `path` is not a tokenizer folder (a model folder or a saved tokenizer), or None."""
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "is a file, not a tokenizer folder"
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return f"has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+    return None
+
+
+def _unwritable(folder: Path) -> Path | None:
+    """The existing folder (or its nearest existing parent) that stops `folder` from being created or written by
+    this user, or None when it can be."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return None if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK) else probe
+
+
 def _output_dir_problem(out: Path) -> str | None:
     if out.exists() and not out.is_dir():
         return f"train.output_dir: {out} is a file: choose a folder path (train.output_dir=/path/to/run)"
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            return f"train.output_dir: {parent} is a file, not a folder: choose another train.output_dir"
+    if (probe := _unwritable(out)) is not None:
         return (f"train.output_dir: {out} cannot be written ({probe} is read-only for this user): choose a "
                 f"writable train.output_dir or fix the permissions")
     return None
@@ -170,13 +190,24 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
 
 
 def _registry(report: Report) -> None:
-    from medscale.registry import Registry, RegistryError
+    """Reachable or not, a warning at most: training does not need the registry. A SQLite registry that does not
+    exist yet is not created here (a check writes nothing): its folder only has to be writable."""
+    from medscale.registry import Registry, RegistryError, default_url
+    from medscale.registry.store import sqlite_path
 
+    later = ("training does not need it: the run records itself in its output dir; `medscale jobs sync` restores "
+             "the rows later")
+    path = sqlite_path(default_url())
+    if path is not None and not path.exists():
+        if _unwritable(path.parent) is not None:
+            report.warn("registry", f"{path} cannot be created ({_unwritable(path.parent)} is read-only) ({later})")
+        else:
+            report.info("registry", f"{path} (SQLite) will be created by the first run")
+        return
     try:
         Registry(connect_timeout=3).close()
     except RegistryError as e:
-        report.warn("registry", f"{e} (training does not need it: the run records itself in its output dir; "
-                                f"`medscale jobs sync` restores the rows later)")
+        report.warn("registry", f"{e} ({later})")
 
 
 def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_data: bool = True,

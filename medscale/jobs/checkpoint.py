@@ -201,6 +201,18 @@ def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[P
     return removed, aside
 
 
+def remove_torn_saves(output_dir: str | Path) -> list[Path]:
+    """After an attempt failed (a full disk, a crash in a save): the checkpoint folders newer than every one with a
+    manifest, which its failed save left half-written, are removed; checkpoints with a manifest are not touched."""
+    dirs = checkpoint_dirs(output_dir)
+    newest = max((step for step, p in dirs if (p / MANIFEST).exists()), default=-1)
+    torn = [p for step, p in dirs if step > newest]
+    for p in torn:
+        log.warning("removing %s: its save did not finish", p)
+        delete_checkpoint(p)
+    return torn
+
+
 def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool) -> list[Path]:
     """Checkpoints to delete: keep the newest `keep_last` verified ones, the best by eval loss, and always
     the newest verified one; torn ones older than it go too. Unverified ones newer than it are left

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from medscale.errors import AttemptStopped, RunFailed
+from medscale.errors import AttemptStopped, RunFailed, as_disk_full
 from medscale.jobs import stop
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import delete_checkpoint, retention_plan, write_manifest
@@ -203,6 +204,20 @@ class AttemptCallback(TrainerCallback):
             raise AttemptStopped(stop.STATUS[self.stopped], self.attempt.step, saved=True)
 
 
+@contextmanager
+def disk_full_named(folder):
+    """A save that fails because the disk is full raises OSError(ENOSPC) naming the folder: torch.save and
+    safetensors report it as a RuntimeError or SafetensorError, which would end in a traceback instead of one line
+    and an attempt recorded with a clear reason."""
+    try:
+        yield
+    except Exception as e:
+        full = as_disk_full(e, folder)
+        if full is None or full is e:
+            raise
+        raise full from e
+
+
 class MedscaleTrainer(Trainer):
     """HF Trainer + throughput metrics in every log line + optional adaptive clipping + the finiteness check.
 
@@ -226,6 +241,10 @@ class MedscaleTrainer(Trainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.health.observe(loss)
         return loss
+
+    def _save_checkpoint(self, model, trial):
+        with disk_full_named(self.args.output_dir):
+            super()._save_checkpoint(model, trial)
 
     def _clip_grad_norm(self, model):
         if self.clipper is not None:

@@ -184,6 +184,33 @@ def _restore_final(trainer, ckpt: Path) -> None:
              "summary", ckpt.name)
 
 
+def _save_final(trainer, out: Path) -> None:
+    """The final adapter (adapter_model.safetensors + adapter_config.json + tokenizer) is saved into a staging folder
+    and moved in file by file, each fsynced and renamed: a crash or a full disk never leaves a torn adapter that
+    looks final. Every rank calls save_model (ZeRO-3 gathers the weights), global rank 0 writes and moves."""
+    from medscale.jobs.record import fsync_dir
+    from medscale.train.callbacks import disk_full_named
+
+    staging = out / ".final-save"
+    try:
+        with disk_full_named(out):
+            trainer.save_model(str(staging))
+            dist.barrier()
+            if trainer.is_world_process_zero():
+                for f in sorted(staging.iterdir()):
+                    if f.is_file():
+                        fd = os.open(f, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                        os.replace(f, out / f.name)
+                fsync_dir(out)
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan,
             started: float) -> RunSummary | None:
     """Final evaluation (unless the last step was just evaluated), final adapter + state, and on rank 0 the run
@@ -198,7 +225,7 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
             shutil.copy2(finished_from / name, out / name)
         trainer.processing_class.save_pretrained(out)
     elif finished_from is None:
-        trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
+        _save_final(trainer, out)
     trainer.save_state()
     steps = dist.gather(state.global_step)
     if not trainer.is_world_process_zero():
