@@ -567,13 +567,29 @@ def _line_of(path: Path | None, loc: tuple) -> str:
     return f"{path}:{line}: " if line else f"{path}: "
 
 
-def _explain(err: ValidationError, path: Path | None) -> str:
+def _override_of(loc: tuple, message: str, overrides: list[str]) -> str | None:
+    """The command-line override behind an error: the one that set the key at `loc` (or a section above it), else,
+    for a cross-field check, the one whose key the message names. None: the error comes from the file."""
+    keys = tuple(str(p) for p in loc)
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if keys and keys[:len(key.split("."))] == tuple(key.split(".")):
+            return item
+    return next((item for item in reversed(overrides)
+                 if re.search(rf"(?<![\w.]){re.escape(item.partition('=')[0].strip())}(?![\w])", message)), None)
+
+
+def _explain(err: ValidationError, path: Path | None, overrides: list[str] = ()) -> str:
+    """One line per problem, each pointing where the user can fix it: the override they typed, or the file:line."""
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         dotted = ".".join(str(p) for p in loc) or "(recipe)"
-        where = _line_of(path, loc)
+        item = _override_of(loc, e["msg"], list(overrides))
         kind = e["type"]
+        where = f"override '{item}': " if item else _line_of(path, loc)
+        if not item and overrides and kind == "value_error" and len(loc) <= 1:  # a cross-field check
+            where = f"{where.rstrip(': ')} with {' '.join(overrides)}: "
         if kind == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else ""
@@ -589,11 +605,11 @@ def _explain(err: ValidationError, path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def validate(data: dict, source: Path | None = None) -> Recipe:
+def validate(data: dict, source: Path | None = None, overrides: list[str] = ()) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_explain(e, source)) from None
+        raise RecipeError(_explain(e, source, overrides)) from None
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
@@ -602,7 +618,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     data = _load_raw(path)
     data.setdefault("name", path.stem)
     data = _expand_paths(apply_overrides(data, overrides or []))
-    return validate(data, path)
+    return validate(data, path, overrides or [])
 
 
 def recipe_schema() -> dict:

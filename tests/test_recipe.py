@@ -119,6 +119,20 @@ def test_wrong_type_names_key_and_expected_type():
     assert "adapter.r: expected an integer" in msg and "sixteen" in msg
 
 
+def test_an_error_in_an_override_names_the_override_not_the_builtin_file():
+    """The user typed the override; the built-in recipe file is one they never edited."""
+    msg = _error("tiny-demo", ["train.learning_rate=abc"])
+    assert msg == "override 'train.learning_rate=abc': train.learning_rate: expected a number, got 'abc'"
+    assert _error("tiny-demo", ["data.sources=[{path: x, format: bad}]"]).startswith(
+        "override 'data.sources=[{path: x, format: bad}]': data.sources.0.format:")
+    assert _error("tiny-demo", ["train.warmup_steps=10"]).startswith("override 'train.warmup_steps=10': set "
+                                                                     "train.warmup_ratio or train.warmup_steps")
+    # a cross-field check no single override explains: the file *with* the overrides
+    msg = _error("qwen3-8b-lora-huatuo", ["dist.num_processes=3"])
+    assert "qwen3-8b-lora-huatuo.yaml with dist.num_processes=3: train.effective_batch_size=32" in msg
+    assert "recipes/tiny-demo.yaml" not in _error("tiny-demo", ["adapter.r=0", "train.learning_rate=1e-4"])
+
+
 def test_batch_that_cannot_divide():
     msg = _error("qwen3-8b-lora-huatuo", ["dist.num_processes=3"])
     assert "train.effective_batch_size=32" in msg and "3" in msg
