@@ -25,13 +25,17 @@ class RunFailed(Exception):
 
 class AttemptStopped(Exception):
     """Work stopped early on request (preemption or cancel): after saving a verified checkpoint (`saved`), or before
-    training started, when there was nothing to save."""
+    training started, when there was nothing to save. The message says where the next run starts: `resume_from`,
+    the checkpoint just saved or the one this attempt started from (None: the beginning)."""
 
-    def __init__(self, status: str, step: int, saved: bool = False):
-        what = "a verified checkpoint was saved" if saved else "stopped before training started, nothing to save"
-        super().__init__(f"{status} at step {step}: {what}; "
-                         + ("requeue or `medscale jobs resume` to continue" if status == "preempted" else
-                            "`medscale jobs resume` continues it"))
+    def __init__(self, status: str, step: int, saved: bool = False, resume_from: str | os.PathLike | None = None):
+        what = (f"saved {resume_from}" if saved and resume_from else "a verified checkpoint was saved" if saved
+                else "stopped before training started, nothing to save")
+        how = "requeue, `medscale jobs resume` or the same command" if status == "preempted" else \
+            "`medscale jobs resume` or the same command"
+        where = ("resumes from it" if saved and resume_from else f"resumes from {resume_from}" if resume_from
+                 else "starts from the beginning")
+        super().__init__(f"{status} at step {step}: {what}; the next run ({how}) {where}")
         self.status, self.step, self.saved, self.exit_code = status, step, saved, STOP_EXIT_CODES[status]
 
 
@@ -103,11 +107,17 @@ def user_errors():
         _say(f"medscale: error: {line}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
-        _say(f"medscale: {e}")
+        if os.environ.get("RANK", "0") == "0":  # every rank stops together with the same words: say them once
+            _say(f"medscale: {e}")
         raise SystemExit(e.exit_code) from None
     except RunFailed as e:
         _say(f"medscale: failed: {e}")
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C twice: the attempt's record says where the next run resumes
+        if debugging():
+            raise
+        _say("medscale: stopped at once (Ctrl-C twice), without saving")
+        raise SystemExit(EXIT_CANCELLED) from None
 
 
 def _say(line: str) -> None:

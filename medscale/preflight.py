@@ -189,6 +189,28 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
                                      f"({len(convs)}): lower data.eval_size or set data.eval_sources")
 
 
+def _tokenized(recipe: Recipe, report: Report) -> None:
+    """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it, and
+    what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it)."""
+    from medscale.data.pipeline import build_datasets, truncation_note
+    from medscale.model.load import load_tokenizer
+
+    try:
+        tok = load_tokenizer(recipe.model, planned=True)
+        data = build_datasets(recipe.data, tok, recipe.train.seed)
+    except (UserError, OSError, ValueError) as e:
+        report.error("data", f"tokenizing with {recipe.model.path}: {e}")
+        return
+    for split, stats in data.stats.items():
+        note = truncation_note(stats)
+        formats = f" ({', '.join(sorted(stats['formats']))})" if stats.get("formats") else ""
+        report.info("tokens", f"{split}: {stats['kept']} of {stats['records']} records kept{formats}, "
+                              f"{stats['mean_tokens']:g} tokens on average, longest {stats['max_tokens']} "
+                              f"(data.max_length={recipe.data.max_length})")
+        if note is not None:
+            report.warn("tokens", f"{split}: {note}")
+
+
 def _registry(report: Report) -> None:
     """Reachable or not, a warning at most: training does not need the registry. A SQLite registry that does not
     exist yet is not created here (a check writes nothing): its folder only has to be writable."""
@@ -211,13 +233,20 @@ def _registry(report: Report) -> None:
 
 
 def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_data: bool = True,
-          registry: bool = True) -> Report:
+          registry: bool = True, tokenize: bool = False) -> Report:
     """Every check for running `recipe`; `devices`: this host is where it trains (GPUs, 4-bit, kernels);
     `paths_must_exist`: a missing model or data path is an error here (a Ray head may not see the workers' paths:
-    then it is a warning and the workers check)."""
+    then it is a warning and the workers check); `tokenize` (`medscale check`): also tokenize the data with the
+    recipe's tokenizer, when the model folder and the data are fine (launchers leave it to the run, which caches
+    it)."""
     report = Report()
-    if (why := model_dir_problem(recipe.model)) is not None:
-        (report.error if paths_must_exist else report.warn)("model", why)
+    model_problem = model_dir_problem(recipe.model)
+    if model_problem is not None:
+        (report.error if paths_must_exist else report.warn)("model", model_problem)
+    elif recipe.model.tiny is not None and not (Path(recipe.model.path) / "config.json").is_file():
+        report.info("model", f"{recipe.model.path}: a tiny random Qwen3, built on first use")
+    else:
+        report.info("model", f"{recipe.model.path}")
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
     _deepspeed(recipe, report, on_worker=devices)
@@ -228,6 +257,8 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
             report.error("memory", problem)
     _data(recipe, report, paths_must_exist, read_data)
+    if tokenize and read_data and model_problem is None and not any(f.topic == "data" for f in report.errors):
+        _tokenized(recipe, report)
     if registry:
         _registry(report)
     return report

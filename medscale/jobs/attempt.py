@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from medscale.errors import AttemptStopped
-from medscale.jobs.checkpoint import checkpoint_step, remove_torn_saves
+from medscale.jobs.checkpoint import checkpoint_step, newest_saved, remove_torn_saves
 from medscale.jobs.client import RunRegistry
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import LaunchInfo
@@ -104,7 +104,9 @@ class Attempt:
                       + (" with a verified checkpoint" if exc.saved else ""))
         elif isinstance(exc, KeyboardInterrupt):
             self._remove_torn_saves()
-            self._end(AttemptStatus.CANCELLED, "interrupted (Ctrl-C twice): stopped without saving")
+            newest = newest_saved(self.out) if self.active else None
+            self._end(AttemptStatus.CANCELLED, "interrupted (Ctrl-C twice): stopped without saving; the next run "
+                      + (f"resumes from {newest}" if newest else "starts from the beginning"))
         else:
             self._remove_torn_saves()  # first: on a full disk this frees the space the record needs
             self._end(AttemptStatus.FAILED, failure_reason(exc))

@@ -201,12 +201,18 @@ def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[P
     return removed, aside
 
 
+def newest_saved(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose save finished (its manifest is there; not re-hashed: cheap, for messages and
+    clean-up; resuming verifies)."""
+    return next((p for _, p in reversed(checkpoint_dirs(output_dir)) if load_manifest(p) is not None), None)
+
+
 def remove_torn_saves(output_dir: str | Path) -> list[Path]:
     """After an attempt failed (a full disk, a crash in a save): the checkpoint folders newer than every one with a
     manifest, which its failed save left half-written, are removed; checkpoints with a manifest are not touched."""
-    dirs = checkpoint_dirs(output_dir)
-    newest = max((step for step, p in dirs if (p / MANIFEST).exists()), default=-1)
-    torn = [p for step, p in dirs if step > newest]
+    newest = newest_saved(output_dir)
+    newest_step = -1 if newest is None else checkpoint_step(newest)
+    torn = [p for step, p in checkpoint_dirs(output_dir) if step > newest_step]
     for p in torn:
         log.warning("removing %s: its save did not finish", p)
         delete_checkpoint(p)

@@ -60,9 +60,9 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
             return plan.summary if args.process_index == 0 else None
         with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
-            dist.stop_point(flag, attempt.step, args.device)  # a stop signal during start-up, or a cancel at start
+            dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
             with _session(recipe, args, tok, data, attempt, plan, callbacks) as session:
-                dist.stop_point(flag, attempt.step, args.device)  # loading the model can take minutes
+                dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
                     _restore_final(session.trainer, plan.resume)
                 else:
