@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -33,11 +34,27 @@ def recipe_show(name: str, overrides: Optional[list[str]] = OVERRIDES) -> None:
 
 
 @recipe_app.command("schema")
-def recipe_schema() -> None:
-    """Print the recipe JSON schema (every key, type, default and description)."""
+def recipe_schema(as_json: bool = typer.Option(False, "--json", help="the JSON Schema instead of the table")) -> None:
+    """Every recipe key: section, key, type, default and what it does (a table; the JSON Schema with --json)."""
+    from medscale.recipe import recipe_keys
     from medscale.recipe import recipe_schema as schema
 
-    typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
+    if as_json:
+        typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    table.add_column("section", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("type", overflow="fold", max_width=30)
+    table.add_column("default", overflow="fold", max_width=24)
+    table.add_column("description", overflow="fold", min_width=40)
+    for row in recipe_keys():
+        style = "bold" if not row.key else None  # a section's own row
+        table.add_row(row.section, row.key, row.type, row.default, row.description or "", style=style)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 180).print(table)  # piped: wide, for less/grep
 
 
 def print_summary(title: str, s) -> None:
