@@ -113,7 +113,7 @@ class ProgressRate(TrainerCallback):
         progress = next((cb for cb in self.handler.callbacks if isinstance(cb, ProgressCallback)), None)
         bar, rate = getattr(progress, "training_bar", None), self.meter.recent_tokens_per_s()
         if bar is not None and rate:
-            bar.set_postfix_str(f"{rate:,.0f} tok/s")
+            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)  # shown by the bar's own update
 
 
 class AdaptiveClipper:
