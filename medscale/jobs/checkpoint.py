@@ -201,6 +201,24 @@ def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[P
     return removed, aside
 
 
+def newest_saved(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose save finished (its manifest is there; not re-hashed: cheap, for messages and
+    clean-up; resuming verifies)."""
+    return next((p for _, p in reversed(checkpoint_dirs(output_dir)) if load_manifest(p) is not None), None)
+
+
+def remove_torn_saves(output_dir: str | Path) -> list[Path]:
+    """After an attempt failed (a full disk, a crash in a save): the checkpoint folders newer than every one with a
+    manifest, which its failed save left half-written, are removed; checkpoints with a manifest are not touched."""
+    newest = newest_saved(output_dir)
+    newest_step = -1 if newest is None else checkpoint_step(newest)
+    torn = [p for step, p in checkpoint_dirs(output_dir) if step > newest_step]
+    for p in torn:
+        log.warning("removing %s: its save did not finish", p)
+        delete_checkpoint(p)
+    return torn
+
+
 def best_metric(keep_best: bool | str) -> tuple[str, bool] | None:
     """`train.keep_best_checkpoint` -> (metric, higher is better), or None: true means the lowest eval loss."""
     if keep_best is False or keep_best in ("false", ""):

@@ -60,9 +60,9 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
             return plan.summary if args.process_index == 0 else None
         with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
-            dist.stop_point(flag, attempt.step, args.device)  # a stop signal during start-up, or a cancel at start
+            dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
             with _session(recipe, args, tok, data, attempt, plan, callbacks) as session:
-                dist.stop_point(flag, attempt.step, args.device)  # loading the model can take minutes
+                dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
                     _restore_final(session.trainer, plan.resume)
                 else:
@@ -193,6 +193,33 @@ def _restore_final(trainer, ckpt: Path) -> None:
              "summary", ckpt.name)
 
 
+def _save_final(trainer, out: Path) -> None:
+    """The final adapter (adapter_model.safetensors + adapter_config.json + tokenizer) is saved into a staging folder
+    and moved in file by file, each fsynced and renamed: a crash or a full disk never leaves a torn adapter that
+    looks final. Every rank calls save_model (ZeRO-3 gathers the weights), global rank 0 writes and moves."""
+    from medscale.jobs.record import fsync_dir
+    from medscale.train.callbacks import disk_full_named
+
+    staging = out / ".final-save"
+    try:
+        with disk_full_named(out):
+            trainer.save_model(str(staging))
+            dist.barrier()
+            if trainer.is_world_process_zero():
+                for f in sorted(staging.iterdir()):
+                    if f.is_file():
+                        fd = os.open(f, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                        os.replace(f, out / f.name)
+                fsync_dir(out)
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan,
             started: float) -> RunSummary | None:
     """Final evaluation (unless the last step was just evaluated), final adapter + state, and on rank 0 the run
@@ -207,7 +234,7 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
             shutil.copy2(finished_from / name, out / name)
         trainer.processing_class.save_pretrained(out)
     elif finished_from is None:
-        trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
+        _save_final(trainer, out)
     trainer.save_state()
     judgement = _judge(recipe, trainer)
     steps = dist.gather(state.global_step)
