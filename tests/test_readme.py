@@ -20,7 +20,8 @@ CI = (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 # A pre-flight problem that only says this machine lacks what the run needs (the model, the data, a GPU): README's
 # GPU and cluster commands stop there on a CPU machine, and nowhere else.
-MACHINE_ONLY = (r"model\.path: .* is missing: download", r"no data files found", r"needs a CUDA GPU")
+MACHINE_ONLY = (r"model\.path: .* is missing: download", r"no data files found", r"needs a CUDA GPU",
+                r"eval\.benchmarks: benchmark \S+: .*\$MEDSCALE_EVAL_DATA")
 
 
 def bash_commands() -> list[str]:
@@ -109,6 +110,15 @@ def exercise(command: str, tmp_path: Path) -> None:
         at = words.index("--")
         assert words[at + 1:at + 3] == ["python", "launcher/ray_job.py"] and (REPO / words[at + 2]).is_file()
         _preflight(words[at + 3], words[at + 4:], env)
+    elif words[0] == "export":  # a setting medscale reads
+        name = words[1].split("=", 1)[0]
+        assert any(name in f.read_text(encoding="utf-8") for f in (REPO / "medscale").rglob("*.py")), name
+    elif words[:2] in (["medscale", "eval"], ["medscale", "compare"], ["medscale", "chat"]):
+        # placeholders (JOB, MODEL, RUN_DIR) stand for a trained model: tests/test_eval_cli.py runs these commands
+        # end to end on tiny models; here every option README shows must be one the command takes
+        shown = cli(words[1], "--help").stdout
+        for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
+            assert flag in shown, f"README's `{command}`: `medscale {words[1]}` has no {flag}"
     else:
         pytest.fail(f"README shows `{command}` and no rule in tests/test_readme.py exercises it")
 
