@@ -17,7 +17,8 @@ from medscale.paths import shipped
 from medscale.preflight import Report, check_launch
 from medscale.recipe import Recipe, RecipeError
 
-# Seconds torchrun waits for workers to save and exit after a SIGTERM before it kills them (its default: 30).
+# Seconds torchrun waits for workers to save and exit after a SIGTERM before it kills them (its default: 30);
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT in the environment wins (a large model on slow storage saves for longer).
 SHUTDOWN_GRACE_S = "300"
 
 
@@ -104,7 +105,7 @@ class LocalLauncher:
         recipe = request.recipe
         report = check_launch(recipe, devices=True)  # once, before any process is spawned
         launch = LaunchInfo("local", options=dict(request.options))
-        env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **launch.env()}
+        env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
         if recipe.dist.num_processes * recipe.dist.num_machines == 1:
             return LocalPlan(request, env, report)
         return LocalPlan(request, env, report, accelerate_command(recipe, request.ref, request.overrides,

@@ -5,6 +5,7 @@ never resumed from, and the registry tells every attempt.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -316,6 +317,37 @@ def test_a_stop_signal_during_start_up_exits_75_not_143(tiny_model_dir, tmp_path
     assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
     assert "Traceback" not in log
     assert latest_verified(out) is None, "nothing was trained, so nothing was saved"
+
+
+def test_a_stop_that_kills_a_slow_starting_rank_does_not_leave_the_others_waiting(tiny_model_dir, tmp_path):
+    """Defect (CI, a loaded 2-core machine): SIGTERM reached one worker while its interpreter was still starting, before
+    any handler, and killed it; the other waited in torch.distributed's rendezvous for it until torchrun's shutdown
+    grace ran out. Rank 1 is made slow to start (a sitecustomize that sleeps, as site-packages on NFS would); a rank
+    that has not joined the process group exits 75 at once, and the run ends preempted."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('TORCHELASTIC_RUN_ID') and os.environ.get('RANK') == '1':\n"
+        "    time.sleep(600)\n")
+    out = tmp_path / "slow-rank"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "240"}  # without the fix the run hangs this long, then fails
+    proc = _start("train", *_args(tiny_model_dir, out, "dist.num_processes=2", "train.max_steps=20"), env=env)
+
+    def rank0_waits() -> bool:  # rank 0 is importing torch or already waiting for rank 1
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline() \
+                        and c.environ().get("RANK") == "0":
+                    return True
+        return False
+    _wait_for(rank0_waits, proc, what="rank 0")
+    time.sleep(5)  # rank 0 reaches the rendezvous; rank 1 still sleeps in start-up
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
+    assert "rank 0: SIGTERM before the process group was up: nothing started, exiting 75" in log, log[-4000:]
+    assert "Traceback" not in log and latest_verified(out) is None
 
 
 def test_bad_data_found_at_start_leaves_no_output_dir_and_no_job(tiny_model_dir, tmp_path):

@@ -127,7 +127,7 @@ COMMANDS = bash_commands()
 
 
 def test_readme_has_the_commands_a_newcomer_runs():
-    assert "medscale demo" in COMMANDS and "python3 -m pytest -q -ra" in COMMANDS and len(COMMANDS) >= 15
+    assert "medscale demo" in COMMANDS and "python3 -m pytest -q -ra --durations=20" in COMMANDS and len(COMMANDS) >= 15
 
 
 @pytest.mark.parametrize("command", COMMANDS)

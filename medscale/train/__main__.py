@@ -10,6 +10,7 @@ from medscale.jobs.stop import stop_flag
 stop_flag().install()
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
 
 
@@ -29,6 +30,36 @@ def _die_with_launcher() -> None:
     threading.Thread(target=watch, name="medscale-orphan-watch", daemon=True).start()
 
 
+def _exit_on_stop_before_joining() -> None:
+    """Until this worker has joined the process group, a stop signal ends it at once (exit 75, or 4 for Ctrl-C):
+    nothing has started, and waiting is not safe. The same signal can kill a rank whose interpreter was still
+    starting (a loaded machine, site-packages on NFS), before any handler existed; the others would then wait in
+    torch.distributed's rendezvous for it until torchrun's shutdown grace ran out. A Python handler cannot run while
+    the main thread is blocked in that rendezvous, so a thread watches the signal wake-up fd, which the interpreter
+    writes from C at once. After joining, the stop flag's step-boundary protocol takes over."""
+    from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
+
+    codes = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGUSR1: EXIT_PREEMPTED, signal.SIGINT: EXIT_CANCELLED}
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def joined() -> bool:
+        dist = sys.modules.get("torch.distributed")
+        return dist is not None and dist.is_available() and dist.is_initialized()
+
+    def watch():
+        while not joined():
+            for signum in os.read(read_end, 64):
+                if signum in codes and not joined():
+                    print(f"medscale: rank {os.environ.get('RANK', '?')}: {signal.Signals(signum).name} before the "
+                          f"process group was up: nothing started, exiting {codes[signum]}", file=sys.stderr,
+                          flush=True)
+                    os._exit(codes[signum])
+
+    threading.Thread(target=watch, name="medscale-early-stop", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -36,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _die_with_launcher()
+        _exit_on_stop_before_joining()
     from medscale import setup_logging
     from medscale.errors import user_errors
 
