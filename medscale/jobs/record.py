@@ -130,6 +130,21 @@ def find_output_dirs(root: Path, depth: int = 4) -> list[Path]:
     return found
 
 
+def trainer_log(output_dir: str | Path) -> list[dict]:
+    """The Trainer's log history of a job: from the newest `trainer_state.json` among the output dir (written at the
+    end) and its checkpoints (a run that has not finished), [] when there is none."""
+    best: tuple[int, list] = (-1, [])
+    out = Path(output_dir)
+    for path in [out / TRAINER_STATE, *out.glob(f"checkpoint-*/{TRAINER_STATE}")]:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("global_step", -1) > best[0]:
+            best = (state["global_step"], list(state.get("log_history") or []))
+    return best[1]
+
+
 # --------------------------------------------------------------------------- the run summary
 
 class RunSummary(BaseModel):
