@@ -158,7 +158,8 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
             counts: dict = {}
             try:
                 convs = load_conversations(src.path, src.format, d.prompt_field, d.system_prompt, src.limit,
-                                           d.on_bad_record, d.max_bad_fraction, counts)
+                                           d.on_bad_record, d.max_bad_fraction, counts, src.skip)
+                convs = convs[:src.sample] if src.sample else convs  # only the count matters here
             except DataError as e:
                 report.error("data", str(e))
                 continue

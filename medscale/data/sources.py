@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Iterator
 
@@ -142,14 +143,20 @@ def check_conversation(msgs: list[dict]) -> None:
 
 def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
                        system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
-                       max_bad_fraction: float = 0.01, counts: dict | None = None) -> list[list[dict]]:
-    """All conversations of one source, in file order. With on_bad_record="skip", malformed records are
-    counted (into `counts`, if given) and skipped, but more than `max_bad_fraction` of them still fails."""
+                       max_bad_fraction: float = 0.01, counts: dict | None = None,
+                       skip: int = 0) -> list[list[dict]]:
+    """The conversations of one source, in file order: after the first `skip` records (left unread), at most
+    `limit`. With on_bad_record="skip", malformed records are counted (into `counts`, if given) and skipped, but more
+    than `max_bad_fraction` of them still fails."""
     convs: list[list[dict]] = []
     bad: list[str] = []
+    skipped = 0
     for file in expand_sources(path):
         file_fmt = fmt
         for n, rec in read_records(file, bad if on_bad_record == "skip" else None):
+            if skipped < skip:
+                skipped += 1
+                continue
             if limit is not None and len(convs) >= limit:
                 break
             if file_fmt == "auto":
@@ -181,5 +188,12 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
     if counts is not None:
         counts["bad_records"] = counts.get("bad_records", 0) + len(bad)
     if not convs:
-        raise DataError(f"{path}: no records")
+        raise DataError(f"{path}: no records" + (f" after the first {skip} (data.sources[].skip)" if skip else ""))
     return convs
+
+
+def sample_conversations(convs: list, n: int | None, seed) -> list:
+    """A seeded random `n` of the conversations, in their file order (all of them when there are no more)."""
+    if n is None or n >= len(convs):
+        return convs
+    return [convs[i] for i in sorted(random.Random(f"{seed}:sample").sample(range(len(convs)), n))]
