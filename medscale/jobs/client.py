@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, load_manifest, problem
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal, trainer_log
+from medscale.jobs.status import JobStatus
 from medscale.registry import CheckpointInfo, JobSpec, MetricRow, Registry, default_url, redact, scrub
 
 log = logging.getLogger("medscale.registry")
@@ -44,6 +45,8 @@ def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
         m = manifest or {}
         reg.record_checkpoint(spec, CheckpointInfo(step, str(path), manifest is not None, m.get("attempt", 0),
                                                    m.get("metrics", {}), m.get("size_bytes", 0)))
+    if journal.stopped_early:
+        reg.set_status(reg.find_by_key(spec), JobStatus.STOPPED_EARLY)
     history = trainer_log(out)
     reg.record_metrics(spec, [MetricRow.from_log(h["step"], h) for h in history if "step" in h])
     job_id = reg.find_by_key(spec)

@@ -36,6 +36,7 @@ class Entry:
 
 ENTRIES = {
     "train": Entry("train", "medscale.train", "medscale.train.run:run"),
+    "trial": Entry("trial", "medscale.sweep", "medscale.sweep.trial:run_trial"),  # a sweep's cell: train, then eval
 }
 
 
