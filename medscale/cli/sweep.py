@@ -156,14 +156,14 @@ def list_sweeps(as_json: bool = AS_JSON) -> None:
         typer.echo(f"{s.name:32s} {len(s.grid)} trial(s), {len(s.bases)} base(s)")
 
 
-@sweep_app.command("slurm-task", hidden=False)
+@sweep_app.command("slurm-task")
 def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sweep"),
                index: int = typer.Argument(..., help="the array task id ($SLURM_ARRAY_TASK_ID)")) -> None:
     """For slurm/r1_sweep.sh: register the sweep and its trial INDEX, print the trial's recipe and overrides
     (NUL-separated) for `medscale_run` with MEDSCALE_ENTRY=trial."""
     import sys
 
-    from medscale.registry import Registry
+    from medscale.registry import Registry, RegistryError
     from medscale.sweep.spec import SweepError
     from medscale.sweep.tune import register
 
@@ -171,10 +171,13 @@ def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sw
     if not 0 <= index < len(plan.trials):
         raise SweepError(f"array task {index}: sweep {plan.name} has {len(plan.trials)} trials (use "
                          f"--array=0-{len(plan.trials) - 1})")
-    reg = Registry()
     try:
-        register(reg, plan)
-    finally:
-        reg.close()
+        reg = Registry()
+        try:
+            register(reg, plan)
+        finally:
+            reg.close()
+    except RegistryError as e:  # the trial still runs: its first attempt records the job, `jobs sync` the rest
+        typer.echo(f"medscale: warning: {e}; sweep {plan.name} not registered", err=True)
     t = plan.trials[index]
     sys.stdout.write("\0".join([t.recipe_ref, *t.overrides]) + "\0")
