@@ -9,14 +9,7 @@ from sqlalchemy import create_engine, text
 
 from medscale.jobs.client import sync_output_dir
 from medscale.registry import JobSpec, MetricRow, Registry, RegistryError, SweepInfo
-from test_registry import _upgrade_to, alembic_versions, attempt, head_revision, spec
-
-
-@pytest.fixture
-def reg(registry_url):
-    r = Registry(registry_url)
-    yield r
-    r.close()
+from test_registry import _upgrade_to, alembic_versions, attempt, head_revision, reg, spec  # noqa: F401 (reg)
 
 
 def test_metrics_of_one_step_merge_train_and_eval_logs_and_a_later_attempt_replaces_them(reg):

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medscale import medscale_home
 from medscale.errors import UserError
-from medscale.recipe import Recipe, RecipeError, load_recipe
+from medscale.recipe import Recipe, RecipeError, _line_of, load_recipe  # _line_of: a key's file:line, as for recipes
 
 
 class SweepError(UserError):
@@ -125,27 +125,6 @@ def builtin_sweeps() -> list[str]:
     return sorted(p.stem for p in builtin_sweep_dir().glob("*.yaml"))
 
 
-def _line(path: Path, loc: tuple) -> str:
-    """`file:line: ` of a key in the sweep file (best effort)."""
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return f"{path}: "
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            hit = [(k, v) for k, v in node.value if k.value == part]
-            if not hit:
-                break
-            line, node = hit[0][0].start_mark.line + 1, hit[0][1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return f"{path}:{line}: " if line else f"{path}: "
-
-
 def parse_spec(data: dict, source: Path | None = None) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
@@ -153,7 +132,7 @@ def parse_spec(data: dict, source: Path | None = None) -> SweepSpec:
         lines = []
         for e in err.errors():
             loc = tuple(p for p in e["loc"] if not str(p).startswith(("function-", "list[", "dict[", "str", "literal")))
-            where = _line(source, loc) if source else ""
+            where = _line_of(source, loc) if source else ""
             key = ".".join(map(str, loc)) or "(sweep)"
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
