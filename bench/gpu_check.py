@@ -60,12 +60,12 @@ def main() -> None:
     s = run(recipe)
     keys = ("recipe", "global_step", "tokens_per_s", "samples_per_s", "peak_mem_alloc_gb", "peak_mem_reserved_gb",
             "mfu", "loss_first", "loss_last", "eval_loss_base", "eval_loss_final", "trainable_params")
-    res = {k: s.get(k) for k in keys} | {"shape": a.shape, "cap_gb": a.cap_gb, "device": torch.cuda.get_device_name()}
+    res = {k: getattr(s, k) for k in keys} | {"shape": a.shape, "cap_gb": a.cap_gb, "device": torch.cuda.get_device_name()}
     print("RESULT " + json.dumps(res), flush=True)
     if os.environ.get("OUT"):
         with open(Path(os.environ["OUT"]) / "results.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
-        shutil.copy(Path(s["paths"]["loss_plot"]), Path(os.environ["OUT"]) / f"loss-{s['recipe']}.png")
+        shutil.copy(Path(s.paths["loss_plot"]), Path(os.environ["OUT"]) / f"loss-{s.recipe}.png")
 
 
 if __name__ == "__main__":

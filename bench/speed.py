@@ -140,12 +140,12 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
     torch.cuda.reset_peak_memory_stats()
     s = train_run.run(recipe, callbacks=[steady])
-    el, timed = steady.t1 - steady.t0, s["global_step"] - a.warm
-    stats = s["data"]["train"]
+    el, timed = steady.t1 - steady.t0, s.global_step - a.warm
+    stats = s.data["train"]
     tps = (steady.tok1 - steady.tok0) / el
     per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
     sps = tps / stats["mean_tokens"] if recipe.data.batching == "packed" else timed * per_step / el
-    history = json.loads(Path(s["paths"]["trainer_state"]).read_text())["log_history"]
+    history = json.loads(Path(s.paths["trainer_state"]).read_text())["log_history"]
     losses = {h["step"]: h["loss"] for h in history if "loss" in h}
     p = plan(recipe, a.cap_gb or torch.cuda.get_device_properties(0).total_memory / 2**30, 1,
              tokens=seen["max_tokens"])
@@ -155,9 +155,9 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2),
         "plan_alloc_gb": round(p.allocated_gib, 2), "plan_reserved_gb": round(p.reserved_gib, 2),
         "max_micro_batch_tokens": seen["max_tokens"], "pack_tokens": stats.get("pack_tokens"),
-        "loss_first": losses.get(1), "loss_at_n": losses.get(s["global_step"]), "steps": s["global_step"],
-        "first_step_s": s.get("first_step_s"), "gradient_checkpointing": recipe.train.gradient_checkpointing,
-        "total_params": s["total_params"], "trainable_params": s["trainable_params"]}), flush=True)
+        "loss_first": losses.get(1), "loss_at_n": losses.get(s.global_step), "steps": s.global_step,
+        "first_step_s": s.first_step_s, "gradient_checkpointing": recipe.train.gradient_checkpointing,
+        "total_params": s.total_params, "trainable_params": s.trainable_params}), flush=True)
 
 
 # --------------------------------------------------------------------------- driver
@@ -296,11 +296,12 @@ def main() -> None:
     ap.add_argument("--shape")
     ap.add_argument("--cap-gb", type=float, default=0)
     ap.add_argument("--liger", default="all", choices=["all", "flce"])
-    ap.add_argument("rest", nargs=argparse.REMAINDER)
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # the child's recipe and overrides follow `--`
+    a = ap.parse_args(argv[:cut])
     a.assets = a.assets.resolve()
     if a.mode == "child":
-        child(a, a.rest[1:] if a.rest[:1] == ["--"] else a.rest)
+        child(a, argv[cut + 1:])
     else:
         driver(a)
 

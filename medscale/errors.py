@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sys
 
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
@@ -24,13 +25,17 @@ class RunFailed(Exception):
 
 class AttemptStopped(Exception):
     """Work stopped early on request (preemption or cancel): after saving a verified checkpoint (`saved`), or before
-    training started, when there was nothing to save."""
+    training started, when there was nothing to save. The message says where the next run starts: `resume_from`,
+    the checkpoint just saved or the one this attempt started from (None: the beginning)."""
 
-    def __init__(self, status: str, step: int, saved: bool = False):
-        what = "a verified checkpoint was saved" if saved else "stopped before training started, nothing to save"
-        super().__init__(f"{status} at step {step}: {what}; "
-                         + ("requeue or `medscale jobs resume` to continue" if status == "preempted" else
-                            "`medscale jobs resume` continues it"))
+    def __init__(self, status: str, step: int, saved: bool = False, resume_from: str | os.PathLike | None = None):
+        what = (f"saved {resume_from}" if saved and resume_from else "a verified checkpoint was saved" if saved
+                else "stopped before training started, nothing to save")
+        how = "requeue, `medscale jobs resume` or the same command" if status == "preempted" else \
+            "`medscale jobs resume` or the same command"
+        where = ("resumes from it" if saved and resume_from else f"resumes from {resume_from}" if resume_from
+                 else "starts from the beginning")
+        super().__init__(f"{status} at step {step}: {what}; the next run ({how}) {where}")
         self.status, self.step, self.saved, self.exit_code = status, step, saved, STOP_EXIT_CODES[status]
 
 
@@ -58,6 +63,31 @@ def os_error_line(e: OSError) -> str | None:
     return f"{path}{what} ({fix})"
 
 
+# How libraries that write files report a full disk: safetensors names the OS error in its message; torch.save only
+# says "file write failed" / "unexpected pos", so there the file system itself is asked.
+_DISK_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+DISK_NEARLY_FULL = 16 * 2**20  # bytes free below which a failed write is taken for a full disk
+
+
+def as_disk_full(e: BaseException, folder: str | os.PathLike) -> OSError | None:
+    """The OSError(ENOSPC) a failed write into `folder` really was, or None: an OSError ENOSPC/EDQUOT anywhere in
+    the exception chain, a library message that says so, or a write that failed on a file system with (almost) no
+    space left. The CLI then prints one line and the attempt records the reason."""
+    seen, visited = e, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen if seen.filename else OSError(seen.errno, os.strerror(seen.errno), str(folder))
+        if any(w in str(seen) for w in _DISK_FULL_WORDS):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+        seen = seen.__cause__ or seen.__context__
+    try:
+        nearly_full = shutil.disk_usage(folder).free < DISK_NEARLY_FULL
+    except OSError:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) if nearly_full else None
+
+
 @contextlib.contextmanager
 def user_errors():
     """The one boundary between medscale and a person: bad input (a UserError, or a path, permission or full disk)
@@ -68,17 +98,32 @@ def user_errors():
     except UserError as e:
         if debugging():
             raise
-        print(f"medscale: error: {e}", file=sys.stderr)
+        _say(f"medscale: error: {e}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except OSError as e:
         line = os_error_line(e)
         if line is None or debugging():
             raise
-        print(f"medscale: error: {line}", file=sys.stderr)
+        _say(f"medscale: error: {line}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
-        print(f"medscale: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops together with the same words: say them once
+            _say(f"medscale: {e}")
         raise SystemExit(e.exit_code) from None
     except RunFailed as e:
-        print(f"medscale: failed: {e}", file=sys.stderr)
+        _say(f"medscale: failed: {e}")
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C twice: the attempt's record says where the next run resumes
+        if debugging():
+            raise
+        _say("medscale: stopped at once (Ctrl-C twice), without saving")
+        raise SystemExit(EXIT_CANCELLED) from None
+
+
+def _say(line: str) -> None:
+    """The line on a line of its own: a progress bar an error interrupted is closed first (tqdm, if loaded)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        with contextlib.suppress(Exception):
+            bar.close()
+    print(line, file=sys.stderr, flush=True)

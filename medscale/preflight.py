@@ -76,13 +76,33 @@ def model_dir_problem(model) -> str | None:
     return None
 
 
+def tokenizer_dir_problem(path: Path) -> str | None:
+    """Why `path` is not a tokenizer folder (a model folder or a saved tokenizer), or None."""
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "is a file, not a tokenizer folder"
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return f"has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+    return None
+
+
+def _unwritable(folder: Path) -> Path | None:
+    """The existing folder (or its nearest existing parent) that stops `folder` from being created or written by
+    this user, or None when it can be."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return None if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK) else probe
+
+
 def _output_dir_problem(out: Path) -> str | None:
     if out.exists() and not out.is_dir():
         return f"train.output_dir: {out} is a file: choose a folder path (train.output_dir=/path/to/run)"
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            return f"train.output_dir: {parent} is a file, not a folder: choose another train.output_dir"
+    if (probe := _unwritable(out)) is not None:
         return (f"train.output_dir: {out} cannot be written ({probe} is read-only for this user): choose a "
                 f"writable train.output_dir or fix the permissions")
     return None
@@ -170,24 +190,85 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
                                      f"({len(convs)}): lower data.eval_size or set data.eval_sources")
 
 
-def _registry(report: Report) -> None:
-    from medscale.registry import Registry, RegistryError
+def _eval(recipe: Recipe, report: Report) -> None:
+    """eval.benchmarks and eval.control are read at eval steps and at the end: a missing file would fail the run
+    after hours of training."""
+    from medscale.errors import UserError
+    from medscale.eval.bench import load_benchmark
+    from medscale.eval.control import is_sft_data
 
+    e = recipe.eval
+    for b in e.benchmarks:
+        try:
+            load_benchmark(b, e.data_dir)
+        except UserError as err:
+            report.error("eval", f"eval.benchmarks: {err}")
+    if e.control:
+        try:
+            if not is_sft_data(e.control):
+                load_benchmark(e.control, e.data_dir)
+        except (UserError, OSError) as err:
+            report.error("eval", f"eval.control: {err}")
+
+
+def _tokenized(recipe: Recipe, report: Report) -> None:
+    """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it, and
+    what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it)."""
+    from medscale.data.pipeline import build_datasets, truncation_note
+    from medscale.model.load import load_tokenizer
+
+    try:
+        tok = load_tokenizer(recipe.model, planned=True)
+        data = build_datasets(recipe.data, tok, recipe.train.seed)
+    except (UserError, OSError, ValueError) as e:
+        report.error("data", f"tokenizing with {recipe.model.path}: {e}")
+        return
+    for split, stats in data.stats.items():
+        note = truncation_note(stats)
+        formats = f" ({', '.join(sorted(stats['formats']))})" if stats.get("formats") else ""
+        report.info("tokens", f"{split}: {stats['kept']} of {stats['records']} records kept{formats}, "
+                              f"{stats['mean_tokens']:g} tokens on average, longest {stats['max_tokens']} "
+                              f"(data.max_length={recipe.data.max_length})")
+        if note is not None:
+            report.warn("tokens", f"{split}: {note}")
+
+
+def _registry(report: Report) -> None:
+    """Reachable or not, a warning at most: training does not need the registry. A SQLite registry that does not
+    exist yet is not created here (a check writes nothing): its folder only has to be writable."""
+    from medscale.registry import Registry, RegistryError, default_url
+    from medscale.registry.store import sqlite_path
+
+    later = ("training does not need it: the run records itself in its output dir; `medscale jobs sync` restores "
+             "the rows later")
+    path = sqlite_path(default_url())
+    if path is not None and not path.exists():
+        if _unwritable(path.parent) is not None:
+            report.warn("registry", f"{path} cannot be created ({_unwritable(path.parent)} is read-only) ({later})")
+        else:
+            report.info("registry", f"{path} (SQLite) will be created by the first run")
+        return
     try:
         Registry(connect_timeout=3).close()
     except RegistryError as e:
-        report.warn("registry", f"{e} (training does not need it: the run records itself in its output dir; "
-                                f"`medscale jobs sync` restores the rows later)")
+        report.warn("registry", f"{e} ({later})")
 
 
 def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_data: bool = True,
-          registry: bool = True) -> Report:
+          registry: bool = True, tokenize: bool = False) -> Report:
     """Every check for running `recipe`; `devices`: this host is where it trains (GPUs, 4-bit, kernels);
     `paths_must_exist`: a missing model or data path is an error here (a Ray head may not see the workers' paths:
-    then it is a warning and the workers check)."""
+    then it is a warning and the workers check); `tokenize` (`medscale check`): also tokenize the data with the
+    recipe's tokenizer, when the model folder and the data are fine (launchers leave it to the run, which caches
+    it)."""
     report = Report()
-    if (why := model_dir_problem(recipe.model)) is not None:
-        (report.error if paths_must_exist else report.warn)("model", why)
+    model_problem = model_dir_problem(recipe.model)
+    if model_problem is not None:
+        (report.error if paths_must_exist else report.warn)("model", model_problem)
+    elif recipe.model.tiny is not None and not (Path(recipe.model.path) / "config.json").is_file():
+        report.info("model", f"{recipe.model.path}: a tiny random Qwen3, built on first use")
+    else:
+        report.info("model", f"{recipe.model.path}")
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
     _deepspeed(recipe, report, on_worker=devices)
@@ -198,6 +279,10 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
             report.error("memory", problem)
     _data(recipe, report, paths_must_exist, read_data)
+    if read_data and (recipe.eval.benchmarks or recipe.eval.control):
+        _eval(recipe, report)
+    if tokenize and read_data and model_problem is None and not any(f.topic == "data" for f in report.errors):
+        _tokenized(recipe, report)
     if registry:
         _registry(report)
     return report

@@ -51,9 +51,11 @@ class ModelSection(Section):
     hub_id: str | None = Field(None, description="the hub name of the weights, used only to say what to download into `path`")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="compute/storage dtype of the base weights")
     load_in_4bit: bool = Field(False, description="QLoRA: quantize the base weights to 4 bit with bitsandbytes (CUDA only)")
-    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: nf4 (normal float, QLoRA's choice for normally distributed weights) or fp4")
     bnb_4bit_use_double_quant: bool = Field(True, description="quantize the quantization constants too (~0.4 bit/param saved)")
-    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype 4-bit weights are dequantized to for each matmul; float16 on GPUs without bf16")
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
         "uint8", description="dtype the packed 4-bit weights are stored in; ZeRO-3 (and FSDP) shard them only "
                              "when it equals bnb_4bit_compute_dtype")
@@ -90,7 +92,8 @@ class TermMasking(Section):
 
 
 class DataSection(Section):
-    sources: list[DataSource] = Field(min_length=1)
+    sources: list[DataSource] = Field(min_length=1, description="training files, each with its own format, limit "
+                                                               "and weight; at least one")
     eval_sources: list[DataSource] = Field(default_factory=list, description="held-out files; if empty, `eval_size` is split off")
     eval_size: float = Field(0, ge=0, description="validation records: a count (>= 1) or a fraction (< 1); 0 = none")
     max_length: int = Field(2048, ge=16, description="tokens per sample after chat templating")
@@ -102,9 +105,10 @@ class DataSection(Section):
     on_bad_record: Literal["error", "skip"] = Field("error", description="a malformed record stops the run, or is skipped and counted")
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="with on_bad_record=skip: fail above this fraction")
     prompt_field: Literal["question", "instruction"] = Field("question", description="r1-think: which field is the prompt")
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, description="system turn added to records that have none; it counts "
+                                                         "toward max_length but carries no loss")
     train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="which assistant turns carry loss")
-    term_masking: TermMasking | None = None
+    term_masking: TermMasking | None = Field(None, description="seed v3: hide medical terms in prompts (null: off)")
     batching: Literal["padded", "padding_free", "packed"] = Field(
         "padded", description="padded: each micro-batch padded to its longest sample (the seed scripts); "
                               "padding_free: the same samples per micro-batch and per optimizer step, concatenated "
@@ -135,16 +139,18 @@ class DataSection(Section):
 
 
 class AdapterSection(Section):
-    type: Literal["lora"] = "lora"
-    r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    type: Literal["lora"] = Field("lora", description="adapter kind (LoRA, with DoRA/rsLoRA as options below)")
+    r: int = Field(16, ge=1, description="LoRA rank: higher learns more, costs memory and overfits small data sooner")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scale numerator: the update is scaled by lora_alpha / r")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input; 0 for tiny data or "
+                                                                  "very short runs")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="layers that get LoRA: attention + FFN (the seeds), fewer for less memory, or all-linear")
     modules_to_save: list[str] | None = Field(None, description="fully trained and saved modules, e.g. [embed_tokens, lm_head]")
-    use_dora: bool = False
+    use_dora: bool = Field(False, description="DoRA: learn magnitude and direction apart; often a bit better, slower")
     use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r")
-    bias: Literal["none", "all", "lora_only"] = "none"
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases are trained and saved")
 
 
 class AdaptiveClip(Section):
@@ -155,43 +161,55 @@ class AdaptiveClip(Section):
     above the recent typical norm are cut, whatever the norm's scale.
     """
 
-    percentile: float = Field(90, gt=0, le=100)
-    window: int = Field(100, ge=2)
-    min_history: int = Field(10, ge=1)
+    percentile: float = Field(90, gt=0, le=100, description="clip at this percentile of recent gradient norms")
+    window: int = Field(100, ge=2, description="how many recent norms the percentile is taken over")
+    min_history: int = Field(10, ge=1, description="norms seen before the adaptive threshold replaces max_grad_norm")
 
 
 class TrainSection(Section):
-    output_dir: str
-    num_train_epochs: float = Field(3, gt=0)
+    output_dir: str = Field(description="where checkpoints, the adapter and the job record go; with `name` it "
+                                        "identifies the job (a rerun resumes it)")
+    num_train_epochs: float = Field(3, gt=0, description="passes over the training data (unless max_steps > 0)")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
-    per_device_train_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    per_device_train_batch_size: int = Field(4, ge=1, description="samples per micro-batch per GPU: more is faster "
+                                                                  "until memory runs out")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step: a larger batch "
+                                                                  "without more memory, fewer steps")
     effective_batch_size: int | None = Field(
         None, ge=1, description="if set, must equal per-device batch x accumulation x processes (checked)")
-    learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "linear"
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate: LoRA usually 1e-4..2e-4; lower "
+                                                          "(5e-6) changes a good model less")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                               "polynomial"] = Field("linear", description="how the rate falls after warm-up")
     warmup_ratio: float = Field(0, ge=0, lt=1, description="warm-up as a fraction of total steps")
     warmup_steps: int = Field(0, ge=0, description="warm-up in steps (exclusive with warmup_ratio)")
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, description="AdamW weight decay; LoRA rarely needs it")
     optim: str = Field("adamw_torch", description="any HF optimizer name: adamw_torch, paged_adamw_8bit, adamw_bnb_8bit, ...")
-    max_grad_norm: float = Field(1.0, ge=0)
-    adaptive_clip: AdaptiveClip | None = None
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: no clipping); lower is "
+                                                         "steadier, slower to learn")
+    adaptive_clip: AdaptiveClip | None = Field(None, description="seed v3: clip at a percentile of recent norms "
+                                                                 "instead (null: off)")
     bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     gradient_checkpointing: bool = Field(False, description="true: less activation memory, ~20-30% slower")
     use_liger_kernel: bool = Field(
         False, description="Liger Triton kernels (fused linear cross-entropy: the full-vocabulary logits are never "
                            "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")
-    logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(500, ge=1)
+    logging_steps: int = Field(10, ge=1, description="steps between log lines (loss, learning rate, tokens/s)")
+    save_steps: int = Field(500, ge=1, description="steps between verified checkpoints: at most this much work is "
+                                                   "lost to a crash; each save costs time and disk")
     save_total_limit: int | None = Field(
         None, ge=1, description="keep the newest N verified checkpoints (plus the best by eval loss, and always the "
                                 "newest verified one); null keeps all")
-    keep_best_checkpoint: bool = Field(True, description="retention also keeps the checkpoint with the lowest eval loss")
+    keep_best_checkpoint: bool | str = Field(
+        True, description="retention also keeps the best checkpoint: true = lowest eval loss; or a metric logged at "
+                          "eval steps, e.g. bench/cmmlu-med/acc (higher is better for accuracies) or control/loss; "
+                          "false: newest only")
     resume: str = Field(
         "auto", description="auto: continue from the newest verified checkpoint of this job (output_dir), if any; "
                             "never: refuse to start over existing checkpoints; or a checkpoint folder path")
-    seed: int = 42
-    dataloader_num_workers: int = Field(0, ge=0)
+    seed: int = Field(42, description="seeds data order, the adapter's init and the eval split")
+    dataloader_num_workers: int = Field(0, ge=0, description="processes preparing batches; >0 helps when collation "
+                                                             "(term masking) is slow")
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainSection":
@@ -204,7 +222,7 @@ class DistSection(Section):
     DS_CONFIG_DIR: ClassVar[Path] = shipped("ds_configs")
 
     num_processes: int = Field(1, ge=1, description="processes (GPUs) on this machine")
-    num_machines: int = Field(1, ge=1)
+    num_machines: int = Field(1, ge=1, description="machines (SLURM nodes, Ray hosts) with num_processes each")
     config: str | None = Field(None, description="accelerate config: a name in cluster/accelerate/ or a path")
     deepspeed: str | None = Field(
         None, description="DeepSpeed ZeRO config: zero2 | zero3 | zero3_offload (in ds_configs/) or a path to a "
@@ -251,16 +269,16 @@ class DistSection(Section):
 
 
 class SwanLab(Section):
-    project: str
-    experiment: str | None = None
-    workspace: str | None = None
+    project: str = Field(description="SwanLab project the run is logged to")
+    experiment: str | None = Field(None, description="experiment name (default: track.run_name or the recipe name)")
+    workspace: str | None = Field(None, description="SwanLab workspace (default: your own)")
     mode: Literal["cloud", "local", "offline", "disabled"] = Field(
         "cloud", description="cloud falls back to offline when no API key is configured")
 
 
 class TrackSection(Section):
-    run_name: str | None = None
-    swanlab: SwanLab | None = None
+    run_name: str | None = Field(None, description="name of the run in logs and trackers (default: the recipe name)")
+    swanlab: SwanLab | None = Field(None, description="log to SwanLab (null: off)")
 
 
 BENCHMARK_NAMES = ("cmmlu-med", "ceval-med", "medqa-zh", "cmexam", "medqa-en", "mmlu-med")  # medscale.eval.bench
@@ -281,10 +299,11 @@ class BenchmarkSource(Section):
 
 
 class EvalSection(Section):
-    eval_strategy: Literal["no", "steps", "epoch"] = "no"
-    eval_steps: int | None = Field(None, ge=1)
+    eval_strategy: Literal["no", "steps", "epoch"] = Field(
+        "no", description="when held-out loss is measured: never, every eval_steps, or each epoch")
+    eval_steps: int | None = Field(None, ge=1, description="steps between evaluations (eval_strategy=steps)")
     eval_on_start: bool = Field(True, description="measure the base model first, so a fine-tune that hurts is visible")
-    per_device_eval_batch_size: int = Field(4, ge=1)
+    per_device_eval_batch_size: int = Field(4, ge=1, description="samples per evaluation batch per GPU")
     benchmarks: list[str | BenchmarkSource] = Field(
         default_factory=list, description=f"multiple-choice benchmarks scored at eval steps and at the end: built-in "
                                           f"names ({', '.join(BENCHMARK_NAMES)}) under eval.data_dir, or paths")
@@ -353,15 +372,17 @@ class GenerationSection(Section):
 
 class Recipe(Section):
     name: str = Field(description="job name; with train.output_dir it identifies a job")
-    description: str = ""
-    model: ModelSection
-    data: DataSection
-    adapter: AdapterSection = Field(default_factory=AdapterSection)
-    train: TrainSection
-    dist: DistSection = Field(default_factory=DistSection)
-    track: TrackSection = Field(default_factory=TrackSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
-    generation: GenerationSection = Field(default_factory=GenerationSection)
+    description: str = Field("", description="one line shown by `medscale recipes`")
+    model: ModelSection = Field(description="the base model: folder, dtype, 4-bit quantization, attention")
+    data: DataSection = Field(description="training data: files, formats, length limits, how samples are batched")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="the LoRA adapter that is trained")
+    train: TrainSection = Field(description="the optimization (HF TrainingArguments names), checkpoints, resume")
+    dist: DistSection = Field(default_factory=DistSection, description="processes, machines, DeepSpeed")
+    track: TrackSection = Field(default_factory=TrackSection, description="experiment tracking")
+    eval: EvalSection = Field(default_factory=EvalSection, description="held-out loss, benchmarks and the forgetting "
+                                                                       "guard, during training and at its end")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="how answers are generated: "
+                                          "compare, chat, generate-mode eval, export")
 
     @field_validator("name")
     @classmethod
@@ -660,13 +681,29 @@ def _line_of(path: Path | None, loc: tuple) -> str:
     return f"{path}:{line}: " if line else f"{path}: "
 
 
-def _explain(err: ValidationError, path: Path | None) -> str:
+def _override_of(loc: tuple, message: str, overrides: list[str]) -> str | None:
+    """The command-line override behind an error: the one that set the key at `loc` (or a section above it), else,
+    for a cross-field check, the one whose key the message names. None: the error comes from the file."""
+    keys = tuple(str(p) for p in loc)
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if keys and keys[:len(key.split("."))] == tuple(key.split(".")):
+            return item
+    return next((item for item in reversed(overrides)
+                 if re.search(rf"(?<![\w.]){re.escape(item.partition('=')[0].strip())}(?![\w])", message)), None)
+
+
+def _explain(err: ValidationError, path: Path | None, overrides: list[str] = ()) -> str:
+    """One line per problem, each pointing where the user can fix it: the override they typed, or the file:line."""
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         dotted = ".".join(str(p) for p in loc) or "(recipe)"
-        where = _line_of(path, loc)
+        item = _override_of(loc, e["msg"], list(overrides))
         kind = e["type"]
+        where = f"override '{item}': " if item else _line_of(path, loc)
+        if not item and overrides and kind == "value_error" and len(loc) <= 1:  # a cross-field check
+            where = f"{where.rstrip(': ')} with {' '.join(overrides)}: "
         if kind == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else ""
@@ -682,11 +719,11 @@ def _explain(err: ValidationError, path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def validate(data: dict, source: Path | None = None) -> Recipe:
+def validate(data: dict, source: Path | None = None, overrides: list[str] = ()) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_explain(e, source)) from None
+        raise RecipeError(_explain(e, source, overrides)) from None
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
@@ -695,9 +732,77 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     data = _load_raw(path)
     data.setdefault("name", path.stem)
     data = _expand_paths(apply_overrides(data, overrides or []))
-    return validate(data, path)
+    return validate(data, path, overrides or [])
 
 
 def recipe_schema() -> dict:
     """JSON schema of the recipe, generated from the field descriptions above."""
     return Recipe.model_json_schema()
+
+
+class KeyDoc(BaseModel):
+    """One recipe key as `medscale recipe schema` shows it."""
+
+    section: str  # top-level section ("" for the recipe's own keys: name, description)
+    key: str  # the rest of the dotted path; list items as `sources[].path`
+    type: str
+    default: str
+    description: str | None
+
+
+def _sections_in(annotation) -> list[tuple[type[BaseModel], bool]]:
+    """(section model, inside a list) found in a field's annotation: `X`, `X | None`, `list[X]`."""
+    import typing
+
+    def is_section(a) -> bool:
+        return isinstance(a, type) and issubclass(a, BaseModel)
+
+    if typing.get_origin(annotation) is list:
+        return [(a, True) for a in typing.get_args(annotation) if is_section(a)]
+    return [(a, False) for a in (annotation, *typing.get_args(annotation)) if is_section(a)]
+
+
+def _type_words(annotation) -> str:
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is list:
+        if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return "list of mappings"
+        return f"list of {_type_words(args[0])}" if args else "list"
+    if args and origin is not None:  # a union
+        words = [_type_words(a) for a in args if a is not type(None)]
+        return " or ".join(words) + (" or null" if type(None) in args else "")
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_words(field) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "(section)" if isinstance(value, BaseModel) else json.dumps(value, ensure_ascii=False)
+    if field.default is PydanticUndefined:
+        return "required"
+    return "null" if field.default is None else json.dumps(field.default, ensure_ascii=False)
+
+
+def recipe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[KeyDoc]:
+    """Every key of the recipe, sections and the keys inside them, in declaration order, with its type, default and
+    description (the `Field(description=...)` above)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        if "." in path:
+            section, key = path.split(".", 1)
+        else:  # a top-level key: a section's own row, or one of the recipe's own keys (name, description)
+            section, key = (path, "") if _sections_in(field.annotation) else ("", path)
+        rows.append(KeyDoc(section=section, key=key, type=_type_words(field.annotation),
+                           default=_default_words(field), description=field.description))
+        for sub, in_list in _sections_in(field.annotation):
+            rows += recipe_keys(sub, f"{path}{'[]' if in_list else ''}.")
+    return rows

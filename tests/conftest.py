@@ -160,8 +160,10 @@ def write_mcq_set(folder: Path, n: int = 40, seed: int = 7) -> dict[str, Path]:
         wrong = rng.choice([c for c in "ABCD" if c != ans])
         for out, letter in ((right, ans), (noise, wrong)):  # the answer turn is the letter, as eval expects it
             out.append({"messages": [{"role": "user", "content": asked}, {"role": "assistant", "content": letter}]})
-    paths = {"mcq": folder / "mcq40.jsonl", "sft": folder / "mcq40_sft.jsonl", "noise": folder / "mcq40_noise.jsonl"}
-    for key, recs in (("mcq", rows), ("sft", right), ("noise", noise)):
+    # "run_mcq": the same questions under another name, for a recipe's eval.benchmarks beside a test's own callback
+    paths = {"mcq": folder / "mcq40.jsonl", "sft": folder / "mcq40_sft.jsonl", "noise": folder / "mcq40_noise.jsonl",
+             "run_mcq": folder / "run_mcq40.jsonl"}
+    for key, recs in (("mcq", rows), ("sft", right), ("noise", noise), ("run_mcq", rows)):
         paths[key].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     return paths
 
@@ -216,7 +218,8 @@ def control_base(tiny_model_dir, eval_data, tmp_path_factory) -> Path:
 
 
 def _mcq_job(control_base: Path, eval_data: dict, out: Path, source: Path, steps: int):
-    """Fine-tune the control base on 40 questions' SFT records, scoring the questions at every evaluation."""
+    """Fine-tune the control base on 40 questions' SFT records, scoring the questions at every evaluation (a callback
+    of the test's own, and the recipe's eval.benchmarks + eval.control: the run's own verdict and forgetting guard)."""
     from medscale.eval.bench import load_benchmark
     from medscale.eval.callback import BenchmarkCallback
     from medscale.train.run import run
@@ -225,7 +228,9 @@ def _mcq_job(control_base: Path, eval_data: dict, out: Path, source: Path, steps
     with own_home(out.parent):
         summary = run(tiny_run_recipe(control_base, out, source, "messages", f"data.eval_sources=[{{path: '{source}'}}]",
                                       "eval.eval_strategy=steps", f"eval.eval_steps={steps // 4}",
-                                      f"train.max_steps={steps}"), callbacks=[cb])
+                                      f"train.max_steps={steps}", f"eval.benchmarks=['{eval_data['run_mcq']}']",
+                                      f"eval.control={eval_data['control']}", "eval.benchmark_limit=16",
+                                      "eval.per_device_eval_batch_size=16"), callbacks=[cb])
     return out, summary, cb
 
 

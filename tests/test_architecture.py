@@ -18,7 +18,7 @@ MAY_IMPORT = {
     "medscale.jobs": {"medscale.registry", "medscale.recipe", "medscale.errors"},
     "medscale.plan": {"medscale.recipe", "medscale.model", "medscale.errors"},
     "medscale.preflight": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs",
-                           "medscale.registry", "medscale.plan", "medscale.errors"},
+                           "medscale.registry", "medscale.plan", "medscale.eval", "medscale.errors"},
     "medscale.train": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs", "medscale.registry",
                        "medscale.preflight", "medscale.plan", "medscale.eval", "medscale.errors"},
     "medscale.eval": {"medscale.recipe", "medscale.data", "medscale.model", "medscale.jobs", "medscale.registry",

@@ -78,7 +78,7 @@ def test_inspect_marks_loss_tokens_when_piped(tmp_path, tiny_model_dir):
     f = _jsonl(tmp_path / "d.jsonl", [REC])
     p = run_cli("data", "inspect", str(f), "--tokenizer", str(tiny_model_dir), "--n", "1")
     assert p.returncode == 0, p.stderr
-    body = p.stdout.split("\n", 1)[1]  # after the header line
+    body = p.stdout.split(" ---\n", 1)[1]  # after the record's header line (the first line names format, tokenizer)
     trained = body.split("[[", 1)[1].split("]]", 1)[0]
     assert "考虑紧张性头痛" in trained and "注意休息" in trained and "经常头痛怎么办" not in trained and "经常头痛怎么办" in body
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from medscale.recipe import RecipeError, builtin_names, load_recipe
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -220,6 +220,20 @@ def test_wrong_type_names_key_and_expected_type():
     assert "adapter.r: expected an integer" in msg and "sixteen" in msg
 
 
+def test_an_error_in_an_override_names_the_override_not_the_builtin_file():
+    """The user typed the override; the built-in recipe file is one they never edited."""
+    msg = _error("tiny-demo", ["train.learning_rate=abc"])
+    assert msg == "override 'train.learning_rate=abc': train.learning_rate: expected a number, got 'abc'"
+    assert _error("tiny-demo", ["data.sources=[{path: x, format: bad}]"]).startswith(
+        "override 'data.sources=[{path: x, format: bad}]': data.sources.0.format:")
+    assert _error("tiny-demo", ["train.warmup_steps=10"]).startswith("override 'train.warmup_steps=10': set "
+                                                                     "train.warmup_ratio or train.warmup_steps")
+    # a cross-field check no single override explains: the file *with* the overrides
+    msg = _error("qwen3-8b-lora-huatuo", ["dist.num_processes=3"])
+    assert "qwen3-8b-lora-huatuo.yaml with dist.num_processes=3: train.effective_batch_size=32" in msg
+    assert "recipes/tiny-demo.yaml" not in _error("tiny-demo", ["adapter.r=0", "train.learning_rate=1e-4"])
+
+
 def test_batch_that_cannot_divide():
     msg = _error("qwen3-8b-lora-huatuo", ["dist.num_processes=3"])
     assert "train.effective_batch_size=32" in msg and "3" in msg
@@ -278,9 +292,31 @@ def test_yaml_no_is_a_string_not_false():
     assert load_recipe("tiny-demo", ["train.bf16=false"]).train.bf16 is False
 
 
-def test_schema_describes_every_section():
-    p = run_cli("recipe", "schema")
+def test_schema_json_describes_every_section():
     import json
 
+    p = cli("recipe", "schema", "--json")
     schema = json.loads(p.stdout)
     assert p.returncode == 0 and set(schema["properties"]) >= {"model", "data", "adapter", "train", "dist", "track", "eval"}
+
+
+def test_every_recipe_key_has_a_description():
+    """`medscale recipe schema` is the reference: a key without a description is a key nobody can look up."""
+    from medscale.recipe import Recipe, recipe_keys
+
+    rows = recipe_keys()
+    assert not [f"{r.section}.{r.key}".strip(".") for r in rows if not (r.description or "").strip()]
+    leaves = {f"{r.section}.{r.key}" for r in rows if r.section and r.key}
+    assert {"train.learning_rate", "data.sources[].format", "model.tiny.layers", "train.adaptive_clip.window",
+            "track.swanlab.mode"} <= leaves
+    assert {r.section for r in rows if not r.key} == set(Recipe.model_fields) - {"name", "description"}
+
+
+def test_schema_is_a_readable_table_by_default():
+    p = cli("recipe", "schema")
+    assert p.returncode == 0
+    header = next(ln for ln in p.stdout.splitlines() if "section" in ln)
+    assert [w for w in header.replace("┃", " ").split()] == ["section", "key", "type", "default", "description"]
+    row = next(ln for ln in p.stdout.splitlines() if " learning_rate " in ln)
+    assert [c.strip() for c in row.split("│")[1:5]] == ["train", "learning_rate", "float", "0.0002"]
+    assert "peak learning rate" in row

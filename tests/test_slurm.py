@@ -68,7 +68,10 @@ def test_array_script_covers_the_sweep_definitions_trials():
 
 # --------------------------------------------------------------------------- the per-node command
 
-def test_node_command_for_two_nodes_sets_machine_rank_address_and_total_processes():
+def test_node_command_for_two_nodes_sets_machine_rank_address_and_total_processes(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the command is built on a GPU node
     r = load_recipe("qwen3-8b-lora-huatuo")
     extra = sl.node_overrides(r, 2)
     assert extra == ["dist.num_machines=2", "train.gradient_accumulation_steps=1"]  # keeps the batch of 32

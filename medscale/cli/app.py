@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from typing import Callable
 
 import typer
 
+from medscale import setup_logging  # noqa: F401  (re-exported: the CLI modules set logging up through here)
 from medscale.errors import user_errors
 
 
@@ -33,13 +33,6 @@ class App(typer.Typer):
 
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. train.learning_rate=5e-6 adapter.r=8")
 AS_JSON = typer.Option(False, "--json", help="one JSON document instead of a table")
-
-
-def setup_logging() -> None:
-    """INFO for medscale's own lines; libraries' chatter (alembic, httpx, ...) only when something is wrong."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("alembic", "httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def echo_json(obj) -> None:

@@ -117,6 +117,13 @@ def render_job(detail) -> None:
         [c.step, Text("✓", style="green") if c.verified else Text("✗", style="red"), "deleted" if c.deleted else "",
          c.attempt, _num(c.metrics.get("loss")), _num(c.metrics.get("eval_loss")), f"{c.size_bytes / 2**20:.1f}"]
         for c in job.checkpoints]))
+    if detail.results:
+        out.print(table("results", ["benchmark", "role", "model", "step", "n", "accuracy", "95% CI", "loss", "mode",
+                                    "measured (UTC)"], [
+            [r.benchmark, r.role, r.model, "" if r.step is None else r.step, r.n,
+             "" if r.accuracy is None else f"{100 * r.accuracy:.1f}%",
+             "" if r.ci_low is None else f"{100 * r.ci_low:.1f}-{100 * r.ci_high:.1f}%", _num(r.loss), r.mode,
+             _when(r.created_at)] for r in detail.results]))
     if detail.damaged:
         out.print(Text("set aside (did not verify; `medscale jobs gc` deletes them)", style="bold red"))
         for p in detail.damaged:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -33,21 +34,46 @@ def recipe_show(name: str, overrides: Optional[list[str]] = OVERRIDES) -> None:
 
 
 @recipe_app.command("schema")
-def recipe_schema() -> None:
-    """Print the recipe JSON schema (every key, type, default and description)."""
+def recipe_schema(as_json: bool = typer.Option(False, "--json", help="the JSON Schema instead of the table")) -> None:
+    """Every recipe key: section, key, type, default and what it does (a table; the JSON Schema with --json)."""
+    from medscale.recipe import recipe_keys
     from medscale.recipe import recipe_schema as schema
 
-    typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
+    if as_json:
+        typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    table.add_column("section", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("type", overflow="fold", max_width=30)
+    table.add_column("default", overflow="fold", max_width=24)
+    table.add_column("description", overflow="fold", min_width=40)
+    for row in recipe_keys():
+        style = "bold" if not row.key else None  # a section's own row
+        table.add_row(row.section, row.key, row.type, row.default, row.description or "", style=style)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 180).print(table)  # piped: wide, for less/grep
 
 
 def print_summary(title: str, s) -> None:
-    """The end-of-run lines a person reads: did the loss fall, was it better than the base, where is it."""
+    """The end-of-run lines a person reads: did the loss fall, was it better than the base, what happened to the
+    data, where is it."""
+    from medscale.data.pipeline import truncation_note
+
     p = s.paths
     loss = (f"{s.loss_first:.3f} -> {s.loss_last:.3f}" if s.loss_first is not None and s.loss_last is not None
             else "(not logged)")
     lines = ["", title,
              f"  loss          {loss} over {s.global_step} steps on {s.world_size} process(es)",
              f"  verdict       {s.verdict}"]
+    lines += [f"  benchmark     {b['line']}" for b in s.benchmarks.values()]
+    if s.control:
+        lines.append(f"  forgetting    {s.control['line']}")
+    for split, stats in s.data.items():  # records data.max_length / data.truncation dropped or cut: said, not hidden
+        if isinstance(stats, dict) and (note := truncation_note(stats)) is not None:
+            lines.append(f"  data          {split}: {note}")
     if s.tokens_per_s is not None:
         lines.append(f"  throughput    {s.tokens_per_s:.0f} tokens/s, {s.samples_per_s or 0:.1f} samples/s")
     if s.finished_from_checkpoint:
@@ -101,10 +127,18 @@ def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML
           overrides: Optional[list[str]] = OVERRIDES) -> None:
     """Pre-flight alone: every problem with the recipe, model folder, data, devices, output dir and registry at
     once, without starting anything (exit 0: it can run here; 2: it cannot)."""
+    from launcher.local import accelerate_config
     from medscale.preflight import check as run_check
-    from medscale.recipe import load_recipe
+    from medscale.recipe import RecipeError, load_recipe
 
-    report = run_check(load_recipe(recipe, overrides or []), devices=True)
+    r = load_recipe(recipe, overrides or [])
+    report = run_check(r, devices=True, tokenize=True)
+    if r.dist.num_processes * r.dist.num_machines > 1:  # what the local launcher would start
+        try:
+            report.info("dist", f"{r.dist.num_processes * r.dist.num_machines} processes through accelerate "
+                                f"({accelerate_config(r)})")
+        except RecipeError as e:
+            report.error("dist", str(e))
     marks = {"error": "✗", "warning": "!", "info": "·"}
     for f in report.findings:
         typer.echo(f"{marks[f.level]} {f.topic:9s} {f.message}", err=f.level != "info")

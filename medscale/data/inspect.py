@@ -34,10 +34,11 @@ def render_segments(segs: list[tuple[str, bool]], color: bool) -> str:
 
 
 def data_stats(path: str, tok, max_len: int = 2048, batch_size: int = 4, fmt: str = "auto", seed: int = 0,
-               **load_kw) -> dict:
+               counts: dict | None = None, **load_kw) -> dict:
     """Length statistics with the tokenizer's chat template, padding waste of random pad-to-longest batches,
-    and packing efficiency into rows of max_len x batch_size tokens."""
-    counts: dict = {}
+    and packing efficiency into rows of max_len x batch_size tokens. `counts` receives what the read found (bad
+    records, the formats read)."""
+    counts = {} if counts is None else counts
     convs = load_conversations(path, fmt, counts=counts, **load_kw)
     lengths, labels = [], []
     for msgs in convs:
@@ -55,7 +56,7 @@ def data_stats(path: str, tok, max_len: int = 2048, batch_size: int = 4, fmt: st
     return {
         "file": path, "records": len(convs), "bad_records": counts.get("bad_records", 0),
         "tokens_mean": round(float(arr.mean()), 1), "tokens_median": float(np.median(arr)),
-        "tokens_p90": float(np.percentile(arr, 90)), "tokens_max": int(arr.max()),
+        "tokens_p90": round(float(np.percentile(arr, 90)), 1), "tokens_max": int(arr.max()),
         "label_tokens_mean": round(float(np.mean(labels)), 1),
         "over_max_len": int((arr > max_len).sum()), "max_len": max_len, "batch_size": batch_size,
         "padding_waste": round(1 - sum(capped) / padded, 4),

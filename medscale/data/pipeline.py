@@ -9,6 +9,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,43 @@ def split_eval(convs: list[list[dict]], size: float, seed: int) -> tuple[list, l
     return train, [c for c in convs if _prompt_key(c) in held]
 
 
+SHOW_PROGRESS_FROM = 5000  # records: below this, tokenizing takes seconds and its progress bars are only noise
+
+
+@contextmanager
+def progress_bars(records: int):
+    """datasets' progress bars (map, filter, save) only for work long enough to watch."""
+    import datasets
+
+    hide = records < SHOW_PROGRESS_FROM and datasets.is_progress_bar_enabled()
+    if hide:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets.enable_progress_bars()
+
+
+def truncation_note(stats: dict) -> str | None:
+    """What data.max_length and data.truncation did to a split's records, with the keys that change it (the run's
+    log, its end-of-run report, `medscale check`); None when every record fit."""
+    n, dropped, cut = stats.get("records", 0), stats.get("dropped", 0), stats.get("truncated", 0)
+    max_len, policy = stats.get("max_length", "?"), stats.get("truncation", "drop")
+    parts = []
+    if dropped:
+        why = ("longer than data.max_length" if policy == "drop" else
+               "too long to cut (their prompt alone fills data.max_length) or left with no trained token")
+        fix = ("raise data.max_length, or set data.truncation=truncate_response to train on their first "
+               f"{max_len} tokens" if policy == "drop" else "raise data.max_length")
+        parts.append(f"{dropped} of {n} records ({dropped / max(n, 1):.0%}) dropped: {why} ({max_len} tokens, "
+                     f"data.truncation={policy}); {fix}")
+    if cut:  # kept, but cut (dropped ones are counted apart)
+        parts.append(f"{cut} of {n} records ({cut / max(n, 1):.0%}) cut to data.max_length="
+                     f"{max_len} (data.truncation={policy}); raise data.max_length to train on them whole")
+    return "; ".join(parts) or None
+
+
 def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
     from datasets import Dataset
 
@@ -84,14 +122,16 @@ def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
         return out
 
     ds = Dataset.from_dict({"messages": [json.dumps(c, ensure_ascii=False) for c in convs]})
-    ds = ds.map(fn, batched=True, with_indices=True, num_proc=data.num_proc if len(ds) > 1000 else None,
-                desc="tokenizing")
+    with progress_bars(len(ds)):
+        ds = ds.map(fn, batched=True, with_indices=True, num_proc=data.num_proc if len(ds) > 1000 else None,
+                    desc="tokenizing")
     status = ds["status"]
-    stats = {**counts, "records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated")}
-    if stats["dropped"] or stats["truncated"]:
-        log.warning("%d of %d records dropped and %d truncated at data.max_length=%d (data.truncation=%s)",
-                    stats["dropped"], len(ds), stats["truncated"], data.max_length, data.truncation)
-    ds = ds.filter(lambda s: s != "dropped", input_columns="status").remove_columns("status")
+    stats = {**counts, "records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated"),
+             "max_length": data.max_length, "truncation": data.truncation}
+    if (note := truncation_note(stats)) is not None:
+        log.warning("%s", note)
+    with progress_bars(len(ds)):
+        ds = ds.filter(lambda s: s != "dropped", input_columns="status").remove_columns("status")
     if len(ds) == 0:
         raise DataError(f"every record was dropped (max_length {data.max_length}, truncation {data.truncation}): "
                          f"raise data.max_length or set data.truncation=truncate_response")
@@ -188,9 +228,10 @@ def _to_cache(path: Path, result: SFTData) -> None:
     """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        result.train.save_to_disk(str(tmp / "train"))
-        if result.eval is not None:
-            result.eval.save_to_disk(str(tmp / "eval"))
+        with progress_bars(len(result.train)):
+            result.train.save_to_disk(str(tmp / "train"))
+            if result.eval is not None:
+                result.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(result.stats))
         tmp.rename(path)
     except OSError:

@@ -141,6 +141,15 @@ def check_conversation(msgs: list[dict]) -> None:
         raise ValueError("empty user or final assistant turn")
 
 
+def _mixed_hint(rec: dict, fmt: str, detected_at: int | None) -> str:
+    """When a file's layout was detected from an earlier record and this one has another: say so."""
+    other = detect(rec) if isinstance(rec, dict) else None
+    if detected_at is None or other in (None, fmt):
+        return ""
+    return (f" (this record looks like {other}, but the file was detected as {fmt} from line {detected_at}: one "
+            f"layout per file; split the file, or fix this record)")
+
+
 def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
                        system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
                        max_bad_fraction: float = 0.01, counts: dict | None = None,
@@ -151,8 +160,9 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
     convs: list[list[dict]] = []
     bad: list[str] = []
     skipped = 0
+    formats: dict[str, int] = {}
     for file in expand_sources(path):
-        file_fmt = fmt
+        file_fmt, detected_at = fmt, None
         for n, rec in read_records(file, bad if on_bad_record == "skip" else None):
             if skipped < skip:
                 skipped += 1
@@ -160,7 +170,7 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
             if limit is not None and len(convs) >= limit:
                 break
             if file_fmt == "auto":
-                file_fmt = detect(rec) or ""
+                file_fmt, detected_at = detect(rec) or "", n
                 if not file_fmt:
                     near = closest(rec)
                     hint = f"; closest: {'; '.join(near)}" if near else ""
@@ -169,16 +179,18 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
                                     f"to read it as one of them)")
             try:
                 msgs = to_messages(rec, file_fmt, prompt_field)
-                if system_prompt and msgs[0]["role"] != "system":
+                if system_prompt and (not msgs or msgs[0]["role"] != "system"):
                     msgs.insert(0, {"role": "system", "content": system_prompt})
                 check_conversation(msgs)
-            except (ValueError, TypeError, AttributeError) as e:  # wrong shapes too, e.g. a turn that is not a dict
-                msg = f"{file}:{n}: bad {file_fmt} record: {e}"
+            # wrong shapes too: a turn that is not a dict, a list where a mapping belongs
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+                msg = f"{file}:{n}: bad {file_fmt} record: {e}{_mixed_hint(rec, file_fmt, detected_at)}"
                 if on_bad_record != "skip":
                     raise DataError(msg) from None
                 bad.append(msg)
                 continue
             convs.append(msgs)
+            formats[file_fmt] = formats.get(file_fmt, 0) + 1
     total = len(convs) + len(bad)
     if bad:
         log.warning("%s: skipped %d of %d bad records; first: %s", path, len(bad), total, bad[0])
@@ -187,6 +199,8 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
                             f"{max_bad_fraction}); first: {bad[0]}")
     if counts is not None:
         counts["bad_records"] = counts.get("bad_records", 0) + len(bad)
+        for name, k in formats.items():  # which layout was read: said by `data stats`, `medscale check`
+            counts.setdefault("formats", {})[name] = counts.get("formats", {}).get(name, 0) + k
     if not convs:
         raise DataError(f"{path}: no records" + (f" after the first {skip} (data.sources[].skip)" if skip else ""))
     return convs

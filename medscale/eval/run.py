@@ -80,31 +80,37 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     return report
 
 
-def record_results(rows, job_id: int | None, step: int | None = None) -> None:
+def result_row(result: BenchResult, *, model: str, base: str, adapter: str | None, role: str, step: int | None = None,
+               checkpoint: str | None = None):
+    """One BenchResult as the registry stores it (medscale.registry.ResultInfo), per-question outcomes included."""
+    from medscale.registry import ResultInfo
+
+    return ResultInfo(model=model, base_path=str(base), benchmark=result.benchmark, fingerprint=result.fingerprint,
+                      mode=result.mode, n=result.n, role=role, adapter_path=str(adapter) if adapter else None,
+                      shots=result.shots, step=step, checkpoint=checkpoint, accuracy=result.acc,
+                      ci_low=result.ci_low, ci_high=result.ci_high,
+                      figures={"correct": result.correct, "skipped": result.skipped, "unparseable": result.unparseable,
+                               "multi_answer": result.multi_answer, "language": result.language,
+                               "questions_per_s": result.questions_per_s,
+                               "subjects": [s.model_dump() for s in result.subjects]},
+                      outcomes=[o.model_dump() for o in result.outcomes])
+
+
+def record_results(rows, job_id: int | None) -> None:
     """Store (result, model reference, role) rows in the registry; role: tuned (a job's adapter), base (the model
     that job was tuned from: stored with the job, so its verdicts are a query) or model (any other folder, stored
     with its own job if it is one). A registry that cannot be reached only warns: the results are in the report."""
     import logging
 
-    from medscale.registry import Registry, RegistryError, ResultInfo
-
-    def info(result: BenchResult, ref, role: str) -> ResultInfo:
-        return ResultInfo(model=ref.label, base_path=str(ref.base), benchmark=result.benchmark,
-                          fingerprint=result.fingerprint, mode=result.mode, n=result.n, role=role,
-                          adapter_path=str(ref.adapter) if ref.adapter else None, shots=result.shots, step=step,
-                          checkpoint=str(ref.checkpoint) if ref.checkpoint else None, accuracy=result.acc,
-                          ci_low=result.ci_low, ci_high=result.ci_high,
-                          figures={"correct": result.correct, "skipped": result.skipped,
-                                   "unparseable": result.unparseable, "multi_answer": result.multi_answer,
-                                   "language": result.language, "questions_per_s": result.questions_per_s,
-                                   "subjects": [s.model_dump() for s in result.subjects]},
-                          outcomes=[o.model_dump() for o in result.outcomes])
+    from medscale.registry import Registry, RegistryError
 
     try:
         reg = Registry()
         try:
             for result, ref, role in rows:
-                reg.record_result(info(result, ref, role), job_id if role != "model" else ref.job_id)
+                row = result_row(result, model=ref.label, base=ref.base, adapter=ref.adapter, role=role,
+                                 checkpoint=str(ref.checkpoint) if ref.checkpoint else None)
+                reg.record_result(row, job_id if role != "model" else ref.job_id)
         finally:
             reg.close()
     except RegistryError as e:

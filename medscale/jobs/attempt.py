@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from medscale.errors import AttemptStopped
-from medscale.jobs.checkpoint import checkpoint_step
+from medscale.jobs.checkpoint import checkpoint_step, newest_saved, remove_torn_saves
 from medscale.jobs.client import RunRegistry
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import LaunchInfo
@@ -103,10 +103,22 @@ class Attempt:
             self._end(AttemptStatus(exc.status), f"stopped at step {self.step}: {self.stop.reason or exc.status}"
                       + (" with a verified checkpoint" if exc.saved else ""))
         elif isinstance(exc, KeyboardInterrupt):
-            self._end(AttemptStatus.CANCELLED, "interrupted (Ctrl-C twice): stopped without saving")
+            self._remove_torn_saves()
+            newest = newest_saved(self.out) if self.active else None
+            self._end(AttemptStatus.CANCELLED, "interrupted (Ctrl-C twice): stopped without saving; the next run "
+                      + (f"resumes from {newest}" if newest else "starts from the beginning"))
         else:
+            self._remove_torn_saves()  # first: on a full disk this frees the space the record needs
             self._end(AttemptStatus.FAILED, failure_reason(exc))
         return False
+
+    def _remove_torn_saves(self) -> None:
+        if self.active:
+            try:
+                remove_torn_saves(self.out)
+            except OSError as e:
+                log.error("could not remove the unfinished checkpoint in %s: %s (the next start removes it)",
+                          self.out, e)
 
     def _end(self, status: AttemptStatus, reason: str | None = None) -> None:
         if not self.active or self.info is None:
@@ -141,6 +153,12 @@ class Attempt:
             self.journal.save()
         self.registry.checkpoint(self.spec, CheckpointInfo(manifest["step"], str(ckpt), True, self.info.number,
                                                            manifest.get("metrics", {}), manifest["size_bytes"]))
+
+    def results_measured(self, rows: list) -> None:
+        """Measurements of this job made in the run (medscale.registry.ResultInfo rows: the tuned model and its
+        base on the same questions), stored against the job."""
+        if self.active and rows:
+            self.registry.results(self.spec, rows)
 
     def metrics_logged(self, step: int, logs: dict) -> None:
         """What the run logged at `step` (loss, eval loss, lr, grad norm, ...), stored in the registry as it is

@@ -201,10 +201,36 @@ def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[P
     return removed, aside
 
 
-def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool) -> list[Path]:
-    """Checkpoints to delete: keep the newest `keep_last` verified ones, the best by eval loss, and always
-    the newest verified one; torn ones older than it go too. Unverified ones newer than it are left
-    alone (they may be a save in progress)."""
+def newest_saved(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose save finished (its manifest is there; not re-hashed: cheap, for messages and
+    clean-up; resuming verifies)."""
+    return next((p for _, p in reversed(checkpoint_dirs(output_dir)) if load_manifest(p) is not None), None)
+
+
+def remove_torn_saves(output_dir: str | Path) -> list[Path]:
+    """After an attempt failed (a full disk, a crash in a save): the checkpoint folders newer than every one with a
+    manifest, which its failed save left half-written, are removed; checkpoints with a manifest are not touched."""
+    newest = newest_saved(output_dir)
+    newest_step = -1 if newest is None else checkpoint_step(newest)
+    torn = [p for step, p in checkpoint_dirs(output_dir) if step > newest_step]
+    for p in torn:
+        log.warning("removing %s: its save did not finish", p)
+        delete_checkpoint(p)
+    return torn
+
+
+def best_metric(keep_best: bool | str) -> tuple[str, bool] | None:
+    """`train.keep_best_checkpoint` -> (metric, higher is better), or None: true means the lowest eval loss."""
+    if keep_best is False or keep_best in ("false", ""):
+        return None
+    metric = "eval_loss" if keep_best is True or keep_best == "true" else str(keep_best)
+    return metric, metric.endswith(("acc", "accuracy"))
+
+
+def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool | str) -> list[Path]:
+    """Checkpoints to delete: keep the newest `keep_last` verified ones, the best by `keep_best`'s metric (eval
+    loss, a benchmark's accuracy, the control loss), and always the newest verified one; torn ones older than it go
+    too. Unverified ones newer than it are left alone (they may be a save in progress)."""
     if keep_last is None:
         return []
     verified, torn = [], []
@@ -214,11 +240,12 @@ def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: boo
     if not verified:
         return []
     keep = {p for _, p, _ in verified[-max(keep_last, 1):]}
-    if keep_best:
-        scored = [(m["metrics"]["eval_loss"], p) for _, p, m in verified
-                  if isinstance(m.get("metrics", {}).get("eval_loss"), (int, float))]
+    if (best := best_metric(keep_best)) is not None:
+        metric, higher = best
+        scored = [(m["metrics"][metric], p) for _, p, m in verified
+                  if isinstance(m.get("metrics", {}).get(metric), (int, float))]
         if scored:
-            keep.add(min(scored, key=lambda t: t[0])[1])
+            keep.add((max if higher else min)(scored, key=lambda t: t[0])[1])
     newest = verified[-1][0]
     return [p for _, p, _ in verified if p not in keep] + [p for step, p, _ in torn if step < newest]
 

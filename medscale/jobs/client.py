@@ -100,6 +100,15 @@ class RunRegistry:
     def checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
         self._call("recording a checkpoint", lambda r: r.record_checkpoint(spec, c))
 
+    def results(self, spec: JobSpec, rows: list) -> None:
+        """Store measurements (ResultInfo) of this job."""
+        def write(r):
+            job_id = r.find_by_key(spec)
+            for row in rows:
+                r.record_result(row, job_id)
+
+        self._call("recording results", write)
+
     def metrics(self, spec: JobSpec, rows: list[MetricRow]) -> None:
         self._call("recording metrics", lambda r: r.record_metrics(spec, rows))
 

@@ -36,11 +36,16 @@ class Entry:
 
 ENTRIES = {
     "train": Entry("train", "medscale.train", "medscale.train.run:run"),
+    "eval": Entry("eval", "medscale.eval", "medscale.eval.job:run_job"),
     "trial": Entry("trial", "medscale.sweep", "medscale.sweep.trial:run_trial"),  # a sweep's cell: train, then eval
 }
 
 
 def entry_for(kind: str) -> Entry:
+    if kind not in ENTRIES:
+        from medscale.errors import UserError
+
+        raise UserError(f"--entry {kind}: unknown entry (known: {', '.join(ENTRIES)})")
     return ENTRIES[kind]
 
 

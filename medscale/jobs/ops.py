@@ -19,7 +19,7 @@ from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.record import JOURNAL, PRIVATE, find_output_dirs, read_journal, write_text_atomic
 from medscale.jobs.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
-from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, heartbeat_interval
+from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, ResultView, heartbeat_interval
 
 RESUME_OVERRIDES = ["train.resume=auto"]
 
@@ -37,15 +37,18 @@ class JobDetail:
 
     job: JobView
     damaged: list[str] = field(default_factory=list)  # checkpoints set aside because they did not verify
+    results: list[ResultView] = field(default_factory=list)  # benchmark / control measurements of this job
 
     def to_dict(self) -> dict:
-        return {**self.job.to_dict(), "damaged_checkpoints": self.damaged}
+        return {**self.job.to_dict(), "damaged_checkpoints": self.damaged,
+                "results": [r.to_dict() for r in self.results]}
 
 
 def show_job(reg: Registry, ref: str) -> JobDetail:
-    """One job with its attempts, checkpoints and recorded recipe, found by id, (unambiguous) name or output dir."""
+    """One job with its attempts, checkpoints, results and recorded recipe, found by id, (unambiguous) name or
+    output dir."""
     job = reg.job(reg.find(ref))
-    return JobDetail(job, [str(p) for p in damaged_dirs(job.output_dir)])
+    return JobDetail(job, [str(p) for p in damaged_dirs(job.output_dir)], reg.results(job_id=job.id))
 
 
 def _running(job: JobView):
@@ -169,10 +172,10 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _retention(recipe_yaml: str) -> tuple[int | None, bool]:
+def _retention(recipe_yaml: str) -> tuple[int | None, bool | str]:
     """(train.save_total_limit, train.keep_best_checkpoint) of a recorded recipe."""
     train = ((yaml.safe_load(recipe_yaml) if recipe_yaml else None) or {}).get("train") or {}
-    return train.get("save_total_limit"), bool(train.get("keep_best_checkpoint", True))
+    return train.get("save_total_limit"), train.get("keep_best_checkpoint", True)
 
 
 @dataclass
@@ -181,7 +184,7 @@ class GcResult:
     id: int
     output_dir: str
     keep_last: int | None
-    keep_best: bool
+    keep_best: bool | str
     dry_run: bool
     deleted: list[str] = field(default_factory=list)
     kept: int = 0

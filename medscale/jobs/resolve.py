@@ -150,6 +150,8 @@ def resolve(ref: str, *, checkpoint: int | None = None, adapter: str | None = No
     p = Path(os.path.expanduser(ref))
     if p.is_dir():
         found = _from_folder(p.resolve(), checkpoint, adapter, base)
+        if found.output_dir is not None or found.checkpoint is not None:
+            found.job_id = _job_id_of(found.output_dir or found.checkpoint.parent, registry)
     else:
         found = _from_registry(ref, checkpoint, registry)
     if adapter and found.adapter is not None and Path(adapter) != found.adapter:
@@ -159,6 +161,23 @@ def resolve(ref: str, *, checkpoint: int | None = None, adapter: str | None = No
         raise ModelRefError(f"the base model of {found.label or ref} is not a model folder: {found.base} (no "
                             f"config.json); put the weights there or pass --base")
     return found
+
+
+def _job_id_of(output_dir: Path, registry) -> int | None:
+    """The registry's id of the job in `output_dir` (results are stored against it); None when it is not registered
+    or the registry cannot be reached (an evaluation does not need the registry)."""
+    from medscale.registry import Registry, RegistryError
+
+    try:
+        reg = registry or Registry()
+    except RegistryError:
+        return None
+    try:
+        rows = reg.candidates(str(output_dir))
+    finally:
+        if registry is None:
+            reg.close()
+    return rows[0][0] if len(rows) == 1 else None
 
 
 def _from_registry(ref: str, checkpoint: int | None, registry) -> ModelRef:

@@ -49,16 +49,17 @@ class StopFlag:
             raise KeyboardInterrupt
         self.code, self.reason = CANCELLED, "interrupted (Ctrl-C)"
         print("\nmedscale: interrupted: saving a checkpoint at the next step, then stopping (Ctrl-C again to stop "
-              "at once; the next run resumes from the newest verified checkpoint)", file=sys.stderr, flush=True)
+              "at once, without saving)", file=sys.stderr, flush=True)
 
     def cancel(self, reason: str = "cancelled (`medscale jobs cancel`)") -> None:
         self.code, self.reason = CANCELLED, reason
 
-    def raise_if_set(self, step: int) -> None:
-        """Stop before any work that a checkpoint would have to save (start-up, before the first step)."""
+    def raise_if_set(self, step: int, resume_from=None) -> None:
+        """Stop before any work that a checkpoint would have to save (start-up, before the first step); the next run
+        starts where this one would have (`resume_from`, the checkpoint this attempt started from, or step 0)."""
         if self.code:
             log.warning("%s before training started: stopping; nothing to save", self.reason)
-            raise AttemptStopped(STATUS[self.code], step)
+            raise AttemptStopped(STATUS[self.code], step, resume_from=resume_from)
 
 
 _FLAG = StopFlag()

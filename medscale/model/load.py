@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,10 +12,17 @@ from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def load_tokenizer(model: ModelSection):
+def load_tokenizer(model: ModelSection, planned: bool = False):
+    """The model folder's tokenizer, ready to render records. `planned`: for a tiny model not built yet, the one its
+    build will use (nothing is written; `medscale check`)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    if planned and model.tiny is not None and not (Path(model.path) / "config.json").is_file():
+        from medscale.model.tiny import tiny_tokenizer
+
+        tok = tiny_tokenizer(model.tiny.tokenizer)
+    else:
+        tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
     if tok.pad_token is None:  # R1-Distill and some others ship without one; padding is masked anyway
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -73,7 +81,10 @@ def load_model(recipe: Recipe):
             gradient_checkpointing_kwargs={"use_reentrant": False})
     # Under ZeRO-3 every trainable tensor must share one dtype (DeepSpeed asserts it when it flattens them):
     # keep LoRA in the base dtype instead of peft's fp32 upcast, beside modules_to_save copies in that dtype.
-    return get_peft_model(base, lora_config(recipe.adapter), autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias: not ours to fix, only noise
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(base, lora_config(recipe.adapter),
+                              autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -43,6 +43,15 @@ def train_demo_tokenizer(vocab_size: int = 3000):
     return tok
 
 
+def tiny_tokenizer(tokenizer: str | None = None):
+    """The tokenizer a tiny model is built with: a copy of the `tokenizer` folder, or the BPE trained on the demo data."""
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer)
+    return train_demo_tokenizer()
+
+
 def tiny_shape(tokens: int, layers: int, hidden: int) -> dict:
     """Qwen3 config fields of the tiny model (also what `medscale plan` assumes before it is built)."""
     heads = max(2, hidden // 16)
@@ -55,10 +64,10 @@ def build_tiny_model(out: str | Path, layers: int = 2, hidden: int = 64, tokeniz
                      seed: int = 0) -> Path:
     """Write a random Qwen3 (safetensors) + tokenizer to `out`, atomically: a crash leaves no half folder."""
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     out = Path(out)
-    tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else train_demo_tokenizer()
+    tok = tiny_tokenizer(tokenizer)
     cfg = Qwen3Config(**tiny_shape(len(tok), layers, hidden), max_position_embeddings=8192, rope_theta=1e6,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
     torch.manual_seed(seed)

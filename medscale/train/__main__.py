@@ -9,7 +9,6 @@ from medscale.jobs.stop import stop_flag
 
 stop_flag().install()
 
-import logging  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
 
@@ -38,8 +37,10 @@ def main(argv: list[str] | None = None, kind: str = "train") -> None:
         raise SystemExit(0 if argv else 2)
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _die_with_launcher()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from medscale import setup_logging
     from medscale.errors import user_errors
+
+    setup_logging()
     from medscale.recipe import load_recipe
 
     with user_errors():

@@ -51,7 +51,7 @@ def training_arguments(recipe: Recipe):
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
         bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
-        gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=t.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=t.use_liger_kernel and cuda,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only

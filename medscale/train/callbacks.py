@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
-from medscale.errors import AttemptStopped, RunFailed
+from medscale.errors import AttemptStopped, RunFailed, as_disk_full
 from medscale.jobs import stop
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import delete_checkpoint, retention_plan, write_manifest
@@ -56,6 +57,7 @@ class ThroughputMeter(TrainerCallback):
         self.window = [0.0, 0, 0]   # seconds, tokens, steps since the last log
         self.total = [0.0, 0, 0]    # every step after the first
         self.first_step_s: float | None = None
+        self.recent: deque[tuple[float, int]] = deque(maxlen=10)  # (seconds, tokens) of the last steps
         self._t = self._tokens0 = 0
 
     def on_step_begin(self, args, state, control, **kw):
@@ -63,6 +65,7 @@ class ThroughputMeter(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         dt, dtok = time.perf_counter() - self._t, state.num_input_tokens_seen - self._tokens0
+        self.recent.append((dt, dtok))
         if self.first_step_s is None:  # kernel compilation, allocator warm-up: reported, kept out of the totals
             self.first_step_s = dt
             accs = (self.window,)
@@ -85,6 +88,11 @@ class ThroughputMeter(TrainerCallback):
             out["mfu"] = out["tokens_per_s_per_device"] * self.fpt / self.peak
         return out
 
+    def recent_tokens_per_s(self) -> float | None:
+        """Real tokens per second over the last few optimizer steps (all processes), for the progress bar."""
+        seconds = sum(dt for dt, _ in self.recent)
+        return sum(tokens for _, tokens in self.recent) / seconds if seconds > 0 else None
+
     def pop_window(self) -> dict:
         rates, self.window = self._rates(*self.window), [0.0, 0, 0]
         return rates
@@ -92,6 +100,20 @@ class ThroughputMeter(TrainerCallback):
     def summary(self) -> dict:
         """Whole-run rates over every optimizer step but the first (warm-up), and the first step's time."""
         return {**self._rates(*self.total), **({"first_step_s": self.first_step_s} if self.first_step_s else {})}
+
+
+class ProgressRate(TrainerCallback):
+    """Tokens/s on the Trainer's own progress bar (transformers' ProgressCallback tqdm), beside its ETA: the
+    figure a person watches, not only in the log lines every `logging_steps`."""
+
+    def __init__(self, meter: ThroughputMeter, handler):
+        self.meter, self.handler = meter, handler
+
+    def on_step_end(self, args, state, control, **kw):
+        progress = next((cb for cb in self.handler.callbacks if isinstance(cb, ProgressCallback)), None)
+        bar, rate = getattr(progress, "training_bar", None), self.meter.recent_tokens_per_s()
+        if bar is not None and rate:
+            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)  # shown by the bar's own update
 
 
 class AdaptiveClipper:
@@ -123,7 +145,8 @@ class ProgressToCollator(TrainerCallback):
 
 
 def _metrics_at(history: list[dict], step: int) -> dict:
-    """Latest train loss / learning rate at or before `step`, and the eval loss measured at `step`."""
+    """Latest train loss / learning rate at or before `step`, and what was evaluated at `step` (eval loss,
+    benchmark accuracies, the control set): the metrics a checkpoint is kept or ranked by."""
     out = {}
     for h in history:
         if h.get("step", 0) > step:
@@ -131,8 +154,8 @@ def _metrics_at(history: list[dict], step: int) -> dict:
         for k in ("loss", "learning_rate", "grad_norm", "epoch"):
             if k in h:
                 out[k] = h[k]
-        if "eval_loss" in h and h["step"] == step:
-            out["eval_loss"] = h["eval_loss"]
+        if h["step"] == step:
+            out.update({k: v for k, v in h.items() if k == "eval_loss" or k.startswith(("bench/", "control/"))})
     return out
 
 
@@ -162,7 +185,7 @@ class AttemptCallback(TrainerCallback):
     line in the registry (rank 0)."""
 
     def __init__(self, attempt: Attempt, flag: stop.StopFlag, health: StepHealth, keep_last: int | None,
-                 keep_best: bool):
+                 keep_best: bool | str):
         self.attempt, self.flag, self.health, self.keep_last, self.keep_best = attempt, flag, health, keep_last, keep_best
         self.stopped = stop.NONE
 
@@ -205,7 +228,22 @@ class AttemptCallback(TrainerCallback):
     def raise_if_stopped(self) -> None:
         """After `trainer.train()` returns: a stop request ended it, with a verified checkpoint saved."""
         if self.stopped:
-            raise AttemptStopped(stop.STATUS[self.stopped], self.attempt.step, saved=True)
+            raise AttemptStopped(stop.STATUS[self.stopped], self.attempt.step, saved=True,
+                                 resume_from=self.attempt.out / f"checkpoint-{self.attempt.step}")
+
+
+@contextmanager
+def disk_full_named(folder):
+    """A save that fails because the disk is full raises OSError(ENOSPC) naming the folder: torch.save and
+    safetensors report it as a RuntimeError or SafetensorError, which would end in a traceback instead of one line
+    and an attempt recorded with a clear reason."""
+    try:
+        yield
+    except Exception as e:
+        full = as_disk_full(e, folder)
+        if full is None or full is e:
+            raise
+        raise full from e
 
 
 class MedscaleTrainer(Trainer):
@@ -219,6 +257,7 @@ class MedscaleTrainer(Trainer):
     def __init__(self, *a, meter: ThroughputMeter, health: StepHealth, clipper: AdaptiveClipper | None = None, **kw):
         super().__init__(*a, **kw)
         self.meter, self.health, self.clipper = meter, health, clipper
+        self.add_callback(ProgressRate(meter, self.callback_handler))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
@@ -231,6 +270,10 @@ class MedscaleTrainer(Trainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.health.observe(loss)
         return loss
+
+    def _save_checkpoint(self, model, trial):
+        with disk_full_named(self.args.output_dir):
+            super()._save_checkpoint(model, trial)
 
     def _clip_grad_norm(self, model):
         if self.clipper is not None:

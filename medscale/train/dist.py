@@ -26,12 +26,12 @@ def agree_max(code: int, device) -> int:
     return int(t.item())
 
 
-def stop_point(flag: stop.StopFlag, step: int, device) -> None:
+def stop_point(flag: stop.StopFlag, step: int, device, resume_from=None) -> None:
     """Before work a checkpoint would have to save: stop every rank together if any rank was asked to stop."""
     code = agree_max(flag.code, device)
     if code:
         flag.code = max(flag.code, code)
-        flag.raise_if_set(step)
+        flag.raise_if_set(step, resume_from)
 
 
 def barrier() -> None:

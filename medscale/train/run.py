@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from medscale import medscale_home
-from medscale.errors import AttemptStopped
+from medscale.errors import AttemptStopped, RunFailed
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
@@ -61,9 +61,9 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
             return plan.summary if args.process_index == 0 else None
         with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size, kind=kind,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
-            dist.stop_point(flag, attempt.step, args.device)  # a stop signal during start-up, or a cancel at start
+            dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
             with _session(recipe, args, tok, data, attempt, plan, callbacks) as session:
-                dist.stop_point(flag, attempt.step, args.device)  # loading the model can take minutes
+                dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
                     _restore_final(session.trainer, plan.resume)
                 else:
@@ -153,6 +153,15 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
                               data_collator=data.collator, processing_class=tok, meter=meter, health=health,
                               clipper=clipper, callbacks=[meter, ProgressToCollator(data.collator), attempt_cb]
                               + ([swan_cb] if swan_cb else []) + list(extra))
+    if (recipe.eval.benchmarks or recipe.eval.control) and args.eval_strategy != "no":
+        if recipe.dist.zero_stage() == 3:  # sharded scoring runs uneven batches per rank: ZeRO-3 would hang on it
+            log.warning("ZeRO-3: eval.benchmarks / eval.control are measured at the end of the run only")
+        else:
+            from medscale.eval.callback import BenchmarkCallback
+
+            bench_cb = BenchmarkCallback.from_recipe(recipe)
+            trainer.add_callback(bench_cb)
+            bench_cb.log = trainer.log  # reaches SwanLab and the log history like any metric
     if args.process_index == 0:
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
@@ -185,6 +194,33 @@ def _restore_final(trainer, ckpt: Path) -> None:
              "summary", ckpt.name)
 
 
+def _save_final(trainer, out: Path) -> None:
+    """The final adapter (adapter_model.safetensors + adapter_config.json + tokenizer) is saved into a staging folder
+    and moved in file by file, each fsynced and renamed: a crash or a full disk never leaves a torn adapter that
+    looks final. Every rank calls save_model (ZeRO-3 gathers the weights), global rank 0 writes and moves."""
+    from medscale.jobs.record import fsync_dir
+    from medscale.train.callbacks import disk_full_named
+
+    staging = out / ".final-save"
+    try:
+        with disk_full_named(out):
+            trainer.save_model(str(staging))
+            dist.barrier()
+            if trainer.is_world_process_zero():
+                for f in sorted(staging.iterdir()):
+                    if f.is_file():
+                        fd = os.open(f, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                        os.replace(f, out / f.name)
+                fsync_dir(out)
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan,
             started: float) -> RunSummary | None:
     """Final evaluation (unless the last step was just evaluated), final adapter + state, and on rank 0 the run
@@ -199,8 +235,9 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
             shutil.copy2(finished_from / name, out / name)
         trainer.processing_class.save_pretrained(out)
     elif finished_from is None:
-        trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer, rank 0
+        _save_final(trainer, out)
     trainer.save_state()
+    judgement = _judge(recipe, trainer)
     steps = dist.gather(state.global_step)
     if not trainer.is_world_process_zero():
         return None
@@ -218,9 +255,31 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
         **eval_verdict(history, final_eval.get("eval_loss")), trainable_params=session.trainable,
         total_params=session.total, data=data.stats, **{k: round(v, 4) for k, v in session.meter.summary().items()},
         finished_from_checkpoint=str(finished_from) if finished_from else None,
+        benchmarks=judgement.benchmarks if judgement else {}, control=judgement.control if judgement else {},
         paths={"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
                "trainer_state": str(out / TRAINER_STATE), "loss_plot": str(out / LOSS_PLOT),
                "swanlab": session.swanlab_dir})
     plot_losses(history, out / LOSS_PLOT, recipe.name)
     summary.save(out)
+    if judgement:
+        from medscale.eval.run import result_row
+
+        attempt.results_measured([result_row(r, model=f"{recipe.name} ({role})", base=recipe.model.path,
+                                             adapter=out if role == "tuned" else None, role=role,
+                                             step=state.global_step) for r, role in judgement.results])
+        if judgement.failure:
+            raise RunFailed(judgement.failure)
     return summary
+
+
+def _judge(recipe: Recipe, trainer):
+    """The benchmark verdicts and the forgetting guard at the end of a run (every rank: scoring is sharded)."""
+    if not (recipe.eval.benchmarks or recipe.eval.control):
+        return None
+    if recipe.dist.zero_stage() == 3:
+        log.warning("ZeRO-3: the end-of-run benchmark verdict is skipped; run `medscale eval %s --against base`",
+                    recipe.train.output_dir)
+        return None
+    from medscale.eval.judge import judge_run
+
+    return judge_run(trainer.model, trainer.processing_class, recipe, trainer.state.global_step)

@@ -1,0 +1,85 @@
+"""Was the fine-tune better? The end of a training run, judged on benchmarks and a control set.
+
+At the end of a run whose recipe lists `eval.benchmarks`, the model just trained is scored with its adapter and
+without it (`disable_adapter`: exactly the base it was tuned from, in the same process, on the same questions), and
+the paired verdict says better / worse / no detectable difference at this n, with a contamination check beside
+every "better". `eval.control` measures the base and the tuned model on general-domain data: a regression beyond
+`eval.max_control_regression` is flagged (FORGETTING), and fails the job when `eval.fail_on_regression` asks.
+Every process of the run calls this (scoring is sharded across them)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from medscale.eval.result import BenchResult
+from medscale.eval.run import check_contamination, evaluate_benchmark, load_benchmarks
+from medscale.eval.stats import paired_verdict
+from medscale.recipe import Recipe
+
+log = logging.getLogger("medscale.eval")
+
+
+@dataclass
+class Judgement:
+    benchmarks: dict = field(default_factory=dict)  # name -> {base, tuned, diff, ci, p, verdict, line, ...}
+    control: dict = field(default_factory=dict)  # the forgetting verdict, when eval.control is set
+    results: list[tuple[BenchResult, str]] = field(default_factory=list)  # (result, role: base | tuned)
+    failure: str | None = None  # why the job must end failed (eval.fail_on_regression)
+
+    def lines(self) -> list[str]:
+        return [b["line"] for b in self.benchmarks.values()] + ([self.control["line"]] if self.control else [])
+
+
+def without_adapter(model):
+    """The base model inside a PEFT model: its adapters (modules_to_save included) switched off for the block."""
+    import contextlib
+
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def judge_run(model, tok, recipe: Recipe, step: int) -> Judgement:
+    from medscale.eval.control import forgetting_verdict, measure_control
+    from medscale.eval.result import EvalReport
+
+    e, j = recipe.eval, Judgement()
+    system = recipe.data.system_prompt
+    if e.benchmarks:
+        benches = load_benchmarks(e.benchmarks, e.data_dir, None, recipe.train.seed)
+        report = EvalReport(model={"label": f"{recipe.name}@{step}"}, results=[])
+        for bench in benches:
+            tuned = evaluate_benchmark(model, tok, bench, e.benchmark_mode, e.shots, e.per_device_eval_batch_size,
+                                       system, recipe.generation, {"label": f"{recipe.name} (step {step})"})
+            with without_adapter(model):
+                base = evaluate_benchmark(model, tok, bench, e.benchmark_mode, e.shots, e.per_device_eval_batch_size,
+                                          system, recipe.generation, {"label": f"{recipe.name} (base)"})
+            report.results.append(tuned)
+            report.against.append(base)
+            report.verdicts.append(paired_verdict(base, tuned, a_label="base", b_label="tuned"))
+            j.results += [(base, "base"), (tuned, "tuned")]
+        check_contamination(report, benches, [s.path for s in recipe.data.sources])
+        for bench, v in zip(benches, report.verdicts):
+            word = "WORSE" if v.verdict == "worse" else v.verdict
+            seen = (f"; {100 * v.contamination.share:.0f}% of its questions overlap the training data"
+                    if getattr(v, "contamination", None) else "")
+            j.benchmarks[bench.name] = {
+                **v.model_dump(exclude={"contamination"}), "verdict": v.verdict,
+                "contamination": v.contamination.model_dump() if getattr(v, "contamination", None) else None,
+                "line": f"{bench.name}: base {100 * v.acc_a:.1f}% -> tuned {100 * v.acc_b:.1f}% "
+                        f"({100 * v.diff:+.1f} points, 95% CI {100 * v.ci_low:+.1f} to {100 * v.ci_high:+.1f}, "
+                        f"McNemar p={v.p_mcnemar:.3g}, n={v.n}): {word}{seen}"}
+    if e.control:
+        limit = e.benchmark_limit
+        after = measure_control(model, tok, e.control, limit=limit, max_length=recipe.data.max_length,
+                                batch_size=e.per_device_eval_batch_size, system_prompt=system, data_dir=e.data_dir,
+                                seed=recipe.train.seed)
+        with without_adapter(model):
+            before = measure_control(model, tok, e.control, limit=limit, max_length=recipe.data.max_length,
+                                     batch_size=e.per_device_eval_batch_size, system_prompt=system,
+                                     data_dir=e.data_dir, seed=recipe.train.seed)
+        v = forgetting_verdict(before, after, e.max_control_regression)
+        j.control = v.model_dump()
+        if v.flagged and e.fail_on_regression:
+            j.failure = f"{v.line} (eval.fail_on_regression=true)"
+    for line in j.lines():
+        (log.warning if "WORSE" in line or "FORGETTING" in line else log.info)("%s", line)
+    return j
