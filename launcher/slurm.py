@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from launcher.process import Outcome, popen_tied, run_reporting_stops
+from launcher.process import Outcome, run_reporting_stops
 from medscale import medscale_home
 from medscale.errors import EXIT_BAD_INPUT, UserError
-from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, register_submitted
+from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
 from medscale.paths import shipped
 from medscale.preflight import Report, check_launch

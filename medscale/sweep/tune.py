@@ -110,7 +110,7 @@ class TrialProcess:
     results, the end of the process as the final one (or TrialFailed with its reason)."""
 
     def __init__(self, trial: dict, command: list[str]):
-        from medscale.jobs.launch import LaunchInfo
+        from medscale.jobs.launch import LaunchInfo, popen_tied
 
         self.t = trial
         Path(trial["log"]).parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +121,9 @@ class TrialProcess:
         self.attempts_before = self._attempts()
         # the trial starts where the sweep was started (relative paths in recipes), when that folder is on this node
         cwd = trial["cwd"] if Path(trial["cwd"]).is_dir() else None
-        self.proc = subprocess.Popen(command, env={**os.environ, **launch.env()}, cwd=cwd, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        # tied to this actor: a Tune actor that dies (the driver killed, a node lost) takes its trial with it
+        self.proc = popen_tied(command, {**os.environ, **launch.env()}, cwd=cwd, stdout=self.log,
+                               stderr=subprocess.STDOUT)
         self.seen = -1
         self.reg: Registry | None = None
 
