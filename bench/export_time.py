@@ -1,7 +1,7 @@
 """How long `medscale export --merge` takes for an 8B model, parity check included.
 
     PYTHONUNBUFFERED=1 python bench/export_time.py --tokenizer QWEN3_TOKENIZER_DIR --configs model_configs.json \
-        [--shape Qwen/Qwen3-8B] [--prompts 4] [--new-tokens 8] [--out DIR]
+        [--shape Qwen/Qwen3-8B] [--prompts 2] [--new-tokens 4] [--out DIR]
 
 Builds random bf16 weights in the real shape (on the GPU, saved as safetensors) and a LoRA adapter of the
 qwen3-8b-lora-huatuo recipe (r16 on q,k,v,o,gate,up,down; random A and B, so the merge changes every target weight)
@@ -60,8 +60,8 @@ def main() -> int:
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--configs", type=Path, required=True)
     ap.add_argument("--shape", default="Qwen/Qwen3-8B")
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=4)
     ap.add_argument("--root", type=Path, default=None, help="where the job and the export go (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     a = ap.parse_args()

@@ -118,7 +118,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, required=True, help="Chinese medical-o1 records (Question/Complex_CoT/...)")
     ap.add_argument("--shapes", default="1.5B,7B", help="shapes to measure (1.5B, 7B, 14B)")
     ap.add_argument("--steps", type=int, default=2, help="timed optimizer steps per shape (after 1 warm-up)")
-    ap.add_argument("--eval-records", type=int, default=16, help="held-out records of each evaluation")
+    ap.add_argument("--eval-records", type=int, default=8, help="held-out records of each evaluation")
     ap.add_argument("--gpus", type=int, default=4, help="also project the wall time on this many GPUs")
     ap.add_argument("--models", type=Path, default=Path("/tmp/medscale-models"))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))

@@ -19,7 +19,7 @@ def test_metrics_of_one_step_merge_train_and_eval_logs_and_a_later_attempt_repla
                                                   "tokens_per_s": 1234.5, "note": "text is not a metric"})])
     reg.record_metrics(s, [MetricRow.from_log(5, {"eval_loss": 2.0, "bench/mcq/acc": 0.25})])
     rows = reg.metrics(reg.find_by_key(s))
-    assert [r.step for r in rows] == [0, 5]
+    assert [r.step for r in rows] == [0, 5] and [r.step for r in reg.metrics(reg.find_by_key(s), after_step=0)] == [5]
     assert (rows[0].eval_loss, rows[0].loss, rows[0].epoch, rows[0].values) == (2.5, None, 0.0, {"eval_runtime": 0.3})
     five = rows[1]
     assert (five.loss, five.eval_loss, five.learning_rate, five.grad_norm) == (2.25, 2.0, 1e-3, 0.75)

@@ -146,7 +146,7 @@ def test_running_the_sweep_again_trains_nothing_new(grid_sweep):
             now = reg.job(j.id).to_dict()
             before = grid_sweep["after_first"][j.name]
             assert now["attempts"] == before["attempts"] and now["checkpoints"] == before["checkpoints"], j.name
-        assert len([r for r in reg.results() if r.role == "base"]) == 1
+        assert len([r for r in reg.results() if r.role == "base" and r.job_id is None]) == 1, "measured once"
     finally:
         reg.close()
 
@@ -266,7 +266,8 @@ def test_grid_flags_tied_keys_cells_random_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ({"name": "x", "recipes": [{"recipe": "tiny-demo"}], "grdi": {}}, r"s.yaml:4: grdi: unknown key; did you mean 'grid'\? \(known: name"),
+    ({"name": "x", "recipes": [{"recipe": "tiny-demo"}], "grdi": {}},
+     r"s.yaml:4: grdi: unknown key; did you mean 'grid'\? \(known: name"),
     ({"name": "x", "recipes": [{"recipe": "tiny-demo"}], "grid": {"lr": {"a": {"train.learning_rate": 1}}},
       "cells": [{"lr": "b"}]}, r"cells\[0\].lr: no value 'b' \(values: a\)"),
     ({"name": "x", "recipes": [{"recipe": "tiny-demo"}], "overrides": {"train.lerning_rate": 1}},
@@ -294,5 +295,33 @@ def test_a_sweep_name_reused_for_another_grid_is_refused(tmp_path, medscale_home
         register(reg, plan_sweep(*spec_from_recipe("tiny-demo", ["train.learning_rate=1e-3,3e-3"], "same")))
         with pytest.raises(SweepError, match=r"'same' is already in the registry with another grid \(trials "):
             register(reg, plan_sweep(*spec_from_recipe("tiny-demo", ["train.learning_rate=1e-3,5e-3"], "same")))
+    finally:
+        reg.close()
+
+
+def test_a_rerun_runs_every_trial_but_the_finished_and_the_stopped_early(tmp_path, medscale_home):
+    """Which trials a re-run starts, by what their jobs' records say: succeeded and stopped_early are done; failed,
+    preempted, cancelled, queued ones run again (resuming from their verified checkpoints, train.resume=auto); a
+    trial that trained but whose evaluation failed (an error on its sweep row) runs again too."""
+    from medscale.jobs.status import JobStatus
+    from medscale.registry import AttemptInfo, Registry
+    from medscale.sweep.tune import pending, register, trial_spec
+
+    plan = plan_sweep(*spec_from_recipe("tiny-demo", ["train.learning_rate=1,2,3,4,5,6"], "rerun"),
+                      bases=["tiny=/models/tiny"])
+    assert [(b.label, b.path) for b in plan.bases] == [("tiny", "/models/tiny")]
+    reg = Registry()
+    try:
+        sweep_id, ids = register(reg, plan)
+        outcome = {"learning_rate_1": "completed", "learning_rate_2": "failed", "learning_rate_3": "preempted",
+                   "learning_rate_4": "cancelled", "learning_rate_6": "completed"}
+        for t in plan.trials:
+            if t.label in outcome:
+                reg.upsert_attempt(trial_spec(t, plan.name), AttemptInfo(1, "local", "h", 1, "fp",
+                                                                         status=outcome[t.label]))
+        reg.set_status(ids["learning_rate_5"], JobStatus.STOPPED_EARLY)
+        reg.set_trial_error(sweep_id, "learning_rate_6", "its evaluation failed")
+        assert [t.label for t in pending(reg, plan)] == ["learning_rate_2", "learning_rate_3", "learning_rate_4",
+                                                         "learning_rate_6"]
     finally:
         reg.close()

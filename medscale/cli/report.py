@@ -18,7 +18,7 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
                                                                   "and the PNG curves (default: "
                                                                   "$MEDSCALE_HOME/reports/<first ref>)"),
            steps: Optional[str] = typer.Option(None, "--steps", help="steps for the tables, e.g. 100,200,300,400 "
-                                                                      "(default: quarters of the longest run)")) -> None:
+                                                                   "(default: quarters of the longest run)")) -> None:
     """Seed-002-style tables and curves of one or more runs, from the registry: loss and eval loss at chosen steps,
     changes in %, grad-norm range and variation, lr schedule, benchmark deltas, the forgetting verdict."""
     import re

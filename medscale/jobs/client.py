@@ -53,7 +53,8 @@ def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
     gone = [c.path for c in reg.job(job_id).checkpoints if c.path not in on_disk and not c.deleted]
     reg.mark_deleted(spec, gone)
     return {"job": spec.name, "output_dir": str(out), "attempts": len(journal.attempts),
-            "checkpoints": len(on_disk), "verified": verified, "metric_steps": len({h.get("step") for h in history}), "marked_deleted": len(gone),
+            "checkpoints": len(on_disk), "verified": verified, "marked_deleted": len(gone),
+            "metric_steps": len({h.get("step") for h in history}),
             "damaged": [p.name for p in damaged_dirs(out)]}
 
 

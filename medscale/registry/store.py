@@ -348,11 +348,13 @@ class Registry:
             return [ResultView(**{f: getattr(r, f) for f in fields}, outcomes=list(r.outcomes) if outcomes else [],
                                id=r.id, job_id=r.job_id, created_at=iso(r.created_at)) for r in s.scalars(q)]
 
-    def metrics(self, job_id: int) -> list[MetricRow]:
-        """Everything the job's runs logged, one row per step, in step order."""
+    def metrics(self, job_id: int, after_step: int | None = None) -> list[MetricRow]:
+        """Everything the job's runs logged (after `after_step`, when given), one row per step, in step order."""
         with self._session() as s:
             _get(s, job_id)
             q = select(Metric).where(Metric.job_id == job_id).order_by(Metric.step)
+            if after_step is not None:
+                q = q.where(Metric.step > after_step)
             return [MetricRow(m.step, *(getattr(m, k) for k in METRIC_COLUMNS), values=dict(m.values or {}))
                     for m in s.scalars(q)]
 

@@ -266,7 +266,8 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     out.append(("Overview", ["run", "status", "steps", "loss first → final", "eval loss base → final (change)",
                              "grad-norm range", "grad-norm CV", "lr start / middle / end"],
                 [[o["run"], o["status"], str(o["steps"]), f"{_fmt(o['loss_first'])} → {_fmt(o['loss_final'])}",
-                  f"{_fmt(o['eval_loss_base'])} → {_fmt(o['eval_loss_final'])} ({_fmt(o['eval_loss_change_pct'], 'pct')})",
+                  f"{_fmt(o['eval_loss_base'])} → {_fmt(o['eval_loss_final'])} "
+                  f"({_fmt(o['eval_loss_change_pct'], 'pct')})",
                   f"{_fmt(o['grad_norm_min'])}–{_fmt(o['grad_norm_max'])}", _fmt(o["grad_norm_cv"]),
                   " / ".join(_fmt(o[k], "lr") for k in ("lr_start", "lr_middle", "lr_end"))]
                  for o in report.overview]))

@@ -136,13 +136,13 @@ class TrialProcess:
     def _evaluations(self) -> list[dict]:
         try:
             self.reg = self.reg or Registry()
-            rows = self.reg.metrics(self.t["job_id"])
+            rows = self.reg.metrics(self.t["job_id"], after_step=self.seen)
         except Exception as e:  # the registry away: no intermediate results; the end still comes from the summary
             log.warning("trial %s: cannot read its metrics (%s)", self.t["label"], e)
             return []
         return [{"step": m.step, "eval_loss": m.eval_loss, **{k: v for k, v in m.values.items()
                                                                if k.startswith(("bench/", "control/"))}}
-                for m in rows if m.eval_loss is not None and m.step > self.seen]
+                for m in rows if m.eval_loss is not None]
 
     def next_result(self) -> dict:
         """Block until the trial evaluates again (a Tune result) or ends (the final result, `done`)."""
@@ -424,16 +424,17 @@ def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, sched
     from ray import tune
 
     root = Path(todo[0].output_dir).parent
-    configs = [{"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides, "cwd": os.getcwd(),
-                "job_id": job_ids[t.label], "output_dir": t.output_dir, "processes": t.processes,
+    configs = [{"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides,
+                "cwd": os.getcwd(), "job_id": job_ids[t.label], "output_dir": t.output_dir, "processes": t.processes,
                 "log": str(root / ".logs" / f"{t.label}.log")} for t in todo]
     trainable = tune.with_resources(tune.with_parameters(_trainable(), command_for=command_for),
                                     lambda config: resources.of(config["trial"]["processes"], gpu))
     tuner = tune.Tuner(
         trainable, param_space={"trial": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(root / ".tune"),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+        run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str(root / ".tune"), failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=1))
     with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout is for the sweep's own answer
         results = tuner.fit()
     errors = {}
