@@ -77,6 +77,14 @@ def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str], mo
             "-m", module, recipe_ref, *overrides]
 
 
+def entry_command(recipe: Recipe, recipe_ref: str, overrides: list[str], module: str = "medscale.train") -> list[str]:
+    """The command that runs an entry module on this machine: the module itself for one process, else `accelerate
+    launch` with the recipe's process count (a sweep trial's process, a SLURM node's one-process job)."""
+    if recipe.dist.num_processes * recipe.dist.num_machines == 1:
+        return [sys.executable, "-m", module, recipe_ref, *overrides]
+    return accelerate_command(recipe, recipe_ref, overrides, module)
+
+
 @dataclass
 class LocalPlan:
     request: LaunchRequest

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,21 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED, STOP_EXIT_CODES
+from medscale.jobs.launch import popen_tied
 from medscale.jobs.record import read_journal
 
-PR_SET_PDEATHSIG = 1
 Runner = Callable[[list[str], dict], "Outcome"]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def popen_tied(cmd: list[str], env: dict, **kw) -> subprocess.Popen:
-    """Start `cmd` in its own session (so a terminal's Ctrl-C reaches it only through us) and tied to this process:
-    the kernel kills it when this process dies, however it dies."""
-    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent, **kw)
 
 
 class Outcome:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from launcher.process import Outcome, popen_tied, run_reporting_stops
+from launcher.process import Outcome, run_reporting_stops
 from medscale import medscale_home
 from medscale.errors import EXIT_BAD_INPUT, UserError
-from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, register_submitted
+from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
 from medscale.paths import shipped
 from medscale.preflight import Report, check_launch
@@ -73,11 +73,11 @@ def node_command(recipe: Recipe, recipe_ref: str, overrides: list[str], *, machi
                  port: int, module: str = "medscale.train") -> list[str]:
     """What one node runs: `accelerate launch` with this node's machine rank and the job's main address (the
     recipe already fitted to the job's nodes), or the entry module itself for a 1-process job."""
-    from launcher.local import accelerate_command
+    from launcher.local import entry_command
 
+    cmd = entry_command(recipe, recipe_ref, overrides, module)
     if recipe.dist.num_processes * recipe.dist.num_machines == 1:
-        return [sys.executable, "-m", module, recipe_ref, *overrides]
-    cmd = accelerate_command(recipe, recipe_ref, overrides, module)
+        return cmd
     cmd[cmd.index("--main_process_port") + 1] = str(port)
     at = cmd.index("-m", 3)  # the training module follows the launcher's own flags
     return [*cmd[:at], "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, *cmd[at:]]

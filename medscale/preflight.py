@@ -166,19 +166,24 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
     from medscale.data.sources import DataError, expand_sources, load_conversations
 
     d = recipe.data
+    missing: dict[str, tuple[list[str], str]] = {}  # a file named by several sources is one problem
     for group, sources in (("data.sources", d.sources), ("data.eval_sources", d.eval_sources)):
         for i, src in enumerate(sources):
+            if src.path in missing:
+                missing[src.path][0].append(f"{group}[{i}].path")
+                continue
             try:
                 expand_sources(src.path)
             except DataError as e:
-                (report.error if missing_is_error else report.warn)("data", f"{group}[{i}].path: {e}")
+                missing[src.path] = ([f"{group}[{i}].path"], str(e))
                 continue
             if not read:
                 continue
             counts: dict = {}
             try:
                 convs = load_conversations(src.path, src.format, d.prompt_field, d.system_prompt, src.limit,
-                                           d.on_bad_record, d.max_bad_fraction, counts)
+                                           d.on_bad_record, d.max_bad_fraction, counts, src.skip)
+                convs = convs[:src.sample] if src.sample else convs  # only the count matters here
             except DataError as e:
                 report.error("data", str(e))
                 continue
@@ -187,6 +192,8 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
             if group == "data.sources" and d.eval_size >= 1 and not d.eval_sources and d.eval_size >= len(convs):
                 report.error("data", f"data.eval_size={d.eval_size:g} holds out every record of {src.path} "
                                      f"({len(convs)}): lower data.eval_size or set data.eval_sources")
+    for keys, problem in missing.values():
+        (report.error if missing_is_error else report.warn)("data", f"{', '.join(keys)}: {problem}")
 
 
 def _eval(recipe: Recipe, report: Report) -> None:

@@ -74,7 +74,11 @@ Format = Literal[("auto", *format_names())]
 class DataSource(Section):
     path: str = Field(description="file (.jsonl/.json/.parquet/.csv), folder or glob")
     format: Format = Field("auto", description="record layout; auto-detected per file when `auto`")
-    limit: int | None = Field(None, ge=1, description="use only the first N records of this source")
+    skip: int = Field(0, ge=0, description="leave out the first N records of this source (e.g. the ones another "
+                                           "source trains on: validate on records after the training ones)")
+    limit: int | None = Field(None, ge=1, description="use only the first N records of this source (after skip)")
+    sample: int | None = Field(None, ge=1, description="a random N of the records left after skip and limit "
+                                                       "(seeded by train.seed; file order kept)")
     weight: float = Field(1.0, gt=0, description="mixing weight: 2 = every record twice, 0.5 = a seeded random half")
 
 

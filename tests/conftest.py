@@ -86,6 +86,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path |
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """A throwaway one-node Ray cluster (2 CPUs) on loopback, shared by the Ray launcher and sweep suites."""
+    from ray_cluster import ray_cluster as start
+
+    with start(num_cpus=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def postgres_url():
     """A real PostgreSQL for the registry: $MEDSCALE_TEST_PG_URL, else a throwaway server; under CI a missing one fails, never skips."""
     if url := os.environ.get("MEDSCALE_TEST_PG_URL"):
@@ -233,3 +242,28 @@ def mcq_job(control_base, eval_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def noise_job(control_base, eval_data, tmp_path_factory):
     return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("noise_job") / "out", eval_data["noise"], 96)
+
+
+# ---- two trained tiny jobs (a plain LoRA one and one that also trains embed_tokens + lm_head), for report + export ----
+
+@pytest.fixture(scope="session")
+def two_runs(tiny_model_dir, tmp_path_factory) -> dict:
+    """Two short runs logging every step and evaluating every 2 (their metrics in their own registry): `lora`
+    (adapter only, lr 3e-3) and `full` (modules_to_save embed_tokens + lm_head, lr 1e-2)."""
+    from medscale.recipe import load_recipe
+    from medscale.train.run import run
+
+    root = tmp_path_factory.mktemp("two_runs")
+    runs = {}
+    with own_home(root):
+        for name, extra in (("lora", ["adapter.modules_to_save=null", "train.learning_rate=3e-3"]),
+                            ("full", ["train.learning_rate=1e-2"])):
+            out = root / name
+            run(load_recipe("tiny-demo", [f"name=run-{name}", f"model.path={tiny_model_dir}", f"train.output_dir={out}",
+                                          "track.swanlab=null", "train.max_steps=6", "train.logging_steps=1",
+                                          "train.save_steps=3", "eval.eval_steps=2", "data.eval_size=8",
+                                          "data.max_length=256", "data.system_prompt=null",
+                                          "data.sources=[{path: '${MEDSCALE_DEMO_DATA}/medical_r1_demo.jsonl', "
+                                          "format: r1-think, limit: 40}]", *extra]))
+            runs[name] = out
+    return {**runs, "home": root / "home", "registry": f"sqlite:///{root / 'home' / 'registry.db'}"}

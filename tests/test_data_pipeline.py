@@ -3,6 +3,7 @@ and every real SFT file under ../shared/realdata with token statistics as SOURCE
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +129,25 @@ def test_empty_after_filtering_is_an_error(tmp_path, tiny_tokenizer):
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(DataError, match="no records"):
         load_conversations(str(empty))
+
+
+def test_skip_limit_and_sample_train_on_the_first_n_and_validate_on_a_sample_of_the_rest(tmp_path, tiny_tokenizer):
+    """Seed 003's split: train on the first records of a file, validate on a random sample of the records after
+    them (no overlap, the training set whole)."""
+    f = _jsonl(tmp_path / "h.jsonl", [{**REC, "question": f"问题{i}"} for i in range(50)])
+    data = _data_recipe(tmp_path, f"data.sources=[{{path: {f}, limit: 30}}]", "data.eval_size=0",
+                        f"data.eval_sources=[{{path: {f}, skip: 30, sample: 6}}]")
+    built = build_datasets(data, tiny_tokenizer, seed=3)
+    assert built.stats["train"]["records"] == 30 and built.stats["eval"]["records"] == 6
+    train_q = {q for q in (tiny_tokenizer.decode(x) for x in built.train["input_ids"])}
+    held = [tiny_tokenizer.decode(x) for x in built.eval["input_ids"]]
+    numbers = [int(re.search(r"问题 ?(\d+)", t).group(1)) for t in held]
+    assert all(30 <= n < 50 for n in numbers) and numbers == sorted(numbers) and len(set(numbers)) == 6
+    assert not set(held) & train_q
+    again = build_datasets(data, tiny_tokenizer, seed=3)
+    assert [tiny_tokenizer.decode(x) for x in again.eval["input_ids"]] == held, "the sample is seeded"
+    other = build_datasets(data, tiny_tokenizer, seed=4)
+    assert [tiny_tokenizer.decode(x) for x in other.eval["input_ids"]] != held
+    assert len(load_conversations(str(f), skip=45)) == 5
+    with pytest.raises(DataError, match=r"no records after the first 50"):
+        load_conversations(str(f), skip=50)

@@ -85,7 +85,7 @@ def test_sync_dir_then_list_and_show(tmp_path):
     out = standard_job(tmp_path)
     synced = json.loads(ok(run_cli("jobs", "sync", str(out), "--json")).stdout)
     assert synced == [{"job": "derm-lora", "output_dir": str(out), "attempts": 2, "checkpoints": 4, "verified": 3,
-                       "marked_deleted": 0, "damaged": [], "result": "synced"}]
+                       "marked_deleted": 0, "metric_steps": 0, "damaged": [], "result": "synced"}]
 
     rows = json.loads(ok(run_cli("jobs", "list", "--json")).stdout)
     assert len(rows) == 1

@@ -292,14 +292,6 @@ def test_cluster_files_are_valid_ray_configs():
 
 # --------------------------------------------------------------------------- slow: a real Ray cluster
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    from ray_cluster import ray_cluster as start
-
-    with start(num_cpus=2) as cluster:
-        yield cluster
-
-
 def _job_env(tmp_path: Path) -> tuple[str, list[str]]:
     url = f"sqlite:///{tmp_path}/registry.db"
     return url, ["--env", f"MEDSCALE_REGISTRY_URL={url}"]

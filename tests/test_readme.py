@@ -57,8 +57,10 @@ def _preflight(recipe: str, overrides: list[str], env: dict) -> None:
 def _recipes_of_sbatch_script(script: Path, args: list[str]) -> list[tuple[str, list[str]]]:
     """The recipe(s) an sbatch script of slurm/ runs, with the overrides it is given."""
     text = script.read_text(encoding="utf-8")
-    if m := re.search(r"^\s*R1_RECIPES=\((.*?)\)", text, re.S | re.M):  # an array job: one recipe per task
-        return [(name, args) for name in m.group(1).split()]
+    if m := re.search(r"MEDSCALE_SWEEP:-([\w.+-]+)\}", text):  # an array job over a sweep: one trial per task
+        from medscale.sweep.spec import load_spec, plan_sweep
+
+        return [(t.recipe_ref, [*t.overrides, *args]) for t in plan_sweep(*load_spec(m.group(1))).trials]
     if m := re.search(r"^medscale_run (\S+)", text, re.M):
         if not m.group(1).startswith('"'):
             return [(m.group(1), args)]
@@ -113,6 +115,14 @@ def exercise(command: str, tmp_path: Path) -> None:
     elif words[0] == "export":  # a setting medscale reads
         name = words[1].split("=", 1)[0]
         assert any(name in f.read_text(encoding="utf-8") for f in (REPO / "medscale").rglob("*.py")), name
+    elif words[:3] == ["medscale", "sweep", "run"]:  # what it would run (trials, recipes, bases): --dry-run
+        r = cli(*words[1:], *([] if "--dry-run" in words else ["--dry-run"]), env=env)
+        assert r.returncode == 0 and "trial(s)" in r.stdout, r.stdout + r.stderr
+    elif words[:3] == ["medscale", "sweep", "show"] or words[:2] in (["medscale", "report"], ["medscale", "export"]):
+        # a sweep or job name stands for a trained one: test_sweep, test_report, test_export run these end to end
+        shown = cli(*words[1:3 if words[1] == "sweep" else 2], "--help").stdout
+        for flag in (f.split("=")[0] for w in words[2:] if w.startswith("--") for f in w.split("|")):
+            assert flag in shown, f"README's `{command}`: no {flag}"
     elif words[:2] in (["medscale", "eval"], ["medscale", "compare"], ["medscale", "chat"]):
         # placeholders (JOB, MODEL, RUN_DIR) stand for a trained model: tests/test_eval_cli.py runs these commands
         # end to end on tiny models; here every option README shows must be one the command takes
@@ -139,7 +149,7 @@ def _mentioned() -> list[list[str]]:
     """`medscale X [Y]` in README's prose and transcripts: the command words, up to the first argument."""
     text = README.read_text(encoding="utf-8")
     found = re.findall(r"`medscale ([^`]+)`", text) + re.findall(r"^\$ medscale (.+)$", text, re.M)
-    groups = {"recipe", "data", "jobs", "submit"}
+    groups = {"recipe", "data", "jobs", "submit", "sweep"}
     out = []
     for rest in found:
         words = rest.split()

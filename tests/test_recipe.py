@@ -26,31 +26,111 @@ def test_builtin_list_is_complete():
     assert set(builtin_names()) == expected
 
 
-def test_qlora_v1_carries_seed_values():
-    r = load_recipe("qwen3-1.7b-qlora-v1")
+# The seeds' own words, quoted (../shared/seeds, in Chinese): every recipe value checked below comes from one of
+# these lines, and test_quotes_are_in_the_seeds checks each line is really there.
+SEED = {
+    "001": ["| LoRA秩 (r) | 64 |", "|  | LoRA alpha | 32 |", "|  | LoRA Dropout | 0.1 |", "| Batch Size | 4 |",
+            "|  | 梯度累积 | 2步 |", "|  | 学习率 | 2e-4 → 4.4e-6 (线性衰减) |", "|  | 优化器 | Paged AdamW 8-bit |",
+            "|  | 训练轮数 | 3 epochs |", "|  | 梯度裁剪 | 0.3 |", "|  | 最大序列长度 | 2048 tokens |",
+            "- **训练时长**：约400步（约94分钟）", "lora_dropout=0.2,  # 从0.1提高到0.2"],
+    "002": ["| **v1** | 基础版本 | 线性衰减 | Lora_dropout=0.05 | 无 |",
+            "| **v2** | 学习率优化 | 余弦衰减 + 10%预热 | Lora_dropout=0.1<br>modules_to_save嵌入层 | 无 |",
+            "| **v3** | 增强推理能力 | 同v2 | 同v2 | 10%概率医学术语掩码 |",
+            "`modules_to_save=[\"embed_tokens\", \"lm_head\"]` + `lora_dropout=0.1`：",
+            "| 末期     | 4.41e-6         | 2.96e-7          |", "*(基于400步训练数据)*"],
+    "000": ["2. **知识增强掩码**：15%概率的渐进式专业掩码", "3. **学习率预热调整**：预热步数优化（40→50步）",
+            "- **训练时长**：400步（约95分钟）", "B --> C[200步:1.22e-4]", "C --> D[400步:3e-7]"],
+    "003": ["| lora_rank | 16 |", "| lora_alpha | 32 |", "| lora_dropout | 0.05 |", "| learning_rate | 2e-5 |",
+            "| num_train_epochs | 2 | 训练轮数 |", "| **有效batch size** | 32 | 4卡×4×2 |", "| warmup_ratio | 0.05 | 预热比例 |",
+            "| model_max_length | 2048 | 最大序列长度 |", "3. 截取前100,000条用于训练", "4. 随机采样500条用于验证",
+            "- **GPU**: 4 × RTX 4080 (32GB显存)", "- **梯度检查点**: True - 节省显存"],
+    "004": ["- **LoRA配置**: r=16, lora_alpha=16", "- **序列长度**: 8192 tokens", "- **批次大小**: 64 (失败版本) / 调整后更小",
+            "| 版本一 | DeepSeek-R1-1.5B | 微调 | lr=2e-4, steps=60 |", "| 版本五 | DeepSeek-R1-7B | 微调 | lr=2e-4, steps=60 |",
+            "| 版本六 | DeepSeek-R1-14B | 微调 | lr=2e-4, steps=60 |", "| 版本七 | DeepSeek-R1-7B | 微调 | lr=3e-6, steps=30 |",
+            "| 版本八 | DeepSeek-R1-14B | 微调 | lr=5e-6, steps=30 |", "4. **模型规模很重要**: 14B比7B更抗微调损伤，1.5B最容易崩溃",
+            "3. **频繁监控** (eval_steps=5)：允许及时发现和纠正训练偏差"],
+}
+
+
+def test_quotes_are_in_the_seeds():
+    from conftest import SHARED
+
+    folder = SHARED / "seeds"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present (../shared is optional)")
+    for number, quotes in SEED.items():
+        (path,) = folder.glob(f"{number}_*.txt")
+        text = path.read_text(encoding="utf-8")
+        missing = [q for q in quotes if q not in text]
+        assert not missing, f"{path.name} does not say {missing}"
+
+
+def _lr_at(recipe, steps: list[int]) -> list[float]:
+    """The learning rate the recipe's Trainer logs after each of `steps` optimizer steps (its real scheduler)."""
+    import torch
+    from transformers import get_scheduler
+
+    from medscale.train.args import training_arguments
+
+    args = training_arguments(recipe)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.train.learning_rate)
+    sched = get_scheduler(args.lr_scheduler_type, opt, args.get_warmup_steps(args.max_steps), args.max_steps)
+    out, done = [], 0
+    for s in steps:
+        for _ in range(s - done):
+            opt.step()
+            sched.step()
+        done = s
+        out.append(sched.get_last_lr()[0])
+    return out
+
+
+def test_qlora_v1_carries_seed_001(tmp_path):
+    r = load_recipe("qwen3-1.7b-qlora-v1", [f"train.output_dir={tmp_path}"])
     m, a, t = r.model, r.adapter, r.train
-    assert m.load_in_4bit and m.bnb_4bit_quant_type == "nf4" and m.bnb_4bit_use_double_quant
+    assert m.load_in_4bit and m.bnb_4bit_quant_type == "nf4" and m.bnb_4bit_use_double_quant  # "4-bit NF4 (双重量化)"
     assert m.bnb_4bit_compute_dtype == "bfloat16" and m.hub_id == "Qwen/Qwen3-1.7B"
-    assert (a.r, a.lora_alpha, a.lora_dropout, a.target_modules) == (64, 32, 0.1, SEVEN)
+    assert (a.r, a.lora_alpha, a.lora_dropout, a.target_modules) == (64, 32, 0.1, SEVEN)  # seed 001, not 002's 0.05
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (4, 2)
     assert (t.learning_rate, t.lr_scheduler_type, t.optim, t.max_grad_norm) == (2e-4, "linear", "paged_adamw_8bit", 0.3)
-    assert t.num_train_epochs == 3 and r.data.max_length == 2048
-    assert r.data.sources[0].format == "r1-think"
+    assert t.num_train_epochs == 3 and r.data.max_length == 2048 and r.data.sources[0].format == "r1-think"
     assert r.track.swanlab.project == "qwen3-sft-medical"
+    # "约400步" with "2e-4 → 4.4e-6 (线性衰减)" and seed 002's "末期 4.41e-6" logged at step 400
+    assert 400 <= t.max_steps <= 420
+    (end,) = _lr_at(r, [400])
+    assert end == pytest.approx(4.41e-6, rel=0.01)
 
 
-def test_qlora_v2_and_v3_inherit_and_change_only_what_the_seed_says():
-    v1, v2, v3 = (load_recipe(f"qwen3-1.7b-qlora-v{i}") for i in (1, 2, 3))
-    assert (v2.train.lr_scheduler_type, v2.train.warmup_ratio) == ("cosine", 0.1)
+def test_qlora_v2_and_v3_carry_seeds_002_and_000(tmp_path):
+    v1, v2, v3 = (load_recipe(f"qwen3-1.7b-qlora-v{i}", [f"train.output_dir={tmp_path}"]) for i in (1, 2, 3))
+    assert (v2.train.lr_scheduler_type, v2.train.warmup_ratio) == ("cosine", 0.1)  # "余弦衰减 + 10%预热"
     assert v2.adapter.modules_to_save == ["embed_tokens", "lm_head"] and v2.adapter.lora_dropout == 0.1
     assert v2.adapter.r == v1.adapter.r == 64 and v2.train.optim == v1.train.optim
-    assert v3.data.term_masking.p == 0.15 and v3.data.term_masking.progressive
+    assert v2.train.max_steps == v3.train.max_steps == v1.train.max_steps  # all three "基于400步训练数据"
+    (v2_end,) = _lr_at(v2, [400])
+    assert v2_end == pytest.approx(2.96e-7, rel=0.02)  # seed 002: "末期 ... 2.96e-7"
+    # seed 002 names v2's warm-up 10%, seed 000 calls it 40 steps ("预热步数优化（40→50步）")
+    assert 40 <= v2.train.warmup_ratio * v2.train.max_steps <= 41
+    assert v3.data.term_masking.p == 0.15 and v3.data.term_masking.progressive  # seed 000, not seed 002's 10%
     assert (v3.train.warmup_steps, v3.train.warmup_ratio) == (50, 0)
     assert v3.train.adaptive_clip is not None and v3.train.lr_scheduler_type == "cosine"
+    peak, mid, end = _lr_at(v3, [50, 200, 400])  # "50步:2e-4", "200步:1.22e-4", "400步:3e-7"
+    assert peak == pytest.approx(2e-4) and mid == pytest.approx(1.22e-4, rel=0.05)
+    assert end == pytest.approx(3e-7, rel=0.1)
     assert v1.data.term_masking is None and v1.train.adaptive_clip is None
 
 
-def test_8b_huatuo_carries_seed_values():
+def test_recipe_headers_name_the_seed_they_follow_where_seeds_disagree():
+    from medscale.recipe import builtin_dir
+
+    v1 = (builtin_dir() / "qwen3-1.7b-qlora-v1.yaml").read_text(encoding="utf-8")
+    v3 = (builtin_dir() / "qwen3-1.7b-qlora-v3.yaml").read_text(encoding="utf-8")
+    header = lambda text: text.split("\ndescription:")[0]  # noqa: E731
+    assert "seed 001" in header(v1) and "0.05" in header(v1), "dropout: follows seed 001, says what seed 002 says"
+    assert "seed 000" in header(v3) and "10%" in header(v3), "masking: follows seed 000, says what seed 002 says"
+
+
+def test_8b_huatuo_carries_seed_003():
     r = load_recipe("qwen3-8b-lora-huatuo")
     assert r.model.dtype == "bfloat16" and not r.model.load_in_4bit and r.model.hub_id == "Qwen/Qwen3-8B"
     assert (r.adapter.r, r.adapter.lora_alpha, r.adapter.lora_dropout, r.adapter.target_modules) == (16, 32, 0.05, SEVEN)
@@ -59,18 +139,39 @@ def test_8b_huatuo_carries_seed_values():
     assert r.dist.num_processes == 4 and t.effective_batch_size == 32
     assert (t.num_train_epochs, t.learning_rate, t.warmup_ratio) == (2, 2e-5, 0.05)
     assert r.data.max_length == 2048 and r.data.sources[0].format == "huatuo"
-    assert r.data.sources[0].limit == 100_000 and r.data.eval_size == 500
+    # "截取前100,000条用于训练": all of the first 100,000 are trained on (none held out of them) ...
+    (train,) = r.data.sources
+    assert (train.skip, train.limit, train.sample, r.data.eval_size) == (0, 100_000, None, 0)
+    # ... and "随机采样500条用于验证": 500 sampled from the records after them
+    (val,) = r.data.eval_sources
+    assert (val.path, val.format, val.skip, val.sample) == (train.path, "huatuo", 100_000, 500)
 
 
-@pytest.mark.parametrize("size", ["1.5b", "7b", "14b"])
-@pytest.mark.parametrize("variant,lr,steps", [("fast", 2e-4, 60), ("gentle", 5e-6, 30)])
-def test_r1_distill_recipes(size, variant, lr, steps):
-    r = load_recipe(f"r1-distill-{size}-lora-{variant}")
+R1 = {  # seed 004's table: version -> (size, lr, steps)
+    1: ("1.5b", 2e-4, 60), 5: ("7b", 2e-4, 60), 6: ("14b", 2e-4, 60), 7: ("7b", 3e-6, 30), 8: ("14b", 5e-6, 30)}
+
+
+@pytest.mark.parametrize("version", sorted(R1))
+def test_r1_distill_recipes_carry_seed_004(version):
+    size, lr, steps = R1[version]
+    r = load_recipe(f"r1-distill-{size}-lora-{'fast' if lr == 2e-4 else 'gentle'}")
     assert r.model.load_in_4bit and (r.adapter.r, r.adapter.lora_alpha) == (16, 16)
     assert (r.train.learning_rate, r.train.max_steps) == (lr, steps)
     assert r.data.max_length == 8192 and r.data.sources[0].format == "medical-o1"
-    assert (r.eval.eval_strategy, r.eval.eval_steps, r.eval.eval_on_start) == ("steps", 5, True)
-    assert size.upper() in r.model.hub_id
+    assert r.eval.eval_steps == 5
+    assert size.upper() in r.model.hub_id and f"version {version}" in r.description
+    t = r.train
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * r.dist.num_processes
+    if lr == 2e-4:
+        assert batch == t.effective_batch_size == 64  # "批次大小: 64 (失败版本)"
+    else:
+        assert batch < 64  # "/ 调整后更小"
+
+
+def test_the_1p5b_gentle_run_is_labelled_an_addition():
+    r = load_recipe("r1-distill-1.5b-lora-gentle")
+    assert r.description.startswith("ADDITION (not in seed 004)")
+    assert not any(size == "1.5b" and lr != 2e-4 for size, lr, _ in R1.values())
 
 
 def test_overrides_apply_with_types():

@@ -53,9 +53,17 @@ def test_every_job_script_has_header_signal_requeue_and_sources_common(script):
     assert 'slurm/common.sh"' in text and "medscale_run " in text
 
 
-def test_array_script_lists_the_six_r1_recipes():
-    assert sorted(R1_RECIPES) == sorted(n for n in builtin_names() if n.startswith("r1-distill"))
-    assert "#SBATCH --array=0-5" in (REPO / "slurm" / "r1_sweep.sh").read_text()
+def _seed004_trials():
+    from medscale.sweep.spec import load_spec, plan_sweep
+
+    return plan_sweep(*load_spec("r1-distill-seed004")).trials
+
+
+def test_array_script_covers_the_sweep_definitions_trials():
+    trials = _seed004_trials()
+    assert sorted(t.recipe_ref for t in trials) == sorted(R1_RECIPES) == sorted(
+        n for n in builtin_names() if n.startswith("r1-distill"))
+    assert f"#SBATCH --array=0-{len(trials) - 1}" in (REPO / "slurm" / "r1_sweep.sh").read_text()
 
 
 # --------------------------------------------------------------------------- the per-node command
@@ -119,7 +127,10 @@ def _stubs(tmp: Path) -> Path:
           *) echo "stub scontrol: $*" >&2; exit 1 ;;
         esac
         """))
-    (bin_ / "python").write_text('#!/bin/bash\nprintf "%s\\0" "$@"\n')
+    # a fake python that echoes its argv, except for the medscale CLI, which the batch shell itself runs (the sweep
+    # script asks it for its trial)
+    (bin_ / "python").write_text(f'#!/bin/bash\n[ "$1 $2" = "-m medscale.cli" ] && exec {sys.executable} "$@"\n'
+                                 'printf "%s\\0" "$@"\n')
     for f in bin_.iterdir():
         f.chmod(0o755)
     return bin_
@@ -185,13 +196,34 @@ def test_exit_75_requeues_the_job_and_other_codes_do_not(tmp_path, code, requeue
         assert (tmp_path / "requeued").read_text().split() == ["42"]
 
 
-@pytest.mark.parametrize("task", range(6))
-def test_array_task_ids_pick_the_six_r1_recipes(tmp_path, task):
-    r = subprocess.run(["bash", str(REPO / "slurm" / "r1_sweep.sh"), "train.learning_rate=3e-6"],
+@pytest.mark.parametrize("task", [0, 4])
+def test_array_tasks_run_the_sweeps_trials_as_trials_of_one_sweep(tmp_path, task, medscale_home):
+    """Array task i runs trial i of the sweep definition (its recipe, name and output dir, with the trial entry),
+    and the sweep with all its trials is in the registry: `medscale sweep show` ranks what SLURM trained."""
+    trial = _seed004_trials()[task]
+    r = subprocess.run(["bash", str(REPO / "slurm" / "r1_sweep.sh"), "train.save_steps=5"],
                        env=_batch_env(tmp_path, SLURM_ARRAY_TASK_ID=str(task), SLURM_NNODES="1"),
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _srun_args(tmp_path)[-2:] == [R1_RECIPES[task], "train.learning_rate=3e-6"]
+    args = _srun_args(tmp_path)
+    at = args.index(trial.recipe_ref)
+    assert args[at:] == [trial.recipe_ref, *trial.overrides, "train.save_steps=5"]
+    assert f"name=r1-distill-seed004.{trial.label}" in args and f"train.output_dir={trial.output_dir}" in args
+    argv = _node_argv(tmp_path, args, "0")
+    p = subprocess.run([sys.executable, "-m", "launcher.slurm", "node-command", *argv[3:]], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "MEDSCALE_ENTRY": "trial"})
+    assert p.returncode == 0, p.stderr
+    cmd = shlex.split(p.stdout)
+    at = cmd.index("medscale.sweep")  # the trial entry runs on the node
+    assert cmd[at - 1] == "-m" and cmd[at + 1] == trial.recipe_ref
+    from medscale.registry import Registry
+
+    reg = Registry()
+    try:
+        sweep = reg.sweep("r1-distill-seed004")
+        assert len(sweep.trials) == 6 and all(t.job.kind == "trial" and t.job.status == "queued" for t in sweep.trials)
+    finally:
+        reg.close()
 
 
 def test_a_preempted_array_task_requeues_only_itself(tmp_path):
@@ -204,10 +236,11 @@ def test_a_preempted_array_task_requeues_only_itself(tmp_path):
     assert (tmp_path / "requeued").read_text().split() == ["11_0"]
 
 
-def test_array_task_without_a_recipe_is_refused(tmp_path):
+def test_array_task_without_a_trial_is_refused(tmp_path):
     r = subprocess.run(["bash", str(REPO / "slurm" / "r1_sweep.sh")],
-                       env=_batch_env(tmp_path, SLURM_ARRAY_TASK_ID="6"), capture_output=True, text=True)
-    assert r.returncode == 2 and "no recipe" in r.stderr and not (tmp_path / "srun.args").exists()
+                       env=_batch_env(tmp_path, SLURM_ARRAY_TASK_ID="6"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "array task 6: sweep r1-distill-seed004 has 6 trials" in r.stderr
+    assert not (tmp_path / "srun.args").exists()
 
 
 @pytest.mark.parametrize("args,env,want", [

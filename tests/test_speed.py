@@ -166,9 +166,9 @@ def test_recipe_that_cannot_fit_names_what_to_change(real_models):
     p7 = real_models["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"][0]
     p = _plan("r1-distill-7b-lora-fast", p7, 16)
     assert not p.fits and "train.per_device_train_batch_size=1" in p.problems[0]
-    assert "gradient_accumulation_steps=8" in p.problems[0]
+    assert "gradient_accumulation_steps=64" in p.problems[0]  # the seed's batch of 64, one sample at a time
     fixed = _plan("r1-distill-7b-lora-fast", p7, 16, "train.per_device_train_batch_size=1",
-                  "train.gradient_accumulation_steps=8")
+                  "train.gradient_accumulation_steps=64")
     assert fixed.fits and fixed.tokens == 8192
     from medscale.plan import fit_problems
 

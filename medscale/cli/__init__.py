@@ -12,8 +12,11 @@ import typer
 from medscale.cli.app import App
 from medscale.cli.data import data_app
 from medscale.cli.eval import app as eval_commands
+from medscale.cli.export import app as export_commands
 from medscale.cli.jobs import jobs_app
+from medscale.cli.report import app as report_commands
 from medscale.cli.submit import submit_app
+from medscale.cli.sweep import sweep_app
 from medscale.cli.train import app as train_commands
 from medscale.cli.train import recipe_app
 
@@ -27,13 +30,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks ins
         os.environ["MEDSCALE_DEBUG"] = "1"
 
 
-for _group in (train_commands, eval_commands):
+for _group in (train_commands, eval_commands, report_commands, export_commands):
     for _cmd in _group.registered_commands:
         app.registered_commands.append(_cmd)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(submit_app, name="submit")
+app.add_typer(sweep_app, name="sweep")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
-from medscale.data.sources import DataError, expand_sources, load_conversations
+from medscale.data.sources import DataError, expand_sources, load_conversations, sample_conversations
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -34,8 +34,9 @@ def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict)
     """All sources, each repeated or subsampled by its weight, records without reasoning dropped if asked."""
     convs = []
     for src in sources:
-        got = load_conversations(src.path, src.format, data.prompt_field, data.system_prompt, src.limit,
-                                 data.on_bad_record, data.max_bad_fraction, counts)
+        got = sample_conversations(load_conversations(src.path, src.format, data.prompt_field, data.system_prompt,
+                                                      src.limit, data.on_bad_record, data.max_bad_fraction, counts,
+                                                      src.skip), src.sample, f"{seed}:{src.path}")
         whole, frac = int(src.weight), src.weight - int(src.weight)
         convs += got * whole + random.Random(f"{seed}:{src.path}").sample(got, round(frac * len(got)))
     if data.no_reasoning == "drop":

@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Iterator
 
@@ -151,15 +152,21 @@ def _mixed_hint(rec: dict, fmt: str, detected_at: int | None) -> str:
 
 def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
                        system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
-                       max_bad_fraction: float = 0.01, counts: dict | None = None) -> list[list[dict]]:
-    """All conversations of one source, in file order. With on_bad_record="skip", malformed records are
-    counted (into `counts`, if given) and skipped, but more than `max_bad_fraction` of them still fails."""
+                       max_bad_fraction: float = 0.01, counts: dict | None = None,
+                       skip: int = 0) -> list[list[dict]]:
+    """The conversations of one source, in file order: after the first `skip` records (left unread), at most
+    `limit`. With on_bad_record="skip", malformed records are counted (into `counts`, if given) and skipped, but more
+    than `max_bad_fraction` of them still fails."""
     convs: list[list[dict]] = []
     bad: list[str] = []
+    skipped = 0
     formats: dict[str, int] = {}
     for file in expand_sources(path):
         file_fmt, detected_at = fmt, None
         for n, rec in read_records(file, bad if on_bad_record == "skip" else None):
+            if skipped < skip:
+                skipped += 1
+                continue
             if limit is not None and len(convs) >= limit:
                 break
             if file_fmt == "auto":
@@ -195,5 +202,12 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
         for name, k in formats.items():  # which layout was read: said by `data stats`, `medscale check`
             counts.setdefault("formats", {})[name] = counts.get("formats", {}).get(name, 0) + k
     if not convs:
-        raise DataError(f"{path}: no records")
+        raise DataError(f"{path}: no records" + (f" after the first {skip} (data.sources[].skip)" if skip else ""))
     return convs
+
+
+def sample_conversations(convs: list, n: int | None, seed) -> list:
+    """A seeded random `n` of the conversations, in their file order (all of them when there are no more)."""
+    if n is None or n >= len(convs):
+        return convs
+    return [convs[i] for i in sorted(random.Random(f"{seed}:sample").sample(range(len(convs)), n))]

@@ -25,7 +25,7 @@ from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import PRIVATE, RECIPE_FILE, Journal, read_journal, write_text_atomic
 from medscale.jobs.status import AttemptStatus
 from medscale.jobs.stop import StopFlag
-from medscale.registry import AttemptInfo, CheckpointInfo, heartbeat_interval, pid_alive, utcnow
+from medscale.registry import AttemptInfo, CheckpointInfo, MetricRow, heartbeat_interval, pid_alive, utcnow
 
 log = logging.getLogger("medscale.lifecycle")
 
@@ -159,6 +159,12 @@ class Attempt:
         base on the same questions), stored against the job."""
         if self.active and rows:
             self.registry.results(self.spec, rows)
+
+    def metrics_logged(self, step: int, logs: dict) -> None:
+        """What the run logged at `step` (loss, eval loss, lr, grad norm, ...), stored in the registry as it is
+        logged; `jobs sync` restores it from trainer_state.json when the registry was away."""
+        if self.active:
+            self.registry.metrics(self.spec, [MetricRow.from_log(step, logs)])
 
     def checkpoints_deleted(self, paths: list[Path]) -> None:
         if self.active and paths:

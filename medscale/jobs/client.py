@@ -16,16 +16,18 @@ from typing import Callable, TypeVar
 
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, load_manifest, problem
 from medscale.jobs.errors import JobStateError
-from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal
-from medscale.registry import CheckpointInfo, JobSpec, Registry, default_url, redact, scrub
+from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal, trainer_log
+from medscale.jobs.status import JobStatus
+from medscale.registry import CheckpointInfo, JobSpec, MetricRow, Registry, default_url, redact, scrub
 
 log = logging.getLogger("medscale.registry")
 T = TypeVar("T")
 
 
 def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
-    """Rebuild a job's rows from its output dir: the job, every attempt, every checkpoint (verified or not), and
-    mark the registry's checkpoints that are gone from disk as deleted."""
+    """Rebuild a job's rows from its output dir: the job, every attempt, every checkpoint (verified or not), the
+    per-step metrics (the newest `trainer_state.json`'s log), and mark the registry's checkpoints that are gone from
+    disk as deleted."""
     out = Path(os.path.abspath(output_dir))
     journal = read_journal(out)
     if journal is None:
@@ -43,11 +45,16 @@ def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
         m = manifest or {}
         reg.record_checkpoint(spec, CheckpointInfo(step, str(path), manifest is not None, m.get("attempt", 0),
                                                    m.get("metrics", {}), m.get("size_bytes", 0)))
+    if journal.stopped_early:
+        reg.set_status(reg.find_by_key(spec), JobStatus.STOPPED_EARLY)
+    history = trainer_log(out)
+    reg.record_metrics(spec, [MetricRow.from_log(h["step"], h) for h in history if "step" in h])
     job_id = reg.find_by_key(spec)
     gone = [c.path for c in reg.job(job_id).checkpoints if c.path not in on_disk and not c.deleted]
     reg.mark_deleted(spec, gone)
     return {"job": spec.name, "output_dir": str(out), "attempts": len(journal.attempts),
             "checkpoints": len(on_disk), "verified": verified, "marked_deleted": len(gone),
+            "metric_steps": len({h.get("step") for h in history}),
             "damaged": [p.name for p in damaged_dirs(out)]}
 
 
@@ -102,6 +109,9 @@ class RunRegistry:
                 r.record_result(row, job_id)
 
         self._call("recording results", write)
+
+    def metrics(self, spec: JobSpec, rows: list[MetricRow]) -> None:
+        self._call("recording metrics", lambda r: r.record_metrics(spec, rows))
 
     def deleted(self, spec: JobSpec, paths: list[str]) -> None:
         if paths:

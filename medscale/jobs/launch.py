@@ -7,9 +7,13 @@ launcher module: the CLI hands `ops.resume_job` a name -> launcher map.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +41,7 @@ class Entry:
 ENTRIES = {
     "train": Entry("train", "medscale.train", "medscale.train.run:run"),
     "eval": Entry("eval", "medscale.eval", "medscale.eval.job:run_job"),
+    "trial": Entry("trial", "medscale.sweep", "medscale.sweep.trial:run_trial"),  # a sweep's cell: train, then eval
 }
 
 
@@ -114,6 +119,18 @@ class LaunchInfo:
         """The variables a launcher sets for the processes it starts."""
         return {ENV_LAUNCHER: self.launcher, ENV_OPTIONS: json.dumps(self.options, sort_keys=True),
                 ENV_LAUNCHED_AT: (self.launched_at or utcnow()).isoformat()}
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
+def popen_tied(cmd: list[str], env: dict, **kw) -> subprocess.Popen:
+    """Start `cmd` in its own session (so a terminal's Ctrl-C reaches it only through us) and tied to this process:
+    the kernel kills it when this process dies, however it dies (a launcher's accelerate, a sweep trial's process
+    under its Ray actor)."""
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent, **kw)
 
 
 def register_submitted(request: LaunchRequest, launcher: str) -> None:

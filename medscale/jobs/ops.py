@@ -152,6 +152,22 @@ def sync_jobs(reg: Registry, dirs: list[str] | None = None) -> list[dict]:
     return out
 
 
+def stop_early(reg: Registry, job_id: int, reason: str) -> None:
+    """End a job for good on a sweep scheduler's decision: its record says why (journal: the last attempt's exit
+    reason and `stopped_early`, so `jobs sync` keeps it), its status becomes `stopped_early`, and neither `jobs resume`
+    nor a new run of its recipe in its output dir ever continues it."""
+    spec = reg.job_spec(job_id)
+    journal = read_journal(spec.output_dir)
+    if journal is None:  # stopped before its first attempt: only the registry knows the job
+        reg.set_status(job_id, JobStatus.STOPPED_EARLY)
+        return
+    journal.stopped_early = reason
+    if journal.last is not None and journal.last.status != AttemptStatus.RUNNING:
+        journal.last.exit_reason = reason
+    journal.save()
+    sync_output_dir(reg, spec.output_dir)
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

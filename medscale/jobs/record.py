@@ -80,6 +80,7 @@ class Journal:
     fingerprint: str = ""
     verified_steps: list[int] = field(default_factory=list)  # every step that ever had a verified checkpoint
     attempts: list[AttemptInfo] = field(default_factory=list)
+    stopped_early: str | None = None  # why a sweep's scheduler ended this job for good (never resumed)
 
     @property
     def last(self) -> AttemptInfo | None:
@@ -93,14 +94,16 @@ class Journal:
         return {"format": JOURNAL_FORMAT, "name": self.name, "kind": self.kind, "output_dir": self.output_dir,
                 "launcher": self.launcher, "launcher_options": self.launcher_options,
                 "fingerprint": self.fingerprint, "verified_steps": self.verified_steps,
-                "attempts": [a.to_json() for a in self.attempts]}
+                "attempts": [a.to_json() for a in self.attempts],
+                **({"stopped_early": self.stopped_early} if self.stopped_early else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "Journal":
         return cls(name=d["name"], output_dir=d.get("output_dir", ""), kind=d.get("kind", "train"),
                    launcher=d.get("launcher", "python"), launcher_options=d.get("launcher_options") or {},
                    fingerprint=d.get("fingerprint", ""), verified_steps=list(d.get("verified_steps") or []),
-                   attempts=[AttemptInfo.from_json(a) for a in d.get("attempts", [])])
+                   attempts=[AttemptInfo.from_json(a) for a in d.get("attempts", [])],
+                   stopped_early=d.get("stopped_early"))
 
     def save(self) -> None:
         write_json_atomic(Path(self.output_dir) / JOURNAL, self.to_json())
@@ -128,6 +131,21 @@ def find_output_dirs(root: Path, depth: int = 4) -> list[Path]:
         elif depth > 1:
             found += find_output_dirs(entry, depth - 1)
     return found
+
+
+def trainer_log(output_dir: str | Path) -> list[dict]:
+    """The Trainer's log history of a job: from the newest `trainer_state.json` among the output dir (written at the
+    end) and its checkpoints (a run that has not finished), [] when there is none."""
+    best: tuple[int, list] = (-1, [])
+    out = Path(output_dir)
+    for path in [out / TRAINER_STATE, *out.glob(f"checkpoint-*/{TRAINER_STATE}")]:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("global_step", -1) > best[0]:
+            best = (state["global_step"], list(state.get("log_history") or []))
+    return best[1]
 
 
 # --------------------------------------------------------------------------- the run summary

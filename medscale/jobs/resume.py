@@ -122,8 +122,11 @@ def plan_start(recipe) -> StartPlan:
     if mode == "never" and (newest := latest_verified(out)) is not None:
         raise CheckpointError(f"train.resume=never but {out} holds verified checkpoints of job {name} (newest "
                               f"{newest.name}): set train.resume=auto to continue, or choose a new train.output_dir")
-    clear_newer_than(out, start)
     journal = read_journal(out)
+    if journal is not None and journal.stopped_early and mode != "never":
+        raise CheckpointError(f"job {name} in {out} was {journal.stopped_early}; it is never resumed: train it "
+                              f"further as a new job (another train.output_dir)")
+    clear_newer_than(out, start)
     if start is None and mode == "auto" and journal is not None and journal.verified_steps:
         aside = ", ".join(p.name for p in damaged_dirs(out)) or "none left on disk"
         raise CheckpointError(

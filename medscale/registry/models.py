@@ -113,3 +113,53 @@ class Result(Base):
     figures: Mapped[dict] = mapped_column(JSON, default=dict)  # per subject, skipped, unparseable, ...
     outcomes: Mapped[list] = mapped_column(JSON, default=list)  # per question: id, chosen, correct, scores
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Metric(Base):
+    """What a run logged at one optimizer step: the figures reports read in columns, every other scalar in
+    `values` (throughput, benchmark accuracies at eval steps, ...). Train and eval logs of one step share the row."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_metrics_job_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    learning_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    values: Mapped[dict] = mapped_column(JSON, default=dict)
+    logged_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Sweep(Base):
+    """A sweep definition: its YAML as given, the expanded grid (one entry per trial), the bases it ranks against."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    definition_yaml: Mapped[str] = mapped_column(Text)
+    grid: Mapped[list] = mapped_column(JSON, default=list)
+    bases: Mapped[list] = mapped_column(JSON, default=list)  # [{label, path}]
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    trials: Mapped[list["SweepTrial"]] = relationship(order_by="SweepTrial.id", cascade="all, delete-orphan")
+
+
+class SweepTrial(Base):
+    """A job (kind `trial`) as one cell of a sweep; `error` holds why it failed when its own record cannot say
+    (it never started an attempt, or it trained but its evaluation failed)."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "label", name="uq_sweep_trials_sweep_label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    label: Mapped[str] = mapped_column(String(200))
+    cell: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

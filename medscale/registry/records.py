@@ -1,8 +1,10 @@
 """What goes into the registry and what comes out of it: plain dataclasses, so callers never handle ORM rows or
-untyped dicts. Writes take JobSpec / AttemptInfo / CheckpointInfo; reads return JobView (with its AttemptView and
-CheckpointView lists). `to_dict()` is the JSON shape of `medscale jobs ... --json`."""
+untyped dicts. Writes take JobSpec / AttemptInfo / CheckpointInfo / ResultInfo / MetricRow / SweepInfo; reads
+return JobView (with its AttemptView and CheckpointView lists), ResultView, MetricRow and SweepView. `to_dict()` is
+the JSON shape of `medscale jobs ... --json`."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -179,3 +181,80 @@ class ResultView(ResultInfo):
         if not outcomes:
             d.pop("outcomes")
         return d
+
+
+METRIC_COLUMNS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class MetricRow:
+    """What a run logged at one optimizer step (models.Metric). A non-finite value (a diverged loss) is stored as
+    missing, and named in `values["nonfinite"]`."""
+
+    step: int
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    epoch: float | None = None
+    values: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_log(cls, step: int, logs: dict) -> "MetricRow":
+        """A Trainer log entry (`on_log`'s logs, or a `trainer_state.json` log_history entry) as a row: the known
+        figures in their columns, every other number in `values`; text and nested values are left out."""
+        row, nonfinite = cls(step=int(step)), []
+        for k, v in logs.items():
+            if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not _finite(v):
+                nonfinite.append(k)
+            elif k in METRIC_COLUMNS:
+                setattr(row, k, float(v))
+            else:
+                row.values[k] = v
+        if nonfinite:
+            row.values["nonfinite"] = nonfinite
+        return row
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SweepInfo:
+    """A sweep as it is stored: its definition (YAML as given), the expanded grid (one dict per trial: label,
+    recipe, overrides, labels) and the base models it is ranked against ([{label, path}])."""
+
+    name: str
+    definition_yaml: str
+    grid: list = field(default_factory=list)
+    bases: list = field(default_factory=list)
+
+
+@dataclass
+class TrialView:
+    label: str
+    cell: dict
+    error: str | None
+    job: JobView
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "cell": self.cell, "error": self.error, "job": self.job.to_dict(brief=True)}
+
+
+@dataclass
+class SweepView(SweepInfo):
+    id: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+    trials: list[TrialView] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "grid": self.grid, "bases": self.bases,
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "trials": [t.to_dict() for t in self.trials], "definition_yaml": self.definition_yaml}

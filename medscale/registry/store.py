@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from medscale import medscale_home
 from medscale.errors import UserError
 from medscale.jobs.status import AttemptStatus, JobStatus
-from medscale.registry.models import Attempt, Checkpoint, Job, Result
-from medscale.registry.records import (AttemptInfo, AttemptView, CheckpointInfo, CheckpointView, JobSpec, JobView,
-                                       ResultInfo, ResultView, iso, utcnow)
+from medscale.registry.models import Attempt, Checkpoint, Job, Metric, Result, Sweep, SweepTrial
+from medscale.registry.records import (METRIC_COLUMNS, AttemptInfo, AttemptView, CheckpointInfo, CheckpointView,
+                                       JobSpec, JobView, MetricRow, ResultInfo, ResultView, SweepInfo, SweepView,
+                                       TrialView, iso, utcnow)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D656473  # any constant: serializes concurrent first-time migrations on PostgreSQL
@@ -280,6 +281,51 @@ class Registry:
             s.flush()
             return row.id
 
+    def record_metrics(self, spec: JobSpec, rows: list[MetricRow]) -> None:
+        """Store what a run logged, one row per step: a later log of the same step (its evaluation, a resumed
+        attempt training it again) fills in and replaces that step's figures."""
+        if not rows:
+            return
+        with self._session.begin() as s:
+            job = self._job(s, spec)
+            existing = {m.step: m for m in s.scalars(select(Metric).where(
+                Metric.job_id == job.id, Metric.step.in_({r.step for r in rows})))}
+            for r in rows:
+                m = existing.get(r.step)
+                if m is None:
+                    m = existing[r.step] = Metric(job_id=job.id, step=r.step, values={})
+                    s.add(m)
+                for k in METRIC_COLUMNS:
+                    if getattr(r, k) is not None:
+                        setattr(m, k, getattr(r, k))
+                m.values = {**(m.values or {}), **r.values}
+                m.logged_at = utcnow()
+
+    def upsert_sweep(self, info: SweepInfo) -> int:
+        """Create the sweep, or update its definition, grid and bases; returns its id."""
+        with self._session.begin() as s:
+            row = _upsert(s, Sweep, {"name": info.name}, {"definition_yaml": info.definition_yaml,
+                                                          "grid": info.grid, "bases": info.bases})
+            s.flush()
+            return row.id
+
+    def add_trial(self, sweep_id: int, spec: JobSpec, label: str, cell: dict) -> int:
+        """Make a job (kind trial) one of the sweep's trials: its row is created `queued` if it has none; an existing
+        job keeps its status and record (a finished trial stays finished). Returns the job id."""
+        with self._session.begin() as s:
+            job = self._job(s, spec)
+            s.flush()
+            _upsert(s, SweepTrial, {"sweep_id": sweep_id, "label": label}, {"job_id": job.id, "cell": cell})
+            return job.id
+
+    def set_trial_error(self, sweep_id: int, label: str, error: str | None) -> None:
+        """Why a trial failed when its job record cannot say (None clears it)."""
+        with self._session.begin() as s:
+            trial = s.scalar(select(SweepTrial).filter_by(sweep_id=sweep_id, label=label))
+            if trial is None:
+                raise RegistryError(f"sweep {sweep_id} has no trial '{label}'")
+            trial.error = error
+
     # ------------------------------------------------------------------ reads
 
     def results(self, job_id: int | None = None, benchmark: str | None = None, outcomes: bool = False,
@@ -301,6 +347,36 @@ class Registry:
             fields = [f for f in ResultInfo.__dataclass_fields__ if f != "outcomes"]
             return [ResultView(**{f: getattr(r, f) for f in fields}, outcomes=list(r.outcomes) if outcomes else [],
                                id=r.id, job_id=r.job_id, created_at=iso(r.created_at)) for r in s.scalars(q)]
+
+    def metrics(self, job_id: int, after_step: int | None = None) -> list[MetricRow]:
+        """Everything the job's runs logged (after `after_step`, when given), one row per step, in step order."""
+        with self._session() as s:
+            _get(s, job_id)
+            q = select(Metric).where(Metric.job_id == job_id).order_by(Metric.step)
+            if after_step is not None:
+                q = q.where(Metric.step > after_step)
+            return [MetricRow(m.step, *(getattr(m, k) for k in METRIC_COLUMNS), values=dict(m.values or {}))
+                    for m in s.scalars(q)]
+
+    def sweep(self, ref: str) -> SweepView:
+        """A sweep by name or id, with its trials (each with its job's brief view)."""
+        with self._session() as s:
+            row = s.get(Sweep, int(ref)) if ref.isdigit() else None
+            row = row or s.scalar(select(Sweep).filter_by(name=ref))
+            if row is None:
+                names = ", ".join(s.scalars(select(Sweep.name).order_by(Sweep.id))) or "none yet"
+                raise RegistryError(f"no sweep '{ref}' in the registry {self.url_redacted} (sweeps: {names})")
+            jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([t.job_id for t in row.trials]))
+                                              .options(selectinload(Job.attempts), selectinload(Job.checkpoints)))}
+            return SweepView(row.name, row.definition_yaml, list(row.grid or []), list(row.bases or []), row.id,
+                             iso(row.created_at), iso(row.updated_at),
+                             [TrialView(t.label, dict(t.cell or {}), t.error, _view(jobs[t.job_id], brief=False))
+                              for t in row.trials])
+
+    def sweeps(self) -> list[SweepInfo]:
+        with self._session() as s:
+            return [SweepInfo(r.name, r.definition_yaml, list(r.grid or []), list(r.bases or []))
+                    for r in s.scalars(select(Sweep).order_by(Sweep.id))]
 
     def find_by_key(self, spec: JobSpec) -> int | None:
         with self._session() as s:

@@ -60,7 +60,8 @@ def _exit_on_stop_before_joining() -> None:
     threading.Thread(target=watch, name="medscale-early-stop", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, kind: str = "train") -> None:
+    """Load and validate the recipe, then run the entry of `kind` (medscale.jobs.launch.ENTRIES) on it."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -76,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with user_errors():
         recipe = load_recipe(argv[0], argv[1:])
-        from medscale.train.run import run
+        from medscale.jobs.launch import entry_for
 
-        run(recipe)
+        entry_for(kind).load()(recipe)
 
 
 if __name__ == "__main__":

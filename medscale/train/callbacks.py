@@ -181,7 +181,8 @@ class StepHealth:
 
 class AttemptCallback(TrainerCallback):
     """Stops every rank together on a stop request, fails every rank together on a non-finite loss or gradient
-    norm (before the step can be saved), and turns each Trainer save into a verified checkpoint."""
+    norm (before the step can be saved), turns each Trainer save into a verified checkpoint, and records every log
+    line in the registry (rank 0)."""
 
     def __init__(self, attempt: Attempt, flag: stop.StopFlag, health: StepHealth, keep_last: int | None,
                  keep_best: bool | str):
@@ -202,6 +203,10 @@ class AttemptCallback(TrainerCallback):
             if state.is_world_process_zero:
                 log.warning("%s: saving a checkpoint at step %d and stopping", self.flag.reason or stop.STATUS[code],
                             state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_world_process_zero and logs:
+            self.attempt.metrics_logged(state.global_step, logs)
 
     def on_save(self, args, state, control, **kw):
         barrier()  # every rank has written its part (RNG states, DeepSpeed shards)

@@ -41,10 +41,11 @@ log = logging.getLogger("medscale.train")
 
 
 def run(recipe: Recipe, launch: LaunchInfo | None = None,
-        callbacks: Sequence["TrainerCallback"] = ()) -> RunSummary | None:
+        callbacks: Sequence["TrainerCallback"] = (), kind: str = "train") -> RunSummary | None:
     """Train the recipe as one attempt of its job; returns the run summary on global rank 0 (None on other ranks).
     Raises AttemptStopped after a preemption or cancel (with a verified checkpoint once training has started).
-    Launchers may add Trainer `callbacks`; they run after medscale's (e.g. Ray reports verified checkpoints)."""
+    Launchers may add Trainer `callbacks`; they run after medscale's (e.g. Ray reports verified checkpoints).
+    `kind` is the job's kind in the registry (a sweep's trial trains through here too)."""
     flag = stop_flag()
     flag.install()
     check_worker(recipe)  # paths, devices, DeepSpeed layout: all problems at once, before any work
@@ -58,7 +59,7 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
             log.info("job %s already finished at step %d (%s): nothing to train", recipe.name,
                      plan.summary.global_step, Path(recipe.train.output_dir) / SUMMARY)
             return plan.summary if args.process_index == 0 else None
-        with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size,
+        with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size, kind=kind,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
             dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
             with _session(recipe, args, tok, data, attempt, plan, callbacks) as session:

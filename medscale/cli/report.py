@@ -1,0 +1,43 @@
+"""`medscale report JOB... | SWEEP`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medscale.cli.app import App
+
+app = App()
+
+
+@app.command("report")
+def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output dir) and/or sweeps: their runs side "
+                                                      "by side"),
+           out: Optional[Path] = typer.Option(None, "--out", help="folder for report.md / report.html / report.json "
+                                                                  "and the PNG curves (default: "
+                                                                  "$MEDSCALE_HOME/reports/<first ref>)"),
+           steps: Optional[str] = typer.Option(None, "--steps", help="steps for the tables, e.g. 100,200,300,400 "
+                                                                   "(default: quarters of the longest run)")) -> None:
+    """Seed-002-style tables and curves of one or more runs, from the registry: loss and eval loss at chosen steps,
+    changes in %, grad-norm range and variation, lr schedule, benchmark deltas, the forgetting verdict."""
+    import re
+
+    from medscale import medscale_home
+    from medscale.registry import Registry
+    from medscale.report.build import ReportError, write_report
+
+    chosen = None
+    if steps:
+        if not re.fullmatch(r"\d+(,\d+)*", steps.replace(" ", "")):
+            raise ReportError(f"--steps {steps!r}: expected step numbers separated by commas, e.g. 100,200,300,400")
+        chosen = [int(s) for s in steps.replace(" ", "").split(",")]
+    folder = out or medscale_home() / "reports" / re.sub(r"[^\w.+-]+", "_", refs[0])
+    reg = Registry()
+    try:
+        paths = write_report(reg, refs, folder, chosen)
+    finally:
+        reg.close()
+    typer.echo(f"medscale: report written to {folder}")
+    for name in ("report.html", "report.md", "report.json"):
+        typer.echo(f"  {name:12s} {paths[name]}")

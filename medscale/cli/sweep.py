@@ -1,0 +1,183 @@
+"""`medscale sweep run | show | list | slurm-task`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medscale.cli.app import AS_JSON, OVERRIDES, App, echo_json, setup_logging
+
+sweep_app = App(no_args_is_help=True, help="Sweeps on Ray Tune: a grid of trials (train, then eval) and a leaderboard.")
+
+
+def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | None, bases: list[str] | None,
+          name: str | None, output_root: str | None):
+    """A sweep file or built-in sweep, or a recipe with --grid -> the validated plan (nothing written)."""
+    import yaml
+
+    from medscale.sweep.spec import builtin_sweeps, is_sweep_file, load_spec, plan_sweep, spec_from_recipe
+
+    path = Path(spec_ref).expanduser()
+    if spec_ref in builtin_sweeps() or (path.suffix in (".yaml", ".yml") and is_sweep_file(path)):
+        spec, _ = load_spec(spec_ref)
+        if grid:
+            extra, _ = spec_from_recipe(spec.recipes[0].recipe, grid)
+            spec = spec.model_copy(update={"grid": {**spec.grid, **extra.grid}})
+    else:
+        spec, _ = spec_from_recipe(spec_ref, grid, name)
+    update = {k: v for k, v in {"random": random_n, "name": name, "output_root": output_root}.items() if v}
+    spec = spec.model_copy(update=update)
+    definition = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True),
+                                sort_keys=False, allow_unicode=True)
+    return plan_sweep(spec, definition, overrides, bases)
+
+
+@sweep_app.command("run")
+def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.g. r1-distill-seed004), or a recipe "
+                                             "with --grid"),
+        overrides: Optional[list[str]] = OVERRIDES,
+        grid: list[str] = typer.Option([], "--grid", help="key=v1,v2: an axis of the grid (repeatable)"),
+        random_n: Optional[int] = typer.Option(None, "--random", help="run a seeded random N of the cells"),
+        bases: Optional[list[str]] = typer.Option(None, "--bases", help="base models ranked beside the trials: "
+                                                                        "auto, PATH or LABEL=PATH (repeatable)"),
+        name: Optional[str] = typer.Option(None, "--name", help="the sweep's name (default: the file's, or "
+                                                                "RECIPE-sweep)"),
+        address: Optional[str] = typer.Option(None, "--address", help="a Ray cluster (ray://HEAD:10001 or HEAD:6379); "
+                                                                      "default: a local Ray"),
+        max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="at most N trials at once"),
+        cpus: float = typer.Option(1.0, "--cpus-per-process", help="CPUs reserved per trial process"),
+        gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per trial process (default: when the "
+                                                                     "cluster has GPUs)"),
+        asha: Optional[bool] = typer.Option(None, "--asha/--no-asha", help="stop the worst trials early on eval loss "
+                                                                           "(default: the file's `scheduler`)"),
+        output_root: Optional[str] = typer.Option(None, "--output-root", help="where trials write (default "
+                                                                              "$MEDSCALE_HOME/runs/sweeps); shared "
+                                                                              "storage on a cluster"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and bases; start and write nothing"),
+        as_json: bool = AS_JSON) -> None:
+    """Run a sweep on Ray Tune: every cell a trial job (train, then eval); finished trials are skipped, interrupted
+    ones resume from their verified checkpoints; then the leaderboard."""
+    plan = _plan(spec, overrides or [], grid, random_n, bases, name, output_root)
+    if dry_run:
+        _print_plan(plan, as_json)
+        return
+    from launcher.local import entry_command
+    from medscale.registry import Registry
+    from medscale.sweep.board import leaderboard
+    from medscale.sweep.tune import Resources, run_sweep
+
+    setup_logging()
+    outcome = run_sweep(plan, entry_command, address=address, resources=Resources(cpus, gpu),
+                        max_concurrent=max_concurrent, asha=asha, echo=lambda s: typer.echo(s, err=as_json))
+    reg = Registry()
+    try:
+        board = leaderboard(reg, plan.name)
+    finally:
+        reg.close()
+    if as_json:
+        echo_json({**outcome.to_dict(), "leaderboard": board.to_dict()})
+    else:
+        typer.echo(board.to_markdown())
+    for t in outcome.failed:
+        typer.echo(f"medscale: trial {t.label} {t.status}: {t.reason or 'see medscale jobs show ' + str(t.job_id)}",
+                   err=True)
+    raise typer.Exit(1 if outcome.failed else 0)
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    rows = [{"label": t.label, "job": t.name, "recipe": t.recipe_ref, "overrides": t.overrides[:-2],
+             "output_dir": t.output_dir, "processes": t.processes, "base": t.base, "note": t.note}
+            for t in plan.trials]
+    if as_json:
+        echo_json({"name": plan.name, "trials": rows, "bases": [b.to_dict() for b in plan.bases]})
+        return
+    typer.echo(f"sweep {plan.name}: {len(rows)} trial(s)")
+    for r in rows:
+        typer.echo(f"  {r['label']:32s} {r['recipe']} {' '.join(r['overrides'])}" + (f"  ({r['note']})" if r['note']
+                                                                                      else ""))
+    for b in plan.bases:
+        typer.echo(f"  base {b.label}: {b.path}")
+
+
+@sweep_app.command("show")
+def show(sweep: str = typer.Argument(..., help="sweep name or id"),
+         metric: Optional[str] = typer.Option(None, "--metric", help="eval_loss, control, or a benchmark name "
+                                                                    "(default: the sweep's `metric`)"),
+         as_json: bool = AS_JSON,
+         markdown: bool = typer.Option(False, "--md", help="a Markdown table")) -> None:
+    """The leaderboard: trials and bases ranked by a metric, every fine-tune worse than its own base marked."""
+    from medscale.registry import Registry
+    from medscale.sweep.board import leaderboard
+
+    reg = Registry()
+    try:
+        board = leaderboard(reg, sweep, metric)
+    finally:
+        reg.close()
+    if as_json:
+        typer.echo(board.to_json())
+    elif markdown:
+        typer.echo(board.to_markdown())
+    else:
+        _render(board)
+
+
+def _render(board) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"{board.sweep} ranked by {board.metric} ({'lower' if board.lower_is_better else 'higher'} is "
+                    f"better)")
+    for h in board.header():
+        t.add_column(h, justify="right" if h in ("#", "steps") else "left")
+    for r in board.rows:
+        cells = board.cells(r)
+        cells[6] = Text(r.versus, style="bold red") if r.worse_than_base else Text(r.versus)
+        t.add_row(*cells, style="dim" if r.kind == "base" else None)
+    Console(width=200).print(t)
+
+
+@sweep_app.command("list")
+def list_sweeps(as_json: bool = AS_JSON) -> None:
+    """Every sweep in the registry."""
+    from medscale.registry import Registry
+
+    reg = Registry()
+    try:
+        sweeps = reg.sweeps()
+    finally:
+        reg.close()
+    if as_json:
+        echo_json([{"name": s.name, "trials": len(s.grid), "bases": s.bases} for s in sweeps])
+        return
+    for s in sweeps:
+        typer.echo(f"{s.name:32s} {len(s.grid)} trial(s), {len(s.bases)} base(s)")
+
+
+@sweep_app.command("slurm-task")
+def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sweep"),
+               index: int = typer.Argument(..., help="the array task id ($SLURM_ARRAY_TASK_ID)")) -> None:
+    """For slurm/r1_sweep.sh: register the sweep and its trial INDEX, print the trial's recipe and overrides
+    (NUL-separated) for `medscale_run` with MEDSCALE_ENTRY=trial."""
+    import sys
+
+    from medscale.registry import Registry, RegistryError
+    from medscale.sweep.spec import SweepError
+    from medscale.sweep.tune import register
+
+    plan = _plan(spec, [], [], None, None, None, None)
+    if not 0 <= index < len(plan.trials):
+        raise SweepError(f"array task {index}: sweep {plan.name} has {len(plan.trials)} trials (use "
+                         f"--array=0-{len(plan.trials) - 1})")
+    try:
+        reg = Registry()
+        try:
+            register(reg, plan)
+        finally:
+            reg.close()
+    except RegistryError as e:  # the trial still runs: its first attempt records the job, `jobs sync` the rest
+        typer.echo(f"medscale: warning: {e}; sweep {plan.name} not registered", err=True)
+    t = plan.trials[index]
+    sys.stdout.write("\0".join([t.recipe_ref, *t.overrides]) + "\0")

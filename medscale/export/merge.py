@@ -1,0 +1,273 @@
+"""Export a trained job for serving, proven to answer as the adapter does.
+
+`--merge`: the adapter folded into the base weights, saved as a safetensors Hugging Face folder that transformers and
+vLLM load as is (config, sharded weights, the tokenizer with the chat template used in training, generation_config
+from the recipe's `generation` section). A QLoRA job is merged into the bf16 weights it was quantised from (the
+recipe's model.path), never into 4-bit ones. `--adapter-only`: the PEFT adapter with the same tokenizer and
+generation config, for serving with the base.
+
+Before an export is reported, a parity check: on N prompts (seed 003's questions through the chat template) plus the
+reference's greedy continuation, the exported model's logits and the reference's (base + adapter, fp32 on CPU) agree
+within the stated tolerance at every position, and the exported model's greedy choice is the reference's wherever the
+reference's top-2 margin exceeds that tolerance (near-ties may go either way). For a QLoRA job the reference is the
+bf16 base + adapter; how far the NF4-quantised model the job trained on is from it is measured apart (on CUDA) and
+reported, never a reason to fail. Everything is written to a temporary folder beside the destination and renamed into
+place only after the check passed: a failed or interrupted export leaves no folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medscale.errors import UserError
+from medscale.jobs.record import write_text_atomic
+from medscale.jobs.resolve import ModelRef, resolve
+
+TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (5e-3, 1e-2)}  # (abs, relative to max)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
+RECORD = "medscale_export.json"
+
+
+class ExportError(UserError):
+    """An export that cannot be made or that failed its parity check (nothing was left behind)."""
+
+
+@dataclass
+class Parity:
+    prompts: int
+    positions: int
+    tolerance: float
+    max_abs_diff: float
+    mismatched_choices: int  # positions with a clear top-1 (margin > tolerance) where the export chose otherwise
+    near_ties: int  # positions whose top-2 margin is within the tolerance (either choice is the same model)
+    passed: bool
+    worst: dict = field(default_factory=dict)  # where the largest difference is: prompt, position
+    nf4: dict | None = None  # QLoRA: the 4-bit model the job trained on against the bf16 reference (report only)
+
+    def line(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (f"parity {verdict}: {self.prompts} prompts, {self.positions} positions, max |logit diff| "
+                f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}), {self.mismatched_choices} clear greedy "
+                f"choice(s) changed, {self.near_ties} near-tie(s) exempt")
+
+
+@dataclass
+class ExportResult:
+    mode: str  # merge | adapter
+    source: str  # the job@checkpoint label
+    out: str
+    dtype: str
+    files: list[str]
+    size_bytes: int
+    parity: Parity
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | Path | None = None,
+           prompts: int = 8, new_tokens: int = 16, tolerance: float | None = None,
+           shard_size: str = "5GB") -> ExportResult:
+    """Export a job (any reference medscale.jobs.resolve takes) merged or as its adapter; see the module docstring."""
+    target = resolve(ref, checkpoint=checkpoint)
+    if target.adapter is None:
+        raise ExportError(f"{target.label or ref} is a base model (no adapter): there is nothing to export")
+    mode = "merge" if merge else "adapter"
+    dest = Path(out).expanduser().absolute() if out else _default_out(target, mode)
+    if dest.exists():
+        raise ExportError(f"{dest} already exists: choose another --out, or remove it first")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dtype = _export_dtype(target)
+    tol_abs, tol_rel = TOLERANCE[dtype]
+    timings: dict[str, float] = {}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        t0 = time.perf_counter()
+        model, tok = _reference(target)
+        texts = _prompts(tok, target, prompts)
+        reference = _run_reference(model, tok, texts, new_tokens)
+        timings["reference_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if merge:
+            _write_merged(model, tmp, dtype, shard_size)
+        else:
+            for name in ADAPTER_FILES:
+                shutil.copy2(target.adapter / name, tmp / name)
+        del model
+        _free()
+        _write_tokenizer_and_generation(target, tmp)
+        timings["write_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scale = max(float(r["logits"].abs().max()) for r in reference)
+        tol = tolerance if tolerance is not None else tol_abs + tol_rel * scale
+        parity = _check(_load_exported(target, tmp, merge), reference, tol)
+        _free()
+        timings["parity_s"] = time.perf_counter() - t0
+        if target.load_in_4bit:
+            parity.nf4 = _nf4_difference(target, reference)
+        if not parity.passed:
+            raise ExportError(f"{target.label}: the exported model does not answer as base + adapter: "
+                              f"{parity.line()}; worst at {parity.worst}; nothing was written")
+        files = sorted(p.name for p in tmp.iterdir())
+        result = ExportResult(mode, target.label, str(dest), dtype, files + [RECORD],
+                              sum(p.stat().st_size for p in tmp.iterdir()), parity,
+                              {k: round(v, 2) for k, v in timings.items()})
+        write_text_atomic(tmp / RECORD, json.dumps({**result.to_dict(), "adapter": str(target.adapter),
+                                                    "base": str(target.base), "job": target.job_name},
+                                                   ensure_ascii=False, indent=1))
+        os.rename(tmp, dest)
+        return result
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_out(target: ModelRef, mode: str) -> Path:
+    home = target.output_dir or target.adapter.parent
+    name = (target.checkpoint.name if target.checkpoint else "final") + f"-{'merged' if mode == 'merge' else 'adapter'}"
+    return Path(home).absolute() / "exports" / name
+
+
+def _export_dtype(target: ModelRef) -> str:
+    """The base's own dtype (a QLoRA job's base is its bf16 weights), as its config says, else the recipe's."""
+    cfg = json.loads((target.base / "config.json").read_text(encoding="utf-8"))
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or (target.recipe.get("model") or {}).get("dtype", "bfloat16")
+    return dtype if dtype in TOLERANCE else "bfloat16"
+
+
+def _reference(target: ModelRef):
+    """Base + adapter in fp32 on CPU, never quantised (a QLoRA job's reference is its bf16 base + adapter)."""
+    import torch
+
+    from medscale.model.infer import load_for_inference
+
+    trust = {"trust_remote_code": target.trust_remote_code}
+    return load_for_inference(target.base, target.adapter, "float32", trust, device=torch.device("cpu"))
+
+
+def _prompts(tok, target: ModelRef, n: int) -> list[str]:
+    from medscale.data.chat import render_prompt
+    from medscale.eval.bench import default_questions, load_questions
+
+    gen = target.recipe.get("generation") or {}
+    system = [{"role": "system", "content": target.system_prompt}] if target.system_prompt else []
+    return [render_prompt(tok, system + [{"role": "user", "content": q.prompt}], gen.get("enable_thinking"))
+            for q in load_questions(default_questions())[:n]]
+
+
+def _run_reference(model, tok, texts: list[str], new_tokens: int) -> list[dict]:
+    """Per prompt: the token ids of prompt + greedy continuation, and the reference's logits over all of them."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            full = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  pad_token_id=tok.pad_token_id)
+            logits = model(input_ids=full).logits[0].float()
+            out.append({"ids": full, "prompt_len": ids.shape[1], "logits": logits})
+    return out
+
+
+def _write_merged(model, folder: Path, dtype: str, shard_size: str) -> None:
+    """Fold the adapter in (fp32), untie embeddings a trained lm_head made different, cast, save sharded."""
+    import torch
+
+    merged = model.merge_and_unload()
+    cfg = merged.config
+    out_emb, in_emb = merged.get_output_embeddings(), merged.get_input_embeddings()
+    if getattr(cfg, "tie_word_embeddings", False) and out_emb is not None and (
+            out_emb.weight is not in_emb.weight and not torch.equal(out_emb.weight, in_emb.weight)):
+        cfg.tie_word_embeddings = False  # modules_to_save trained them apart: tying them again would lose lm_head
+    merged.to(getattr(torch, dtype))
+    merged.generation_config.do_sample = False  # replaced by the recipe's below
+    merged.save_pretrained(folder, safe_serialization=True, max_shard_size=shard_size)
+
+
+def _write_tokenizer_and_generation(target: ModelRef, folder: Path) -> None:
+    """The tokenizer training used (saved beside the adapter: its chat template included), and generation settings
+    from the recipe's `generation` section on top of the base's (its eos/pad ids)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    src = target.adapter if (target.adapter / "tokenizer_config.json").is_file() else target.base
+    AutoTokenizer.from_pretrained(src, trust_remote_code=target.trust_remote_code).save_pretrained(folder)
+    try:
+        gen = GenerationConfig.from_pretrained(target.base)
+    except OSError:
+        gen = GenerationConfig()
+    g = target.recipe.get("generation") or {}
+    temperature = g.get("temperature", 0.7)
+    gen.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+               top_p=g.get("top_p", 0.9) if temperature > 0 else None, top_k=g.get("top_k"),
+               max_new_tokens=g.get("max_new_tokens", 512))
+    gen.save_pretrained(folder)
+
+
+def _load_exported(target: ModelRef, folder: Path, merged: bool):
+    import torch
+
+    from medscale.model.infer import load_for_inference
+
+    trust = {"trust_remote_code": target.trust_remote_code}
+    cpu = torch.device("cpu")
+    if merged:
+        return load_for_inference(folder, None, "float32", trust, device=cpu)[0]
+    return load_for_inference(target.base, folder, "float32", trust, device=cpu)[0]
+
+
+def _check(model, reference: list[dict], tol: float) -> Parity:
+    import torch
+
+    worst, positions, mismatched, ties = (0.0, {}), 0, 0, 0
+    with torch.no_grad():
+        for i, r in enumerate(reference):
+            logits = model(input_ids=r["ids"]).logits[0].float()
+            diff = (logits - r["logits"]).abs().max(dim=-1).values
+            at = int(diff.argmax())
+            if float(diff[at]) > worst[0]:
+                worst = (float(diff[at]), {"prompt": i, "position": at})
+            positions += logits.shape[0]
+            top2 = r["logits"].topk(2, dim=-1)
+            clear = (top2.values[:, 0] - top2.values[:, 1]) > tol
+            changed = logits.argmax(dim=-1) != top2.indices[:, 0]
+            mismatched += int((changed & clear).sum())
+            ties += int((~clear).sum())
+    return Parity(len(reference), positions, tol, worst[0], mismatched, ties,
+                  worst[0] <= tol and mismatched == 0, worst[1])
+
+
+def _nf4_difference(target: ModelRef, reference: list[dict]) -> dict:
+    """How far the NF4 model the QLoRA job trained on is from its bf16 reference (reported, never failed on)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"measured": False, "why": "needs CUDA (bitsandbytes 4-bit inference)"}
+    from medscale.model.infer import load_for_inference
+
+    model, _ = load_for_inference(target.base, target.adapter, "bfloat16", target.recipe.get("model") or {})
+    diffs, agree, total = [], 0, 0
+    with torch.no_grad():
+        for r in reference:
+            logits = model(input_ids=r["ids"].to(model.device)).logits[0].float().cpu()
+            diffs.append(float((logits - r["logits"]).abs().max()))
+            agree += int((logits.argmax(-1) == r["logits"].argmax(-1)).sum())
+            total += logits.shape[0]
+    del model
+    _free()
+    return {"measured": True, "max_abs_logit_diff": max(diffs), "top1_agreement": agree / total}
+
+
+def _free() -> None:
+    from medscale.model.infer import free_memory
+
+    free_memory()

@@ -1,0 +1,46 @@
+"""Benchmark results as the registry keeps them, paired again: a fine-tune against its own base on the same
+questions (the leaderboard and the report both need it)."""
+from __future__ import annotations
+
+from medscale.registry import Registry, ResultView
+
+
+def as_bench(r: ResultView):
+    """A stored result (with its outcomes) as the BenchResult that medscale.eval pairs."""
+    from medscale.eval.result import BenchResult, Outcome
+
+    f = r.figures or {}
+    return BenchResult(benchmark=r.benchmark, fingerprint=r.fingerprint, language=f.get("language", "zh"),
+                       mode=r.mode, shots=r.shots, model={"label": r.model}, n=r.n, correct=f.get("correct", 0),
+                       acc=r.accuracy or 0.0, ci_low=r.ci_low or 0.0, ci_high=r.ci_high or 0.0,
+                       outcomes=[Outcome(**o) for o in r.outcomes])
+
+
+def paired(base: ResultView, tuned: ResultView):
+    """The paired verdict (bootstrap interval of tuned - base, McNemar's p) of two stored results."""
+    from medscale.eval.stats import paired_verdict
+
+    return paired_verdict(as_bench(base), as_bench(tuned), a_label="base", b_label="tuned")
+
+
+def final_results(reg: Registry, job_id: int) -> list[ResultView]:
+    """The newest result per benchmark of a job's final model (not a checkpoint's), outcomes included."""
+    newest: dict[str, ResultView] = {}
+    for r in reg.results(job_id=job_id, outcomes=True):
+        if r.role == "tuned" and r.checkpoint is None:
+            newest[r.benchmark] = r
+    return list(newest.values())
+
+
+def base_result(reg: Registry, job_id: int, base_path: str, tuned: ResultView) -> ResultView | None:
+    """The base model's result on the same questions as `tuned`: measured with the job (its end-of-run verdict), else
+    measured once for a sweep (no job)."""
+    def same(r: ResultView) -> bool:
+        return r.role == "base" and (r.fingerprint, r.mode, r.shots) == (tuned.fingerprint, tuned.mode, tuned.shots)
+
+    own = [r for r in reg.results(job_id=job_id, outcomes=True) if same(r)]
+    if own:
+        return own[-1]
+    shared = [r for r in reg.results(benchmark=tuned.benchmark, outcomes=True)
+              if same(r) and r.job_id is None and r.adapter_path is None and r.base_path == base_path]
+    return shared[-1] if shared else None

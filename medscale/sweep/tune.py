@@ -1,0 +1,454 @@
+"""Running a sweep on Ray Tune: register it, skip what is finished, run the rest, evaluate the bases once.
+
+Tune schedules the trials (one per cell, with the resources its recipe asks for: one GPU per process on a GPU
+cluster), isolates their failures (a failed trial never stops the sweep) and, with `scheduler: asha`, stops the
+worst ones early on their eval loss. Each trial's Tune actor starts the trial entry as a process of its own, exactly
+as a launcher would (`python -m medscale.sweep RECIPE ...`, or `accelerate launch` for several processes: the command
+comes from the CLI, which owns the launchers), so a trial is an ordinary job: its attempts, verified checkpoints and
+metrics go to the registry; Tune reads its evaluations back from there (the metrics a run records as it logs them).
+
+Every trial is identified by its output dir, so running the sweep again skips finished trials, never resumes one
+stopped early, and resumes every other one (failed, preempted, interrupted) from its newest verified checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import medscale
+from medscale.jobs.status import JobStatus
+from medscale.registry import JobSpec, Registry, SweepInfo
+from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
+
+log = logging.getLogger("medscale.sweep")
+
+# (recipe, recipe ref, overrides, entry module) -> the command that runs the entry on recipe.dist.num_processes
+# processes of one machine (launcher.local.entry_command)
+CommandFor = Callable[..., list[str]]
+POLL_S = 1.0
+DONE = (JobStatus.SUCCEEDED.value, JobStatus.STOPPED_EARLY.value)
+
+
+class TrialFailed(RuntimeError):
+    """A trial's process ended without finishing; the message is its reason (the attempt's, or its last words)."""
+
+
+@dataclass
+class TrialOutcome:
+    label: str
+    job_id: int
+    status: str  # the job's status after this run
+    ran: bool  # trained (or tried to) in this run; False: skipped as finished or stopped early
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    sweep_id: int
+    trials: list[TrialOutcome] = field(default_factory=list)
+    bases_measured: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TrialOutcome]:
+        return [t for t in self.trials if t.status not in DONE]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "sweep_id": self.sweep_id, "trials": [t.to_dict() for t in self.trials],
+                "bases_measured": self.bases_measured}
+
+
+# --------------------------------------------------------------------------- registry side
+
+
+def trial_spec(t: TrialPlan, sweep: str) -> JobSpec:
+    r = t.recipe
+    return JobSpec(r.name, t.output_dir, "local", r.to_yaml(), r.fingerprint(), "trial",
+                   {"sweep": sweep, "trial": t.label})
+
+
+def register(reg: Registry, plan: SweepPlan) -> tuple[int, dict[str, int]]:
+    """The sweep row and one job (kind trial) per cell. A sweep of this name with another grid is refused: its
+    trials would silently mix two experiments."""
+    existing = {s.name: s for s in reg.sweeps()}.get(plan.name)
+    if existing is not None and existing.grid != plan.grid():
+        old = {c["label"] for c in existing.grid}
+        new = {c["label"] for c in plan.grid()}
+        what = (f"trials {', '.join(sorted(new ^ old))} differ" if new != old else
+                "the same trials with other recipes or overrides")
+        raise SweepError(f"sweep '{plan.name}' is already in the registry with another grid ({what}): give this one "
+                         f"another name (`name:` in the sweep file, or --name), or run the recorded one again")
+    sweep_id = reg.upsert_sweep(SweepInfo(plan.name, plan.definition, plan.grid(), [b.to_dict() for b in plan.bases]))
+    return sweep_id, {t.label: reg.add_trial(sweep_id, trial_spec(t, plan.name), t.label, t.cell())
+                      for t in plan.trials}
+
+
+def pending(reg: Registry, plan: SweepPlan) -> list[TrialPlan]:
+    """The trials to run now: all but the finished ones (succeeded, nothing missing) and those stopped early."""
+    view = {t.label: t for t in reg.sweep(plan.name).trials}
+    return [t for t in plan.trials
+            if not (view[t.label].job.status in DONE and view[t.label].error is None)]
+
+
+# --------------------------------------------------------------------------- the trial actor
+
+
+class TrialProcess:
+    """One trial's entry process, watched from its Tune actor: new evaluations come back from the registry as Tune
+    results, the end of the process as the final one (or TrialFailed with its reason)."""
+
+    def __init__(self, trial: dict, command: list[str]):
+        from medscale.jobs.launch import LaunchInfo, popen_tied
+
+        self.t = trial
+        Path(trial["log"]).parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(trial["log"], "ab")
+        self.log.write(f"\n==== {time.strftime('%F %T')} trial {trial['label']}: {' '.join(command)}\n".encode())
+        self.log.flush()
+        launch = LaunchInfo("local", options={"sweep": trial["sweep"], "trial": trial["label"]})
+        self.attempts_before = self._attempts()
+        # the trial starts where the sweep was started (relative paths in recipes), when that folder is on this node
+        cwd = trial["cwd"] if Path(trial["cwd"]).is_dir() else None
+        # tied to this actor: a Tune actor that dies (the driver killed, a node lost) takes its trial with it
+        self.proc = popen_tied(command, {**os.environ, **launch.env()}, cwd=cwd, stdout=self.log,
+                               stderr=subprocess.STDOUT)
+        self.seen = -1
+        self.reg: Registry | None = None
+
+    def _attempts(self) -> int:
+        from medscale.jobs.record import read_journal
+
+        journal = read_journal(self.t["output_dir"])
+        return len(journal.attempts) if journal else 0
+
+    def _evaluations(self) -> list[dict]:
+        try:
+            self.reg = self.reg or Registry()
+            rows = self.reg.metrics(self.t["job_id"], after_step=self.seen)
+        except Exception as e:  # the registry away: no intermediate results; the end still comes from the summary
+            log.warning("trial %s: cannot read its metrics (%s)", self.t["label"], e)
+            return []
+        return [{"step": m.step, "eval_loss": m.eval_loss, **{k: v for k, v in m.values.items()
+                                                               if k.startswith(("bench/", "control/"))}}
+                for m in rows if m.eval_loss is not None]
+
+    def next_result(self) -> dict:
+        """Block until the trial evaluates again (a Tune result) or ends (the final result, `done`)."""
+        while True:
+            ended = self.proc.poll() is not None
+            new = self._evaluations()
+            if new and not (ended and len(new) == 1 and self.proc.returncode == 0):
+                self.seen = new[0]["step"]
+                return new[0]
+            if ended:
+                return self._final(new)
+            time.sleep(POLL_S)
+
+    def _final(self, last: list[dict]) -> dict:
+        from medscale.jobs.record import RunSummary, read_journal
+
+        code = self.proc.returncode
+        if code == 0:
+            summary = RunSummary.load(self.t["output_dir"])
+            final = summary.eval_loss_final if summary and summary.eval_loss_final is not None else math.nan
+            return {**(last[0] if last else {}), "step": summary.global_step if summary else self.seen,
+                    "eval_loss": final, "done": True}
+        journal = read_journal(self.t["output_dir"])
+        reason = None
+        if journal and len(journal.attempts) > self.attempts_before and journal.last.exit_reason:
+            reason = journal.last.exit_reason
+        raise TrialFailed(reason or self._last_words() or f"the trial process exited with code {code}")
+
+    def _last_words(self) -> str | None:
+        """The trial's own one-line error (`medscale: error: ...`), else its last line of output."""
+        self.log.flush()
+        lines = [ln.strip() for ln in Path(self.t["log"]).read_text(encoding="utf-8", errors="replace")
+                 .splitlines()[-200:] if ln.strip()]
+        mine = [ln for ln in lines if ln.startswith("medscale:")]
+        return (mine or lines or [None])[-1]
+
+    def stop(self) -> None:
+        """Ask a running trial to save a verified checkpoint and stop (as a preemption), and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        if self.reg is not None:
+            self.reg.close()
+
+
+def _trainable():
+    """The Tune Trainable class (built on first use: importing Ray Tune is slow)."""
+    from ray import tune
+
+    class MedscaleTrial(tune.Trainable):
+        def setup(self, config, command_for: CommandFor = None):
+            from medscale.recipe import load_recipe
+
+            t = config["trial"]
+            recipe = load_recipe(t["recipe"], t["overrides"])  # validated again where it runs
+            self.trial = TrialProcess(t, command_for(recipe, t["recipe"], t["overrides"], "medscale.sweep"))
+
+        def step(self):
+            return self.trial.next_result()
+
+        def save_checkpoint(self, checkpoint_dir):
+            # Tune asks at the end; the trial's own verified checkpoints are the real ones: point at them, copy nothing
+            return {"output_dir": self.trial.t["output_dir"], "job_id": self.trial.t["job_id"]}
+
+        def load_checkpoint(self, checkpoint):
+            pass  # a trial resumes from its newest verified checkpoint (train.resume=auto), never from Tune's state
+
+        def cleanup(self):
+            self.trial.stop()
+
+    return MedscaleTrial
+
+
+def _asha(grace_period: int, reduction_factor: float):
+    """ASHA on eval loss, remembering the trials it stopped (Tune ends those the same way as finished ones)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class RecordingAsha(ASHAScheduler):
+        def __init__(self):
+            super().__init__(time_attr="step", metric="eval_loss", mode="min", max_t=10**9,
+                             grace_period=grace_period, reduction_factor=reduction_factor)
+            self.stopped: dict[str, dict] = {}
+
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP and not result.get("done"):
+                self.stopped[trial.config["trial"]["label"]] = {"step": result.get("step"),
+                                                                "eval_loss": result.get("eval_loss")}
+            return decision
+
+    return RecordingAsha()
+
+
+# --------------------------------------------------------------------------- bases
+
+
+def _benchmarks(plan: SweepPlan) -> dict[str, tuple]:
+    """base path -> the benchmark settings of its trials (the first trial of that base that lists benchmarks)."""
+    out: dict[str, tuple] = {}
+    for t in plan.trials:
+        e = t.recipe.eval
+        if e.benchmarks and t.base not in out:
+            out[t.base] = (list(e.benchmarks), e.benchmark_mode, e.shots, e.data_dir, e.per_device_eval_batch_size,
+                           t.recipe.train.seed, t.recipe.generation)
+    return out
+
+
+def missing_base_results(reg: Registry, plan: SweepPlan) -> dict[str, list]:
+    """base path -> the benchmarks it has no result for yet (a base is measured once, whichever sweep asks)."""
+    from medscale.eval.run import load_benchmarks
+
+    have = {(r.base_path, r.fingerprint, r.mode, r.shots) for r in reg.results() if r.role == "base" and r.job_id is
+            None and r.adapter_path is None}
+    out = {}
+    for base, (benches, mode, shots, data_dir, _, seed, _) in _benchmarks(plan).items():
+        if base not in {b.path for b in plan.bases}:
+            continue
+        todo = [ref for ref, b in zip(benches, load_benchmarks(benches, data_dir, None, seed))
+                if (base, b.fingerprint(), mode, shots) not in have]
+        if todo:
+            out[base] = todo
+    return out
+
+
+def evaluate_base(path: str, benchmarks: list, settings: tuple) -> list[str]:
+    """Score one base model on the benchmarks its trials are scored on; stored as `base` results of no job."""
+    from medscale.eval.run import record_results, run_eval
+    from medscale.jobs.resolve import resolve
+
+    _, mode, shots, data_dir, batch, seed, generation = settings
+    report = run_eval(path, benchmarks, mode=mode, shots=shots, seed=seed, data_dir=data_dir, batch_size=batch,
+                      generation=generation, record=False)
+    ref = resolve(path)
+    record_results([(r, ref, "base") for r in report.results], None)
+    return [f"{r.benchmark} {100 * r.acc:.1f}%" for r in report.results]
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class Resources:
+    cpus_per_process: float = 1.0
+    use_gpu: bool | None = None  # None: GPUs when the cluster has any
+
+    def of(self, processes: int, gpu: bool) -> dict:
+        return {"CPU": self.cpus_per_process * processes, **({"GPU": processes} if gpu else {})}
+
+
+def _env() -> dict[str, str]:
+    """What every trial process needs from here: medscale's settings (home, registry, model and data roots)."""
+    own = {k: v for k, v in os.environ.items() if k.startswith("MEDSCALE_") and k not in ("MEDSCALE_LAUNCHER",
+                                                                                           "MEDSCALE_LAUNCH_OPTIONS")}
+    root = str(Path(medscale.__file__).resolve().parent.parent)  # workers import the medscale this driver runs
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**own, "PYTHONPATH": path, "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trial actors stay where the sweep started
+
+
+def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None = None,
+              resources: Resources | None = None, max_concurrent: int | None = None, asha: bool | None = None,
+              echo: Callable[[str], None] = print) -> SweepOutcome:
+    """Register the sweep, run its unfinished trials on Ray Tune and its unmeasured bases as Ray tasks, mark the
+    trials ASHA stopped as `stopped_early`, and say what became of every trial."""
+    from medscale.jobs.ops import stop_early
+
+    resources = resources or Resources()
+    reg = Registry()
+    try:
+        sweep_id, job_ids = register(reg, plan)
+        todo = pending(reg, plan)
+        bases = missing_base_results(reg, plan)
+        skipped = len(plan.trials) - len(todo)
+        echo(f"medscale: sweep {plan.name}: {len(plan.trials)} trial(s), {skipped} finished or stopped early "
+             f"(skipped), {len(todo)} to run; {len(plan.bases)} base(s), {len(bases)} to evaluate")
+        for t in todo:
+            reg.set_trial_error(sweep_id, t.label, None)
+        _build_tiny_models(todo)
+        stopped: dict[str, dict] = {}
+        errors: dict[str, str] = {}
+        if todo or bases:
+            stopped, errors = _on_ray(plan, todo, bases, job_ids, command_for, address, resources,
+                                      max_concurrent or plan.spec.max_concurrent,
+                                      plan.spec.scheduler is not None if asha is None else asha, echo)
+        outcome = SweepOutcome(plan.name, sweep_id, bases_measured=sorted(bases))
+        ran = {t.label for t in todo}
+        for t in plan.trials:
+            job_id = job_ids[t.label]
+            if t.label in stopped and reg.job(job_id).status != JobStatus.SUCCEEDED:
+                s = stopped[t.label]
+                stop_early(reg, job_id, f"stopped early by the sweep's ASHA scheduler at step {s['step']} (eval loss "
+                                        f"{s['eval_loss']:.4f}, among the worst at that rung)")
+            status = reg.job(job_id).status
+            reason = errors.get(t.label)
+            if t.label in ran and status == JobStatus.SUCCEEDED and reason:  # trained, then its evaluation failed
+                reg.set_trial_error(sweep_id, t.label, reason)
+                status = JobStatus.FAILED.value
+            elif t.label in ran and status in (JobStatus.QUEUED, JobStatus.RUNNING) and reason:  # never started
+                reg.set_trial_error(sweep_id, t.label, reason)
+                reg.set_status(job_id, JobStatus.FAILED)
+                status = JobStatus.FAILED.value
+            outcome.trials.append(TrialOutcome(t.label, job_id, str(status), t.label in ran, reason))
+        return outcome
+    finally:
+        reg.close()
+
+
+def _build_tiny_models(trials: list[TrialPlan]) -> None:
+    """A demo recipe's tiny model is built on first use; build it once here, before concurrent trials race to."""
+    if any(t.recipe.model.tiny is not None for t in trials):
+        from medscale.model.tiny import ensure_tiny_model
+
+        for model in {t.recipe.model.path: t.recipe.model for t in trials}.values():
+            ensure_tiny_model(model)
+
+
+def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
+            command_for: CommandFor, address: str | None, resources: Resources, max_concurrent: int | None,
+            asha: bool, echo) -> tuple[dict, dict]:
+    """The Ray part: (trials ASHA stopped -> their last result, trials that failed -> why)."""
+    import ray
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    started = not ray.is_initialized()
+    if started and address:
+        _check_reachable(address)
+        ray.init(address=address, runtime_env={"env_vars": _env()}, log_to_driver=False)
+    elif started:  # a local Ray for this sweep, on loopback: nothing outside this machine needs to reach it
+        ray.init(runtime_env={"env_vars": _env()}, log_to_driver=False, include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
+    try:
+        gpu = resources.use_gpu if resources.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+        settings = _benchmarks(plan)
+        remote = ray.remote(max_calls=1)(evaluate_base)
+        base_tasks = {path: remote.options(num_cpus=resources.cpus_per_process, num_gpus=1 if gpu else 0)
+                      .remote(path, benches, settings[path]) for path, benches in bases.items()}
+        scheduler = None
+        if asha and todo:
+            grace = plan.spec.scheduler.grace_period if plan.spec.scheduler and plan.spec.scheduler.grace_period \
+                else min(t.recipe.eval.eval_steps or 1 for t in todo)
+            factor = plan.spec.scheduler.reduction_factor if plan.spec.scheduler else 2
+            scheduler = _asha(grace, factor)
+        errors: dict[str, str] = {}
+        if todo:
+            errors = _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler)
+        for path, task in base_tasks.items():
+            try:
+                echo(f"medscale: base {path}: {', '.join(ray.get(task))}")
+            except Exception as e:  # one base failing must not hide the trials' outcomes
+                errors[f"base:{path}"] = _one_line(e)
+                echo(f"medscale: base {path}: evaluation failed: {_one_line(e)}")
+        return (scheduler.stopped if scheduler else {}), errors
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A cluster address nobody answers at is one line now, not minutes of Ray retrying."""
+    import socket
+
+    if "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise SweepError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}): start it (`ray "
+                         f"start --head`) and pass its GCS address HOST:PORT, or leave --address out for a local "
+                         f"Ray") from None
+
+
+def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler) -> dict[str, str]:
+    from ray import tune
+
+    root = Path(todo[0].output_dir).parent
+    configs = [{"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides,
+                "cwd": os.getcwd(), "job_id": job_ids[t.label], "output_dir": t.output_dir, "processes": t.processes,
+                "log": str(root / ".logs" / f"{t.label}.log")} for t in todo]
+    trainable = tune.with_resources(tune.with_parameters(_trainable(), command_for=command_for),
+                                    lambda config: resources.of(config["trial"]["processes"], gpu))
+    tuner = tune.Tuner(
+        trainable, param_space={"trial": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str(root / ".tune"), failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=1))
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout is for the sweep's own answer
+        results = tuner.fit()
+    errors = {}
+    for r in results:
+        if r.error is not None:
+            errors[r.config["trial"]["label"]] = _one_line(r.error)
+    return errors
+
+
+def _one_line(e: BaseException) -> str:
+    """A trial's reason as one line: Ray wraps the actor's exception; keep the innermost message."""
+    cause = e
+    while getattr(cause, "cause", None) is not None or cause.__cause__ is not None:
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    text = str(cause).strip().splitlines()
+    line = next((ln for ln in reversed(text) if ln.strip()), type(cause).__name__)
+    return line.strip().removeprefix("medscale.sweep.tune.TrialFailed: ").removeprefix("TrialFailed: ")[:2000]

@@ -1,0 +1,122 @@
+"""`medscale export`: merged and adapter-only folders that load as they are and pass the parity check against
+base + adapter (a plain LoRA job and one with modules_to_save); a tampered merged weight fails the check and leaves
+no folder; sharding; a QLoRA job merges into its unquantised base."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import cli
+from medscale.export import merge as export_merge
+from medscale.export.merge import ExportError, export
+
+
+def _logits(model, tok, text):
+    import torch
+
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0].float()
+
+
+@pytest.mark.parametrize("run", ["lora", "full"])
+def test_a_merged_export_loads_as_is_and_answers_as_base_plus_adapter(two_runs, run, tmp_path, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = tmp_path / "merged"
+    r = cli("export", str(two_runs[run]), "--merge", "--out", str(out), "--prompts", "3", "--new-tokens", "8",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    p = result["parity"]
+    assert p["passed"] and p["prompts"] == 3 and p["max_abs_diff"] <= p["tolerance"] and p["mismatched_choices"] == 0
+    assert result["dtype"] == "float32" and (out / "model.safetensors").is_file()
+    assert json.loads((out / "medscale_export.json").read_text())["parity"]["passed"]
+    # transformers loads it as is; its logits are base + adapter's, checked here independently of the export code
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(out)
+    trained_tok = AutoTokenizer.from_pretrained(two_runs[run])
+    assert tok.chat_template == trained_tok.chat_template and tok.get_vocab() == trained_tok.get_vocab()
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                                    two_runs[run]).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": "感冒和流感有什么区别？"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert torch.allclose(_logits(merged, tok, text), _logits(ref, tok, text), atol=1e-4)
+    if run == "full":  # modules_to_save: the trained embeddings and head are in the merged weights
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        assert not torch.equal(merged.get_output_embeddings().weight, base.get_output_embeddings().weight)
+    gen = GenerationConfig.from_pretrained(out)  # the recipe's generation section
+    assert (gen.do_sample, gen.temperature, gen.top_p, gen.max_new_tokens) == (True, 0.7, 0.9, 512)
+
+
+def test_an_adapter_only_export_carries_the_adapter_tokenizer_and_generation_config(two_runs, tmp_path):
+    out = tmp_path / "adapter"
+    r = cli("export", str(two_runs["full"]), "--adapter-only", "--out", str(out), "--prompts", "2")
+    assert r.returncode == 0, r.stderr
+    assert "parity PASSED" in r.stdout
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (out / name).read_bytes() == (two_runs["full"] / name).read_bytes()
+    assert {"tokenizer.json", "generation_config.json", "medscale_export.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_tampered_merged_weight_fails_the_check_and_leaves_no_folder(two_runs, tmp_path, monkeypatch):
+    """A fault between writing and checking (a storage error, a bad merge): one weight of the written folder
+    changed by 0.05."""
+    from safetensors.torch import load_file, save_file
+
+    real = export_merge._write_merged
+
+    def write_then_tamper(model, folder, dtype, shard_size):
+        real(model, folder, dtype, shard_size)
+        f = folder / "model.safetensors"
+        tensors = load_file(f)
+        key = next(k for k in sorted(tensors) if k.endswith("self_attn.q_proj.weight"))
+        tensors[key] = tensors[key] + 0.05
+        save_file(tensors, f, metadata={"format": "pt"})
+
+    monkeypatch.setattr(export_merge, "_write_merged", write_then_tamper)
+    out = tmp_path / "exports" / "merged"
+    with pytest.raises(ExportError, match=r"does not answer as base \+ adapter: parity FAILED") as e:
+        export(str(two_runs["lora"]), merge=True, out=out, prompts=2, new_tokens=4)
+    assert "nothing was written" in str(e.value)
+    assert not out.exists() and list((tmp_path / "exports").iterdir()) == [], "no folder, no temp folder"
+
+
+def test_a_large_model_is_sharded_and_a_qlora_job_merges_into_its_unquantised_base(two_runs, tmp_path):
+    """A QLoRA job (its recipe says model.load_in_4bit) has its adapter merged into the bf16/fp32 weights of
+    model.path, not into 4-bit ones; the NF4 difference is reported apart (it needs CUDA to measure)."""
+    job = tmp_path / "qlora-job"
+    shutil.copytree(two_runs["lora"], job, ignore=shutil.ignore_patterns("checkpoint-*"))
+    recipe = yaml.safe_load((job / "recipe.resolved.yaml").read_text())
+    recipe["model"]["load_in_4bit"] = True
+    (job / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "sharded"
+    result = export(str(job), merge=True, out=out, shard_size="500KB", prompts=2, new_tokens=4)
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (out / "model.safetensors.index.json").is_file()
+    assert result.parity.passed and result.parity.nf4 is not None
+    import torch
+
+    if not torch.cuda.is_available():
+        assert result.parity.nf4 == {"measured": False, "why": "needs CUDA (bitsandbytes 4-bit inference)"}
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen3"
+
+
+def test_bad_export_requests_are_one_line_and_write_nothing(two_runs, tmp_path, tiny_model_dir):
+    r = cli("export", str(two_runs["lora"]))
+    assert r.returncode == 2 and "--merge" in r.stderr and "--adapter-only" in r.stderr
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    r = cli("export", str(two_runs["lora"]), "--merge", "--out", str(taken))
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = cli("export", str(tiny_model_dir), "--merge", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "nothing to export" in r.stderr and not (tmp_path / "x").exists()
+    r = cli("export", str(two_runs["lora"]), "--merge", "--checkpoint", "5", "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "checkpoint-5" in r.stderr and not (tmp_path / "y").exists()
