@@ -85,6 +85,30 @@ def _lr_at(recipe, steps: list[int]) -> list[float]:
     return out
 
 
+def test_training_arguments_work_with_the_lowest_supported_transformers(tmp_path, monkeypatch):
+    """Defect (an H100 with transformers 5.17): every recipe failed with "unexpected keyword argument
+    'activation_checkpointing'", the name transformers 5.2x gave gradient_checkpointing. 5.17's TrainingArguments
+    knows only the old name; recomputation must still be on."""
+    import inspect
+
+    from medscale.train import args as train_args
+
+    real = train_args.TrainingArguments
+    if "activation_checkpointing" not in inspect.signature(real).parameters:
+        old = real  # this is an old transformers already
+    else:
+        class old(real):  # 5.17's signature: the new names do not exist
+            def __init__(self, *a, gradient_checkpointing=False, gradient_checkpointing_kwargs=None, **kw):
+                assert not {"activation_checkpointing", "activation_checkpointing_kwargs"} & kw.keys()
+                super().__init__(*a, activation_checkpointing=gradient_checkpointing,
+                                 activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kw)
+    monkeypatch.setattr(train_args, "TrainingArguments", old)
+    args = train_args.training_arguments(load_recipe("qwen3-8b-lora-huatuo", [f"train.output_dir={tmp_path}"]))
+    assert isinstance(args, old)
+    recompute = getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+    assert recompute is True
+
+
 def test_qlora_v1_carries_seed_001(tmp_path):
     r = load_recipe("qwen3-1.7b-qlora-v1", [f"train.output_dir={tmp_path}"])
     m, a, t = r.model, r.adapter, r.train

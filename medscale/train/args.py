@@ -6,10 +6,12 @@ DeepSpeed no backend, so every rank would silently train alone.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 
 import torch
+from transformers import TrainingArguments
 
 from medscale.recipe import Recipe
 
@@ -24,9 +26,16 @@ def _one_process_group_env() -> None:
         os.environ.setdefault(k, v)
 
 
+def recompute_arguments(cls, on: bool) -> dict:
+    """Activation recomputation under the name `cls` knows: transformers 5.2x calls it activation_checkpointing (the
+    old name warns), 5.17, the lowest medscale supports, only gradient_checkpointing."""
+    key = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(cls).parameters \
+        else "gradient_checkpointing"
+    return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(recipe: Recipe):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed."""
-    from transformers import TrainingArguments
 
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
     ds = recipe.dist.deepspeed
@@ -51,7 +60,7 @@ def training_arguments(recipe: Recipe):
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
         bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
-        activation_checkpointing=t.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
+        **recompute_arguments(TrainingArguments, t.gradient_checkpointing),
         use_liger_kernel=t.use_liger_kernel and cuda,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only
