@@ -65,26 +65,82 @@ def test_an_adapter_only_export_carries_the_adapter_tokenizer_and_generation_con
 
 
 def test_a_tampered_merged_weight_fails_the_check_and_leaves_no_folder(two_runs, tmp_path, monkeypatch):
-    """A fault between writing and checking (a storage error, a bad merge): one weight of the written folder
-    changed by 0.05."""
-    from safetensors.torch import load_file, save_file
-
-    real = export_merge._write_merged
-
-    def write_then_tamper(model, folder, dtype, shard_size):
-        real(model, folder, dtype, shard_size)
-        f = folder / "model.safetensors"
-        tensors = load_file(f)
-        key = next(k for k in sorted(tensors) if k.endswith("self_attn.q_proj.weight"))
-        tensors[key] = tensors[key] + 0.05
-        save_file(tensors, f, metadata={"format": "pt"})
-
-    monkeypatch.setattr(export_merge, "_write_merged", write_then_tamper)
+    """A fault between writing and checking (a storage error): one weight of the written folder changed by 0.05."""
+    _tamper_after_writing(monkeypatch, 0.05)
     out = tmp_path / "exports" / "merged"
     with pytest.raises(ExportError, match=r"does not answer as base \+ adapter: parity FAILED") as e:
         export(str(two_runs["lora"]), merge=True, out=out, prompts=2, new_tokens=4)
     assert "nothing was written" in str(e.value)
     assert not out.exists() and list((tmp_path / "exports").iterdir()) == [], "no folder, no temp folder"
+
+
+def test_a_merge_that_loses_the_adapter_fails_the_check(two_runs, tmp_path, monkeypatch):
+    """A wrong merge is caught by comparison 1 (merge vs base + adapter), not only by what the folder holds: here the
+    merge unloads the adapter instead of folding it in, so the folder is exactly what was merged."""
+    from peft import LoraModel
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **k: self.unload())
+    with pytest.raises(ExportError, match="parity FAILED") as e:
+        export(str(two_runs["full"]), merge=True, out=tmp_path / "lost", prompts=2, new_tokens=4)
+    merge_diff = float(str(e.value).split("merge vs base + adapter ")[1].split(",")[0])
+    assert merge_diff > 1e-2 and not (tmp_path / "lost").exists()
+
+
+def _tamper_after_writing(monkeypatch, delta: float) -> None:
+    """Add `delta` to layer 0's q_proj weight of the written folder, between writing and checking."""
+    from safetensors.torch import load_file, save_file
+
+    real = export_merge._write_merged
+
+    def write_then_tamper(model, folder, dtype, shard_size, reference):
+        logits = real(model, folder, dtype, shard_size, reference)
+        f = folder / "model.safetensors"
+        tensors = load_file(f)
+        key = next(k for k in sorted(tensors) if k.endswith("layers.0.self_attn.q_proj.weight"))
+        tensors[key] = tensors[key] + delta
+        save_file(tensors, f, metadata={"format": "pt"})
+        return logits
+
+    monkeypatch.setattr(export_merge, "_write_merged", write_then_tamper)
+
+
+def _bf16_job(job, tmp_path, tiny_model_dir):
+    """A copy of `job` whose base weights are bf16 (as every real base is): its export is bf16."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    copy = tmp_path / "bf16-job"
+    shutil.copytree(job, copy, ignore=shutil.ignore_patterns("checkpoint-*"))
+    recipe = yaml.safe_load((copy / "recipe.resolved.yaml").read_text())
+    recipe["model"]["path"] = str(base)
+    (copy / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    return copy
+
+
+def test_a_bf16_export_is_checked_exactly_and_its_rounding_only_reported(two_runs, tmp_path, tiny_model_dir,
+                                                                         monkeypatch):
+    """Defect (an 8B-shape export on an H100): a correct bf16 merge failed its parity check, because rounding the
+    merged weights to bf16 moved the logits by 0.2 against the fp32 base + adapter, over the bf16 allowance. The
+    folder is now held to the fp32 merge rounded to bf16, exactly (fp32 tolerance); the rounding is reported and may
+    change no clear greedy choice. A tamper far inside the old bf16 allowance is caught."""
+    job = _bf16_job(two_runs["full"], tmp_path, tiny_model_dir)
+    result = export(str(job), merge=True, out=tmp_path / "ok", prompts=2, new_tokens=4)
+    p = result.parity
+    assert result.dtype == "bfloat16" and p.passed and p.dtype == "bfloat16"
+    assert p.merge_diff <= p.exact_tolerance and p.written_diff <= p.exact_tolerance
+    assert p.max_abs_diff > p.exact_tolerance, "bf16 rounding moves the logits more than the exact tolerance"
+    assert p.exact_tolerance < p.tolerance and p.mismatched_choices == 0
+
+    delta = 2e-3  # a fraction of one bf16 step of these weights: the logits move far less than the bf16 allowance
+    _tamper_after_writing(monkeypatch, delta)
+    with pytest.raises(ExportError, match="parity FAILED") as e:
+        export(str(job), merge=True, out=tmp_path / "tampered", prompts=2, new_tokens=4)
+    assert not (tmp_path / "tampered").exists()
+    written = float(str(e.value).split(f"folder vs merge in bfloat16 ")[1].split(" ")[0])
+    assert p.exact_tolerance < written < p.tolerance, "caught though inside the old bf16 allowance"
 
 
 def test_a_large_model_is_sharded_and_a_qlora_job_merges_into_its_unquantised_base(two_runs, tmp_path):

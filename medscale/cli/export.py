@@ -24,8 +24,9 @@ def export(job: str = typer.Argument(..., help="a job (id, name or output dir), 
            prompts: int = typer.Option(8, "--prompts", min=1, max=10, help="prompts of the parity check (seed 003's "
                                                                             "questions)"),
            new_tokens: int = typer.Option(16, "--new-tokens", min=1, help="greedy tokens generated per prompt"),
-           tolerance: Optional[float] = typer.Option(None, "--tolerance", help="largest allowed |logit difference| "
-                                                                               "(default: by export dtype)"),
+           tolerance: Optional[float] = typer.Option(None, "--tolerance", help="top-2 logit margin above which a "
+                                                                               "greedy choice must survive the export "
+                                                                               "(default: the dtype's rounding allowance)"),
            shard_size: str = typer.Option("5GB", "--shard-size", help="largest safetensors shard"),
            as_json: bool = AS_JSON) -> None:
     """Export a job for serving; a parity check (logits and greedy choices, fp32 on CPU) against base + adapter must

@@ -6,13 +6,20 @@ from the recipe's `generation` section). A QLoRA job is merged into the bf16 wei
 recipe's model.path), never into 4-bit ones. `--adapter-only`: the PEFT adapter with the same tokenizer and
 generation config, for serving with the base.
 
-Before an export is reported, a parity check: on N prompts (seed 003's questions through the chat template) plus the
-reference's greedy continuation, the exported model's logits and the reference's (base + adapter, fp32 on CPU) agree
-within the stated tolerance at every position, and the exported model's greedy choice is the reference's wherever the
-reference's top-2 margin exceeds that tolerance (near-ties may go either way). For a QLoRA job the reference is the
-bf16 base + adapter; how far the NF4-quantised model the job trained on is from it is measured apart (on CUDA) and
-reported, never a reason to fail. Everything is written to a temporary folder beside the destination and renamed into
-place only after the check passed: a failed or interrupted export leaves no folder.
+Before an export is reported, a parity check on N prompts (seed 003's questions through the chat template) plus
+the reference's greedy continuation, all in fp32 on CPU, the reference being base + adapter (PEFT's forward, nothing
+merged). Three comparisons, because a bf16 export cannot equal an fp32 sum and the rounding must not hide a bug:
+  1. the merge (fp32, in memory) answers as the reference, within the fp32 tolerance: catches a wrong merge (scaling,
+     a module left out, modules_to_save, tied embeddings);
+  2. the folder as loaded answers as that merge rounded to the export dtype, within the fp32 tolerance: catches
+     anything lost or changed between memory and disk (keys, shards, config, storage);
+  3. against the reference, the folder's greedy choice is the reference's wherever the reference's top-2 margin
+     exceeds the export dtype's tolerance (near-ties may go either way); how far rounding moved the logits is
+     reported.
+For a QLoRA job the reference is the bf16 base + adapter; how far the NF4-quantised model the job trained on is from
+it is measured apart (on CUDA) and reported, never a reason to fail. Everything is written to a temporary folder
+beside the destination and renamed into place only after the check passed: a failed or interrupted export leaves no
+folder.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ from medscale.errors import UserError
 from medscale.jobs.record import write_text_atomic
 from medscale.jobs.resolve import ModelRef, resolve
 
-TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (5e-3, 1e-2)}  # (abs, relative to max)
+# (absolute, relative to the reference's largest |logit|): how far rounding to the dtype may move a logit. A greedy
+# choice whose top-2 margin is above it must survive the export; the fp32 one bounds comparisons 1 and 2.
+TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (5e-3, 1e-2)}
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
@@ -41,21 +50,29 @@ class ExportError(UserError):
 
 @dataclass
 class Parity:
+    """The three comparisons of the module docstring; max |logit difference| of each, over every position."""
+
     prompts: int
     positions: int
-    tolerance: float
-    max_abs_diff: float
+    dtype: str
+    exact_tolerance: float  # comparisons 1 and 2 (fp32)
+    merge_diff: float  # 1: the fp32 merge against base + adapter (0 for an adapter-only export)
+    written_diff: float  # 2: the folder against the merge rounded to `dtype`
+    tolerance: float  # 3: the margin of a clear greedy choice (the dtype's rounding tolerance, or --tolerance)
+    max_abs_diff: float  # 3: the folder against base + adapter (the rounding, reported)
     mismatched_choices: int  # positions with a clear top-1 (margin > tolerance) where the export chose otherwise
     near_ties: int  # positions whose top-2 margin is within the tolerance (either choice is the same model)
     passed: bool
-    worst: dict = field(default_factory=dict)  # where the largest difference is: prompt, position
+    worst: dict = field(default_factory=dict)  # where comparison 2's largest difference is: prompt, position
     nf4: dict | None = None  # QLoRA: the 4-bit model the job trained on against the bf16 reference (report only)
 
     def line(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
-        return (f"parity {verdict}: {self.prompts} prompts, {self.positions} positions, max |logit diff| "
-                f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}), {self.mismatched_choices} clear greedy "
-                f"choice(s) changed, {self.near_ties} near-tie(s) exempt")
+        return (f"parity {verdict}: {self.prompts} prompts, {self.positions} positions; merge vs base + adapter "
+                f"{self.merge_diff:.2g}, folder vs merge in {self.dtype} {self.written_diff:.2g} (max |logit diff|, "
+                f"tolerance {self.exact_tolerance:.2g}); folder vs base + adapter {self.max_abs_diff:.3g} "
+                f"({self.dtype} rounding), {self.mismatched_choices} clear greedy choice(s) changed (top-2 margin > "
+                f"{self.tolerance:.3g}), {self.near_ties} near-tie(s) exempt")
 
 
 @dataclass
@@ -97,18 +114,20 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
         timings["reference_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if merge:
-            _write_merged(model, tmp, dtype, shard_size)
+            merged, written = _write_merged(model, tmp, dtype, shard_size, reference)
         else:
             for name in ADAPTER_FILES:
                 shutil.copy2(target.adapter / name, tmp / name)
+            merged, written = [r["logits"] for r in reference], [r["logits"] for r in reference]
         del model
         _free()
         _write_tokenizer_and_generation(target, tmp)
         timings["write_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scale = max(float(r["logits"].abs().max()) for r in reference)
+        exact = TOLERANCE["float32"][0] + TOLERANCE["float32"][1] * scale
         tol = tolerance if tolerance is not None else tol_abs + tol_rel * scale
-        parity = _check(_load_exported(target, tmp, merge), reference, tol)
+        parity = _check(_load_exported(target, tmp, merge), reference, merged, written, dtype, exact, tol)
         _free()
         timings["parity_s"] = time.perf_counter() - t0
         if target.load_in_4bit:
@@ -179,11 +198,13 @@ def _run_reference(model, tok, texts: list[str], new_tokens: int) -> list[dict]:
     return out
 
 
-def _write_merged(model, folder: Path, dtype: str, shard_size: str) -> None:
-    """Fold the adapter in (fp32), untie embeddings a trained lm_head made different, cast, save sharded."""
+def _write_merged(model, folder: Path, dtype: str, shard_size: str, reference: list[dict]) -> tuple[list, list]:
+    """Fold the adapter in (fp32), untie embeddings a trained lm_head made different, cast, save sharded. Returns the
+    logits on the reference's ids of the fp32 merge and of the merge as written (rounded to `dtype`), for the check."""
     import torch
 
     merged = model.merge_and_unload()
+    fp32 = _logits(merged, reference)
     cfg = merged.config
     out_emb, in_emb = merged.get_output_embeddings(), merged.get_input_embeddings()
     if getattr(cfg, "tie_word_embeddings", False) and out_emb is not None and (
@@ -192,6 +213,16 @@ def _write_merged(model, folder: Path, dtype: str, shard_size: str) -> None:
     merged.to(getattr(torch, dtype))
     merged.generation_config.do_sample = False  # replaced by the recipe's below
     merged.save_pretrained(folder, safe_serialization=True, max_shard_size=shard_size)
+    if dtype == "float32":
+        return fp32, fp32
+    return fp32, _logits(merged.to(torch.float32), reference)
+
+
+def _logits(model, reference: list[dict]) -> list:
+    import torch
+
+    with torch.no_grad():
+        return [model(input_ids=r["ids"]).logits[0].float() for r in reference]
 
 
 def _write_tokenizer_and_generation(target: ModelRef, folder: Path) -> None:
@@ -225,25 +256,26 @@ def _load_exported(target: ModelRef, folder: Path, merged: bool):
     return load_for_inference(target.base, folder, "float32", trust, device=cpu)[0]
 
 
-def _check(model, reference: list[dict], tol: float) -> Parity:
-    import torch
-
-    worst, positions, mismatched, ties = (0.0, {}), 0, 0, 0
-    with torch.no_grad():
-        for i, r in enumerate(reference):
-            logits = model(input_ids=r["ids"]).logits[0].float()
-            diff = (logits - r["logits"]).abs().max(dim=-1).values
-            at = int(diff.argmax())
-            if float(diff[at]) > worst[0]:
-                worst = (float(diff[at]), {"prompt": i, "position": at})
-            positions += logits.shape[0]
-            top2 = r["logits"].topk(2, dim=-1)
-            clear = (top2.values[:, 0] - top2.values[:, 1]) > tol
-            changed = logits.argmax(dim=-1) != top2.indices[:, 0]
-            mismatched += int((changed & clear).sum())
-            ties += int((~clear).sum())
-    return Parity(len(reference), positions, tol, worst[0], mismatched, ties,
-                  worst[0] <= tol and mismatched == 0, worst[1])
+def _check(exported, reference: list[dict], merged: list, written: list, dtype: str, exact: float,
+           tol: float) -> Parity:
+    """The three comparisons of the module docstring, at every position of every prompt."""
+    merge_diff = max(float((m - r["logits"]).abs().max()) for m, r in zip(merged, reference))
+    written_diff, drift, worst, positions, mismatched, ties = 0.0, 0.0, {}, 0, 0, 0
+    for i, (logits, r, w) in enumerate(zip(_logits(exported, reference), reference, written)):
+        diff = (logits - w).abs().max(dim=-1).values
+        at = int(diff.argmax())
+        if float(diff[at]) >= written_diff:
+            written_diff, worst = float(diff[at]), {"prompt": i, "position": at}
+        drift = max(drift, float((logits - r["logits"]).abs().max()))
+        positions += logits.shape[0]
+        top2 = r["logits"].topk(2, dim=-1)
+        clear = (top2.values[:, 0] - top2.values[:, 1]) > tol
+        changed = logits.argmax(dim=-1) != top2.indices[:, 0]
+        mismatched += int((changed & clear).sum())
+        ties += int((~clear).sum())
+    passed = merge_diff <= exact and written_diff <= exact and mismatched == 0
+    return Parity(len(reference), positions, dtype, exact, merge_diff, written_diff, tol, drift, mismatched, ties,
+                  passed, worst)
 
 
 def _nf4_difference(target: ModelRef, reference: list[dict]) -> dict:
