@@ -60,7 +60,10 @@ def test_tables_hold_the_numbers_of_the_trainer_states(two_runs, report):
         assert o["steps"] == 6 and o["status"] == "succeeded"
     stage = next(s for s in rep["stages"] if s["run"] == "run-full" and s["stage"] == "2-4")
     history = states["run-full"]
-    assert stage["loss_start"] == pytest.approx(next(h["loss"] for h in history if "loss" in h and h["step"] == 3))
+    assert stage["loss_start"] == pytest.approx(_last_at(history, "loss", 2))  # stages chain: 0-2 ends where 2-4 starts
+    first = next(s for s in rep["stages"] if s["run"] == "run-full" and s["stage"] == "0-2")
+    assert first["loss_start"] == pytest.approx(next(h["loss"] for h in history if "loss" in h))
+    assert first["loss_end"] == stage["loss_start"]
     assert stage["loss_end"] == pytest.approx(_last_at(history, "loss", 4))
     assert stage["change_pct"] == pytest.approx(100 * (stage["loss_end"] - stage["loss_start"]) / stage["loss_start"])
     assert all(f["flagged"] is None and "not measured" in f["line"] for f in rep["forgetting"])

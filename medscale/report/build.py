@@ -9,7 +9,8 @@ their paired intervals; the forgetting verdict. Figures: loss, eval loss, learni
 run overlaid, one PNG each. Written as report.md, one self-contained report.html (images inlined) and report.json.
 
 Definitions (what a number in a table means): "loss at step s" is the last training loss logged at or before s;
-"eval loss at step s" the evaluation at s, else the last one before it; the coefficient of variation is the
+"eval loss at step s" the evaluation at s, else the last one before it; a stage lo-hi runs from the loss at lo (at
+step 0: the first one logged) to the loss at hi, so stages chain at any logging interval; the coefficient of variation is the
 population standard deviation of the logged gradient norms over their mean.
 """
 from __future__ import annotations
@@ -152,8 +153,7 @@ def _stages(run: Run, steps: list[int]) -> list[dict]:
     loss, evals = run.series("loss"), run.series("eval_loss")
     out, lo = [], 0
     for hi in steps:
-        inside = [(s, v) for s, v in loss if lo < s <= hi] or [(s, v) for s, v in loss if s == lo == 0]
-        start = inside[0][1] if inside else None
+        start = at(loss, lo) if lo else (loss[0][1] if loss else None)
         end = at(loss, hi)
         out.append({"run": run.label, "stage": f"{lo}-{hi}", "loss_start": start, "loss_end": end,
                     "change_pct": pct(start, end), "eval_loss": at(evals, hi, exact_first=True)})
