@@ -176,3 +176,23 @@ def test_bad_export_requests_are_one_line_and_write_nothing(two_runs, tmp_path, 
     assert r.returncode == 2 and "nothing to export" in r.stderr and not (tmp_path / "x").exists()
     r = cli("export", str(two_runs["lora"]), "--merge", "--checkpoint", "5", "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "checkpoint-5" in r.stderr and not (tmp_path / "y").exists()
+
+
+def test_exports_and_reports_get_the_permissions_the_umask_gives(two_runs, tmp_path):
+    """Defect: everything written through a temporary (mkstemp: 0600, mkdtemp: 0700) stayed private whatever the
+    umask, so the serving account or a colleague could not read an export or a report."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        export(str(two_runs["lora"]), merge=False, out=tmp_path / "adapter", prompts=1, new_tokens=2)
+        r = cli("report", "run-lora", "--out", str(tmp_path / "report"),
+                env={"MEDSCALE_REGISTRY_URL": two_runs["registry"]})
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "adapter", tmp_path / "report"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
+        assert set(modes.values()) == {"0o644"}, modes

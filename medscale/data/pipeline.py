@@ -7,7 +7,6 @@ import json
 import logging
 import random
 import shutil
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
 from medscale.data.sources import DataError, expand_sources, load_conversations, sample_conversations
+from medscale.paths import temp_dir_beside
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -226,7 +226,7 @@ def _from_cache(path: Path, data: DataSection, tok, seed: int) -> SFTData:
 
 def _to_cache(path: Path, result: SFTData) -> None:
     """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_dir_beside(path)
     try:
         with progress_bars(len(result.train)):
             result.train.save_to_disk(str(tmp / "train"))

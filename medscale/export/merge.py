@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medscale.errors import UserError
 from medscale.jobs.record import write_text_atomic
+from medscale.paths import plain_tree, temp_dir_beside
 from medscale.jobs.resolve import ModelRef, resolve
 
 # (absolute, relative to the reference's largest |logit|): how far rounding to the dtype may move a logit. A greedy
@@ -105,7 +105,7 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
     dtype = _export_dtype(target)
     tol_abs, tol_rel = TOLERANCE[dtype]
     timings: dict[str, float] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = temp_dir_beside(dest, "tmp-")
     try:
         t0 = time.perf_counter()
         model, tok = _reference(target)
@@ -142,6 +142,7 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
         write_text_atomic(tmp / RECORD, json.dumps({**result.to_dict(), "adapter": str(target.adapter),
                                                     "base": str(target.base), "job": target.job_name},
                                                    ensure_ascii=False, indent=1))
+        plain_tree(tmp)
         os.rename(tmp, dest)
         return result
     finally:

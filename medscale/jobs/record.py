@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from medscale.paths import plain_mode
 from medscale.registry.records import AttemptInfo, JobSpec
 
 JOURNAL = "medscale_job.json"
@@ -42,15 +43,14 @@ def fsync_dir(path: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Temp file + fsync + rename + directory fsync: a crash leaves the old file or the new one, never half. A
-    failed write (disk full) leaves no temp file behind."""
+    failed write (disk full) leaves no temp file behind. `mode` defaults to what open() would give."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, plain_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

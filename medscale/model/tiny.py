@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
+
+from medscale.paths import temp_dir_beside
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -73,7 +74,7 @@ def build_tiny_model(out: str | Path, layers: int = 2, hidden: int = 64, tokeniz
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
