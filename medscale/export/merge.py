@@ -118,7 +118,7 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
         else:
             for name in ADAPTER_FILES:
                 shutil.copy2(target.adapter / name, tmp / name)
-            merged, written = [r["logits"] for r in reference], [r["logits"] for r in reference]
+            merged = written = [r["logits"] for r in reference]  # nothing merged, nothing rounded
         del model
         _free()
         _write_tokenizer_and_generation(target, tmp)
@@ -220,10 +220,11 @@ def _write_merged(model, folder: Path, dtype: str, shard_size: str, reference: l
 
 
 def _logits(model, reference: list[dict]) -> list:
+    """`model`'s fp32 logits on the reference's ids (prompt + greedy continuation), on the CPU."""
     import torch
 
     with torch.no_grad():
-        return [model(input_ids=r["ids"]).logits[0].float() for r in reference]
+        return [model(input_ids=r["ids"].to(model.device)).logits[0].float().cpu() for r in reference]
 
 
 def _write_tokenizer_and_generation(target: ModelRef, folder: Path) -> None:
@@ -288,16 +289,13 @@ def _nf4_difference(target: ModelRef, reference: list[dict]) -> dict:
     from medscale.model.infer import load_for_inference
 
     model, _ = load_for_inference(target.base, target.adapter, "bfloat16", target.recipe.get("model") or {})
-    diffs, agree, total = [], 0, 0
-    with torch.no_grad():
-        for r in reference:
-            logits = model(input_ids=r["ids"].to(model.device)).logits[0].float().cpu()
-            diffs.append(float((logits - r["logits"]).abs().max()))
-            agree += int((logits.argmax(-1) == r["logits"].argmax(-1)).sum())
-            total += logits.shape[0]
+    nf4 = _logits(model, reference)
     del model
     _free()
-    return {"measured": True, "max_abs_logit_diff": max(diffs), "top1_agreement": agree / total}
+    pairs = list(zip(nf4, (r["logits"] for r in reference)))
+    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in pairs)
+    return {"measured": True, "max_abs_logit_diff": max(float((a - b).abs().max()) for a, b in pairs),
+            "top1_agreement": agree / sum(a.shape[0] for a, _ in pairs)}
 
 
 def _free() -> None:
