@@ -34,11 +34,6 @@ def _varlen_kernel():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def varlen_available() -> bool:
-    """True where the varlen path runs: a CUDA device and a torch that ships varlen_attn."""
-    return torch.cuda.is_available() and _varlen_kernel() is not None
-
-
 def boundaries_from_positions(position_ids: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, int]:
     """cu_seqlens (int32, over the flattened batch x length tokens) and the longest sample, from position_ids
     that restart per sample. Costs one device sync; the collators pass the boundaries instead."""
