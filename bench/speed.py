@@ -136,10 +136,14 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
             torch.cuda.synchronize()
             self.t1, self.tok1 = time.perf_counter(), state.num_input_tokens_seen
 
+    class Profile(_ProfileBase, TrainerCallback):
+        pass
+
     steady = Steady()
     recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
     torch.cuda.reset_peak_memory_stats()
-    s = train_run.run(recipe, callbacks=[steady])
+    callbacks = [steady] + ([Profile(a.warm, a.profile)] if a.profile else [])
+    s = train_run.run(recipe, callbacks=callbacks)
     el, timed = steady.t1 - steady.t0, s.global_step - a.warm
     stats = s.data["train"]
     tps = (steady.tok1 - steady.tok0) / el
@@ -157,7 +161,60 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         "max_micro_batch_tokens": seen["max_tokens"], "pack_tokens": stats.get("pack_tokens"),
         "loss_first": losses.get(1), "loss_at_n": losses.get(s.global_step), "steps": s.global_step,
         "first_step_s": s.first_step_s, "gradient_checkpointing": recipe.train.gradient_checkpointing,
-        "total_params": s.total_params, "trainable_params": s.trainable_params}), flush=True)
+        "total_params": s.total_params, "trainable_params": s.trainable_params,
+        "profile": callbacks[-1].summary if a.profile else None}), flush=True)
+
+
+# Kernel name fragments -> where the time goes (first match wins; lower-case).
+KINDS = [("attention", ("flash", "fmha", "attn", "varlen")), ("4-bit dequant", ("dequant", "4bit", "kgemm_4bit")),
+         ("optimizer", ("adam", "optimizer", "multi_tensor")),
+         ("triton (liger)", ("liger", "_rms_norm", "_swiglu", "_rope", "cross_entropy", "triton")),
+         ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90", "sm100", "wgmma")),
+         ("copy / cast", ("copy", "memcpy", "memset", "cast")), ("reduce", ("reduce",)),
+         ("elementwise", ("elementwise", "vectorized", "unrolled", "index", "scatter", "gather"))]
+
+
+def _kind(name: str) -> str:
+    low = name.lower()
+    return next((k for k, frags in KINDS if any(f in low for f in frags)), "other")
+
+
+class _ProfileBase:
+    """torch.profiler over `n` optimizer steps after the warm-up: GPU busy share of the wall time, the time per
+    kernel kind, the top kernels. Where a step's time goes, before choosing a lever."""
+
+    def __init__(self, warm: int, n: int):
+        self.warm, self.n, self.prof, self.t0, self.summary = warm, n, None, 0.0, None
+
+    def on_step_begin(self, args, state, control, **kw):
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        if state.global_step == self.warm and self.prof is None:
+            torch.cuda.synchronize()
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        import torch
+
+        if self.prof is None or self.summary is not None or state.global_step < self.warm + self.n:
+            return
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - self.t0) * 1e6
+        self.prof.__exit__(None, None, None)
+        kernels = [e for e in self.prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels)
+        kinds: dict[str, float] = {}
+        for e in kernels:
+            kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + e.self_device_time_total
+        top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]
+        self.summary = {
+            "steps": self.n, "wall_ms_per_step": round(wall_us / self.n / 1e3, 1),
+            "gpu_busy_pct": round(100 * busy / wall_us, 1),
+            "kinds_pct_of_busy": {k: round(100 * v / max(busy, 1), 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [[e.key[:90], round(100 * e.self_device_time_total / max(busy, 1), 1), e.count] for e in top]}
 
 
 # --------------------------------------------------------------------------- driver
@@ -211,12 +268,14 @@ def driver(a: argparse.Namespace) -> None:
             versions[mod] = None
     device = torch.cuda.get_device_name(0)
     commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
-    chosen = a.suite.split(",")
+    chosen = list(dict.fromkeys(x.split(":")[0] for x in a.runs.split(","))) if a.runs else a.suite.split(",")
     runs: dict[str, list] = {n: [] for n in chosen}
     base: dict[str, dict | None] = {}
     max_len: dict[str, int] = {}
     lengths: dict[str, Path] = {}
-    for name, which in [o for o in ORDER if o[0] in chosen]:
+    order = ([(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
+             if a.runs else [o for o in ORDER if o[0] in chosen])
+    for name, which in order:
         suite = SUITES[name]
         if name not in lengths:
             lengths[name], max_len[name] = write_lengths(suite, a.assets, out / f"lengths_{name}.txt")
@@ -241,7 +300,8 @@ def driver(a: argparse.Namespace) -> None:
             continue
         cap = opts.get("cap", suite["cap"])
         cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
-               "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"), "--",
+               "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"),
+               "--profile", str(a.profile), "--",
                suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
                f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
         res = _run(cmd, log, left - 5) or {"failed": "see bench.log"}
@@ -255,6 +315,14 @@ def driver(a: argparse.Namespace) -> None:
     for name in chosen:
         _write(out, name, runs[name], device, versions, commit, a, max_len.get(name))
     _table(runs, device, commit, a)
+    for name, rs in runs.items():
+        for r in rs:
+            if r.get("profile"):
+                p = r["profile"]
+                print(f"\nPROFILE {name} / {r['name']}: {p['wall_ms_per_step']} ms/step, GPU busy {p['gpu_busy_pct']}%; "
+                      + ", ".join(f"{k} {v}%" for k, v in p["kinds_pct_of_busy"].items()))
+                for k, pct, n in p["top"][:10]:
+                    print(f"   {pct:5.1f}%  x{n:<5d} {k}")
 
 
 def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_len) -> None:
@@ -296,6 +364,9 @@ def main() -> None:
     ap.add_argument("--shape")
     ap.add_argument("--cap-gb", type=float, default=0)
     ap.add_argument("--liger", default="all", choices=["all", "flce"])
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps after the warm-up (each run)")
+    ap.add_argument("--runs", default=None, help="only these, in this order: suite:index or suite:baseline, "
+                                                 "comma-separated (default: every run, most telling first)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # the child's recipe and overrides follow `--`
     a = ap.parse_args(argv[:cut])
