@@ -41,7 +41,9 @@ SUITES = {
               ("padding_free, Liger FLCE only", [], {"liger": "flce"}),
               # the plan refuses no-recompute on 16 GB (4 x 2048 tokens would not fit): measured without the cap
               ("padding_free, no recompute, no cap", ["train.gradient_checkpointing=false"], {"cap": 0}),
-              ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {})]),
+              ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {}),
+              ("packed, no recompute, plan budget", ["data.batching=packed", "train.gradient_checkpointing=false"],
+               {})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
