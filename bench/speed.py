@@ -43,6 +43,8 @@ SUITES = {
               ("padding_free, no recompute, no cap", ["train.gradient_checkpointing=false"], {"cap": 0}),
               ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {}),
               ("packed, no recompute, plan budget", ["data.batching=packed", "train.gradient_checkpointing=false"],
+               {}),
+              ("packed, fp32 frozen weights (before)", ["data.batching=packed", "model.fp32_frozen_weights=true"],
                {})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
@@ -125,18 +127,25 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         train_run.training_arguments = flce_only
 
     class Steady(TrainerCallback):
-        """Tokens and seconds over the steps after the warm-up ones (as hf_baseline.py times them)."""
+        """Tokens and seconds over the steps after the warm-up ones (as hf_baseline.py times them), up to the
+        profiled steps (the last --profile ones), which the profiler slows down."""
 
         t0 = tok0 = t1 = tok1 = None
+        end = a.steps - a.profile
 
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == a.warm and self.t0 is None:
+            if state.global_step in (a.warm, self.end):
                 torch.cuda.synchronize()
-                self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
+                mark = time.perf_counter(), state.num_input_tokens_seen
+                if state.global_step == a.warm and self.t0 is None:
+                    self.t0, self.tok0 = mark
+                if state.global_step == self.end and a.profile:
+                    self.t1, self.tok1 = mark
 
         def on_train_end(self, args, state, control, **kw):
-            torch.cuda.synchronize()
-            self.t1, self.tok1 = time.perf_counter(), state.num_input_tokens_seen
+            if self.t1 is None:
+                torch.cuda.synchronize()
+                self.t1, self.tok1 = time.perf_counter(), state.num_input_tokens_seen
 
     class Profile(_ProfileBase, TrainerCallback):
         pass
@@ -144,9 +153,9 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     steady = Steady()
     recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
     torch.cuda.reset_peak_memory_stats()
-    callbacks = [steady] + ([Profile(a.warm, a.profile)] if a.profile else [])
+    callbacks = [steady] + ([Profile(a.steps - a.profile, a.profile)] if a.profile else [])
     s = train_run.run(recipe, callbacks=callbacks)
-    el, timed = steady.t1 - steady.t0, s.global_step - a.warm
+    el, timed = steady.t1 - steady.t0, s.global_step - a.profile - a.warm
     stats = s.data["train"]
     tps = (steady.tok1 - steady.tok0) / el
     per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
@@ -286,7 +295,7 @@ def driver(a: argparse.Namespace) -> None:
         if which == "baseline":
             if suite["baseline"] and left >= est:
                 cmd = [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb",
-                       str(suite["cap"]), "--steps", str(a.steps), "--warm", str(a.warm),
+                       str(suite["cap"]), "--steps", str(a.steps - a.profile), "--warm", str(a.warm),
                        "--lengths", str(lengths[name]), "--max_len", str(max_len[name])]
                 res = _run(cmd, log, left - 5)
                 if res:
@@ -302,7 +311,7 @@ def driver(a: argparse.Namespace) -> None:
             continue
         cap = opts.get("cap", suite["cap"])
         cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
-               "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"),
+               "--steps", str(a.steps), "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"),
                "--profile", str(a.profile), "--",
                suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
                f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
@@ -366,7 +375,7 @@ def main() -> None:
     ap.add_argument("--shape")
     ap.add_argument("--cap-gb", type=float, default=0)
     ap.add_argument("--liger", default="all", choices=["all", "flce"])
-    ap.add_argument("--profile", type=int, default=0, help="profile this many steps after the warm-up (each run)")
+    ap.add_argument("--profile", type=int, default=0, help="profile each run's last N steps (not timed)")
     ap.add_argument("--runs", default=None, help="only these, in this order: suite:index or suite:baseline, "
                                                  "comma-separated (default: every run, most telling first)")
     argv = sys.argv[1:]

@@ -139,7 +139,7 @@ def layer_activation_bytes(recipe: Recipe, shape: Shape) -> tuple[float, float]:
     """(kept, transient) bytes per token for one decoder layer in training: what autograd keeps until
     the layer's backward, and the largest short-lived tensors of its forward/backward."""
     kbit = recipe.model.load_in_4bit
-    res = 4 if kbit or recipe.model.dtype == "float32" else 2   # k-bit prep: fp32 embeddings -> fp32 residual
+    res = 4 if kbit and recipe.model.fp32_frozen_weights else _dtype_bytes(recipe.model.dtype)  # the residual stream
     act = _dtype_bytes(recipe.model.bnb_4bit_compute_dtype if kbit else recipe.model.dtype)
     liger = recipe.train.use_liger_kernel
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
@@ -193,8 +193,10 @@ def fixed_components(recipe: Recipe, shape: Shape, gpus: int) -> list[Component]
         quant = shard(linear * per, stage == 3 and "param" not in offload)
         out.append(Component("weights: decoder linears (4-bit)", quant / GIB,
                              f"{linear / 1e9:.2f}B params x {per:.3f} B (NF4 + {'double-quantized ' if m.bnb_4bit_use_double_quant else ''}constants)"))
-        out.append(Component("weights: embeddings, lm_head, norms (fp32)", shard(other * 4, stage == 3) / GIB,
-                             f"{other / 1e9:.2f}B params upcast to fp32 by peft's k-bit preparation"))
+        up = m.fp32_frozen_weights
+        out.append(Component(f"weights: embeddings, lm_head, norms ({'fp32' if up else m.dtype})",
+                             shard(other * (4 if up else _dtype_bytes(m.dtype)), stage == 3) / GIB,
+                             f"{other / 1e9:.2f}B params" + (" upcast to fp32 by peft's k-bit preparation" if up else "")))
         dq = max(a * b for a, b in shape.linears().values()) * 2
         out.append(Component("dequantized 4-bit weight (transient)", 2 * dq / GIB, "largest linear in bf16, x2"))
     else:

@@ -59,6 +59,10 @@ class ModelSection(Section):
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
         "uint8", description="dtype the packed 4-bit weights are stored in; ZeRO-3 (and FSDP) shard them only "
                              "when it equals bnb_4bit_compute_dtype")
+    fp32_frozen_weights: bool = Field(
+        False, description="QLoRA only: upcast the frozen embeddings, norms and lm_head to fp32 as peft's "
+                           "prepare_model_for_kbit_training does (the seed scripts' numerics). The residual stream "
+                           "then runs in fp32: more memory, and about 40% of a step goes to casts")
     attn_implementation: str = Field(
         "sdpa", description="varlen (torch's variable-length flash kernel on GPU: padding-free and packed rows "
                             "without a dense mask; sdpa elsewhere) | sdpa | eager | flash_attention_2 | "

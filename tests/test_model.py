@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import needs_realdata, run_cli
 from medscale.recipe import load_recipe
@@ -50,3 +51,26 @@ def test_lora_wraps_the_requested_modules(tiny_model_dir, targets):
     trainable, total = count_parameters(model)
     assert 0 < trainable < total
     assert model.peft_config["default"].use_rslora
+
+
+def test_lora_inputs_stay_in_the_model_dtype_under_autocast(tiny_model_dir):
+    """peft would cast each LoRA input to the fp32 adapter dtype and autocast back to bf16 (two copies per
+    projection); under autocast the input stays bf16, gradients still reach the fp32 adapters, and without
+    autocast (generation) peft still casts, so fp32 adapters on a bf16 model run."""
+    from medscale.model.load import load_model
+
+    r = load_recipe("tiny-demo", [f"model.path={tiny_model_dir}", "model.dtype=bfloat16", "adapter.lora_dropout=0.1"])
+    model = load_model(r)
+    lora = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert lora.lora_A["default"].weight.dtype == torch.float32  # peft's fp32 adapters on a bf16 base
+    seen = []
+    lora.lora_dropout["default"].register_forward_hook(lambda m, args, out: seen.append(args[0].dtype))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert lora.lora_B["default"].weight.grad is not None
+    assert lora.lora_B["default"].weight.grad.dtype == torch.float32
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert seen == [torch.bfloat16, torch.float32]

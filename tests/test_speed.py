@@ -141,6 +141,12 @@ def test_plan_components_follow_the_recipe(real_models):
     no_rc = _plan("qwen3-1.7b-qlora-v1", p17, 16, "train.gradient_checkpointing=false")
     assert no_rc.allocated_gib > 3 * qlora.allocated_gib and not no_rc.fits
     assert "train.gradient_checkpointing=true" in no_rc.problems[0]
+    # peft's k-bit preparation (the seeds') keeps the 0.31B frozen non-linear weights and the residual in fp32
+    up = _plan("qwen3-1.7b-qlora-v1", p17, 16, "model.fp32_frozen_weights=true")
+    ups = {c.name: c.gib for c in up.components}
+    assert ups["weights: embeddings, lm_head, norms (fp32)"] == pytest.approx(
+        2 * parts["weights: embeddings, lm_head, norms (bfloat16)"]) == pytest.approx(0.31e9 * 4 / 2**30, rel=0.05)
+    assert ups["activations (recompute)"] > parts["activations (recompute)"]
 
 
 def test_packed_budget_grows_with_the_gpu_and_is_capped(real_models):

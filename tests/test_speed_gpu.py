@@ -91,6 +91,7 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
             qs = lin.weight.quant_state
             opt = getattr(optimizer, "optimizer", optimizer)  # transformers builds bitsandbytes' AdamW, paged, 8-bit
             seen.update(layer=type(lin).__name__, quant=qs.quant_type, nested=qs.nested,
+                        frozen=model.get_input_embeddings().weight.dtype,  # no k-bit fp32 upcast by default
                         optim=(type(opt).__module__.split(".")[0], getattr(opt, "is_paged", None),
                                getattr(getattr(opt, "args", None), "optim_bits", None)))
 
@@ -98,7 +99,8 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
                           "data.batching=padding_free", "model.attn_implementation=varlen", "train.max_steps=4",
                           "train.gradient_checkpointing=true", "train.learning_rate=3e-3", "train.save_steps=2")
     s = run(recipe, callbacks=[Probe()])
-    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True, "optim": ("bitsandbytes", True, 8)}, seen
+    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True, "frozen": torch.bfloat16,
+                    "optim": ("bitsandbytes", True, 8)}, seen
     assert s.global_step == 4 and s.loss_last < s.loss_first
     # reload the saved adapter on a fresh 4-bit base: it must carry what was learned
     from medscale.data.pipeline import build_datasets
