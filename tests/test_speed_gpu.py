@@ -116,9 +116,6 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
     assert after < before
 
 
-@pytest.mark.xfail(reason="seen on an H100 (2026-12-06): 'weight' must be 2-D in the embedding of a tiny model under "
-                          "ZeRO-3 + 4-bit bf16 storage in one process; not yet diagnosed (no GPU time left)",
-                   strict=False)
 def test_zero3_with_4bit_weights_stored_in_bf16(tiny_model_dir, tmp_path):
     from medscale.train.run import run
 
@@ -126,6 +123,9 @@ def test_zero3_with_4bit_weights_stored_in_bf16(tiny_model_dir, tmp_path):
                          "model.bnb_4bit_quant_storage=bfloat16", "train.optim=adamw_torch", "train.max_steps=2",
                          "data.batching=padding_free", "model.attn_implementation=varlen"))
     assert s.global_step == 2 and s.loss_last == s.loss_last  # finite (not NaN)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    assert not is_deepspeed_zero3_enabled()  # later models in this process are built whole (the next test's are)
 
 
 def test_liger_kernels_give_the_same_loss(tiny_model_dir):

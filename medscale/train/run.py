@@ -78,7 +78,11 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
 @contextmanager
 def _process_group():
     """End the process group however run() ends: after waiting for every rank when they all finished or stopped
-    together, at once after a failure (a rank that failed will never reach a barrier)."""
+    together, at once after a failure (a rank that failed will never reach a barrier). TrainingArguments with a
+    ZeRO-3 config also set a process-wide flag under which transformers builds every later model partitioned
+    (empty weights): it is cleared too, for what the process does next (a sweep trial's evaluation)."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     try:
         yield
     except AttemptStopped:
@@ -87,6 +91,8 @@ def _process_group():
     except BaseException:
         dist.shutdown(clean=False)
         raise
+    finally:
+        unset_hf_deepspeed_config()
     dist.shutdown(clean=True)
 
 
