@@ -211,12 +211,20 @@ def _write_merged(model, folder: Path, dtype: str, shard_size: str, reference: l
     if getattr(cfg, "tie_word_embeddings", False) and out_emb is not None and (
             out_emb.weight is not in_emb.weight and not torch.equal(out_emb.weight, in_emb.weight)):
         cfg.tie_word_embeddings = False  # modules_to_save trained them apart: tying them again would lose lm_head
-    merged.to(getattr(torch, dtype))
+    _cast_parameters(merged, getattr(torch, dtype))
     merged.generation_config.do_sample = False  # replaced by the recipe's below
     merged.save_pretrained(folder, safe_serialization=True, max_shard_size=shard_size)
     if dtype == "float32":
         return fp32, fp32
-    return fp32, _logits(merged.to(torch.float32), reference)
+    _cast_parameters(merged, torch.float32)
+    return fp32, _logits(merged, reference)
+
+
+def _cast_parameters(model, dtype) -> None:
+    """Parameters only: `model.to(dtype)` would round buffers too (RoPE's inv_freq), which a load of the folder
+    recomputes in fp32, so the in-memory rounding would no longer be what the folder holds."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
 
 
 def _logits(model, reference: list[dict]) -> list:
