@@ -135,11 +135,17 @@ def _dtype_bytes(name: str) -> int:
     return {"bfloat16": 2, "float16": 2, "float32": 4}[name]
 
 
+def _residual_bytes(recipe: Recipe) -> int:
+    """The residual stream's dtype follows the embeddings: fp32 after peft's k-bit upcast, else the model's."""
+    m = recipe.model
+    return 4 if m.load_in_4bit and m.fp32_frozen_weights else _dtype_bytes(m.dtype)
+
+
 def layer_activation_bytes(recipe: Recipe, shape: Shape) -> tuple[float, float]:
     """(kept, transient) bytes per token for one decoder layer in training: what autograd keeps until
     the layer's backward, and the largest short-lived tensors of its forward/backward."""
     kbit = recipe.model.load_in_4bit
-    res = 4 if kbit and recipe.model.fp32_frozen_weights else _dtype_bytes(recipe.model.dtype)  # the residual stream
+    res = _residual_bytes(recipe)
     act = _dtype_bytes(recipe.model.bnb_4bit_compute_dtype if kbit else recipe.model.dtype)
     liger = recipe.train.use_liger_kernel
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
@@ -231,7 +237,7 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     shape = model_shape(recipe)
     fixed = fixed_components(recipe, shape, gpus)
     kept, transient = layer_activation_bytes(recipe, shape)
-    res = 4 if recipe.model.load_in_4bit or recipe.model.dtype == "float32" else 2
+    res = _residual_bytes(recipe)
     loss = _loss_bytes_per_token(recipe, shape)
     embed = res * shape.hidden * 2                        # embedding output + final norm input
     with_rc = shape.layers * res * shape.hidden + kept + transient + loss + embed

@@ -450,6 +450,10 @@ class Recipe(Section):
         if self.model.load_in_4bit and self.adapter.use_dora and self.dist.num_processes > 1:
             raise ValueError("adapter.use_dora with model.load_in_4bit is single-process only in peft: "
                              "set dist.num_processes=1 or adapter.use_dora=false")
+        if self.model.fp32_frozen_weights and not self.model.load_in_4bit:
+            raise ValueError(f"model.fp32_frozen_weights applies to QLoRA only (model.load_in_4bit=true); a "
+                             f"{self.model.dtype} LoRA keeps its frozen weights in model.dtype: remove it, or set "
+                             f"model.dtype=float32 to train in fp32")
         return self
 
     @model_validator(mode="after")
@@ -467,6 +471,10 @@ class Recipe(Section):
                              f"only when they are stored in the compute dtype: set "
                              f"model.bnb_4bit_quant_storage={m.bnb_4bit_compute_dtype} (it is "
                              f"{m.bnb_4bit_quant_storage}), or use dist.deepspeed=zero2")
+        if m.fp32_frozen_weights and stage == 3:
+            raise ValueError(f"model.fp32_frozen_weights with ZeRO-3 (dist.deepspeed={name}): peft's k-bit upcast "
+                             f"replaces the sharded weights' storage, and ZeRO-3 then gathers empty tensors; set "
+                             f"model.fp32_frozen_weights=false, or use dist.deepspeed=zero2")
         if self.train.adaptive_clip is not None:
             raise ValueError(f"train.adaptive_clip with dist.deepspeed={name}: DeepSpeed clips inside its engine at "
                              f"the fixed train.max_grad_norm, so the adaptive threshold would be ignored; remove "

@@ -175,6 +175,15 @@ def test_4bit_with_zero3_needs_quant_storage_equal_to_compute_dtype():
     assert load_recipe("tiny-demo", [*QLORA, "dist.deepspeed=zero2"]).model.bnb_4bit_quant_storage == "uint8"
 
 
+def test_the_seeds_fp32_upcast_is_refused_where_it_breaks_or_means_nothing():
+    z3 = [*QLORA, "dist.deepspeed=zero3", "model.bnb_4bit_quant_storage=bfloat16"]
+    with pytest.raises(RecipeError, match="model.fp32_frozen_weights=false, or use dist.deepspeed=zero2"):
+        load_recipe("tiny-demo", [*z3, "model.fp32_frozen_weights=true"])
+    assert load_recipe("tiny-demo", [*QLORA, "dist.deepspeed=zero2", "model.fp32_frozen_weights=true"])
+    with pytest.raises(RecipeError, match="applies to QLoRA only"):
+        load_recipe("tiny-demo", ["model.fp32_frozen_weights=true"])
+
+
 def test_4bit_with_offload_is_refused():
     with pytest.raises(RecipeError) as e:
         load_recipe("tiny-demo", [*QLORA, "dist.deepspeed=zero3_offload", "model.bnb_4bit_quant_storage=bfloat16"])
