@@ -70,10 +70,15 @@ def main() -> int:
     t0 = time.perf_counter()
     job = build_job(a.shape, a.configs, a.tokenizer, root)
     build_s = time.perf_counter() - t0
-    from medscale.export.merge import export
+    from medscale.export.merge import ExportError, export
 
     t0 = time.perf_counter()
-    result = export(str(job), merge=True, out=root / "merged", prompts=a.prompts, new_tokens=a.new_tokens)
+    try:
+        result = export(str(job), merge=True, out=root / "merged", prompts=a.prompts, new_tokens=a.new_tokens)
+    except ExportError as e:  # the time is still a figure; the failure is what to look at
+        print("RESULT " + json.dumps({"shape": a.shape, "build_s": round(build_s, 1), "failed": str(e)[:2000],
+                                      "export_s_until_failure": round(time.perf_counter() - t0, 1)}), flush=True)
+        return 1
     total_s = time.perf_counter() - t0
     import torch
 
