@@ -118,3 +118,20 @@ def test_checkpoint_metrics_take_the_eval_loss_measured_at_that_step(step, want)
                {"step": 3, "eval_loss": 2.4}, {"step": 4, "loss": 2.0, "learning_rate": 0.05},
                {"step": 5, "loss": 1.0, "learning_rate": 0.0}]
     assert _metrics_at(history, step) == want
+
+
+@pytest.mark.parametrize("orphaned", [False, True])
+def test_a_rank_whose_launcher_died_does_not_record_its_peer_error_as_a_failure(tmp_path, orphaned):
+    """Defect (CI): after kill -9 of `medscale train`, rank 1's orphan watchdog exited first and rank 0 failed in
+    its next collective ("connection closed by peer"), recording the attempt `failed` before its own watchdog
+    fired: the attempt must show `lost`, as the launcher's death left it."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    recipe = load_recipe("tiny-demo", [f"train.output_dir={tmp_path / 'out'}"])
+    flag = stop.StopFlag()
+    flag.launcher_pid = os.getppid() + (1 if orphaned else 0)  # another pid than the parent: the launcher is gone
+    attempt = Attempt(recipe, LaunchInfo("local"), rank=0, world_size=1, stop=flag, registry_url=url)
+    attempt.__enter__()
+    attempt.__exit__(RuntimeError, RuntimeError("Connection closed by peer"), None)
+    reg = Registry(url)
+    status = reg.job(reg.find(recipe.name)).attempt_list[0].status
+    assert status == ("running" if orphaned else "failed")  # `running` with no heartbeat: `jobs list` says lost

@@ -107,6 +107,10 @@ class Attempt:
             newest = newest_saved(self.out) if self.active else None
             self._end(AttemptStatus.CANCELLED, "interrupted (Ctrl-C twice): stopped without saving; the next run "
                       + (f"resumes from {newest}" if newest else "starts from the beginning"))
+        elif self.stop.orphaned():
+            # The launcher died (kill -9, OOM): this error is a peer rank dying with it, not the job failing.
+            # Record nothing, stop beating: the attempt shows lost, as its other ranks leave it.
+            self._beat_stop.set()
         else:
             self._remove_torn_saves()  # first: on a full disk this frees the space the record needs
             self._end(AttemptStatus.FAILED, failure_reason(exc))

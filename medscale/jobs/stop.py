@@ -8,6 +8,7 @@ ends in exit 75 or 4 (a SLURM requeue needs 75), never in a signal's default dea
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,11 @@ class StopFlag:
         self.reason = ""
         self._interrupts = 0
         self._installed = False
+        self.launcher_pid: int | None = None  # a torchrun worker's parent, set by its orphan watchdog
+
+    def orphaned(self) -> bool:
+        """The launcher that started this worker is gone (kill -9, the OOM killer): every rank dies with it."""
+        return self.launcher_pid is not None and os.getppid() != self.launcher_pid
 
     def install(self) -> None:
         """Handle SIGTERM, SIGUSR1 and SIGINT in this process (main thread only; idempotent). A second Ctrl-C
