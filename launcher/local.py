@@ -67,11 +67,11 @@ def free_port() -> int:
 
 def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str], module: str = "medscale.train"
                        ) -> list[str]:
-    """The `accelerate launch` command line running `python -m MODULE RECIPE overrides` on every process; the
-    recipe's process count wins over the config file's."""
+    """The `accelerate launch` command line (through launcher.accelerate_main: a failed worker is one line) running
+    `python -m MODULE RECIPE overrides` on every process; the recipe's process count wins over the config file's."""
     # With DeepSpeed, the recipe's JSON (an absolute path) replaces the config file's relative default.
     ds = ["--deepspeed_config_file", recipe.dist.deepspeed] if recipe.dist.deepspeed else []
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(recipe)),
+    return [sys.executable, "-m", "launcher.accelerate_main", "--config_file", str(accelerate_config(recipe)),
             "--num_processes", str(recipe.dist.num_processes * recipe.dist.num_machines),
             "--num_machines", str(recipe.dist.num_machines), "--main_process_port", str(free_port()), *ds,
             "-m", module, recipe_ref, *overrides]

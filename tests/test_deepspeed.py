@@ -400,7 +400,7 @@ def test_one_process_deepspeed_runs_in_process(tmp_path, tiny_model_dir):
     out = tmp_path / "one"
     p = _train(tiny_model_dir, out, "dist.deepspeed=zero3", "train.max_steps=3")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "accelerate.commands.launch" not in p.stdout
+    assert "launcher.accelerate_main" not in p.stdout
     s = json.loads((out / "run_summary.json").read_text())
     assert s["world_size"] == 1 and s["steps_per_rank"] == [3]
     assert (out / "checkpoint-3" / "global_step3").is_dir() and (out / "checkpoint-3" / "manifest.json").is_file()

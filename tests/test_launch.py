@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -17,10 +19,30 @@ from medscale.recipe import load_recipe
 def test_accelerate_command_uses_recipe_process_count_and_config():
     r = load_recipe("tiny-demo", ["dist.num_processes=2", "dist.config=cpu_ddp"])
     cmd = accelerate_command(r, "tiny-demo", ["dist.num_processes=2", "dist.config=cpu_ddp"])
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[:3] == [sys.executable, "-m", "launcher.accelerate_main"]
     assert cmd[cmd.index("--config_file") + 1] == str(REPO / "cluster" / "accelerate" / "cpu_ddp.yaml")
     assert cmd[cmd.index("--num_processes") + 1] == "2"
     assert cmd[-5:] == ["-m", "medscale.train", "tiny-demo", "dist.num_processes=2", "dist.config=cpu_ddp"]
+
+
+@pytest.mark.parametrize("code", [2, 75])
+def test_a_failed_worker_ends_in_one_line_and_its_exit_code(tmp_path, code):
+    """Defect: a worker that failed (and said why in one line) was followed by torchrun's ChildFailedError traceback
+    of the launcher, about 40 lines, and exit 1. A stop (75) is the workers' to report: no line is added."""
+    (tmp_path / "failing_worker.py").write_text(
+        "import os, sys, time\n"
+        f"if os.environ['RANK'] == '1':\n    print('medscale: error: boom', file=sys.stderr)\n    sys.exit({code})\n"
+        "time.sleep(120)\n")
+    cmd = accelerate_command(load_recipe("tiny-demo", ["dist.num_processes=2"]), "tiny-demo", [], "failing_worker")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == code, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and "ChildFailedError" not in p.stderr, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("medscale:")]
+    said = ["medscale: error: boom"]
+    if code == 2:
+        said.append("medscale: worker rank 1 exited with code 2 (its error is above); the others were stopped")
+    assert lines == said, p.stderr[-3000:]
 
 
 def test_launch_hands_multi_process_runs_to_the_runner(tmp_path):
@@ -47,7 +69,7 @@ def test_two_process_ddp_on_cpu(tmp_path, tiny_model_dir):
                 "dist.num_processes=2", "train.max_steps=6", "train.save_steps=3", "eval.eval_steps=3",
                 "train.logging_steps=1", "track.swanlab.mode=offline", timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "accelerate.commands.launch" in p.stdout
+    assert "launcher.accelerate_main" in p.stdout
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_per_rank"] == [6, 6]
     assert summary["loss_last"] < summary["loss_first"]

@@ -280,6 +280,11 @@ def test_a_nan_loss_fails_the_attempt_and_saves_nothing_from_it(tiny_model_dir, 
     assert last["status"] == "failed" and "NaN/inf at step 3" in last["exit_reason"]
 
 
+def _is_worker(proc: psutil.Process) -> bool:
+    """`python -m medscale.train ...` itself, not the accelerate launcher that names it in its arguments."""
+    return proc.cmdline()[1:3] == ["-m", "medscale.train"]
+
+
 def test_killing_the_launcher_takes_its_workers_with_it(tiny_model_dir, tmp_path):
     """Defect: kill -9 (or an OOM kill, or a hang-up) of `medscale train` with dist.num_processes>1 left accelerate
     and every worker training on, in their own session."""
@@ -288,7 +293,7 @@ def test_killing_the_launcher_takes_its_workers_with_it(tiny_model_dir, tmp_path
                                   "train.save_steps=1000"), env={"MEDSCALE_HEARTBEAT_S": "0.2"})
     _wait_for(_training(2), proc, what="training to reach step 2")
     children = psutil.Process(proc.pid).children(recursive=True)
-    workers = [c for c in children if "medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline()]
+    workers = [c for c in children if _is_worker(c)]
     assert len(workers) == 2, [c.cmdline() for c in children]
     proc.kill()  # the launcher only, as the OOM killer would
     proc.wait(timeout=30)
@@ -310,8 +315,8 @@ def test_a_stop_signal_during_start_up_exits_75_not_143(tiny_model_dir, tmp_path
     if procs == 1:
         _wait_for(lambda: caught(proc.pid), proc, what="the SIGTERM handler")
     else:  # the workers are starting (importing torch): the signal reaches them through the launcher
-        _wait_for(lambda: any("medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline()
-                              for c in psutil.Process(proc.pid).children(recursive=True)), proc, what="the workers")
+        _wait_for(lambda: any(_is_worker(c) for c in psutil.Process(proc.pid).children(recursive=True)), proc,
+                  what="the workers")
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
@@ -337,8 +342,7 @@ def test_a_stop_that_kills_a_slow_starting_rank_does_not_leave_the_others_waitin
     def rank0_waits() -> bool:  # rank 0 is importing torch or already waiting for rank 1
         for c in psutil.Process(proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if "medscale.train" in c.cmdline() and "accelerate.commands.launch" not in c.cmdline() \
-                        and c.environ().get("RANK") == "0":
+                if _is_worker(c) and c.environ().get("RANK") == "0":
                     return True
         return False
     _wait_for(rank0_waits, proc, what="rank 0")

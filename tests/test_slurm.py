@@ -81,7 +81,7 @@ def test_node_command_for_two_nodes_sets_machine_rank_address_and_total_processe
     def arg(flag):
         return cmd[cmd.index(flag) + 1]
 
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[:3] == [sys.executable, "-m", "launcher.accelerate_main"]
     assert (arg("--num_machines"), arg("--num_processes"), arg("--machine_rank")) == ("2", "8", "1")
     assert (arg("--main_process_ip"), arg("--main_process_port")) == ("node07", "29555")
     assert arg("--config_file") == str(REPO / "cluster" / "accelerate" / "ddp_4gpu.yaml")
