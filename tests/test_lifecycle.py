@@ -281,8 +281,12 @@ def test_a_nan_loss_fails_the_attempt_and_saves_nothing_from_it(tiny_model_dir, 
 
 
 def _is_worker(proc: psutil.Process) -> bool:
-    """`python -m medscale.train ...` itself, not the accelerate launcher that names it in its arguments."""
-    return proc.cmdline()[1:3] == ["-m", "medscale.train"]
+    """`python [-u] -m medscale.train ...` itself, not the accelerate launcher that names it in its arguments."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return False
+    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["medscale.train"]
 
 
 def test_killing_the_launcher_takes_its_workers_with_it(tiny_model_dir, tmp_path):
