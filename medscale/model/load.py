@@ -94,8 +94,8 @@ def load_model(recipe: Recipe):
 def keep_lora_inputs_under_autocast(model) -> None:
     """peft casts every LoRA layer's input to the adapter's dtype (fp32 adapters on a bf16 model), and autocast
     casts it back to bf16 for the matmul: two copies of each projection's input per layer, with dropout run in
-    fp32 between them (about 40% of a QLoRA step's GPU time on an H100). Under autocast the matmul is bf16
-    either way, so the cast is skipped there; without autocast (generation, fp32 runs) peft casts as before."""
+    fp32 between them. Under autocast the matmul is bf16 either way, so the cast is skipped there; without
+    autocast (generation, fp32 runs) peft casts as before."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     def cast_only_without_autocast(layer, args):
