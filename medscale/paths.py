@@ -20,9 +20,21 @@ def shipped(*parts: str) -> Path:
 def plain_mode(directory: bool = False) -> int:
     """The mode open() or mkdir() would give (0666 / 0777 minus the umask). mkstemp's 0600 and mkdtemp's 0700 would
     hide summaries, reports and exports from the team (or the serving account) that shares them."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it where Linux shows it: os.umask() can only read by setting, process
+    wide, and the heartbeat thread asks while the main thread writes checkpoints."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o077)
     os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return mask
 
 
 def temp_dir_beside(dest: Path, tag: str = "") -> Path:

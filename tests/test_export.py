@@ -4,7 +4,9 @@ no folder; sharding; a QLoRA job merges into its unquantised base."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -185,7 +187,6 @@ def test_bad_export_requests_are_one_line_and_write_nothing(two_runs, tmp_path, 
 def test_exports_and_reports_get_the_permissions_the_umask_gives(two_runs, tmp_path):
     """Defect: everything written through a temporary (mkstemp: 0600, mkdtemp: 0700) stayed private whatever the
     umask, so the serving account or a colleague could not read an export or a report."""
-    import os
     import stat
 
     old = os.umask(0o022)
@@ -200,3 +201,18 @@ def test_exports_and_reports_get_the_permissions_the_umask_gives(two_runs, tmp_p
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
         modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
         assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the umask from Linux's /proc")
+def test_asking_for_the_plain_mode_never_sets_the_process_umask(monkeypatch):
+    """Defect: plain_mode read the umask by setting it to 077 and back. The umask is process-wide and the heartbeat
+    thread asks (journal writes) while the main thread writes checkpoints: a file created in between came out 0600."""
+    from medscale import paths
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(paths.os, "umask", lambda *a: pytest.fail("plain_mode set the process umask"))
+        assert paths.plain_mode() == 0o640 and paths.plain_mode(directory=True) == 0o750
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
