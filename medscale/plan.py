@@ -136,7 +136,8 @@ def _dtype_bytes(name: str) -> int:
 
 
 def _residual_bytes(recipe: Recipe) -> int:
-    """The residual stream's dtype follows the embeddings: fp32 after peft's k-bit upcast, else the model's."""
+    """Bytes per value of the frozen non-linear weights and of the residual stream, which follows the embeddings:
+    fp32 after peft's k-bit upcast, else the model's dtype."""
     m = recipe.model
     return 4 if m.load_in_4bit and m.fp32_frozen_weights else _dtype_bytes(m.dtype)
 
@@ -201,7 +202,7 @@ def fixed_components(recipe: Recipe, shape: Shape, gpus: int) -> list[Component]
                              f"{linear / 1e9:.2f}B params x {per:.3f} B (NF4 + {'double-quantized ' if m.bnb_4bit_use_double_quant else ''}constants)"))
         up = m.fp32_frozen_weights
         out.append(Component(f"weights: embeddings, lm_head, norms ({'fp32' if up else m.dtype})",
-                             shard(other * (4 if up else _dtype_bytes(m.dtype)), stage == 3) / GIB,
+                             shard(other * _residual_bytes(recipe), stage == 3) / GIB,
                              f"{other / 1e9:.2f}B params" + (" upcast to fp32 by peft's k-bit preparation" if up else "")))
         dq = max(a * b for a, b in shape.linears().values()) * 2
         out.append(Component("dequantized 4-bit weight (transient)", 2 * dq / GIB, "largest linear in bf16, x2"))

@@ -18,14 +18,15 @@ def _die_with_launcher() -> None:
     """A worker started by torchrun stops when torchrun is gone (killed with -9, by the OOM killer, with its
     parent `medscale train`): orphaned, it would train on unseen and hold the GPUs. The attempt shows `lost`: a rank
     whose peer died first fails in its next collective, and the stop flag tells its attempt not to record that."""
-    parent = stop_flag().launcher_pid = os.getppid()
+    flag = stop_flag()
+    flag.launcher_pid = os.getppid()
 
     def watch():
         import time
 
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent:
+            if flag.orphaned():
                 os._exit(137)
 
     threading.Thread(target=watch, name="medscale-orphan-watch", daemon=True).start()

@@ -36,7 +36,6 @@ def recompute_arguments(cls, on: bool) -> dict:
 
 def training_arguments(recipe: Recipe):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed."""
-
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
     ds = recipe.dist.deepspeed
     extra: dict = {}
