@@ -139,7 +139,7 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
                 mark = time.perf_counter(), state.num_input_tokens_seen
                 if state.global_step == a.warm and self.t0 is None:
                     self.t0, self.tok0 = mark
-                if state.global_step == self.end and a.profile:
+                if state.global_step == self.end:  # only with --profile: otherwise the run ends first
                     self.t1, self.tok1 = mark
 
         def on_train_end(self, args, state, control, **kw):
@@ -191,17 +191,17 @@ def _kind(name: str) -> str:
 
 
 class _ProfileBase:
-    """torch.profiler over `n` optimizer steps after the warm-up: GPU busy share of the wall time, the time per
+    """torch.profiler over `n` optimizer steps from step `start`: GPU busy share of the wall time, the time per
     kernel kind, the top kernels. Where a step's time goes, before choosing a lever."""
 
-    def __init__(self, warm: int, n: int):
-        self.warm, self.n, self.prof, self.t0, self.summary = warm, n, None, 0.0, None
+    def __init__(self, start: int, n: int):
+        self.start, self.n, self.prof, self.t0, self.summary = start, n, None, 0.0, None
 
     def on_step_begin(self, args, state, control, **kw):
         import torch
         from torch.profiler import ProfilerActivity, profile
 
-        if state.global_step == self.warm and self.prof is None:
+        if state.global_step == self.start and self.prof is None:
             torch.cuda.synchronize()
             self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             self.prof.__enter__()
@@ -210,7 +210,7 @@ class _ProfileBase:
     def on_step_end(self, args, state, control, **kw):
         import torch
 
-        if self.prof is None or self.summary is not None or state.global_step < self.warm + self.n:
+        if self.prof is None or self.summary is not None or state.global_step < self.start + self.n:
             return
         torch.cuda.synchronize()
         wall_us = (time.perf_counter() - self.t0) * 1e6
@@ -279,13 +279,16 @@ def driver(a: argparse.Namespace) -> None:
             versions[mod] = None
     device = torch.cuda.get_device_name(0)
     commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
-    chosen = list(dict.fromkeys(x.split(":")[0] for x in a.runs.split(","))) if a.runs else a.suite.split(",")
+    if a.runs:
+        order = [(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
+        chosen = list(dict.fromkeys(n for n, _ in order))
+    else:
+        chosen = a.suite.split(",")
+        order = [o for o in ORDER if o[0] in chosen]
     runs: dict[str, list] = {n: [] for n in chosen}
     base: dict[str, dict | None] = {}
     max_len: dict[str, int] = {}
     lengths: dict[str, Path] = {}
-    order = ([(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
-             if a.runs else [o for o in ORDER if o[0] in chosen])
     for name, which in order:
         suite = SUITES[name]
         if name not in lengths:
