@@ -28,6 +28,10 @@ sys.path.insert(0, str(HERE.parent))
 
 COMMON = ["eval.eval_strategy=no", "data.eval_sources=[]", "data.eval_size=0", "track.swanlab=null",
           "train.save_steps=100000", "train.logging_steps=1", "train.resume=never"]
+# TrainingArguments fields a run sets after the recipe's (levers with no recipe key: measured before adding one)
+FLCE_ONLY = {"liger_kernel_config": {"rope": False, "rms_norm": False, "swiglu": False,
+                                     "fused_linear_cross_entropy": True}}  # Liger's fused linear CE alone
+COMPILE = {"torch_compile": True, "torch_compile_backend": "inductor"}  # accelerate compiles the whole model
 SUITES = {
     "qwen3-1.7b": dict(
         shape="Qwen/Qwen3-1.7B", recipe="qwen3-1.7b-qlora-v1", cap=16,
@@ -38,14 +42,15 @@ SUITES = {
               ("packed, varlen, plan budget", ["data.batching=packed"], {}),
               ("padded, sdpa (as shipped before)", ["data.batching=padded", "model.attn_implementation=sdpa"], {}),
               ("padding_free, sdpa dense mask", ["model.attn_implementation=sdpa"], {}),
-              ("padding_free, Liger FLCE only", [], {"liger": "flce"}),
+              ("padding_free, Liger FLCE only", [], {"targs": FLCE_ONLY}),
               # the plan refuses no-recompute on 16 GB (4 x 2048 tokens would not fit): measured without the cap
               ("padding_free, no recompute, no cap", ["train.gradient_checkpointing=false"], {"cap": 0}),
               ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {}),
               ("packed, no recompute, plan budget", ["data.batching=packed", "train.gradient_checkpointing=false"],
                {}),
               ("packed, fp32 frozen weights (before)", ["data.batching=packed", "model.fp32_frozen_weights=true"],
-               {})]),
+               {}),
+              ("packed, torch.compile (whole model)", ["data.batching=packed"], {"targs": COMPILE})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
@@ -55,7 +60,10 @@ SUITES = {
         runs=[("padding_free, varlen (default)", [], {}),
               ("packed, varlen, plan budget", ["data.batching=packed"], {}),
               ("packed, no cap, no recompute", ["data.batching=packed", "train.gradient_checkpointing=false"],
-               {"cap": 0})], est=75),
+               {"cap": 0}),
+              ("packed, no cap, no recompute, torch.compile", ["data.batching=packed",
+                                                               "train.gradient_checkpointing=false"],
+               {"cap": 0, "targs": COMPILE})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=None,
@@ -115,16 +123,16 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         return batch
 
     pipeline.SFTCollator.__call__ = counting
-    if a.liger == "flce":  # Liger's fused linear cross-entropy only: no RMSNorm/SwiGLU/RoPE kernels
+    if a.targs:
         make_args = train_run.training_arguments
 
-        def flce_only(recipe):
+        def with_targs(recipe):
             args = make_args(recipe)
-            args.liger_kernel_config = {"rope": False, "rms_norm": False, "swiglu": False,
-                                        "fused_linear_cross_entropy": True}
+            for k, v in json.loads(a.targs).items():
+                setattr(args, k, v)
             return args
 
-        train_run.training_arguments = flce_only
+        train_run.training_arguments = with_targs
 
     class Steady(TrainerCallback):
         """Tokens and seconds over the steps after the warm-up ones (as hf_baseline.py times them), up to the
@@ -315,7 +323,8 @@ def driver(a: argparse.Namespace) -> None:
             continue
         cap = opts.get("cap", suite["cap"])
         cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
-               "--steps", str(a.steps), "--cap-gb", str(cap), "--warm", str(a.warm), "--liger", opts.get("liger", "all"),
+               "--steps", str(a.steps), "--cap-gb", str(cap), "--warm", str(a.warm),
+               "--targs", json.dumps(opts.get("targs", {})),
                "--profile", str(a.profile), "--",
                suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
                f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
@@ -378,7 +387,7 @@ def main() -> None:
     ap.add_argument("--min-left", type=float, default=45, help="do not start a run with less time left")
     ap.add_argument("--shape")
     ap.add_argument("--cap-gb", type=float, default=0)
-    ap.add_argument("--liger", default="all", choices=["all", "flce"])
+    ap.add_argument("--targs", default="", help="JSON: TrainingArguments fields set after the recipe's")
     ap.add_argument("--profile", type=int, default=0, help="profile each run's last N steps (not timed)")
     ap.add_argument("--runs", default=None, help="only these, in this order: suite:index or suite:baseline, "
                                                  "comma-separated (default: every run, most telling first)")
