@@ -51,6 +51,8 @@ SUITES = {
                {}),
               ("packed, fp32 frozen weights (before)", ["data.batching=packed", "model.fp32_frozen_weights=true"],
                {}),
+              ("padding_free, recompute auto", ["train.gradient_checkpointing=auto"], {}),
+              ("packed, recompute auto", ["data.batching=packed", "train.gradient_checkpointing=auto"], {}),
               ("packed, no Liger", ["data.batching=packed", "train.use_liger_kernel=false"], {}),
               ("packed, no Liger, torch.compile", ["data.batching=packed", "train.use_liger_kernel=false"],
                {"targs": COMPILE})]),
@@ -63,6 +65,8 @@ SUITES = {
         runs=[("padding_free, varlen (default)", [], {}),
               ("packed, varlen, plan budget", ["data.batching=packed"], {}),
               ("packed, no cap, no recompute", NO_CAP_FULL, {"cap": 0}),
+              ("padding_free, recompute auto", ["train.gradient_checkpointing=auto"], {}),
+              ("padding_free, no cap, recompute auto", ["train.gradient_checkpointing=auto"], {"cap": 0}),
               # Liger's Triton kernels do not compile under inductor (torch 2.11, liger 0.8.5): compile runs go without
               ("packed, no cap, no recompute, no Liger", [*NO_CAP_FULL, "train.use_liger_kernel=false"], {"cap": 0}),
               ("packed, no cap, no recompute, no Liger, torch.compile", [*NO_CAP_FULL, "train.use_liger_kernel=false"],
@@ -72,7 +76,8 @@ SUITES = {
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=None,
         runs=[("packed 8192-token rows, 4-bit", ["data.batching=packed", "data.pack_tokens=8192",
                                                  "train.per_device_train_batch_size=1",
-                                                 "train.gradient_accumulation_steps=8"], {})], est=150),
+                                                 "train.gradient_accumulation_steps=2",
+                                                 "train.effective_batch_size=null"], {})], est=150),
 }
 # Most telling first, across suites, so a deadline cuts the least useful runs: (suite, run index or "baseline").
 ORDER = [("qwen3-1.7b", "baseline"), ("qwen3-1.7b", 0), ("qwen3-8b", "baseline"), ("qwen3-8b", 0),
@@ -109,7 +114,7 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     import medscale.train.run as train_run
     from gpu_check import build_random
     from medscale.data import pipeline
-    from medscale.plan import plan
+    from medscale.plan import plan, recompute_layers
     from medscale.recipe import load_recipe
 
     path = build_random(a.shape, a.assets / "model_configs.json", a.assets / "qwen3_tokenizer",
@@ -163,6 +168,9 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
 
     steady = Steady()
     recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
+    layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
+    recomputed = recompute_layers(recipe)  # as run() resolves it, under the cap set above
+    recomputed = layers if recomputed is None else recomputed
     torch.cuda.reset_peak_memory_stats()
     callbacks = [steady] + ([Profile(a.steps - a.profile, a.profile)] if a.profile else [])
     s = train_run.run(recipe, callbacks=callbacks)
@@ -174,7 +182,7 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     history = json.loads(Path(s.paths["trainer_state"]).read_text())["log_history"]
     losses = {h["step"]: h["loss"] for h in history if "loss" in h}
     p = plan(recipe, a.cap_gb or torch.cuda.get_device_properties(0).total_memory / 2**30, 1,
-             tokens=seen["max_tokens"])
+             tokens=seen["max_tokens"], recompute=recomputed)
     print("RESULT " + json.dumps({
         "tokens_per_s": round(tps), "samples_per_s": round(sps, 2), "timed_steps": timed,
         "peak_alloc_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -183,6 +191,7 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         "max_micro_batch_tokens": seen["max_tokens"], "pack_tokens": stats.get("pack_tokens"),
         "loss_first": losses.get(1), "loss_at_n": losses.get(s.global_step), "steps": s.global_step,
         "first_step_s": s.first_step_s, "gradient_checkpointing": recipe.train.gradient_checkpointing,
+        "recompute_layers": f"{recomputed}/{layers}", "recompute_share": recomputed / layers,
         "total_params": s.total_params, "trainable_params": s.trainable_params,
         "profile": callbacks[-1].summary if a.profile else None}), flush=True)
 
@@ -258,7 +267,7 @@ def _run(cmd: list[str], log: Path, timeout: float) -> dict | None:
     return _result(text)
 
 
-def _mfu(res: dict, recompute: bool) -> float | None:
+def _mfu(res: dict, recompute: float) -> float | None:
     from medscale.train.callbacks import device_peak_flops, flops_per_token
 
     peak = device_peak_flops()
@@ -335,7 +344,7 @@ def driver(a: argparse.Namespace) -> None:
         res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
         b = base.get(name)
         if "tokens_per_s" in res:
-            res["mfu"] = _mfu(res, res["gradient_checkpointing"])
+            res["mfu"] = _mfu(res, res["recompute_share"])
             res["ratio"] = round(res["tokens_per_s"] / b["tokens_per_s"], 2) if b else None
         runs[name].append(res)
         _write(out, name, runs[name], device, versions, commit, a, max_len[name])
@@ -366,7 +375,7 @@ def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_le
 def _table(runs: dict, device: str, commit, a) -> None:
     print(f"\n{device}; {a.steps} steps, timed after {a.warm}; commit {commit}")
     print(f"{'suite':10s} {'run':36s} {'cap':>4s} {'tok/s':>7s} {'smp/s':>6s} {'MFU':>5s} {'alloc':>6s} {'resv':>6s} "
-          f"{'plan':>6s} {'maxtok':>6s} {'loss@N':>7s} {'dloss%':>6s} {'ratio':>5s}")
+          f"{'plan':>6s} {'maxtok':>6s} {'rc':>5s} {'loss@N':>7s} {'dloss%':>6s} {'ratio':>5s}")
     for name, rs in runs.items():
         for r in rs:
             if "tokens_per_s" not in r:
@@ -376,6 +385,7 @@ def _table(runs: dict, device: str, commit, a) -> None:
             print(f"{name:10s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
                   f"{f('samples_per_s', '6.2f')} {f('mfu', '5.3f')} {f('peak_alloc_gb', '6.2f')} "
                   f"{f('peak_reserved_gb', '6.2f')} {f('plan_alloc_gb', '6.2f')} {f('max_micro_batch_tokens', '6d')} "
+                  f"{r.get('recompute_layers', '-'):>5s} "
                   f"{f('loss_at_n', '7.4f')} {f('loss_vs_padded_pct', '6.2f')} {f('ratio', '5.2f')}")
 
 

@@ -3,8 +3,8 @@
 `plan(recipe, gpu_mem_gb, gpus)` reads the model's real shapes (config.json in model.path; the tiny
 spec before a tiny model is built) and estimates peak GPU memory as the PyTorch allocator would report
 it: weights in their stored dtype (NF4 with its constants; what peft's k-bit preparation upcasts to
-fp32), LoRA parameters with gradients and optimizer state (ZeRO shards them), activations with or
-without recompute, the logits and loss (Liger's fused linear cross-entropy or full logits), and the
+fp32), LoRA parameters with gradients and optimizer state (ZeRO shards them), activations with recompute
+on all, some or none of the decoder layers, the logits and loss (Liger's fused linear cross-entropy or full logits), and the
 transient dequantized 4-bit weight. Per-token activation costs count the tensors autograd keeps for one
 decoder layer (frozen base, LoRA on the target linears, dropout masks, the fp32 residual stream of a
 k-bit-prepared model). Written here because no library plans LoRA/QLoRA memory from a recipe.
@@ -27,6 +27,7 @@ FRAGMENTATION = 1.08   # reserved / allocated with expandable segments, variable
 PACK_CAP = 16384       # tokens per packed row
 BLOCK = 256            # packed budgets are multiples of this
 EIGHT_BIT_OPTIMIZERS = ("8bit",)
+AUTO_HEADROOM = 0.9    # gradient_checkpointing=auto plans for this share of the usable memory: margin for its error
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Plan:
     gpus: int
     shape: Shape
     batching: str
-    recompute: bool
+    recompute_layers: int            # decoder layers recomputed in the backward (the first ones): all, none or auto's
     tokens: int                      # tokens of the largest micro-batch planned for
     token_budget: int | None         # batching=packed: the chosen row budget
     components: list[Component]
@@ -107,9 +108,14 @@ class Plan:
     def fits(self) -> bool:
         return not self.problems
 
+    @property
+    def recompute(self) -> bool:
+        return self.recompute_layers > 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(allocated_gib=round(self.allocated_gib, 2), reserved_gib=round(self.reserved_gib, 2), fits=self.fits)
+        d.update(allocated_gib=round(self.allocated_gib, 2), reserved_gib=round(self.reserved_gib, 2), fits=self.fits,
+                 recompute=self.recompute)
         return d
 
 
@@ -230,9 +236,11 @@ def _micro_batch_tokens(recipe: Recipe) -> int:
     return recipe.train.per_device_train_batch_size * recipe.data.max_length
 
 
-def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = None) -> Plan:
+def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = None,
+         recompute: int | None = None) -> Plan:
     """The memory plan of `recipe` on GPUs of `gpu_mem_gb` GiB each (`gpus` of them, for ZeRO sharding), for
-    its largest micro-batch (or for micro-batches of `tokens` tokens, e.g. to compare with a measured run)."""
+    its largest micro-batch (or, to compare with a measured run, for micro-batches of `tokens` tokens with the
+    first `recompute` layers recomputed, as that run chose)."""
     if gpu_mem_gb <= 0 or gpus < 1:
         raise RecipeError(f"plan: --gpu-mem must be > 0 and --gpus >= 1 (got {gpu_mem_gb}, {gpus})")
     shape = model_shape(recipe)
@@ -241,23 +249,31 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     res = _residual_bytes(recipe)
     loss = _loss_bytes_per_token(recipe, shape)
     embed = res * shape.hidden * 2                        # embedding output + final norm input
-    with_rc = shape.layers * res * shape.hidden + kept + transient + loss + embed
-    without_rc = shape.layers * kept + transient + loss + embed
-    recompute = recipe.train.gradient_checkpointing
-    per_token = with_rc if recompute else without_rc
+    layers, gc = shape.layers, recipe.train.gradient_checkpointing
+
+    def per_token(k: int) -> float:
+        """Peak bytes per token with the first k layers recomputed. They keep only their input; the backward
+        frees the later layers' activations before it rebuilds theirs, one layer at a time."""
+        return k * res * shape.hidden + max(layers - k, 1) * kept + transient + loss + embed
+
+    with_rc, without_rc = per_token(layers), per_token(0)
+    most = 0 if gc is False else layers                 # the most recompute the recipe allows
     usable = (gpu_mem_gb - CONTEXT_GIB) / FRAGMENTATION * GIB - sum(c.gib for c in fixed) * GIB
-    afford = int(usable // per_token) if usable > 0 else 0
+    afford = int(usable // per_token(most)) if usable > 0 else 0
     budget = None
     if recipe.data.batching == "packed":
         budget = recipe.data.pack_tokens or max(recipe.data.max_length, min(PACK_CAP, afford // BLOCK * BLOCK))
     tokens = tokens or budget or _micro_batch_tokens(recipe)
-    act = Component("activations" + (" (recompute)" if recompute else ""), tokens * (per_token - loss) / GIB,
-                    f"{tokens} tokens x {(per_token - loss) / 1024:.0f} KiB")
+    k = most if recompute is None else min(recompute, layers)
+    if gc == "auto" and recompute is None:  # the fewest recomputed layers that fit, with headroom; all when even that does not
+        k = next((n for n in range(layers + 1) if tokens * per_token(n) <= AUTO_HEADROOM * usable), layers)
+    act = Component("activations" + (f" (recompute {k}/{layers} layers)" if k else ""),
+                    tokens * (per_token(k) - loss) / GIB, f"{tokens} tokens x {(per_token(k) - loss) / 1024:.0f} KiB")
     logits = Component("logits + loss", tokens * loss / GIB,
                        f"{'Liger fused linear cross-entropy' if recipe.train.use_liger_kernel else 'full logits'}: "
                        f"{loss / 1024:.0f} KiB/token")
     p = Plan(recipe=recipe.name, gpu_mem_gb=gpu_mem_gb, gpus=gpus, shape=shape, batching=recipe.data.batching,
-             recompute=recompute, tokens=tokens, token_budget=budget, components=[*fixed, act, logits],
+             recompute_layers=k, tokens=tokens, token_budget=budget, components=[*fixed, act, logits],
              per_token_kib={"recompute": round(with_rc / 1024, 1), "no_recompute": round(without_rc / 1024, 1)},
              recompute_needed=tokens * without_rc > usable)
     if tokens > afford:
@@ -273,7 +289,7 @@ def _advice(recipe: Recipe, p: Plan, afford: int, with_rc: float, usable: float)
         fixes.append("model.load_in_4bit=true" if not recipe.model.load_in_4bit else "a smaller model or more GPUs "
                      "with dist.deepspeed=zero3")
     else:
-        if not recipe.train.gradient_checkpointing and p.tokens * with_rc <= usable:
+        if recipe.train.gradient_checkpointing is False and p.tokens * with_rc <= usable:
             fixes.append("train.gradient_checkpointing=true")
         if not recipe.train.use_liger_kernel:
             fixes.append("train.use_liger_kernel=true (no full logits)")
@@ -301,6 +317,22 @@ def device_memory_gb() -> float | None:
     total = torch.cuda.get_device_properties(dev).total_memory
     frac = torch.cuda.get_per_process_memory_fraction(dev) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
     return total * frac / GIB
+
+
+def recompute_layers(recipe: Recipe) -> int | None:
+    """How many decoder layers (the first ones) this run recomputes: None = all (gradient_checkpointing=true), 0 =
+    none (false); auto asks the plan for the fewest that fit this GPU, none on a machine without one (memory is
+    not the limit there), and all when the model's shapes cannot be read."""
+    gc = recipe.train.gradient_checkpointing
+    if gc != "auto":
+        return None if gc else 0
+    mem = device_memory_gb()
+    if mem is None:
+        return 0
+    try:
+        return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).recompute_layers
+    except RecipeError:
+        return None
 
 
 def token_budget(recipe: Recipe) -> int | None:

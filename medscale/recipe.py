@@ -194,7 +194,9 @@ class TrainSection(Section):
     adaptive_clip: AdaptiveClip | None = Field(None, description="seed v3: clip at a percentile of recent norms "
                                                                  "instead (null: off)")
     bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
-    gradient_checkpointing: bool = Field(False, description="true: less activation memory, ~20-30% slower")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False, description="recompute activations in the backward: true: every decoder layer (least memory, ~25% "
+                           "slower); auto: only as many layers as the memory plan needs on this GPU (none on CPU)")
     use_liger_kernel: bool = Field(
         False, description="Liger Triton kernels (fused linear cross-entropy: the full-vocabulary logits are never "
                            "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")

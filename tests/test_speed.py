@@ -146,7 +146,30 @@ def test_plan_components_follow_the_recipe(real_models):
     ups = {c.name: c.gib for c in up.components}
     assert ups["weights: embeddings, lm_head, norms (fp32)"] == pytest.approx(
         2 * parts["weights: embeddings, lm_head, norms (bfloat16)"]) == pytest.approx(0.31e9 * 4 / 2**30, rel=0.05)
-    assert ups["activations (recompute)"] > parts["activations (recompute)"]
+    assert ups["activations (recompute 28/28 layers)"] > parts["activations (recompute 28/28 layers)"]
+
+
+def test_auto_recompute_recomputes_only_what_the_gpu_needs(real_models):
+    """Seed 000's QLoRA micro-batch (4 x 2048 tokens) on its 16 GB card: recompute on every layer is more than
+    it needs, none does not fit; auto recomputes some layers, fewer on a larger card, all but the last on a card
+    that only fits with all of them, and its plan stays inside the card."""
+    p17 = real_models["Qwen/Qwen3-1.7B"][0]
+    auto = {gb: _plan("qwen3-1.7b-qlora-v1", p17, gb, "train.gradient_checkpointing=auto") for gb in (6, 16, 24, 80)}
+    assert not _plan("qwen3-1.7b-qlora-v1", p17, 16, "train.gradient_checkpointing=false").fits
+    assert 0 < auto[16].recompute_layers < 28 and auto[16].fits and auto[16].reserved_gib + 0.6 <= 16
+    assert auto[24].recompute_layers < auto[16].recompute_layers and auto[80].recompute_layers == 0
+    full = _plan("qwen3-1.7b-qlora-v1", p17, 6)
+    # the last layer's backward comes first, right after its forward: recomputing it would save nothing
+    assert full.fits and auto[6].recompute_layers == 27 and auto[6].allocated_gib < full.allocated_gib
+    acts = {gb: next(c.gib for c in p.components if c.name.startswith("activations")) for gb, p in auto.items()}
+    assert acts[6] < acts[16] < acts[24] < acts[80]
+    assert auto[16].tokens == 4 * 2048
+
+
+def test_gradient_checkpointing_takes_true_false_or_auto():
+    assert load_recipe("tiny-demo", ["train.gradient_checkpointing=auto"]).train.gradient_checkpointing == "auto"
+    with pytest.raises(RecipeError, match="train.gradient_checkpointing"):
+        load_recipe("tiny-demo", ["train.gradient_checkpointing=some"])
 
 
 def test_packed_budget_grows_with_the_gpu_and_is_capped(real_models):

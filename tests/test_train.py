@@ -195,3 +195,46 @@ def test_throughput_meter_leaves_the_warm_up_step_out_of_the_run_totals(monkeypa
     assert meter.summary() == {"tokens_per_s": 100.0, "tokens_per_s_per_device": 100.0, "samples_per_s": 4.0,
                                "first_step_s": 10.0}
     assert meter.pop_window()["tokens_per_s"] == 25.0  # the log window itself keeps every step
+
+
+def test_auto_recompute_recomputes_the_plans_layers_and_learns_the_same(tmp_path, monkeypatch):
+    """gradient_checkpointing=auto on a (pretended) GPU whose memory calls for some recompute: the run recomputes
+    exactly the first layers the plan chose (their MLP runs twice per micro-batch: forward and recompute), and
+    every setting learns the same numbers, since recompute changes memory, not results."""
+    from transformers import TrainerCallback
+
+    from medscale import plan as plan_mod
+    from medscale.model.tiny import build_tiny_model
+    from medscale.train.callbacks import decoder_blocks
+    from medscale.train.run import run
+
+    model = build_tiny_model(tmp_path / "tiny4", layers=4, hidden=64)
+    base = ["train.max_steps=3", "train.logging_steps=1", "eval.eval_strategy=no", "data.eval_size=0",
+            "train.use_liger_kernel=true"]  # Liger is ignored on CPU; the plan then leaves the logits out
+    recipe = lambda gc, out: _recipe(model, tmp_path / out, *base, f"train.gradient_checkpointing={gc}")  # noqa: E731
+    gb = next(g / 1e4 for g in range(6000, 20000)
+              if plan_mod.plan(recipe("auto", "probe"), g / 1e4).recompute_layers == 2)  # 2 of 4 layers
+
+    class CountMlpCalls(TrainerCallback):
+        """Calls of each layer's MLP, and of the embedding (once per micro-batch: it is never recomputed)."""
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.calls = [0] * 5
+            count = lambda i: lambda *_: self.calls.__setitem__(i, self.calls[i] + 1)  # noqa: E731
+            for i, block in enumerate(decoder_blocks(model)):
+                block.mlp.register_forward_pre_hook(count(i))
+            model.get_input_embeddings().register_forward_pre_hook(count(4))
+
+    seen = {}
+    for gc in ("auto", "true", "false"):  # only auto on the pretended GPU: false would not fit it (the plan refuses)
+        monkeypatch.setattr(plan_mod, "device_memory_gb", lambda: gb if gc == "auto" else None)
+        counter = CountMlpCalls()
+        summary = run(recipe(gc, gc), callbacks=[counter])
+        per_batch = [c / counter.calls[-1] for c in counter.calls[:-1]]
+        history = json.loads((tmp_path / gc / "trainer_state.json").read_text())["log_history"]
+        seen[gc] = per_batch, [h["loss"] for h in history if "loss" in h], summary.global_step
+    assert seen["auto"][0] == [2, 2, 1, 1]
+    assert seen["true"][0] == [2, 2, 2, 2] and seen["false"][0] == [1, 1, 1, 1]
+    assert seen["auto"][2] == seen["true"][2] == seen["false"][2] == 3
+    assert seen["auto"][1] == pytest.approx(seen["true"][1], rel=1e-5)
+    assert seen["auto"][1] == pytest.approx(seen["false"][1], rel=1e-5)

@@ -182,7 +182,7 @@ def plan_cmd(recipe: str = typer.Argument(..., help="built-in recipe name or a Y
         s = p.shape
         typer.echo(f"{r.name}: {s.model_type} {s.total_params() / 1e9:.2f}B ({s.layers} layers, hidden {s.hidden}), "
                    f"{p.gpus} x {p.gpu_mem_gb:g} GiB, batching={p.batching}, "
-                   f"recompute={'on' if p.recompute else 'off'}")
+                   f"recompute {p.recompute_layers}/{s.layers} layers")
         for c in p.components:
             typer.echo(f"  {c.name:44s} {c.gib:7.2f} GiB  {c.note}")
         typer.echo(f"  {'total allocated':44s} {p.allocated_gib:7.2f} GiB  "

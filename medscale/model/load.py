@@ -78,9 +78,8 @@ def load_model(recipe: Recipe):
         # peft's k-bit preparation (the seed scripts'): frozen embeddings, norms and lm_head in fp32, so the
         # residual stream runs in fp32. Without it get_peft_model freezes the base and the Trainer's
         # non-reentrant checkpointing needs no input-grad hook.
-        base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Recompute is the Trainer's to switch on (with gradient_checkpointing=auto, on some layers only).
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     # Under ZeRO-3 every trainable tensor must share one dtype (DeepSpeed asserts it when it flattens them):
     # keep LoRA in the base dtype instead of peft's fp32 upcast, beside modules_to_save copies in that dtype.
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias: not ours to fix, only noise

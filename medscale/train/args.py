@@ -34,9 +34,14 @@ def recompute_arguments(cls, on: bool) -> dict:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
 
 
-def training_arguments(recipe: Recipe):
-    """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed."""
+def training_arguments(recipe: Recipe, recompute: bool | None = None):
+    """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed. `recompute`:
+    whether any layer is recomputed (None: as recipe.train.gradient_checkpointing resolves on this machine)."""
+    from medscale.plan import recompute_layers
+
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    if recompute is None:
+        recompute = recompute_layers(recipe) != 0
     ds = recipe.dist.deepspeed
     extra: dict = {}
     if ds:
@@ -59,7 +64,7 @@ def training_arguments(recipe: Recipe):
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
         bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
-        **recompute_arguments(TrainingArguments, t.gradient_checkpointing),
+        **recompute_arguments(TrainingArguments, recompute),
         use_liger_kernel=t.use_liger_kernel and cuda,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only

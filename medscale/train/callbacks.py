@@ -39,11 +39,31 @@ def device_peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def flops_per_token(total_params: int, trainable_params: int, recompute: bool) -> float:
+def flops_per_token(total_params: int, trainable_params: int, recompute: float) -> float:
     """Matmul FLOPs per trained token: forward 2N, activation grads 2N, weight grads 2N_trainable,
-    plus another forward (2N) when gradient checkpointing recomputes activations.
+    plus another forward (2N) over the share `recompute` (0..1, or a bool) of the layers recomputed.
     Attention score FLOPs are left out, so MFU is slightly understated at long context."""
-    return 2 * total_params * (3 if recompute else 2) + 2 * trainable_params
+    return 2 * total_params * (2 + float(recompute)) + 2 * trainable_params
+
+
+def decoder_blocks(model) -> list:
+    """The model's repeated decoder layers: the units transformers recomputes."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+class RecomputeFirstLayers(TrainerCallback):
+    """gradient_checkpointing=auto: once the Trainer has switched recompute on for every decoder layer, keep it
+    on the first `n` only (the plan's choice). The backward reaches those last, after the later layers' kept
+    activations are freed, so that is where recompute saves the most peak memory."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        for i, block in enumerate(decoder_blocks(model)):
+            block.gradient_checkpointing = i < self.n
 
 
 class ThroughputMeter(TrainerCallback):

@@ -28,6 +28,7 @@ from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
 from medscale.jobs.resume import StartPlan, plan_start
 from medscale.jobs.stop import stop_flag
+from medscale.plan import recompute_layers
 from medscale.preflight import check_worker
 from medscale.recipe import Recipe
 from medscale.train import dist
@@ -51,7 +52,8 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
     check_worker(recipe)  # paths, devices, DeepSpeed layout: all problems at once, before any work
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before the first CUDA allocation
     started = time.time()
-    args = training_arguments(recipe)  # also initialises torch.distributed under a launcher
+    recompute = recompute_layers(recipe)  # None: every layer
+    args = training_arguments(recipe, recompute != 0)  # also initialises torch.distributed under a launcher
     with _process_group():
         tok, data = _prepare_data(recipe, args)
         plan = dist.decided_by_rank0(args.process_index, lambda: plan_start(recipe))
@@ -62,7 +64,7 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
         with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size, kind=kind,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
             dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
-            with _session(recipe, args, tok, data, attempt, plan, callbacks) as session:
+            with _session(recipe, args, tok, data, attempt, plan, callbacks, recompute) as session:
                 dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
                     _restore_final(session.trainer, plan.resume)
@@ -127,14 +129,16 @@ class _Session:
 
 
 @contextmanager
-def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan, extra: Sequence):
-    """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, SwanLab);
-    SwanLab is closed however training ends."""
+def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan, extra: Sequence,
+             recompute: int | None):
+    """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, SwanLab,
+    recompute on the first `recompute` decoder layers only); SwanLab is closed however training ends."""
     from transformers import set_seed
 
     from medscale.model.load import count_parameters, load_model
     from medscale.train.callbacks import (AdaptiveClipper, AttemptCallback, MedscaleTrainer, ProgressToCollator,
-                                          StepHealth, ThroughputMeter, flops_per_token)
+                                          RecomputeFirstLayers, StepHealth, ThroughputMeter, decoder_blocks,
+                                          flops_per_token)
     from medscale.train.tracking import finish_swanlab, start_swanlab
 
     if recipe.dist.deepspeed:
@@ -145,9 +149,11 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
     model = load_model(recipe)
     trainable, total = count_parameters(model)
     t, world = recipe.train, args.world_size
+    layers = len(decoder_blocks(model))
+    partial = recompute is not None and 0 < recompute < layers
     per_row = data.stats["train"].get("samples_per_pack", t.per_device_train_batch_size)  # mean when packed
     meter = ThroughputMeter(per_row * t.gradient_accumulation_steps * world, world,
-                            flops_per_token(total, trainable, t.gradient_checkpointing))
+                            flops_per_token(total, trainable, 1.0 if recompute is None else min(recompute / layers, 1)))
     health = StepHealth()
     clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
                                t.adaptive_clip.min_history) if t.adaptive_clip else None)
@@ -158,7 +164,8 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
     trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                               data_collator=data.collator, processing_class=tok, meter=meter, health=health,
                               clipper=clipper, callbacks=[meter, ProgressToCollator(data.collator), attempt_cb]
-                              + ([swan_cb] if swan_cb else []) + list(extra))
+                              + ([swan_cb] if swan_cb else []) + ([RecomputeFirstLayers(recompute)] if partial else [])
+                              + list(extra))
     if (recipe.eval.benchmarks or recipe.eval.control) and args.eval_strategy != "no":
         if recipe.dist.zero_stage() == 3:  # sharded scoring runs uneven batches per rank: ZeRO-3 would hang on it
             log.warning("ZeRO-3: eval.benchmarks / eval.control are measured at the end of the run only")
@@ -169,6 +176,9 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
             trainer.add_callback(bench_cb)
             bench_cb.log = trainer.log  # reaches SwanLab and the log history like any metric
     if args.process_index == 0:
+        if t.gradient_checkpointing == "auto":
+            log.info("gradient_checkpointing=auto: recompute %d of %d decoder layers", layers if recompute is None
+                     else recompute, layers)
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
     try:
