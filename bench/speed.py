@@ -134,8 +134,8 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     if a.targs:
         make_args = train_run.training_arguments
 
-        def with_targs(recipe):
-            args = make_args(recipe)
+        def with_targs(*args_, **kw):
+            args = make_args(*args_, **kw)
             for k, v in json.loads(a.targs).items():
                 setattr(args, k, v)
             return args
