@@ -26,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-COMMON = ["eval.eval_strategy=no", "data.eval_sources=[]", "data.eval_size=0", "track.swanlab=null",
-          "train.save_steps=100000", "train.logging_steps=1", "train.resume=never"]
+COMMON = ["eval.eval_strategy=no", "eval.benchmarks=[]", "eval.control=null", "data.eval_sources=[]", "data.eval_size=0",
+          "track.swanlab=null", "train.save_steps=100000", "train.logging_steps=1", "train.resume=never"]
 # TrainingArguments fields a run sets after the recipe's (levers with no recipe key: measured before adding one)
 FLCE_ONLY = {"liger_kernel_config": {"rope": False, "rms_norm": False, "swiglu": False,
                                      "fused_linear_cross_entropy": True}}  # Liger's fused linear CE alone

@@ -131,18 +131,19 @@ def _plan(name, path, gpu, *overrides):
 
 def test_plan_components_follow_the_recipe(real_models):
     p17 = real_models["Qwen/Qwen3-1.7B"][0]
-    qlora = _plan("qwen3-1.7b-qlora-v1", p17, 16)
-    bf16 = _plan("qwen3-1.7b-qlora-v1", p17, 16, "model.load_in_4bit=false")
+    every = "train.gradient_checkpointing=true"  # the seeds' recompute, on every layer
+    qlora = _plan("qwen3-1.7b-qlora-v1", p17, 16, every)
+    bf16 = _plan("qwen3-1.7b-qlora-v1", p17, 16, every, "model.load_in_4bit=false")
     parts = {c.name: c.gib for c in qlora.components}
     assert parts["weights: decoder linears (4-bit)"] < 0.3 * [c.gib for c in bf16.components][0]
     assert qlora.tokens == 4 * 2048 and qlora.fits and qlora.token_budget is None
-    no_liger = _plan("qwen3-1.7b-qlora-v1", p17, 16, "train.use_liger_kernel=false")
+    no_liger = _plan("qwen3-1.7b-qlora-v1", p17, 16, every, "train.use_liger_kernel=false")
     assert {c.name: c.gib for c in no_liger.components}["logits + loss"] > 20 * parts["logits + loss"]
     no_rc = _plan("qwen3-1.7b-qlora-v1", p17, 16, "train.gradient_checkpointing=false")
     assert no_rc.allocated_gib > 3 * qlora.allocated_gib and not no_rc.fits
     assert "train.gradient_checkpointing=true" in no_rc.problems[0]
     # peft's k-bit preparation (the seeds') keeps the 0.31B frozen non-linear weights and the residual in fp32
-    up = _plan("qwen3-1.7b-qlora-v1", p17, 16, "model.fp32_frozen_weights=true")
+    up = _plan("qwen3-1.7b-qlora-v1", p17, 16, every, "model.fp32_frozen_weights=true")
     ups = {c.name: c.gib for c in up.components}
     assert ups["weights: embeddings, lm_head, norms (fp32)"] == pytest.approx(
         2 * parts["weights: embeddings, lm_head, norms (bfloat16)"]) == pytest.approx(0.31e9 * 4 / 2**30, rel=0.05)
@@ -158,12 +159,16 @@ def test_auto_recompute_recomputes_only_what_the_gpu_needs(real_models):
     assert not _plan("qwen3-1.7b-qlora-v1", p17, 16, "train.gradient_checkpointing=false").fits
     assert 0 < auto[16].recompute_layers < 28 and auto[16].fits and auto[16].reserved_gib + 0.6 <= 16
     assert auto[24].recompute_layers < auto[16].recompute_layers and auto[80].recompute_layers == 0
-    full = _plan("qwen3-1.7b-qlora-v1", p17, 6)
+    full = _plan("qwen3-1.7b-qlora-v1", p17, 6, "train.gradient_checkpointing=true")
     # the last layer's backward comes first, right after its forward: recomputing it would save nothing
     assert full.fits and auto[6].recompute_layers == 27 and auto[6].allocated_gib < full.allocated_gib
     acts = {gb: next(c.gib for c in p.components if c.name.startswith("activations")) for gb, p in auto.items()}
     assert acts[6] < acts[16] < acts[24] < acts[80]
     assert auto[16].tokens == 4 * 2048
+    # the shipped recipes are auto; seed 003's 8B on its 4 x RTX 4080 (32 GB) still recomputes most layers
+    assert load_recipe("qwen3-1.7b-qlora-v1").train.gradient_checkpointing == "auto"
+    seed003 = _plan("qwen3-8b-lora-huatuo", real_models["Qwen/Qwen3-8B"][0], 32)
+    assert 0 < seed003.recompute_layers < 36 and seed003.fits
 
 
 def test_gradient_checkpointing_takes_true_false_or_auto():
