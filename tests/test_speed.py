@@ -171,6 +171,18 @@ def test_auto_recompute_recomputes_only_what_the_gpu_needs(real_models):
     assert 0 < seed003.recompute_layers < 36 and seed003.fits
 
 
+def test_a_job_saved_with_recompute_on_every_layer_resumes_under_auto():
+    """The GPU recipes went from gradient_checkpointing=true to auto: a job checkpointed before resumes (the change
+    is recorded), since recompute changes memory, not what is learned; a real change is still refused."""
+    from medscale.jobs.resume import recipe_changes
+
+    now = load_recipe("qwen3-8b-lora-huatuo")
+    saved = load_recipe("qwen3-8b-lora-huatuo", ["train.gradient_checkpointing=true"]).model_dump(mode="json")
+    assert recipe_changes(saved, now) == (["train.gradient_checkpointing: True -> 'auto'"], [])
+    lr = load_recipe("qwen3-8b-lora-huatuo", ["train.learning_rate=1e-4"])
+    assert recipe_changes(saved, lr)[1] == ["train.learning_rate: 2e-05 -> 0.0001"]
+
+
 def test_gradient_checkpointing_takes_true_false_or_auto():
     assert load_recipe("tiny-demo", ["train.gradient_checkpointing=auto"]).train.gradient_checkpointing == "auto"
     with pytest.raises(RecipeError, match="train.gradient_checkpointing"):

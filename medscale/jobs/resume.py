@@ -29,7 +29,8 @@ from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, RunSummary, read_jo
 # Keys that change nothing already learned: resuming with another value continues the same run.
 SAFE_KEYS = ("description", "train.logging_steps", "train.save_steps", "train.save_total_limit",
              "train.keep_best_checkpoint", "train.resume", "train.output_dir", "train.dataloader_num_workers",
-             "data.num_proc", "dist.config", "track.", "eval.", "generation.")
+             "data.num_proc", "dist.config", "track.", "eval.", "generation.",
+             "train.gradient_checkpointing")  # recompute changes memory and speed, not the numbers
 # Keys safe only when they grow: training longer continues the schedule, shorter would end before the checkpoint.
 GROW_KEYS = ("train.max_steps", "train.num_train_epochs")
 # Keys safe while the samples per optimizer step stay the same (e.g. more nodes, less accumulation).
