@@ -4,8 +4,8 @@
 spec before a tiny model is built) and estimates peak GPU memory as the PyTorch allocator would report
 it: weights in their stored dtype (NF4 with its constants; what peft's k-bit preparation upcasts to
 fp32), LoRA parameters with gradients and optimizer state (ZeRO shards them), activations with recompute
-on all, some or none of the decoder layers, the logits and loss (Liger's fused linear cross-entropy or full logits), and the
-transient dequantized 4-bit weight. Per-token activation costs count the tensors autograd keeps for one
+on all, some or none of the decoder layers, the logits and loss (Liger's fused linear cross-entropy or full
+logits), and the transient dequantized 4-bit weight. Per-token activation costs count the tensors autograd keeps for one
 decoder layer (frozen base, LoRA on the target linears, dropout masks, the fp32 residual stream of a
 k-bit-prepared model). Written here because no library plans LoRA/QLoRA memory from a recipe.
 
@@ -265,7 +265,7 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
         budget = recipe.data.pack_tokens or max(recipe.data.max_length, min(PACK_CAP, afford // BLOCK * BLOCK))
     tokens = tokens or budget or _micro_batch_tokens(recipe)
     k = most if recompute is None else min(recompute, layers)
-    if gc == "auto" and recompute is None:  # the fewest recomputed layers that fit, with headroom; all when even that does not
+    if gc == "auto" and recompute is None:  # the fewest recomputed layers that fit with headroom, else all
         k = next((n for n in range(layers + 1) if tokens * per_token(n) <= AUTO_HEADROOM * usable), layers)
     act = Component("activations" + (f" (recompute {k}/{layers} layers)" if k else ""),
                     tokens * (per_token(k) - loss) / GIB, f"{tokens} tokens x {(per_token(k) - loss) / 1024:.0f} KiB")

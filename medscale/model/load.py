@@ -77,8 +77,8 @@ def load_model(recipe: Recipe):
     if recipe.model.load_in_4bit and recipe.model.fp32_frozen_weights:
         # peft's k-bit preparation (the seed scripts'): frozen embeddings, norms and lm_head in fp32, so the
         # residual stream runs in fp32. Without it get_peft_model freezes the base and the Trainer's
-        # non-reentrant checkpointing needs no input-grad hook.
-        # Recompute is the Trainer's to switch on (with gradient_checkpointing=auto, on some layers only).
+        # non-reentrant checkpointing needs no input-grad hook. Recompute is the Trainer's to switch on (with
+        # gradient_checkpointing=auto, on some layers only), never peft's.
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     # Under ZeRO-3 every trainable tensor must share one dtype (DeepSpeed asserts it when it flattens them):
     # keep LoRA in the base dtype instead of peft's fp32 upcast, beside modules_to_save copies in that dtype.
