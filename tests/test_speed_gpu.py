@@ -76,11 +76,15 @@ def _tiny_recipe(tiny_model_dir, out, *extra):
                                      "eval.eval_strategy=no", "track.swanlab=null", "train.logging_steps=1", *extra])
 
 
-def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fp32_frozen", [False, True], ids=["bf16-frozen", "fp32-frozen"])
+def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path, fp32_frozen):
+    """The default, and the seeds' way (`model.fp32_frozen_weights`: peft's k-bit preparation, which no longer
+    switches recompute on itself: the Trainer does, here on every layer)."""
     from peft import PeftModel
     from transformers import TrainerCallback
 
     from medscale.data.packing import concat_samples
+    from medscale.train.callbacks import decoder_blocks
     from medscale.train.run import run
 
     seen = {}
@@ -92,15 +96,18 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path):
             opt = getattr(optimizer, "optimizer", optimizer)  # transformers builds bitsandbytes' AdamW, paged, 8-bit
             seen.update(layer=type(lin).__name__, quant=qs.quant_type, nested=qs.nested,
                         frozen=model.get_input_embeddings().weight.dtype,  # no k-bit fp32 upcast by default
+                        recompute=[b.gradient_checkpointing for b in decoder_blocks(model)],
                         optim=(type(opt).__module__.split(".")[0], getattr(opt, "is_paged", None),
                                getattr(getattr(opt, "args", None), "optim_bits", None)))
 
     recipe = _tiny_recipe(tiny_model_dir, tmp_path / "q", "model.load_in_4bit=true", "train.optim=paged_adamw_8bit",
                           "data.batching=padding_free", "model.attn_implementation=varlen", "train.max_steps=4",
-                          "train.gradient_checkpointing=true", "train.learning_rate=3e-3", "train.save_steps=2")
+                          "train.gradient_checkpointing=true", "train.learning_rate=3e-3", "train.save_steps=2",
+                          f"model.fp32_frozen_weights={str(fp32_frozen).lower()}")
     s = run(recipe, callbacks=[Probe()])
-    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True, "frozen": torch.bfloat16,
-                    "optim": ("bitsandbytes", True, 8)}, seen
+    assert seen == {"layer": "Linear4bit", "quant": "nf4", "nested": True,
+                    "frozen": torch.float32 if fp32_frozen else torch.bfloat16,
+                    "optim": ("bitsandbytes", True, 8), "recompute": [True, True]}, seen
     assert s.global_step == 4 and s.loss_last < s.loss_first
     # reload the saved adapter on a fresh 4-bit base: it must carry what was learned
     from medscale.data.pipeline import build_datasets
