@@ -241,6 +241,11 @@ def test_plan_cli(real_models, tmp_path):
     d = json.loads(ok.output)
     assert d["fits"] and d["tokens"] == 16384 and d["shape"]["model_type"] == "qwen2"
     assert abs(sum(c["gib"] for c in d["components"]) - d["allocated_gib"]) < 0.02
+    p17 = real_models["Qwen/Qwen3-1.7B"][0]
+    text, js = (runner.invoke(app, ["plan", "qwen3-1.7b-qlora-v1", f"model.path={p17}", "--gpu-mem", "16", *x])
+                for x in ([], ["--json"]))
+    k = json.loads(js.output)["recompute_layers"]  # the shipped auto: some of the 28 layers on seed 000's card
+    assert 0 < k < 28 and json.loads(js.output)["recompute"] and f"recompute {k}/28 layers" in text.output
     nogpu = runner.invoke(app, ["plan", "tiny-demo"])
     assert nogpu.exit_code == 2 and "--gpu-mem" in nogpu.output
     missing = runner.invoke(app, ["plan", "qwen3-8b-lora-huatuo", f"model.path={tmp_path}/none", "--gpu-mem", "80"])
