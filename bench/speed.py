@@ -114,8 +114,9 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     import medscale.train.run as train_run
     from gpu_check import build_random
     from medscale.data import pipeline
-    from medscale.plan import plan, recompute_layers
+    from medscale.plan import plan
     from medscale.recipe import load_recipe
+    from medscale.train.callbacks import decoder_blocks
 
     path = build_random(a.shape, a.assets / "model_configs.json", a.assets / "qwen3_tokenizer",
                         Path("/tmp/medscale-models") / a.shape.replace("/", "--"))
@@ -148,6 +149,11 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
 
         t0 = tok0 = t1 = tok1 = None
         end = a.steps - a.profile
+        recompute = (0, 0)  # decoder layers the run recomputes, of all: what run() set, read back
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            flags = [b.gradient_checkpointing for b in decoder_blocks(model)]
+            self.recompute = sum(flags), len(flags)
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step in (a.warm, self.end):
@@ -168,13 +174,11 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
 
     steady = Steady()
     recipe = load_recipe(recipe_args[0], [*recipe_args[1:], f"model.path={path}"])
-    layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
-    recomputed = recompute_layers(recipe)  # as run() resolves it, under the cap set above
-    recomputed = layers if recomputed is None else recomputed
     torch.cuda.reset_peak_memory_stats()
     callbacks = [steady] + ([Profile(a.steps - a.profile, a.profile)] if a.profile else [])
     s = train_run.run(recipe, callbacks=callbacks)
     el, timed = steady.t1 - steady.t0, s.global_step - a.profile - a.warm
+    recomputed, layers = steady.recompute
     stats = s.data["train"]
     tps = (steady.tok1 - steady.tok0) / el
     per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
