@@ -1,7 +1,8 @@
 """Where medscale's shipped files live: `ds_configs/`, `cluster/` and `slurm/` are top-level folders of the
 checkout (the design card's layout), and packaged inside `medscale/` in a wheel or a non-editable install
 (pyproject maps them to medscale.ds_configs, medscale.cluster, medscale.slurm). Code asks here, never builds a
-path relative to the source tree. Also how files medscale writes through temporaries get ordinary permissions."""
+path relative to the source tree. Also how files medscale writes through temporaries get ordinary permissions,
+and whether an output folder can be written, asked before the work starts."""
 from __future__ import annotations
 
 import os
@@ -49,3 +50,15 @@ def plain_tree(folder: Path) -> None:
     serving account from reading an export."""
     for p in [folder, *folder.rglob("*")]:
         p.chmod(plain_mode(directory=p.is_dir()))
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be (made into) a folder to write into, or None. Asked before the work starts: found at
+    the end, a file in the way is a traceback after minutes of work, with part of the results already stored."""
+    for p in [folder, *folder.parents]:
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            return "it is a file: name a folder (it is made if missing)" if p == folder else f"{p} is a file"
+        return None if os.access(p, os.W_OK | os.X_OK) else f"cannot write in {p} (permission denied)"
+    return None
