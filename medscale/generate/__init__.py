@@ -1,0 +1,1 @@
+"""The generation engine: one generate(requests, settings) API over in-process and endpoint backends."""
