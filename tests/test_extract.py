@@ -1,10 +1,11 @@
-"""Answer extraction on R1-style outputs written for these tests, the traps included: letters weighed while
+"""Answer extraction and sampled scores (pass@1, majority vote, clustered intervals). Extraction on R1-style outputs written for these tests, the traps included: letters weighed while
 reasoning, several letters, full-width and lower-case letters, a think block that never closed."""
 from __future__ import annotations
 
 import pytest
 
 from medscale.eval.extract import extract_choice, split_answer
+from medscale.eval.sampled import Sample, paired_sampled_verdict, score_samples, unclustered_interval
 
 ABCD = "ABCD"
 
@@ -75,3 +76,48 @@ def test_a_letter_outside_the_options_is_no_answer():
 def test_split_answer_keeps_the_reasoning_apart():
     think, answer = split_answer(R1_ZH, thinking=True)
     assert "肌红蛋白在发病后" in think and answer.endswith("答案：B") and "</think>" not in answer
+
+
+# --------------------------------------------------------------------------- sampled scores (k answers a question)
+
+
+def _samples(table: dict[str, tuple[str, list]]) -> list[Sample]:
+    """{id: (correct letter, [per sample: letter, None (no answer) or "over" (out of think budget)])}"""
+    out = []
+    for qid, (correct, chosen) in table.items():
+        for i, c in enumerate(chosen):
+            status = "over_budget" if c == "over" else "no_answer" if c is None else "ok"
+            out.append(Sample(id=qid, sample=i, status=status, chosen=[c] if status == "ok" else None,
+                              correct=[correct]))
+    return out
+
+
+def test_pass_at_1_with_four_samples_matches_the_hand_computation():
+    s = score_samples(_samples({"q1": ("A", ["A", "A", "B", "A"]),        # 3/4, majority A (right), agreement 3/4
+                                "q2": ("C", ["B", "B", "C", None]),       # 1/4, majority B (wrong), agreement 2/4
+                                "q3": ("D", ["over", "over", "D", "D"])}))  # 2/4, tie: sample 0's "none" wins
+    assert s.pass1 == pytest.approx((3 / 4 + 1 / 4 + 2 / 4) / 3)
+    assert s.majority_acc == pytest.approx(1 / 3)
+    assert s.agreement == pytest.approx((3 / 4 + 2 / 4 + 2 / 4) / 3)
+    assert (s.n, s.k, s.over_budget, s.no_answer) == (3, 4, 2, 1)
+    assert [q.majority for q in s.questions] == [["A"], ["B"], None]
+    assert s.ci_low <= s.pass1 <= s.ci_high
+
+
+def test_the_clustered_interval_is_wider_than_the_unclustered_on_correlated_samples():
+    """Each question's 8 samples all agree (a question is either known or not): 320 answers carry the information of
+    40 questions, and only the clustered bootstrap says so."""
+    table = {f"q{i}": ("A", ["A" if i % 2 else "B"] * 8) for i in range(40)}
+    samples = _samples(table)
+    s = score_samples(samples)
+    low, high = unclustered_interval(samples)
+    assert s.pass1 == 0.5 and (s.ci_high - s.ci_low) > 2 * (high - low)
+
+
+def test_the_paired_sampled_verdict_pairs_by_question_and_averages_over_samples():
+    a = _samples({f"q{i}": ("A", ["A", "B", "B", "B"]) for i in range(60)})  # pass@1 1/4 everywhere
+    b = _samples({f"q{i}": ("A", ["A", "A", "A", "B"]) for i in range(60)})  # 3/4 everywhere
+    v = paired_sampled_verdict(a, b, benchmark="mcq")
+    assert (v.acc_a, v.acc_b, v.diff, v.n, v.b_only, v.verdict) == (0.25, 0.75, 0.5, 60, 60, "better")
+    with pytest.raises(Exception, match="different questions"):
+        paired_sampled_verdict(a, b[:-4])
