@@ -31,10 +31,11 @@ log = logging.getLogger("medscale.lifecycle")
 
 
 def refuse_if_running(output_dir: Path, name: str) -> None:
-    """Two live runs in one output dir would overwrite each other's checkpoints: refuse the second."""
+    """Two live runs in one output dir would overwrite each other's checkpoints: refuse the second. A live process
+    that only reuses the recorded PID (it started after the attempt did) is no run."""
     last = (read_journal(output_dir) or Journal(name, str(output_dir))).last
     if (last and last.status == AttemptStatus.RUNNING and last.host == socket.gethostname()
-            and last.pid != os.getpid() and pid_alive(last.pid)):
+            and last.pid != os.getpid() and pid_alive(last.pid, last.started_at)):
         raise JobStateError(f"job {name} is already running in {output_dir} (attempt {last.number}, pid {last.pid}): "
                             f"stop it (`medscale jobs cancel {name}`) or choose another train.output_dir")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from medscale import medscale_home
 from medscale.errors import UserError
 from medscale.jobs.status import AttemptStatus, JobStatus
+from medscale.paths import create_private
 from medscale.registry.models import Attempt, Checkpoint, Job, Metric, Result, Sweep, SweepTrial
 from medscale.registry.records import (METRIC_COLUMNS, AttemptInfo, AttemptView, CheckpointInfo, CheckpointView,
                                        JobSpec, JobView, MetricRow, ResultInfo, ResultView, SweepInfo, SweepView,
@@ -82,6 +83,7 @@ def _sqlite_engine(url) -> Engine:
     path = url.database
     if path and path != ":memory:":
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        create_private(Path(path).expanduser())  # it stores every resolved recipe, as private as recipe.resolved.yaml
     engine = create_engine(url, connect_args={"timeout": 60})
 
     @event.listens_for(engine, "connect")
@@ -449,14 +451,35 @@ def _upsert(s: Session, model, keys: dict, values: dict):
     return row
 
 
-def pid_alive(pid: int) -> bool:
+# An attempt's own process started before the attempt did; a live process with its PID that started later than
+# this after the attempt is another one that got the PID after wrap-around. The slack covers start times stored to
+# the second and the clock's granularity.
+PID_START_SLACK = timedelta(seconds=2)
+
+
+def process_started(pid: int) -> datetime | None:
+    """When process `pid` of this host started (naive UTC, from /proc/PID/stat field 22 and the boot time), or None
+    where /proc cannot say."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc).replace(tzinfo=None)
+
+
+def pid_alive(pid: int, started_at: datetime | None = None) -> bool:
+    """Whether process `pid` of this host is alive and, given the attempt's `started_at`, is that attempt's own
+    process rather than a later one that reuses its PID."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    began = process_started(pid) if started_at is not None else None
+    return began is None or began <= started_at + PID_START_SLACK
 
 
 def attempt_state(a: Attempt, now: datetime | None = None) -> AttemptStatus:
@@ -468,7 +491,7 @@ def attempt_state(a: Attempt, now: datetime | None = None) -> AttemptStatus:
     now = now or utcnow()
     if now - a.heartbeat_at > timedelta(seconds=4 * heartbeat_interval()):
         return AttemptStatus.LOST
-    if a.host == socket.gethostname() and not pid_alive(a.pid):
+    if a.host == socket.gethostname() and not pid_alive(a.pid, a.started_at):
         return AttemptStatus.LOST
     return AttemptStatus.RUNNING
 
