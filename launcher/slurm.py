@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -223,6 +224,12 @@ def resolve(recipe: Recipe, opts: SlurmOptions) -> tuple[SlurmOptions, list[str]
     return o, extra
 
 
+def _one_line(text: str) -> str:
+    """`text` for a comment line: control characters escaped (JSON-style), so a newline in a recipe path cannot end
+    the comment and run the rest as a command."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str],
                   launch: LaunchInfo | None = None, entry: str = "train") -> str:
     """A batch script that sources slurm/common.sh and runs the recipe's entry; `opts` already resolved."""
@@ -239,12 +246,12 @@ def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, com
     exports = {"MEDSCALE_REPO": str(shipped("slurm").parent), "MEDSCALE_PYTHON": sys.executable, ENV_ENTRY: entry,
                **(launch.env() if launch else {})}
     return "\n".join([
-        "#!/bin/bash",
-        f"# Rendered by `medscale submit slurm` for recipe {shlex.quote(recipe_ref)}: {opts.nodes} node(s) x "
+        "#!/bin/bash",  # sbatch reads #SBATCH lines only until the first command: they come first
+        *[f"#SBATCH {line}" for line in lines],
+        f"# Rendered by `medscale submit slurm` for recipe {_one_line(recipe_ref)}: {opts.nodes} node(s) x "
         f"{opts.procs_per_node} process(es), {'GPUs ' + opts.gpus_per_node if gpus else 'no GPUs'} per node.",
         f"# medscale hands it to `{shlex.join(command)}` on stdin; a saved copy submits with `sbatch FILE`. A stopped",
         "# job continues with `medscale jobs resume JOB` (same resources, newest verified checkpoint).",
-        *[f"#SBATCH {line}" for line in lines],
         *[f"export {k}={shlex.quote(v)}" for k, v in exports.items()],
         'source "$MEDSCALE_REPO/slurm/common.sh"',
         f"medscale_run {run}",
