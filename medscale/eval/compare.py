@@ -1,7 +1,7 @@
 """`medscale compare`: seed 003's table for any set of models. Each model answers the same questions with the same
 generation settings; per model: total/average time, total/average tokens, tokens/s, the answers side by side
 (think blocks apart), and a reference-overlap score where the question file carries reference answers.
-Markdown and one self-contained HTML page (no scripts, no external assets).
+Markdown and one self-contained HTML page (no scripts, no external assets); the data's text is escaped in both.
 """
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 from pydantic import Field
 from rapidfuzz.distance import LCSseq
 
+from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion
 from medscale.eval.result import _Model
+from medscale.markdown import md_cell, md_text
+from medscale.paths import folder_problem
 from medscale.recipe import GenerationSection
 
 
@@ -74,21 +77,21 @@ class CompareResult(_Model):
     def summary_markdown(self) -> str:
         rows = self.summary_rows()
         lines = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 1)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+        return "\n".join(lines + ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows[1:]])
 
     def to_markdown(self) -> str:
-        out = ["## Model comparison", "", _settings_line(self.settings), "", self.summary_markdown()]
+        out = ["## Model comparison", "", md_text(_settings_line(self.settings)), "", self.summary_markdown()]
         for i, q in enumerate(self.questions):
-            out += ["", f"### {i + 1}. {q.prompt}"]
+            out += ["", f"### {i + 1}. {md_cell(q.prompt)}"]
             if q.reference:
-                out += ["", f"**reference**: {q.reference}"]
+                out += ["", f"**reference**: {md_text(q.reference)}"]
             for m in self.models:
                 a = m.answers[i]
                 score = f", ROUGE-L {a.rouge_l:.3f}" if a.rouge_l is not None else ""
-                out += ["", f"**{m.label}** ({a.tokens} tokens{score})"]
+                out += ["", f"**{md_text(m.label)}** ({a.tokens} tokens{score})"]
                 if a.think:
-                    out += ["", "> think: " + a.think.replace("\n", "\n> ")]
-                out += ["", a.answer or "*(no answer)*"]
+                    out += ["", "> think: " + md_text(a.think).replace("\n", "\n> ")]
+                out += ["", md_text(a.answer) if a.answer else "*(no answer)*"]
         return "\n".join(out) + "\n"
 
     def to_html(self) -> str:
@@ -169,12 +172,20 @@ def _batch_seconds(gens) -> list[float]:
     return out
 
 
+def output_paths(out_dir: str | Path) -> dict[str, Path]:
+    """compare.md / .html / .json in `out_dir`; asked before any model loads, so that a file in the way is one line
+    now, not a traceback after every model has answered."""
+    out = Path(out_dir)
+    if why := folder_problem(out):
+        raise UserError(f"--out {out}: {why}")
+    return {"markdown": out / "compare.md", "html": out / "compare.html", "json": out / "compare.json"}
+
+
 def write_compare(result: CompareResult, out_dir: str | Path) -> dict[str, Path]:
     from medscale.jobs.record import write_text_atomic
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "compare.md", "html": out / "compare.html", "json": out / "compare.json"}
+    paths = output_paths(out_dir)
+    paths["markdown"].parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(paths["markdown"], result.to_markdown())
     write_text_atomic(paths["html"], result.to_html())
     write_text_atomic(paths["json"], result.to_json(indent=1))

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medscale.markdown import md_cell, md_text
+
 Mode = Literal["letter", "option", "generate"]
 VerdictWord = Literal["better", "worse", "no detectable difference"]
 
@@ -68,7 +70,10 @@ class BenchResult(_Model):
     ci_low: float = Field(description="Wilson 95% interval")
     ci_high: float
     skipped: int = Field(0, description="malformed questions left out of n (listed in skipped_detail)")
-    skipped_detail: list[str] = Field(default_factory=list)
+    skipped_detail: list[str] = Field(default_factory=list, description="'id (file:line): reason' of each")
+    source: str = Field("", description="the benchmark's file or folder")
+    split: str = Field("", description="the part of it that was scored")
+    total: int = Field(0, description="questions in that split; n is fewer under --limit")
     unparseable: int = Field(0, description="generate mode: answers with no letter found; counted wrong")
     multi_answer: int = Field(0, description="questions with several correct letters, scored as an exact set")
     subjects: list[SubjectScore] = Field(default_factory=list)
@@ -81,14 +86,17 @@ class BenchResult(_Model):
 
     def to_markdown(self) -> str:
         label = self.model.get("label") or self.model.get("base", "")
-        lines = [f"### {self.benchmark} — {label}", "",
+        lines = [f"### {md_cell(self.benchmark)} — {md_cell(label)}", "",
                  f"accuracy **{_pct(self.acc)}%** (95% CI {_pct(self.ci_low)}–{_pct(self.ci_high)}), n={self.n}, "
-                 f"mode {self.mode}, {self.shots}-shot, skipped {self.skipped}, unparseable {self.unparseable}, "
+                 f"skipped {self.skipped}, mode {self.mode}, {self.shots}-shot, unparseable {self.unparseable}, "
                  f"{self.questions_per_s:.1f} questions/s", "",
+                 f"benchmark: {md_text(self.source)}, {md_text(self.split)}, {self.total} questions"
+                 + (f" (n={self.n}: a --limit subset)" if self.n < self.total else ""), "",
                  "| subject | n | correct | acc % | 95% CI |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {s.subject} | {s.n} | {s.correct} | {_pct(s.acc)} | {_pct(s.ci_low)}–{_pct(s.ci_high)} |"
-                  for s in self.subjects]
-        lines += [""] + [f"- {note}" for note in self.notes]
+        lines += [f"| {md_cell(s.subject)} | {s.n} | {s.correct} | {_pct(s.acc)} | "
+                  f"{_pct(s.ci_low)}–{_pct(s.ci_high)} |" for s in self.subjects]
+        lines += [""] + [f"- {md_cell(note)}" for note in self.notes]
+        lines += [f"- skipped {md_cell(entry)}" for entry in self.skipped_detail]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -172,9 +180,9 @@ class EvalReport(_Model):
                 "|---|---|---|---:|---:|---:|---|---:|---:|"]
         for r in self.against + self.results:
             label = r.model.get("label") or r.model.get("base", "")
-            rows.append(f"| {r.benchmark} | {label} | {r.mode} | {r.shots} | {r.n} | {_pct(r.acc)} | "
-                        f"{_pct(r.ci_low)}–{_pct(r.ci_high)} | {r.skipped} | {r.unparseable} |")
+            rows.append(f"| {md_cell(r.benchmark)} | {md_cell(label)} | {r.mode} | {r.shots} | {r.n} | "
+                        f"{_pct(r.acc)} | {_pct(r.ci_low)}–{_pct(r.ci_high)} | {r.skipped} | {r.unparseable} |")
         parts = ["\n".join(rows) + "\n"]
-        parts += [f"**verdict** {v.line()}\n" for v in self.verdicts]
+        parts += [f"**verdict** {md_text(v.line())}\n" for v in self.verdicts]
         parts += [r.to_markdown() for r in self.results]
         return "\n".join(parts)

@@ -9,9 +9,10 @@ their paired intervals; the forgetting verdict. Figures: loss, eval loss, learni
 run overlaid, one PNG each. Written as report.md, one self-contained report.html (images inlined) and report.json.
 
 Definitions (what a number in a table means): "loss at step s" is the last training loss logged at or before s;
-"eval loss at step s" the evaluation at s, else the last one before it; a stage lo-hi runs from the loss at lo (at
-step 0: the first one logged) to the loss at hi, so stages chain at any logging interval; the coefficient of variation is the
-population standard deviation of the logged gradient norms over their mean.
+"eval loss at step s" the evaluation at s, else the last one before it; a step the run never reached has no value
+("–", and no change against it: carrying the last value forward would invent numbers); a stage lo-hi runs from the
+loss at lo (at step 0: the first one logged) to the loss at hi, so stages chain at any logging interval; the
+coefficient of variation is the population standard deviation of the logged gradient norms over their mean.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from medscale.errors import UserError
 from medscale.jobs.record import RunSummary, write_bytes_atomic, write_text_atomic
+from medscale.markdown import md_cell, md_text
 from medscale.registry import MetricRow, Registry
 from medscale.report.results import base_result, final_results, paired
 
@@ -46,13 +48,20 @@ class Run:
     base_path: str
     metrics: list[MetricRow]
     summary: RunSummary | None = None
+    reached: int = 0  # the furthest step its record or its heartbeats saw (it may have logged last before it)
 
     def series(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, getattr(m, key)) for m in self.metrics if getattr(m, key) is not None]
 
     @property
     def last_step(self) -> int:
-        return max((m.step for m in self.metrics), default=0)
+        return max([self.reached, *(m.step for m in self.metrics)])
+
+    def at(self, key: str, step: int) -> float | None:
+        """`key` at `step` (see `at`); None past the last step this run reached."""
+        if step > self.last_step:
+            return None
+        return at(self.series(key), step, exact_first=key == "eval_loss")
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Report:
     overview: list[dict] = field(default_factory=list)  # per run
     benchmarks: list[dict] = field(default_factory=list)  # per run and benchmark
     forgetting: list[dict] = field(default_factory=list)  # per run
+    notes: list[str] = field(default_factory=list)  # runs that stopped before a chosen step
     figures: dict[str, str] = field(default_factory=dict)  # metric -> PNG file name
 
     def to_dict(self) -> dict:
@@ -108,7 +118,9 @@ def _run(reg: Registry, job_id: int, label: str | None, base: str | None) -> Run
     recipe = yaml.safe_load(job.recipe_yaml or "") or {}
     base = base or os.path.abspath((recipe.get("model") or {}).get("path", ""))
     summary = RunSummary.load(job.output_dir) if Path(job.output_dir).is_dir() else None
-    return Run(label or job.name, job_id, job.name, job.status, job.output_dir, base, reg.metrics(job_id), summary)
+    reached = max(job.step or 0, summary.global_step if summary else 0)
+    return Run(label or job.name, job_id, job.name, job.status, job.output_dir, base, reg.metrics(job_id), summary,
+               reached)
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -140,7 +152,7 @@ def default_steps(runs: list[Run], n: int = 4) -> list[int]:
 def _by_step(runs: list[Run], steps: list[int], key: str) -> list[dict]:
     rows = []
     for s in steps:
-        values = {r.label: at(r.series(key), s, exact_first=key == "eval_loss") for r in runs}
+        values = {r.label: r.at(key, s) for r in runs}
         first = values[runs[0].label]
         row = {"step": s, **values}
         for r in runs[1:]:
@@ -150,13 +162,13 @@ def _by_step(runs: list[Run], steps: list[int], key: str) -> list[dict]:
 
 
 def _stages(run: Run, steps: list[int]) -> list[dict]:
-    loss, evals = run.series("loss"), run.series("eval_loss")
+    loss = run.series("loss")
     out, lo = [], 0
     for hi in steps:
-        start = at(loss, lo) if lo else (loss[0][1] if loss else None)
-        end = at(loss, hi)
+        start = run.at("loss", lo) if lo else (loss[0][1] if loss else None)
+        end = run.at("loss", hi)
         out.append({"run": run.label, "stage": f"{lo}-{hi}", "loss_start": start, "loss_end": end,
-                    "change_pct": pct(start, end), "eval_loss": at(evals, hi, exact_first=True)})
+                    "change_pct": pct(start, end), "eval_loss": run.at("eval_loss", hi)})
         lo = hi
     return out
 
@@ -200,13 +212,24 @@ def _forgetting(run: Run) -> dict:
     return {"run": run.label, "flagged": control.get("flagged"), "line": control.get("line", "")}
 
 
+def _unreached(runs: list[Run], steps: list[int]) -> list[str]:
+    """A line per run that stopped before some chosen steps: why its cells there are empty."""
+    out = []
+    for r in runs:
+        later = [s for s in steps if s > r.last_step]
+        if later:
+            out.append(f"{r.label} reached step {r.last_step}: no value at step {', '.join(map(str, later))} (shown "
+                       f"as –, no change computed)")
+    return out
+
+
 def build(reg: Registry, refs: list[str], steps: list[int] | None = None) -> tuple[Report, list[Run]]:
     title, runs = collect(reg, refs)
     steps = sorted(set(steps)) if steps else default_steps(runs)
     report = Report(title, steps, [r.label for r in runs], _by_step(runs, steps, "loss"),
                     _by_step(runs, steps, "eval_loss"), [row for r in runs for row in _stages(r, steps)],
                     [_overview(r) for r in runs], [row for r in runs for row in _benchmarks(reg, r)],
-                    [_forgetting(r) for r in runs])
+                    [_forgetting(r) for r in runs], notes=_unreached(runs, steps))
     return report, runs
 
 
@@ -297,12 +320,14 @@ def _ci(ci, signed: bool = False) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    parts = [f"# medscale report: {report.title}", "",
+    parts = [f"# medscale report: {md_text(report.title)}", "",
              f"Steps: {', '.join(map(str, report.steps))}. Loss at a step = the last training loss logged at or "
-             f"before it; changes are against the first run ({report.runs[0]}).", ""]
+             f"before it; – = not reached or not logged; changes are against the first run "
+             f"({md_text(report.runs[0])}).", ""]
+    parts += [f"- {md_text(n)}" for n in report.notes] + ([""] if report.notes else [])
     for title, header, rows in tables(report):
-        parts += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        parts += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+        parts += [f"## {title}", "", "| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
         parts.append("")
     parts += ["## Curves", ""] + [f"![{label}]({report.figures[key]})" for key, label in FIGURES
                                   if key in report.figures]
@@ -319,7 +344,8 @@ def to_html(report: Report, images: dict[str, bytes]) -> str:
     """One page, no external asset: the tables, then the figures as data: URIs."""
     e = html.escape
     body = [f"<h1>medscale report: {e(report.title)}</h1>",
-            f"<p>Steps {e(', '.join(map(str, report.steps)))}; changes against {e(report.runs[0])}.</p>"]
+            f"<p>Steps {e(', '.join(map(str, report.steps)))}; – = not reached or not logged; changes against "
+            f"{e(report.runs[0])}.</p>", *(f"<p>{e(n)}</p>" for n in report.notes)]
     for title, header, rows in tables(report):
         body.append(f"<h2>{e(title)}</h2><div class='wide'><table><tr>"
                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
@@ -332,9 +358,10 @@ def to_html(report: Report, images: dict[str, bytes]) -> str:
             f"</head><body>{''.join(body)}</body></html>")
 
 
-def write_report(reg: Registry, refs: list[str], out: Path, steps: list[int] | None = None) -> dict[str, Path]:
+def write_report(reg: Registry, refs: list[str], out: Path,
+                 steps: list[int] | None = None) -> tuple[dict[str, Path], list[str]]:
     """Build the report and write report.md, report.html, report.json and one PNG per figure into `out` (each file
-    written atomically); returns their paths."""
+    written atomically); returns their paths and the report's notes (runs that stopped before a chosen step)."""
     report, runs = build(reg, refs, steps)
     out.mkdir(parents=True, exist_ok=True)
     images = {key: plot(runs, key, label) for key, label in FIGURES if any(r.series(key) for r in runs)}
@@ -347,4 +374,4 @@ def write_report(reg: Registry, refs: list[str], out: Path, steps: list[int] | N
                        ("report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=1))):
         paths[name] = out / name
         write_text_atomic(paths[name], text)
-    return paths
+    return paths, report.notes
