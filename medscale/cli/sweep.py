@@ -16,8 +16,10 @@ def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | 
     """A sweep file or built-in sweep, or a recipe with --grid -> the validated plan (nothing written)."""
     import yaml
 
-    from medscale.sweep.spec import builtin_sweeps, is_sweep_file, load_spec, plan_sweep, spec_from_recipe
+    from medscale.sweep.spec import SweepError, builtin_sweeps, is_sweep_file, load_spec, plan_sweep, spec_from_recipe
 
+    if random_n is not None and random_n < 1:
+        raise SweepError(f"--random {random_n}: run a random N >= 1 of the cells, or leave --random out for all")
     path = Path(spec_ref).expanduser()
     if spec_ref in builtin_sweeps() or (path.suffix in (".yaml", ".yml") and is_sweep_file(path)):
         spec, _ = load_spec(spec_ref)
@@ -26,7 +28,8 @@ def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | 
             spec = spec.model_copy(update={"grid": {**spec.grid, **extra.grid}})
     else:
         spec, _ = spec_from_recipe(spec_ref, grid, name)
-    update = {k: v for k, v in {"random": random_n, "name": name, "output_root": output_root}.items() if v}
+    update = {k: v for k, v in {"random": random_n, "name": name, "output_root": output_root}.items()
+              if v is not None}
     spec = spec.model_copy(update=update)
     definition = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True),
                                 sort_keys=False, allow_unicode=True)
@@ -58,6 +61,11 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
         as_json: bool = AS_JSON) -> None:
     """Run a sweep on Ray Tune: every cell a trial job (train, then eval); finished trials are skipped, interrupted
     ones resume from their verified checkpoints; then the leaderboard."""
+    if max_concurrent is not None and max_concurrent < 1:
+        from medscale.sweep.spec import SweepError
+
+        raise SweepError(f"--max-concurrent {max_concurrent}: at least 1 trial at a time (leave it out: as many as "
+                         f"the resources allow)")
     plan = _plan(spec, overrides or [], grid, random_n, bases, name, output_root)
     if dry_run:
         _print_plan(plan, as_json)
@@ -128,15 +136,19 @@ def _render(board) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=f"{board.sweep} ranked by {board.metric} ({'lower' if board.lower_is_better else 'higher'} is "
-                    f"better)")
+    t = Table(title=Text(f"{board.sweep} ranked by {board.metric} ({'lower' if board.lower_is_better else 'higher'} "
+                         f"is better)"))
     for h in board.header():
         t.add_column(h, justify="right" if h in ("#", "steps") else "left")
     for r in board.rows:
-        cells = board.cells(r)
-        cells[6] = Text(r.versus, style="bold red") if r.worse_than_base else Text(r.versus)
+        cells = [Text(c) for c in board.cells(r)]  # Text: a label with [brackets] is not rich markup
+        if r.worse_than_base:
+            cells[board.VERSUS].stylize("bold red")
         t.add_row(*cells, style="dim" if r.kind == "base" else None)
-    Console(width=200).print(t)
+    console = Console(width=200)
+    console.print(t)
+    if line := board.worse_line():
+        console.print(Text(line))
 
 
 @sweep_app.command("list")

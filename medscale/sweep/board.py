@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medscale.errors import UserError
+from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
 from medscale.report.results import base_result, final_results, paired
 
@@ -40,7 +41,7 @@ class Row:
     n: int | None = None
     base_value: float | None = None  # the same metric of its own base (trials)
     worse_than_base: bool | None = None  # None: not comparable (not measured)
-    versus: str = ""  # how it compares with its own base, in words
+    versus: str = ""  # how it compares with its own base, ending in a verdict word
     steps: int | None = None
     note: str = ""
     job_id: int | None = None
@@ -71,10 +72,22 @@ class Leaderboard:
         what = {"eval_loss": "eval loss", "control": "control regression"}.get(self.metric, f"{self.metric} acc %")
         return ["#", "model", "kind", "base", "status", what, "vs own base", "steps", "note"]
 
+    VERSUS = 6  # the column of cells() that compares a row with its own base
+
     def cells(self, r: Row) -> list[str]:
+        """A row as plain text. A worse fine-tune's comparison starts with the word WORSE: a colour alone is lost in
+        a pipe, a log file and on colour-blind eyes."""
         return [str(r.rank or ""), r.label, r.kind, r.base, r.status, self.value_text(r),
-                ("**WORSE** " if r.worse_than_base else "") + r.versus, "" if r.steps is None else str(r.steps),
-                r.note]
+                ("WORSE " if r.worse_than_base else "") + r.versus, "" if r.steps is None else str(r.steps), r.note]
+
+    def worse_line(self) -> str | None:
+        """"1 of 3 measured fine-tunes are worse than their own base: ..." (None: no fine-tune measured yet)."""
+        worse = [r.label for r in self.rows if r.worse_than_base]
+        measured = [r for r in self.rows if r.kind == "trial" and r.worse_than_base is not None]
+        if not measured:
+            return None
+        return (f"{len(worse)} of {len(measured)} measured fine-tunes are worse than their own base"
+                + (f": {', '.join(worse)}" if worse else ""))
 
     def value_text(self, r: Row) -> str:
         if r.value is None:
@@ -88,15 +101,16 @@ class Leaderboard:
 
     def to_markdown(self) -> str:
         order = "lower is better" if self.lower_is_better else "higher is better"
-        lines = [f"**{self.sweep}** ranked by {self.metric} ({order}); **WORSE** = a fine-tune worse than its own base",
-                 "", "| " + " | ".join(self.header()) + " |",
+        lines = [f"**{md_text(self.sweep)}** ranked by {md_text(self.metric)} ({order}); **WORSE** = a fine-tune "
+                 f"worse than its own base", "", "| " + " | ".join(map(md_cell, self.header())) + " |",
                  "|" + "|".join("---:" if h in ("#", "steps") else "---" for h in self.header()) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in self.cells(r)) + " |" for r in self.rows]
-        worse = [r.label for r in self.rows if r.worse_than_base]
-        fine_tunes = [r for r in self.rows if r.kind == "trial" and r.worse_than_base is not None]
-        if fine_tunes:
-            lines += ["", f"{len(worse)} of {len(fine_tunes)} measured fine-tunes are worse than their own base"
-                          + (f": {', '.join(worse)}" if worse else "")]
+        for r in self.rows:
+            cells = [md_cell(c) for c in self.cells(r)]
+            if r.worse_than_base:
+                cells[self.VERSUS] = "**WORSE** " + md_cell(r.versus)
+            lines.append("| " + " | ".join(cells) + " |")
+        if line := self.worse_line():
+            lines += ["", md_text(line)]
         return "\n".join(lines) + "\n"
 
 
@@ -147,7 +161,8 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
             if start is not None:
                 change = (row.value - start) / start
                 row.worse_than_base = row.value > start
-                row.versus = f"{start:.4f} -> {row.value:.4f} ({100 * change:+.1f}%)"
+                word = "worse" if row.worse_than_base else "better" if row.value < start else "no change"
+                row.versus = f"{start:.4f} -> {row.value:.4f} ({100 * change:+.1f}%): {word}"
     elif metric == "control":
         summary = RunSummary.load(job.output_dir) if Path(job.output_dir).is_dir() else None
         control = summary.control if summary else {}

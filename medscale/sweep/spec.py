@@ -7,8 +7,9 @@ A sweep file names one or more recipes and a grid over them; every cell of the g
     recipes:                           # several recipes: an axis of the grid, labelled (default: the recipe name)
       - {recipe: r1-distill-7b-lora-fast, label: 7b}
       - {recipe: r1-distill-14b-lora-fast, label: 14b, base: /models/R1-14B}   # `base`: its leaderboard base
+                                       # (a plain name is a recipe with no label, base or note: `recipes: [tiny-demo]`)
     grid:
-      train.lora_dropout: [0.0, 0.05]  # a key and its values (labels dropout_0.0, dropout_0.05)
+      train.lora_dropout: [0.0, 0.05]  # a key and its values (labels dropout_0.0, dropout_0.05), each value once
       schedule:                        # keys tied together: each value is a label and its overrides
         fast: {train.learning_rate: 2.0e-4, train.max_steps: 60}
         gentle: {train.learning_rate: 5.0e-6, train.max_steps: 30}
@@ -95,6 +96,13 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     output_root: str | None = Field(None, description="where trials write; default $MEDSCALE_HOME/runs/sweeps")
     metric: str = "eval_loss"
+
+    @field_validator("recipes", mode="before")
+    @classmethod
+    def _plain_recipes(cls, v):
+        """`recipes: [tiny-demo]` (or one name): each name a recipe entry with no label, base or note."""
+        v = [v] if isinstance(v, str) else v
+        return [{"recipe": e} if isinstance(e, str) else e for e in v] if isinstance(v, list) else v
 
     @field_validator("name")
     @classmethod
@@ -194,10 +202,13 @@ def spec_from_recipe(recipe: str, grid: list[str], name: str | None = None) -> t
     axes: dict[str, list] = {}
     for item in grid:
         key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        if not sep or not key or not values.strip():
             raise SweepError(f"--grid {item!r}: expected key=value1,value2 (e.g. train.learning_rate=1e-4,3e-4)")
+        if key in axes:
+            raise SweepError(f"--grid {key} is given twice: give all its values in one --grid {key}=value1,value2")
         try:
-            axes[key.strip()] = [yaml.safe_load(v) if v.strip() else None for v in _top_level_split(values)]
+            axes[key] = [yaml.safe_load(v) if v.strip() else None for v in _top_level_split(values)]
         except yaml.YAMLError as e:
             raise SweepError(f"--grid {item!r}: a value is not valid YAML ({getattr(e, 'problem', e)})") from None
     label = Path(recipe).stem
@@ -312,7 +323,10 @@ def _axes(spec: SweepSpec) -> dict[str, dict[str, list[str]]]:
         if isinstance(values, dict):
             out[axis] = {str(label): [_override(k, v) for k, v in (tied or {}).items()]
                          for label, tied in values.items()}
+            _no_repeats(axis, list(out[axis]), [sorted(o) for o in out[axis].values()])
         else:
+            _no_repeats(axis, [json.dumps(_number(v), ensure_ascii=False) for v in values],
+                        [_override(axis, v) for v in values])
             labels = [_value_label(axis, v) for v in values]
             if len(set(labels)) != len(labels):
                 labels = [f"{axis.rsplit('.', 1)[-1]}_{i}" for i in range(len(values))]
@@ -320,6 +334,16 @@ def _axes(spec: SweepSpec) -> dict[str, dict[str, list[str]]]:
         if not out[axis]:
             raise SweepError(f"grid.{axis}: no values")
     return out
+
+
+def _no_repeats(axis: str, names: list[str], overrides: list) -> None:
+    """Two values of an axis that set the same overrides would be two identical trials (twice the compute, and a
+    ranking that counts one setting twice)."""
+    for i, o in enumerate(overrides):
+        if o in overrides[:i]:
+            first = names[overrides.index(o)]
+            what = f"{first} is given twice" if first == names[i] else f"{first} and {names[i]} set the same values"
+            raise SweepError(f"grid {axis}: {what} (two identical trials): drop the repeat")
 
 
 def _cells(spec: SweepSpec, axes: dict) -> list[tuple[dict[str, str], list[str], str | None]]:
