@@ -55,7 +55,9 @@ def eval_cmd(model: str = MODEL,
              against: Optional[str] = typer.Option(None, "--against", help="`base` (the model MODEL was tuned from) "
                                                    "or another model: score it on the same questions and give the "
                                                    "paired verdict"),
-             shots: int = typer.Option(0, "--shots", min=0, max=10, help="worked examples from the dev split"),
+             shots: int = typer.Option(0, "--shots", min=0, max=10, help="worked examples from the dev split (a "
+                                       "benchmark without one gives up N seeded questions to be the examples: they "
+                                       "are not scored, and the result names them)"),
              mode: str = typer.Option("letter", "--mode", help="letter | option | generate"),
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="a fixed random subset of N questions "
                                                  "per benchmark"),
@@ -67,9 +69,14 @@ def eval_cmd(model: str = MODEL,
              options_field: Optional[str] = typer.Option(None, "--options-field", help="field with the options (dict "
                                                          "or list), or the option fields comma-separated"),
              answer_field: Optional[str] = typer.Option(None, "--answer-field", help="field with the answer"),
-             skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--strict", help="count malformed questions as "
-                                                     "skipped / stop at the first (default: skip in built-in sets, "
-                                                     "stop in your files)"),
+             skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--strict", help="score the usable questions, "
+                                                     "each malformed one named with its reason / stop at the first "
+                                                     "(default: skip in built-in sets, stop in your files)"),
+             max_bad: Optional[float] = typer.Option(None, "--max-bad", min=0.0, max=1.0, help="the share of "
+                                                     "malformed questions --skip-bad tolerates (default 0.01; "
+                                                     "implies --skip-bad)"),
+             dedupe: bool = typer.Option(False, "--dedupe", help="score a repeated question once (the first): "
+                                         "without it, a repeat in your file is an error naming both places"),
              system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
                                                          "data.system_prompt, if MODEL is a medscale run"),
              train_data: Optional[list[str]] = typer.Option(None, "--train-data", help="training data for the "
@@ -82,17 +89,21 @@ def eval_cmd(model: str = MODEL,
              top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
              think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
     """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict."""
+    from medscale.errors import UserError
     from medscale.eval.bench import MEDICAL_ZH, BenchmarkError
     from medscale.eval.run import run_eval
+    from medscale.paths import folder_problem
     from medscale.recipe import BenchmarkSource
 
     if mode not in ("letter", "option", "generate"):
         raise BenchmarkError(f"--mode {mode}: use letter, option or generate")
+    if out is not None and (problem := folder_problem(out)):  # found after the evaluation, it was stored already
+        raise UserError(f"--out {out}: {problem}")
     fields = {"question_field": question_field, "options_field": options_field, "answer_field": answer_field}
     refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
     gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
     report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
-                      gen, skip_bad, system_prompt, train_data=train_data)
+                      gen, skip_bad, system_prompt, train_data=train_data, max_bad=max_bad, dedupe=dedupe)
     if int(os.environ.get("RANK", "0")) != 0:  # launched with several processes: every one has the whole report
         return
     if out is not None:
@@ -132,8 +143,9 @@ def compare_cmd(models: list[str] = typer.Argument(..., help="models to compare,
                 think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
     """Seed 003's table: each model answers the same questions; time, tokens, tokens/s, answers side by side."""
     from medscale.eval.bench import load_questions
-    from medscale.eval.compare import compare, write_compare
+    from medscale.eval.compare import compare, output_paths, write_compare
 
+    output_paths(out)  # a file in the way of --out: one line now, before any model loads
     qs = load_questions(questions)[:limit]
     specs = [_model_spec(m) for m in models]
     gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)

@@ -24,6 +24,7 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
     import re
 
     from medscale import medscale_home
+    from medscale.paths import folder_problem
     from medscale.registry import Registry
     from medscale.report.build import ReportError, write_report
 
@@ -33,11 +34,15 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
             raise ReportError(f"--steps {steps!r}: expected step numbers separated by commas, e.g. 100,200,300,400")
         chosen = [int(s) for s in steps.replace(" ", "").split(",")]
     folder = out or medscale_home() / "reports" / re.sub(r"[^\w.+-]+", "_", refs[0])
+    if why := folder_problem(folder):
+        raise ReportError(f"{'--out ' if out else 'report folder '}{folder}: {why}")
     reg = Registry()
     try:
-        paths = write_report(reg, refs, folder, chosen)
+        paths, notes = write_report(reg, refs, folder, chosen)
     finally:
         reg.close()
+    for note in notes:
+        typer.echo(f"medscale: {note}")
     typer.echo(f"medscale: report written to {folder}")
     for name in ("report.html", "report.md", "report.json"):
         typer.echo(f"  {name:12s} {paths[name]}")
