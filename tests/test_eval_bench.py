@@ -35,7 +35,10 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_common_layout_loads_without_a_conversion_script(tmp_path, layout):
-    rows = [LAYOUTS[layout], {**LAYOUTS[layout], "question": "R?"}]
+    # a second, different question: a repeated id, or the same text and options, is an error
+    other = {k: 1 + v if k in ("id", "problem_id") else "R?" for k, v in LAYOUTS[layout].items()
+             if k in ("id", "problem_id", "question", "problem_text")}
+    rows = [LAYOUTS[layout], {**LAYOUTS[layout], **other}]
     if layout == "medmcqa":  # 0-based (HF hub) cop: a 0 in the file says so
         rows.append({**LAYOUTS[layout], "question": "S?", "cop": 0})
     b = load_benchmark(str(_jsonl(tmp_path / f"{layout}.jsonl", rows)))
@@ -117,7 +120,7 @@ def test_empty_and_missing_files(tmp_path):
 def test_builtin_benchmarks_load_with_the_published_counts(monkeypatch):
     root = needs_realdata("eval")
     monkeypatch.setenv("MEDSCALE_EVAL_DATA", str(root))
-    want = {"cmmlu-med": (1815, 45, 0), "ceval-med": (175 + 200 + 443, 19 + 22 + 49, 0), "medqa-zh": (3426, 0, 0),
+    want = {"cmmlu-med": (1815, 45, 0), "ceval-med": (175 + 200 + 443, 19 + 22 + 49, 0), "medqa-zh": (3425, 0, 1),
             "cmexam": (6810, 0, 1), "medqa-en": (1273, 0, 0), "mmlu-med": (1089, 0, 0)}
     assert set(want) == set(BUILTINS)
     for name, (test, dev, skipped) in want.items():
@@ -131,8 +134,12 @@ def test_builtin_benchmarks_load_with_the_published_counts(monkeypatch):
     cmexam = load_benchmark("cmexam")
     assert "cmexam.jsonl:5332" in cmexam.skipped[0]  # a 4-option question whose answer key says E
     assert sum(q.multi for q in cmexam.questions) == 203
-    cmmlu = load_benchmark(str(root / "cmmlu_medical"))  # the same folder by path: CMMLU's test/dev layout
-    assert len(cmmlu.questions) == 1815 and {q.subject for q in cmmlu.questions} == {q.subject for q in cmmlu.dev}
+    assert "medqa_zh.jsonl:2459): options A and E are identical" in load_benchmark("medqa-zh").skipped[0]
+    # the same folder by path: CMMLU's test/dev layout; 13 of its questions repeat earlier ones (options shuffled)
+    with pytest.raises(BenchmarkError, match=r"anatomy.csv:63 repeats .*anatomy.csv:9 .*; 13 repeated questions"):
+        load_benchmark(str(root / "cmmlu_medical"))
+    cmmlu = load_benchmark(str(root / "cmmlu_medical"), dedupe=True)
+    assert len(cmmlu.questions) == 1815 - 13 and {q.subject for q in cmmlu.questions} == {q.subject for q in cmmlu.dev}
 
 
 def test_open_ended_files_load_as_question_files():
@@ -159,7 +166,7 @@ def test_default_questions_are_seed_003s_ten(tmp_path):
 def test_eval_prompt_is_the_prefix_training_gives_the_answer(tmp_path, request, tok_name):
     tok = request.getfixturevalue(tok_name)
     b = load_benchmark(str(_jsonl(tmp_path / "b.jsonl", [
-        {"id": i, "question": f"问题{i}", "A": "甲", "B": "乙", "answer": "AB"[i % 2]} for i in range(4)])))
+        {"id": i, "question": f"问题{i}", "A": "甲", "B": "乙", "answer": "AB"[i % 2]} for i in range(4)]))).for_shots(2)
     q = b.questions[0]
     msgs = mcq_messages(q, "zh", "letter", b.shots_for(q, 2), system_prompt="你是医生")
     text, spans = render_with_spans(tok, msgs + [{"role": "assistant", "content": "A"}])

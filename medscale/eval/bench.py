@@ -4,9 +4,13 @@ Every common multiple-choice layout loads as it is published, with no conversion
 C-Eval/CMMLU columns (`question`/`Question`, `A`..`E`, `answer`/`Answer`), MedQA (`options` dict + `answer_idx`),
 medLLM_QA_benchmark (`problem_text`, `choices` list, `answer` letter list), MedMCQA (`opa`..`opd` + `cop`),
 CMB (`option` dict + an answer string such as "ACE"); json, jsonl or csv; a file, or a folder of subject files
-(CMMLU's `test/` + `dev/`). Questions keep their published letters where options are not empty; empty options
-are dropped and the rest re-lettered. Anything that does not fit raises BenchmarkError naming the file, the line,
-the fields found and the option that maps them.
+(CMMLU's `test/` + `dev/`). How one file's records become questions is `medscale.eval.mcq`; here, which files
+make a benchmark and what becomes of its questions.
+
+Nothing is miscounted in silence: a question asked twice (the same record id, or the same text and options)
+narrows the interval of every verdict, so it is an error naming both places unless `dedupe` drops it; malformed
+questions stop the load unless `skip_bad` leaves them out, named, up to `max_bad`; k-shot examples never come from
+the scored questions; every result says which file, split and count it measured.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -23,32 +26,11 @@ from typing import Any
 
 from medscale.data.formats import detect, to_messages
 from medscale.data.sources import DataError, read_records
-from medscale.errors import UserError
+from medscale.eval.mcq import FIX, BenchmarkError, Question, load_file
 from medscale.recipe import BENCHMARK_NAMES, BenchmarkSource
 
-LETTERS = "ABCDEFGHIJ"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 MAX_BAD_FRACTION = 0.01  # even with skip_bad, more malformed questions than this means a wrong layout or file
-
-
-class BenchmarkError(UserError):
-    """A benchmark or question file medscale cannot read, with the file, line and what to change."""
-
-
-@dataclass
-class Question:
-    """One multiple-choice question. `answer` holds the correct letter(s); several letters are scored as a set."""
-
-    id: str  # "<file stem>:<line>": stable across runs of the same file, so two results pair by id
-    subject: str
-    question: str
-    options: dict[str, str]
-    answer: tuple[str, ...]
-    source: str  # file:line
-
-    @property
-    def multi(self) -> bool:
-        return len(self.answer) > 1
 
 
 @dataclass
@@ -57,8 +39,12 @@ class Benchmark:
     language: str  # "zh" | "en": picks the instruction language
     questions: list[Question]
     dev: list[Question] = field(default_factory=list)  # the few-shot pool (a dev/val split), never scored
-    skipped: list[str] = field(default_factory=list)  # "file:line: reason" of malformed questions left out
+    skipped: list[str] = field(default_factory=list)  # "id (file:line): reason" of malformed questions left out
     files: list[str] = field(default_factory=list)
+    source: str = ""  # the file or folder it was read from
+    split: str = "every row"  # which part of it is scored
+    total: int = 0  # questions in that part, before a --limit subset
+    notes: list[str] = field(default_factory=list)  # conventions applied and questions dropped, for every result
 
     def fingerprint(self) -> str:
         """Hash of the scored questions (ids, text, options, answers): two results pair only on equal sets."""
@@ -74,16 +60,29 @@ class Benchmark:
         keep = sorted(random.Random(f"{seed}:{self.name}").sample(range(len(self.questions)), limit))
         return replace(self, questions=[self.questions[i] for i in keep])
 
+    def for_shots(self, k: int, seed: int = 0) -> "Benchmark":
+        """The benchmark ready for k-shot prompts. Without a dev split, k seeded questions become the examples and
+        leave the scored set (an example's answer, shown, must not be scored), and a note names them."""
+        if k <= 0 or self.dev:
+            return self
+        if len(self.questions) <= k:
+            raise BenchmarkError(f"{self.source}: --shots {k} needs a dev split or more than {k} questions to take "
+                                 f"the examples from (it has {len(self.questions)} and no dev split)")
+        picked = set(random.Random(f"{seed}:{self.name}:shots").sample(range(len(self.questions)), k))
+        dev = [q for i, q in enumerate(self.questions) if i in picked]
+        note = (f"{self.name} has no dev split: the {k} examples before every question are "
+                f"{', '.join(q.id for q in dev)}, taken out of scoring")
+        return replace(self, questions=[q for i, q in enumerate(self.questions) if i not in picked], dev=dev,
+                       split=f"{self.split} less {k} examples", total=self.total - k, notes=[*self.notes, note])
+
     def shots_for(self, q: Question, k: int) -> list[Question]:
-        """k worked examples for q: the dev split's questions of q's subject first, then any dev question. Without
-        a dev split, k other questions of the benchmark (seeded by q's id; q itself is never its own example)."""
+        """k worked examples for q from the dev split, q's subject first (for_shots makes one where there is none)."""
         if k <= 0:
             return []
-        if self.dev:
-            same = [d for d in self.dev if d.subject == q.subject]
-            return (same + [d for d in self.dev if d.subject != q.subject])[:k]
-        pool = [o for o in self.questions if o.id != q.id]
-        return random.Random(q.id).sample(pool, min(k, len(pool)))
+        if not self.dev:
+            raise ValueError(f"{self.name}: {k}-shot prompts without a dev split; take one with for_shots")
+        same = [d for d in self.dev if d.subject == q.subject]
+        return (same + [d for d in self.dev if d.subject != q.subject])[:k]
 
 
 # --------------------------------------------------------------------------- built-in benchmarks
@@ -118,13 +117,15 @@ def eval_data_dir(override: str | Path | None = None) -> Path:
     return Path(os.environ.get("MEDSCALE_DATA") or "~/data").expanduser() / "eval"
 
 
-def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = None,
-                   skip_bad: bool | None = None) -> Benchmark:
+def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = None, skip_bad: bool | None = None,
+                   max_bad: float | None = None, dedupe: bool = False) -> Benchmark:
     """A built-in name (under the eval data dir) or a file/folder path, as a Benchmark.
 
-    Published built-in sets are read as they are: a malformed question there is skipped and listed in the result
-    (you cannot fix upstream data without changing the benchmark). In your own files it stops with the file and
-    line, unless `skip_bad` (or the source's `skip_bad`) says to count it as skipped."""
+    Published built-in sets are read as they are: a malformed question there is skipped and listed in the result,
+    and a repeated one is kept and counted in a note (you cannot fix upstream data without changing the benchmark).
+    In your own files either stops with the file and line, unless `skip_bad` (or the source's `skip_bad`; implied
+    by `max_bad`) says to score the usable questions, up to `max_bad` of them malformed (default 1%), and `dedupe`
+    to keep the first of each repeated question."""
     src = ref if isinstance(ref, BenchmarkSource) else BenchmarkSource(path=str(ref))
     builtin = BUILTINS.get(src.path)
     if builtin is not None:
@@ -143,23 +144,75 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
             raise BenchmarkError(f"benchmark {src.path}: no such file or folder{hint} (built-in: "
                                  f"{', '.join(BENCHMARK_NAMES)})")
         name, language, skip = path.stem, None, src.skip_bad if skip_bad is None else skip_bad
+    if max_bad is not None:
+        if skip is False and skip_bad is False:
+            raise BenchmarkError(f"--max-bad {max_bad} tolerates malformed questions and --strict stops at the "
+                                 f"first: pass one of them")
+        skip = True
     test_files, dev_files = _split_files(path)
-    bench = Benchmark(name, "", [], files=[str(f) for f in test_files + dev_files])
+    bench = Benchmark(name, "", [], files=[str(f) for f in test_files + dev_files], source=str(path))
+    has_val = False
     for f in test_files:
-        test, dev = _load_file(f, src, skip, bench.skipped)
+        test, dev = load_file(f, src, skip, bench.skipped, bench.notes)
         bench.questions += test
         bench.dev += dev
+        has_val |= bool(dev)
     for f in dev_files:
-        bench.dev += _load_file(f, src, skip, bench.skipped)[0]
+        bench.dev += load_file(f, src, skip, bench.skipped, bench.notes)[0]
+    bench.split = ("test/ (dev/ gives the examples)" if dev_files else "test rows (the val rows before them give "
+                   "the examples)" if has_val else "every row")
+    _check_repeats(bench, dedupe=dedupe, published=builtin is not None)
     total = len(bench.questions) + len(bench.skipped)
     if not bench.questions:
         raise BenchmarkError(f"{path}: no questions" + (f" (all {total} skipped; first: {bench.skipped[0]})"
                                                          if bench.skipped else ""))
-    if len(bench.skipped) > MAX_BAD_FRACTION * total:
-        raise BenchmarkError(f"{path}: {len(bench.skipped)} of {total} questions are malformed (more than "
-                             f"{MAX_BAD_FRACTION:.0%}: a wrong field mapping?); first: {bench.skipped[0]}")
+    limit = MAX_BAD_FRACTION if max_bad is None else max_bad
+    if len(bench.skipped) > limit * total:
+        raise BenchmarkError(f"{path}: {len(bench.skipped)} of {total} questions are malformed, more than --max-bad "
+                             f"{limit:g} allows; first: {bench.skipped[0]}; if the fields are mapped right, pass "
+                             f"--max-bad {len(bench.skipped) / total:.3g} to score the {len(bench.questions)} usable "
+                             f"ones, else {FIX}")
     bench.language = language or guess_language(q.question for q in bench.questions)
+    bench.total = len(bench.questions)
     return bench
+
+
+def _check_repeats(bench: Benchmark, dedupe: bool, published: bool) -> None:
+    """A question asked twice is counted twice: n grows and the interval narrows on no new evidence. Repeats are
+    the same record id within a file's split, or the same question text and options anywhere in the benchmark
+    (a dev example that repeats a scored question would show its answer). Raises naming both places, unless
+    `dedupe` (drop all but the first, and say how many) or `published` (keep, and say how many)."""
+    first: dict[tuple, str] = {}
+    repeats: list[tuple[Question, str, str]] = []  # (the repeat, where it was first seen, what repeats)
+    for part in (bench.dev, bench.questions):
+        for q in part:
+            file = q.source.rpartition(":")[0]
+            keys = [(("text", " ".join(q.question.split()), tuple(sorted(q.options.values()))), "question and options")]
+            if q.record_id is not None:
+                keys.insert(0, (("id", file, part is bench.dev, q.record_id), f"id {q.record_id!r}"))
+            seen = next(((first[k], what) for k, what in keys if k in first), None)
+            if seen is None:
+                for k, _ in keys:
+                    first[k] = q.source
+            else:
+                repeats.append((q, *seen))
+    if not repeats:
+        return
+    q, where, what = repeats[0]
+    example = f"{q.source} repeats {where} (the same {what})"
+    if dedupe:
+        dropped = {id(r) for r, _, _ in repeats}
+        bench.questions = [q for q in bench.questions if id(q) not in dropped]
+        bench.dev = [q for q in bench.dev if id(q) not in dropped]
+        bench.notes.append(f"--dedupe dropped {len(repeats)} repeated questions, keeping the first of each "
+                           f"(first: {example})")
+    elif published:
+        bench.notes.append(f"{len(repeats)} questions repeat an earlier one, as published, and are scored each time "
+                           f"(first: {example}); --dedupe scores each once")
+    else:
+        raise BenchmarkError(f"{example}; {len(repeats)} repeated questions in {bench.source}: a question scored "
+                             f"twice counts twice and narrows the interval; remove the repeats, or pass --dedupe to "
+                             f"keep the first of each")
 
 
 def guess_language(texts) -> str:
@@ -185,183 +238,6 @@ def _split_files(path: Path) -> tuple[list[Path], list[Path]]:
     if not files:
         raise BenchmarkError(f"{path}: no {', '.join(DATA_SUFFIXES)} files in this folder")
     return files, []
-
-
-# --------------------------------------------------------------------------- layouts
-
-_QUESTION_KEYS = ("question", "Question", "problem_text", "problem", "stem", "题目", "问题")
-_ANSWER_KEYS = ("answer_idx", "answer", "Answer", "cop", "answerKey", "label", "correct_answer", "答案")
-_OPTION_CONTAINERS = ("options", "option", "choices", "Options", "选项")
-_MEDMCQA = ("opa", "opb", "opc", "opd", "ope")
-_SUBJECT_KEYS = ("subject", "subject_name", "Subject")
-_FIX = ("map the fields with --question-field, --options-field (a field holding a dict or list, or the option "
-        "fields comma-separated, e.g. opa,opb,opc,opd) and --answer-field; in a recipe: eval.benchmarks: "
-        "[{path: FILE, question_field: ..., options_field: ..., answer_field: ...}]")
-
-
-@dataclass
-class _Layout:
-    question: str
-    options: str | list[str]  # a container field, or the per-option fields in order
-    answer: str
-    index_base: int = 0  # for integer answers (MedMCQA's cop: 0- or 1-based, decided per file)
-
-    def describe(self) -> str:
-        opts = self.options if isinstance(self.options, str) else ",".join(self.options)
-        return f"question={self.question} options={opts} answer={self.answer}"
-
-
-def _detect_layout(rec: dict, src: BenchmarkSource) -> _Layout | None:
-    question = src.question_field or next((k for k in _QUESTION_KEYS if k in rec), None)
-    if src.options_field:
-        names = [n.strip() for n in src.options_field.split(",") if n.strip()]
-        options: str | list[str] | None = names if len(names) > 1 else names[0]
-    elif container := next((k for k in _OPTION_CONTAINERS if isinstance(rec.get(k), (dict, list))), None):
-        options = container
-    elif len(cols := [c for c in LETTERS if c in rec]) >= 2:
-        options = cols
-    elif len(cols := [c for c in _MEDMCQA if c in rec]) >= 2:
-        options = cols
-    else:
-        options = None
-    answer = src.answer_field or next((k for k in _ANSWER_KEYS if k in rec), None)
-    if question is None or options is None or answer is None:
-        return None
-    return _Layout(question, options, answer)
-
-
-def _options(rec: dict, layout: _Layout) -> list[str]:
-    """The options in their published order, empty ones kept as "" (dropped later, after the answer is mapped)."""
-    if isinstance(layout.options, list):
-        return ["" if rec.get(k) is None else str(rec.get(k)).strip() for k in layout.options]
-    value = rec.get(layout.options)
-    if isinstance(value, dict):
-        keys = [str(k).strip().upper() for k in value]
-        if keys != list(LETTERS[: len(keys)]):
-            raise ValueError(f"options keys {list(value)} are not the letters A, B, C, ...")
-        return ["" if v is None else str(v).strip() for v in value.values()]
-    if isinstance(value, list):
-        return ["" if v is None else str(v).strip() for v in value]
-    raise ValueError(f"field {layout.options!r} is {type(value).__name__}, not a dict or list of options")
-
-
-_SEPARATED = re.compile(r"^[A-Za-z](\s*[,，、;/和及\s]\s*[A-Za-z])*$")
-
-
-def _answer_letters(value: Any, options: list[str], layout: _Layout) -> list[str]:
-    """Answer letters from a letter string ("B", "ACE", "A,C"), a list of letters, an integer index, or the
-    option's text."""
-    n = len(options)
-    if isinstance(value, list):
-        out = [x for v in value for x in _answer_letters(v, options, layout)]
-    elif isinstance(value, bool) or value is None:
-        raise ValueError(f"answer {value!r} is not a letter, index or option text")
-    elif isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        i = int(value) - layout.index_base
-        if not 0 <= i < n:
-            raise ValueError(f"answer index {value} is outside the {n} options")
-        out = [LETTERS[i]]
-    else:
-        text = str(value).strip()
-        if text in options and not (len(text) == 1 and text.upper() in LETTERS[:n] and text.isupper()):
-            out = [LETTERS[options.index(text)]]
-        elif text and text.isascii() and (_SEPARATED.match(text) or text.isalpha()):
-            out = [c.upper() for c in text if c.isalpha()]
-        else:
-            raise ValueError(f"answer {text!r} is not a letter, index or the text of an option")
-    for letter in out:
-        if letter not in LETTERS[:n]:
-            raise ValueError(f"answer letter {letter!r} is not among the options {LETTERS[0]}-{LETTERS[n - 1]}")
-    return sorted(set(out))
-
-
-def _question(rec: dict, layout: _Layout, subject: str, qid: str, where: str) -> Question:
-    text = rec.get(layout.question)
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"empty or missing question field {layout.question!r}")
-    options = _options(rec, layout)
-    if layout.answer not in rec:
-        raise ValueError(f"missing answer field {layout.answer!r}")
-    answer = _answer_letters(rec[layout.answer], options, layout)
-    if not answer:
-        raise ValueError("no answer")
-    kept = [(LETTERS[i], o) for i, o in enumerate(options) if o]
-    empty_answer = [a for a in answer if not options[LETTERS.index(a)]]
-    if empty_answer:
-        raise ValueError(f"answer {','.join(empty_answer)} is an empty option")
-    if len(kept) < 2:
-        raise ValueError(f"fewer than two non-empty options ({len(kept)})")
-    relabel = {old: LETTERS[i] for i, (old, _) in enumerate(kept)}  # empty options dropped: letters close up
-    for key in _SUBJECT_KEYS:
-        if isinstance(rec.get(key), str) and rec[key].strip():
-            subject = rec[key].strip()
-            break
-    return Question(qid, subject, text.strip(), {relabel[o]: t for o, t in kept},
-                    tuple(relabel[a] for a in answer), where)
-
-
-def _index_base(rows: list[tuple[int, dict]], layout: _Layout, path: Path) -> int:
-    """MedMCQA's `cop` is 1-based in the original release and 0-based on the HF hub: decide from the file."""
-    if layout.answer != "cop":
-        return 0
-    values = {int(r[layout.answer]) for _, r in rows if str(r.get(layout.answer, "")).strip().isdigit()}
-    widths = {len(_options(r, layout)) for _, r in rows}
-    if 0 in values:
-        return 0
-    if values & widths:
-        return 1
-    raise BenchmarkError(f"{path}: cannot tell whether 'cop' counts options from 0 or from 1 (values seen: "
-                         f"{sorted(values)}); write the answers as letters, or {_FIX}")
-
-
-def _val_rows_first(rows: list[tuple[int, dict]]) -> int:
-    """Rows before this index are a dev split: files that hold val rows then test rows (as the C-Eval export
-    does) number each part 0, 1, 2, ... with an integer `id`, so the ids read 0..k-1 then 0..m-1 (k, m >= 2). 0 otherwise."""
-    try:
-        ids = [int(r.get("id")) for _, r in rows]
-    except (TypeError, ValueError):
-        return 0
-    k = next((i for i in range(1, len(ids)) if ids[i] == 0), 0)
-    m = len(ids) - k
-    return k if k >= 2 and m >= 2 and ids == list(range(k)) + list(range(m)) else 0
-
-
-def _load_file(path: Path, src: BenchmarkSource, skip_bad: bool,
-               skipped: list[str]) -> tuple[list[Question], list[Question]]:
-    """(scored questions, dev questions) of one file; malformed ones raise or, with skip_bad, go to `skipped`."""
-    try:
-        rows = list(read_records(path))
-    except DataError as e:
-        raise BenchmarkError(str(e)) from None
-    if not rows:
-        raise BenchmarkError(f"{path}: empty file, no questions")
-    bad_rows = [(n, r) for n, r in rows if not isinstance(r, dict)]
-    if bad_rows:
-        raise BenchmarkError(f"{path}:{bad_rows[0][0]}: expected an object with question, options and answer, got "
-                             f"{type(bad_rows[0][1]).__name__}")
-    line, first = rows[0]
-    layout = _detect_layout(first, src)
-    if layout is None:
-        raise BenchmarkError(f"{path}:{line}: unknown multiple-choice layout; fields found: "
-                             f"{sorted(map(str, first))}; known: C-Eval/CMMLU (question, A..E, answer), MedQA "
-                             f"(question, options{{A:..}}, answer_idx), medLLM (problem_text, choices[], answer), "
-                             f"MedMCQA (question, opa..opd, cop), CMB (question, option{{A:..}}, answer); {_FIX}")
-    layout.index_base = _index_base(rows, layout, path)
-    split = _val_rows_first(rows)
-    test: list[Question] = []
-    dev: list[Question] = []
-    for i, (n, rec) in enumerate(rows):
-        try:
-            q = _question(rec, layout, path.stem, f"{path.stem}:{n}", f"{path}:{n}")
-        except (ValueError, TypeError, AttributeError) as e:
-            msg = f"{path}:{n}: {e} (layout {layout.describe()}; fields found: {sorted(map(str, rec))})"
-            if not skip_bad:
-                raise BenchmarkError(f"{msg}; fix the record, or pass --skip-bad to count it as skipped; "
-                                     f"if the fields are mapped wrongly, {_FIX}") from None
-            skipped.append(msg)
-            continue
-        (dev if i < split else test).append(q)
-    return test, dev
 
 
 # --------------------------------------------------------------------------- open-ended question files

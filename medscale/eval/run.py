@@ -13,32 +13,35 @@ from medscale.recipe import BenchmarkSource, GenerationSection
 def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
                        system_prompt: str | None = None, generation: GenerationSection | None = None,
                        model_meta: dict | None = None, seed: int = 0) -> BenchResult:
-    """Score one (already loaded, possibly subset) benchmark and summarise it with intervals."""
+    """Score one (already loaded, possibly subset) benchmark and summarise it with intervals, saying what it was
+    measured on (source, split, count) and the benchmark's notes."""
+    bench = bench.for_shots(shots, seed)  # a no-op where load_benchmarks did it, before the --limit subset
     outcomes, seconds = score(model, tok, bench, mode, shots, batch_size, system_prompt, generation, seed)
-    notes = []
-    if shots and not bench.dev:
-        notes.append(f"{bench.name} has no dev split: each question's {shots} examples are other questions of the "
-                     f"benchmark (never itself)")
+    notes = list(bench.notes)
     if system_prompt:
         notes.append("asked with the run's system prompt")
     result = summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
                        mode=mode, shots=shots, model=model_meta, skipped=bench.skipped, notes=notes, seconds=seconds)
     result.processes = process_group_rank()[1]
+    result.source, result.split, result.total = bench.source, bench.split, bench.total
     return result
 
 
 def load_benchmarks(refs: list[str | BenchmarkSource], data_dir: str | None = None, limit: int | None = None,
-                    seed: int = 0, skip_bad: bool | None = None) -> list[Benchmark]:
-    """Every benchmark loaded (and cut to its fixed subset) before any model is: bad input fails in seconds."""
-    return [load_benchmark(r, data_dir, skip_bad).subset(limit, seed) for r in refs]
+                    seed: int = 0, skip_bad: bool | None = None, max_bad: float | None = None, dedupe: bool = False,
+                    shots: int = 0) -> list[Benchmark]:
+    """Every benchmark loaded (its k-shot examples set apart, then cut to its fixed subset) before any model is: bad
+    input fails in seconds."""
+    return [load_benchmark(r, data_dir, skip_bad, max_bad, dedupe).for_shots(shots, seed).subset(limit, seed)
+            for r in refs]
 
 
 def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: str | None = None,
              checkpoint: int | None = None, against: str | None = None, mode: str = "letter", shots: int = 0,
              limit: int | None = None, seed: int = 0, data_dir: str | None = None, batch_size: int = 8,
              generation: GenerationSection | None = None, skip_bad: bool | None = None,
-             system_prompt: str | None = None, dtype: str = "auto",
-             train_data: list[str] | None = None, record: bool = True) -> EvalReport:
+             system_prompt: str | None = None, dtype: str = "auto", train_data: list[str] | None = None,
+             record: bool = True, max_bad: float | None = None, dedupe: bool = False) -> EvalReport:
     """Evaluate MODEL (a job, an output dir, a checkpoint, an adapter or a model folder: medscale.jobs.resolve) on
     the benchmarks; with `against` (another model, or `base`: the model MODEL was tuned from), score it on the same
     questions and give the paired verdict of MODEL against it, with a contamination check beside every "better"
@@ -46,7 +49,7 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
     job and checkpoint it measured (`record`; a registry that cannot be reached only warns)."""
     from medscale.jobs.resolve import resolve
 
-    benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad)
+    benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad, max_bad, dedupe, shots)
     started_group = _join_process_group()
     target = resolve(model_ref, checkpoint=checkpoint, adapter=adapter)
     other = (target.base_only() if against == "base" else resolve(against)) if against else None
