@@ -40,7 +40,8 @@ def _registry(home: Path):
 @pytest.fixture(scope="module")
 def grid_sweep(ray_cluster, tiny_model_dir, eval_data, tmp_path_factory):
     """`medscale sweep run` of a 2 x 2 grid (learning rate x what is trained) on the cluster; the last cell is
-    forced to fail before training (every record is longer than its max_length). Run twice."""
+    forced to fail before training (every record is longer than its max_length). Run twice, the second time with
+    -v (Ray Tune's own progress table)."""
     root = tmp_path_factory.mktemp("sweep")
     home = root / "home"
     data = root / "demo40.jsonl"
@@ -72,7 +73,7 @@ def grid_sweep(ray_cluster, tiny_model_dir, eval_data, tmp_path_factory):
             after_first = {j.name: reg.job(j.id).to_dict() for j in reg.jobs()}
         finally:
             reg.close()
-        again = cli("sweep", "run", str(spec), "--address", ray_cluster.gcs, "--json", env=env)
+        again = cli("sweep", "run", str(spec), "--address", ray_cluster.gcs, "--json", "-v", env=env)
     return {"root": root, "home": home, "spec": spec, "first": first, "again": again, "after_first": after_first,
             "env": env}
 
@@ -130,6 +131,18 @@ def test_a_failed_trial_is_reported_with_its_reason_and_the_others_finish(grid_s
     assert all(rows[x]["value"] is not None for x in ("low-lora", "low-full", "high-lora"))
     shown = cli("sweep", "show", "grid2x2", "--md", env=grid_sweep["env"])
     assert shown.returncode == 0 and "| failed |" in shown.stdout and "high-full" in shown.stdout
+
+
+@pytest.mark.slow
+def test_sweep_progress_is_a_readable_line_per_trial_event_and_tunes_table_only_with_v(grid_sweep):
+    first, again = grid_sweep["first"].stderr, grid_sweep["again"].stderr
+    for label in ("low-lora", "low-full", "high-lora"):
+        assert f"medscale: trial {label}: started" in first and f"medscale: trial {label}: ended" in first
+    assert "medscale: trial low-lora: step 2, eval loss " in first
+    assert "medscale: trial high-full: failed" in first
+    assert "Trial status" not in first, "Tune's table is left out by default"
+    assert "Trial status" in again and "high-full" in again.split("Trial status", 1)[1]  # -v: Tune's table
+    assert "{'" not in first + again, "no trial is a dict cut at 20 characters"
 
 
 @pytest.mark.slow

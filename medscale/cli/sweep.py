@@ -58,6 +58,8 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
                                                                               "$MEDSCALE_HOME/runs/sweeps); shared "
                                                                               "storage on a cluster"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and bases; start and write nothing"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="also Ray Tune's own progress table (default: "
+                                                                    "a line per trial event)"),
         as_json: bool = AS_JSON) -> None:
     """Run a sweep on Ray Tune: every cell a trial job (train, then eval); finished trials are skipped, interrupted
     ones resume from their verified checkpoints; then the leaderboard."""
@@ -77,7 +79,8 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
 
     setup_logging()
     outcome = run_sweep(plan, entry_command, address=address, resources=Resources(cpus, gpu),
-                        max_concurrent=max_concurrent, asha=asha, echo=lambda s: typer.echo(s, err=as_json))
+                        max_concurrent=max_concurrent, asha=asha, echo=lambda s: typer.echo(s, err=as_json),
+                        verbose=verbose)
     reg = Registry()
     try:
         board = leaderboard(reg, plan.name)

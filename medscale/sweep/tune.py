@@ -198,10 +198,10 @@ def _trainable():
     from ray import tune
 
     class MedscaleTrial(tune.Trainable):
-        def setup(self, config, command_for: CommandFor = None):
+        def setup(self, config, command_for: CommandFor = None, trials: dict | None = None):
             from medscale.recipe import load_recipe
 
-            t = config["trial"]
+            t = trials[config["label"]]
             recipe = load_recipe(t["recipe"], t["overrides"])  # validated again where it runs
             self.trial = TrialProcess(t, command_for(recipe, t["recipe"], t["overrides"], "medscale.sweep"))
 
@@ -234,7 +234,7 @@ def _asha(grace_period: int, reduction_factor: float):
         def on_trial_result(self, tune_controller, trial, result):
             decision = super().on_trial_result(tune_controller, trial, result)
             if decision == TrialScheduler.STOP and not result.get("done"):
-                self.stopped[trial.config["trial"]["label"]] = {"step": result.get("step"),
+                self.stopped[trial.config["label"]] = {"step": result.get("step"),
                                                                 "eval_loss": result.get("eval_loss")}
             return decision
 
@@ -308,9 +308,10 @@ def _env() -> dict[str, str]:
 
 def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None = None,
               resources: Resources | None = None, max_concurrent: int | None = None, asha: bool | None = None,
-              echo: Callable[[str], None] = print) -> SweepOutcome:
+              echo: Callable[[str], None] = print, verbose: bool = False) -> SweepOutcome:
     """Register the sweep, run its unfinished trials on Ray Tune and its unmeasured bases as Ray tasks, mark the
-    trials ASHA stopped as `stopped_early`, and say what became of every trial."""
+    trials ASHA stopped as `stopped_early`, and say what became of every trial: a line per trial event as it
+    happens, and Tune's own progress table only when `verbose`."""
     from medscale.jobs.ops import stop_early
 
     resources = resources or Resources()
@@ -330,7 +331,7 @@ def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None =
         if todo or bases:
             stopped, errors = _on_ray(plan, todo, bases, job_ids, command_for, address, resources,
                                       max_concurrent or plan.spec.max_concurrent,
-                                      plan.spec.scheduler is not None if asha is None else asha, echo)
+                                      plan.spec.scheduler is not None if asha is None else asha, echo, verbose)
         outcome = SweepOutcome(plan.name, sweep_id, bases_measured=sorted(bases))
         ran = {t.label for t in todo}
         for t in plan.trials:
@@ -365,7 +366,7 @@ def _build_tiny_models(trials: list[TrialPlan]) -> None:
 
 def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
             command_for: CommandFor, address: str | None, resources: Resources, max_concurrent: int | None,
-            asha: bool, echo) -> tuple[dict, dict]:
+            asha: bool, echo, verbose: bool) -> tuple[dict, dict]:
     """The Ray part: (trials ASHA stopped -> their last result, trials that failed -> why)."""
     import ray
     from ray import tune
@@ -392,7 +393,7 @@ def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_
             scheduler = _asha(grace, factor)
         errors: dict[str, str] = {}
         if todo:
-            errors = _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler)
+            errors = _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler, echo, verbose)
         for path, task in base_tasks.items():
             try:
                 echo(f"medscale: base {path}: {', '.join(ray.get(task))}")
@@ -420,28 +421,51 @@ def _check_reachable(address: str) -> None:
                          f"Ray") from None
 
 
-def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler) -> dict[str, str]:
+def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler, echo, verbose) -> dict[str, str]:
     from ray import tune
 
     root = Path(todo[0].output_dir).parent
-    configs = [{"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides,
-                "cwd": os.getcwd(), "job_id": job_ids[t.label], "output_dir": t.output_dir, "processes": t.processes,
-                "log": str(root / ".logs" / f"{t.label}.log")} for t in todo]
-    trainable = tune.with_resources(tune.with_parameters(_trainable(), command_for=command_for),
-                                    lambda config: resources.of(config["trial"]["processes"], gpu))
+    trials = {t.label: {"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides,
+                        "cwd": os.getcwd(), "job_id": job_ids[t.label], "output_dir": t.output_dir,
+                        "processes": t.processes, "log": str(root / ".logs" / f"{t.label}.log")} for t in todo}
+    trainable = tune.with_resources(tune.with_parameters(_trainable(), command_for=command_for, trials=trials),
+                                    lambda config: resources.of(trials[config["label"]]["processes"], gpu))
+    # Tune's table shows each searched value in a column cut at 20 characters: the label, not a dict of the trial
     tuner = tune.Tuner(
-        trainable, param_space={"trial": tune.grid_search(configs)},
+        trainable, param_space={"label": tune.grid_search(list(trials))},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(root / ".tune"), failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=1))
+                                  verbose=1 if verbose else 0, callbacks=[_progress(echo)]))
     with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout is for the sweep's own answer
         results = tuner.fit()
     errors = {}
     for r in results:
         if r.error is not None:
-            errors[r.config["trial"]["label"]] = _one_line(r.error)
+            errors[r.config["label"]] = _one_line(r.error)
     return errors
+
+
+def _progress(echo):
+    """medscale's own progress: one line per trial event (Tune's table, with -v, repeats every trial each time)."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            echo(f"medscale: trial {trial.config['label']}: started")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            loss = result.get("eval_loss")
+            if not result.get("done") and loss is not None:
+                echo(f"medscale: trial {trial.config['label']}: step {result.get('step')}, eval loss {loss:.4f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            echo(f"medscale: trial {trial.config['label']}: ended")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            echo(f"medscale: trial {trial.config['label']}: failed (its reason is given at the end)")
+
+    return Progress()
 
 
 def _one_line(e: BaseException) -> str:
