@@ -58,3 +58,148 @@ def test_the_fingerprint_ignores_n_samples_and_greedy_ignores_temperature():
     assert SamplingSettings(do_sample=False, temperature=0.3).fingerprint() == \
         SamplingSettings(do_sample=False).fingerprint()
     assert a.sample_key("q1", 0) != a.sample_key("q1", 1) != SamplingSettings(seed=1).sample_key("q1", 1)
+
+
+# --------------------------------------------------------------------------- the engine (CPU, tiny random Qwen3)
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+from medscale.generate.engine import Request, generate  # noqa: E402
+
+REQUESTS = [Request(f"q{i}", [{"role": "user", "content": "头痛" * (i + 1) + "，应该怎么办？"}]) for i in range(6)]
+SAMPLED = SamplingSettings(n_samples=2, max_new_tokens=10, seed=3, temperature=0.8, top_k=50)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _local(tiny, **kw):
+    from medscale.generate.local import LocalBackend
+
+    return LocalBackend(*tiny, mode="padded", **kw)
+
+
+def _texts(run) -> dict:
+    return {(g.id, g.sample): g.text for g in run.generations}
+
+
+def test_seeded_samples_do_not_depend_on_batch_composition(tiny):
+    """The same (seed, question, sample) gives the same text whether it shares a batch of 4 with others, or is
+    asked among fewer questions in another order in batches of 2; another seed gives other samples."""
+    full = _texts(generate(REQUESTS, SAMPLED, _local(tiny, batch_size=4)))
+    part = _texts(generate(REQUESTS[::-2], SAMPLED, _local(tiny, batch_size=2)))
+    assert part and all(full[k] == v for k, v in part.items())
+    assert full[("q0", 0)] != full[("q0", 1)]  # two samples of one question differ
+    other = _texts(generate(REQUESTS, SAMPLED.model_copy(update={"seed": 4}), _local(tiny, batch_size=4)))
+    assert sum(other[k] != full[k] for k in full) > len(full) // 2
+
+
+def test_a_think_budget_closes_the_think_block(tiny):
+    run = generate(REQUESTS[:2], SamplingSettings(do_sample=False, max_new_tokens=6, think_budget=4), _local(tiny))
+    assert all("</think>" in g.text for g in run.generations) and run.backend["backend"] == "in-process padded"
+
+
+KILLED_RUN = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from medscale.generate.engine import Request, generate
+from medscale.generate.local import LocalBackend
+from medscale.generate.settings import SamplingSettings
+model_dir, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+requests = [Request(f"q{i}", [{"role": "user", "content": "头痛" * (i + 1) + "，应该怎么办？"}]) for i in range(n)]
+generate(requests, SamplingSettings(n_samples=2, max_new_tokens=40, seed=3, temperature=0.8, top_k=50),
+         LocalBackend(model, tok, mode="padded", batch_size=1), cache=cache)
+"""
+
+
+def test_a_sigkilled_generation_resumes_from_its_cache_with_the_same_result(tiny, tiny_model_dir, tmp_path):
+    n = 12
+    settings = SAMPLED.model_copy(update={"max_new_tokens": 40})
+    requests = [Request(f"q{i}", [{"role": "user", "content": "头痛" * (i + 1) + "，应该怎么办？"}]) for i in range(n)]
+    cache = tmp_path / "generations.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tiny_model_dir), str(cache), str(n)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and (not cache.exists() or cache.read_text().count("\n") < 3):
+        threading.Event().wait(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    kept = cache.read_text().count("\n")
+    assert 3 <= kept < 2 * n
+    with open(cache, "ab") as f:  # what a kill inside write() leaves: a torn last line
+        f.write(b'{"id": "q11", "sample": 1, "finger')
+    resumed = generate(requests, settings, _local(tiny, batch_size=3), cache=cache)
+    assert (resumed.cached, resumed.generated) == (kept, 2 * n - kept)
+    assert _texts(resumed) == _texts(generate(requests, settings, _local(tiny, batch_size=3)))
+    again = generate(requests, settings, _local(tiny), cache=cache)  # the file is whole again: all cached
+    assert (again.cached, again.generated) == (2 * n, 0)
+
+
+# --------------------------------------------------------------------------- the endpoint backend, a real server
+
+
+def _serve(model_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "medscale.generate.serve", str(model_dir), "--port", "0",
+                             "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("serving"), line
+    return proc, line.split(" at ")[1].split()[0]
+
+
+def test_the_endpoint_backend_gets_the_in_process_samples_from_a_served_model(tiny, tiny_model_dir, monkeypatch,
+                                                                              caplog):
+    from medscale.generate.endpoint import EndpointBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-shown")
+    proc, url = _serve(tiny_model_dir)
+    try:
+        run = generate(REQUESTS, SAMPLED, EndpointBackend(url, concurrency=3))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    assert run.backend["served_model"] == "tiny" and run.backend["server_version"].startswith("medscale-serve")
+    assert _texts(run) == _texts(generate(REQUESTS, SAMPLED, _local(tiny, batch_size=4)))
+    assert "sk-never-shown" not in caplog.text + str(run.backend)
+
+
+def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_continues(tiny_model_dir, tmp_path,
+                                                                                   caplog):
+    from medscale.generate.endpoint import EndpointBackend, EndpointError
+
+    cache = tmp_path / "generations.jsonl"
+    many = [Request(f"q{i}", r.messages) for i, r in enumerate(REQUESTS * 2)]
+    proc, url = _serve(tiny_model_dir)
+
+    def kill_after_first_answers():
+        while not cache.exists() or cache.read_text().count("\n") < 2:
+            threading.Event().wait(0.02)
+        proc.kill()
+
+    killer = threading.Thread(target=kill_after_first_answers)
+    killer.start()
+    with pytest.raises(EndpointError) as err:
+        generate(many, SAMPLED, EndpointBackend(url, concurrency=1, retries=2, backoff=0.05), cache=cache)
+    killer.join()
+    proc.wait()
+    message = str(err.value)
+    assert "\n" not in message and "failed 3 times" in message and url.removesuffix("/v1") in message
+    assert "retry 1/2" in caplog.text and "retry 2/2" in caplog.text
+    kept = cache.read_text().count("\n")
+    proc, url2 = _serve(tiny_model_dir)
+    try:
+        rerun = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2), cache=cache)
+        whole = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    assert _texts(rerun) == _texts(whole)
+    assert rerun.cached == kept > 0
