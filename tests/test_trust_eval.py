@@ -163,6 +163,8 @@ def test_skip_bad_scores_the_usable_questions_up_to_max_bad(tmp_path):
 
 
 def test_eval_refuses_repeats_and_scores_the_usable_questions_saying_what_it_measured(tiny_model_dir, tmp_path):
+    from medscale.registry import Registry
+
     twice = _jsonl(tmp_path / "twice.jsonl", _questions(20) * 2)
     r = cli("eval", str(tiny_model_dir), "--bench", str(twice))
     assert r.returncode == 2 and f"{twice}:21 repeats {twice}:1" in r.stderr and "Traceback" not in r.stderr
@@ -170,6 +172,12 @@ def test_eval_refuses_repeats_and_scores_the_usable_questions_saying_what_it_mea
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(r.stdout)["results"]
     assert res["n"] == 20 and any("--dedupe dropped 20 repeated questions" in n for n in res["notes"])
+    assert (res["source"], res["split"], res["total"]) == (str(twice), "every row", 20)
+    reg = Registry()
+    try:  # the stored result says what it measured too
+        assert [(r.figures["source"], r.figures["total"]) for r in reg.results()] == [(str(twice), 20)]
+    finally:
+        reg.close()
     rows = _questions(40)
     rows[7].update(A="", B="", C="", D="")
     exam = _jsonl(tmp_path / "exam.jsonl", rows)

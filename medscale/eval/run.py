@@ -93,6 +93,7 @@ def result_row(result: BenchResult, *, model: str, base: str, adapter: str | Non
                       shots=result.shots, step=step, checkpoint=checkpoint, accuracy=result.acc,
                       ci_low=result.ci_low, ci_high=result.ci_high,
                       figures={"correct": result.correct, "skipped": result.skipped, "unparseable": result.unparseable,
+                               "source": result.source, "split": result.split, "total": result.total,
                                "multi_answer": result.multi_answer, "language": result.language,
                                "questions_per_s": result.questions_per_s,
                                "subjects": [s.model_dump() for s in result.subjects]},
