@@ -1,15 +1,21 @@
 """Where medscale's shipped files live: `ds_configs/`, `cluster/` and `slurm/` are top-level folders of the
 checkout (the design card's layout), and packaged inside `medscale/` in a wheel or a non-editable install
 (pyproject maps them to medscale.ds_configs, medscale.cluster, medscale.slurm). Code asks here, never builds a
-path relative to the source tree. Also how files medscale writes through temporaries get ordinary permissions,
+path relative to the source tree. Also the one permission policy (what a team shares, such as summaries, reports
+and exports, gets the ordinary mode; what holds a resolved recipe or training data is the user's alone: PRIVATE),
 and whether an output folder can be written, asked before the work starts."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
+# Files that may hold secrets or patients' words: resolved recipes (hosts, paths), the registry that stores every
+# resolved recipe, the tokenized data cache. Fixed, not from the umask: a permissive umask must not widen them.
+PRIVATE = 0o600
+PRIVATE_DIR = 0o700
 
 
 def shipped(*parts: str) -> Path:
@@ -38,10 +44,12 @@ def _umask() -> int:
     return mask
 
 
-def temp_dir_beside(dest: Path, tag: str = "") -> Path:
-    """A temporary folder next to `dest` (same filesystem: renamed into place once complete), with a plain mode."""
+def temp_dir_beside(dest: Path, tag: str = "", private: bool = False) -> Path:
+    """A temporary folder next to `dest` (same filesystem: renamed into place once complete), with a plain mode, or
+    PRIVATE_DIR (mkdtemp's own) when `private`: what is written into it is never readable by others, even briefly."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{tag}", dir=dest.parent))
-    tmp.chmod(plain_mode(directory=True))
+    if not private:
+        tmp.chmod(plain_mode(directory=True))
     return tmp
 
 
@@ -50,6 +58,22 @@ def plain_tree(folder: Path) -> None:
     serving account from reading an export."""
     for p in [folder, *folder.rglob("*")]:
         p.chmod(plain_mode(directory=p.is_dir()))
+
+
+def private_tree(folder: Path) -> None:
+    """`folder` and everything in it the user's alone: libraries (datasets' save_to_disk) write with the umask."""
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(PRIVATE_DIR if p.is_dir() else PRIVATE)
+
+
+def create_private(path: Path) -> None:
+    """Create `path` as an empty PRIVATE file unless it exists (an existing file keeps the mode its owner gave it).
+    SQLite gives its -wal and -shm files the database file's mode, so creating the database this way keeps all three
+    private; setting the umask around the connect instead would change it for every thread of the process."""
+    if path.exists():  # read-only files and folders stay readable: nothing is opened for writing
+        return
+    with contextlib.suppress(FileExistsError):  # another process made it first
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE))
 
 
 def folder_problem(folder: Path) -> str | None:
