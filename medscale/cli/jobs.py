@@ -155,10 +155,13 @@ def render_gc(results) -> None:
         typer.echo("no jobs in the registry: nothing to delete")
     for r in results:
         head = f"{r.job} (id {r.id})"
+        verb = "would delete" if r.dry_run else "deleted"
+        for p in r.leftovers:
+            typer.echo(f"{head}: {'would remove' if r.dry_run else 'removed'} {p} (left by a killed final save or "
+                       f"export)")
         if r.note:
             typer.echo(f"{head}: {r.note}")
             continue
-        verb = "would delete" if r.dry_run else "deleted"
         policy = f"keep last {r.keep_last}" + (" + best eval_loss" if r.keep_best else "") if r.keep_last else \
             "damaged checkpoints only"
         if not r.deleted:
@@ -254,8 +257,8 @@ def jobs_gc(job: Optional[str] = typer.Argument(None, help="job id or name (defa
                                                          "(default: the job's train.save_total_limit)"),
             dry_run: bool = typer.Option(False, "--dry-run", help="list what would be deleted, delete nothing"),
             as_json: bool = AS_JSON) -> None:
-    """Delete old checkpoints by the retention rule (newest N verified + best eval loss + always the newest), and
-    checkpoints set aside as damaged."""
+    """Delete old checkpoints by the retention rule (newest N verified + best eval loss + always the newest),
+    checkpoints set aside as damaged, and the temporary folders killed final saves and exports left behind."""
     from medscale.jobs import ops
 
     with registry() as reg:

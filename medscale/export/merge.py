@@ -19,10 +19,12 @@ merged). Three comparisons, because a bf16 export cannot equal an fp32 sum and t
 For a QLoRA job the reference is the bf16 base + adapter; how far the NF4-quantised model the job trained on is from
 it is measured apart (on CUDA) and reported, never a reason to fail. Everything is written to a temporary folder
 beside the destination and renamed into place only after the check passed: a failed or interrupted export leaves no
-folder.
+folder (a killed one leaves its temporary folder, which the next export to the same destination, or `medscale jobs
+gc`, removes once the lock its process held is free).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -31,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medscale.errors import UserError
+from medscale.jobs.leftovers import abandoned, owned_temp_beside
 from medscale.jobs.record import write_text_atomic
-from medscale.paths import plain_tree, temp_dir_beside
+from medscale.paths import plain_tree
 from medscale.jobs.resolve import ModelRef, resolve
 
 # (absolute, relative to the reference's largest |logit|): how far rounding to the dtype may move a logit. A greedy
@@ -105,8 +108,8 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
     dtype = _export_dtype(target)
     tol_abs, tol_rel = TOLERANCE[dtype]
     timings: dict[str, float] = {}
-    tmp = temp_dir_beside(dest, "tmp-")
-    try:
+    abandoned(dest.parent, f".{glob.escape(dest.name)}.tmp-*", remove=True)  # a killed export to the same place
+    with owned_temp_beside(dest) as tmp:
         t0 = time.perf_counter()
         model, tok = _reference(target)
         texts = _prompts(tok, target, prompts)
@@ -145,9 +148,6 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
         plain_tree(tmp)
         os.rename(tmp, dest)
         return result
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _default_out(target: ModelRef, mode: str) -> Path:

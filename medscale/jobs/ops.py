@@ -17,6 +17,7 @@ from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, delete_check
 from medscale.jobs.client import sync_output_dir
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
+from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import JOURNAL, PRIVATE, find_output_dirs, read_journal, write_text_atomic
 from medscale.jobs.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, ResultView, heartbeat_interval
@@ -187,6 +188,7 @@ class GcResult:
     keep_best: bool | str
     dry_run: bool
     deleted: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # temporary folders of killed final saves and exports
     kept: int = 0
     freed_bytes: int = 0
     note: str | None = None
@@ -199,7 +201,8 @@ def gc_jobs(reg: Registry, ref: str | None = None, keep_last: int | None = None,
             dry_run: bool = False) -> list[GcResult]:
     """Apply checkpoint retention after the fact (newest N verified + best eval loss + always the newest), for
     one job or all, with each job's own recipe policy unless --keep-last overrides it; checkpoints set aside as
-    damaged are deleted here and nowhere else."""
+    damaged are deleted here and nowhere else, and so are the temporary folders killed final saves and exports left
+    (never one a live process still holds)."""
     ids = [reg.find(ref)] if ref is not None else [j.id for j in reg.jobs()]
     results = []
     for job_id in ids:
@@ -214,13 +217,17 @@ def gc_jobs(reg: Registry, ref: str | None = None, keep_last: int | None = None,
         on_disk = checkpoint_dirs(spec.output_dir)
         doomed = retention_plan(spec.output_dir, k, keep_best) if k is not None else []
         damaged = damaged_dirs(spec.output_dir)
-        r.freed_bytes = sum(_dir_bytes(p) for p in doomed + damaged)
+        leftovers = run_leftovers(Path(spec.output_dir))
+        r.freed_bytes = sum(_dir_bytes(p) for p in doomed + damaged + leftovers)
         r.deleted = [str(p) for p in doomed + damaged]
+        r.leftovers = [str(p) for p in leftovers]
         r.kept = len(on_disk) - len(doomed)
         if k is None and not damaged:
-            r.note = "no retention policy (train.save_total_limit is null): nothing deleted; pass --keep-last N"
-            continue
+            r.note = "no retention policy (train.save_total_limit is null): no checkpoint deleted; pass --keep-last N"
         if dry_run:
+            continue
+        run_leftovers(Path(spec.output_dir), remove=True)
+        if r.note:
             continue
         for p in doomed:
             delete_checkpoint(p)

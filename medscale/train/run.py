@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -213,28 +213,26 @@ def _restore_final(trainer, ckpt: Path) -> None:
 def _save_final(trainer, out: Path) -> None:
     """The final adapter (adapter_model.safetensors + adapter_config.json + tokenizer) is saved into a staging folder
     and moved in file by file, each fsynced and renamed: a crash or a full disk never leaves a torn adapter that
-    looks final. Every rank calls save_model (ZeRO-3 gathers the weights), global rank 0 writes and moves."""
+    looks final. Every rank calls save_model (ZeRO-3 gathers the weights), global rank 0 writes and moves, holding
+    the staging folder's lock: one a kill leaves behind is removed by the next run of the job or `jobs gc`."""
+    from medscale.jobs.leftovers import FINAL_SAVE, owned
     from medscale.jobs.record import fsync_dir
     from medscale.train.callbacks import disk_full_named
 
-    staging = out / ".final-save"
-    try:
-        with disk_full_named(out):
-            trainer.save_model(str(staging))
-            dist.barrier()
-            if trainer.is_world_process_zero():
-                for f in sorted(staging.iterdir()):
-                    if f.is_file():
-                        fd = os.open(f, os.O_RDONLY)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
-                        os.replace(f, out / f.name)
-                fsync_dir(out)
-    finally:
+    staging = out / FINAL_SAVE
+    with owned(staging) if trainer.is_world_process_zero() else nullcontext(), disk_full_named(out):
+        trainer.save_model(str(staging))
+        dist.barrier()
         if trainer.is_world_process_zero():
-            shutil.rmtree(staging, ignore_errors=True)
+            for f in sorted(staging.iterdir()):
+                if f.is_file():
+                    fd = os.open(f, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.replace(f, out / f.name)
+            fsync_dir(out)
 
 
 def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan,
