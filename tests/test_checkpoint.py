@@ -270,6 +270,7 @@ def test_retention_torn_older_go_newer_unverified_stay(tmp_path):
     make_ckpt(tmp_path, 15, verified=False)  # torn, older than the newest verified: deleted
     c20 = make_ckpt(tmp_path, 20, eval_loss=0.6)
     make_ckpt(tmp_path, 25, verified=False)  # newer than the newest verified (a save in progress?): left
+    _journal(tmp_path, [10, 20])  # the record: 5 and 15 never verified (torn saves, not lost manifests)
     plan = retention_plan(tmp_path, keep_last=1, keep_best=False)
     assert names(plan) == ["checkpoint-10", "checkpoint-15", "checkpoint-5"]
     assert c20 not in plan
@@ -423,6 +424,7 @@ def test_a_damaged_checkpoint_is_set_aside_never_deleted(tmp_path):
     data = (c20 / "adapter_model.safetensors").read_bytes()
     (c20 / "adapter_model.safetensors").write_bytes(b"X" + data[1:])
     torn = make_ckpt(tmp_path, 30, verified=False)
+    _journal(tmp_path, [10, 20])  # step 30 never verified: a torn save
     removed, aside = clear_newer_than(tmp_path, resolve_resume("auto", tmp_path))
     assert removed == [torn] and not torn.exists()
     assert names(aside) == ["checkpoint-20.damaged"] and names(damaged_dirs(tmp_path)) == ["checkpoint-20.damaged"]

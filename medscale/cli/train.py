@@ -98,11 +98,35 @@ def launch_here(recipe_ref: str, overrides: list[str], entry_kind: str = "train"
     return launcher.wait(launcher.submit(launcher.prepare(request))), recipe
 
 
-def _run_and_report(recipe_ref: str, overrides: list[str], title: str | None = None) -> None:
+RESTART = typer.Option(False, "--restart", help="start over from step 0 (train.resume=never) where no checkpoint of "
+                       "the job verifies any more; those set aside stay for `medscale jobs gc`")
+CHECKPOINT = typer.Option(None, "--checkpoint", metavar="N", help="resume from checkpoint-N of the output dir (a "
+                          "verified step), setting the newer verified ones aside, e.g. when the newest holds NaN "
+                          "weights")
+
+
+def _start_point(recipe_ref: str, overrides: list[str], restart: bool, checkpoint: int | None) -> list[str]:
+    """--restart / --checkpoint N as the train.resume override they stand for (checked before anything starts)."""
+    if restart and checkpoint is not None:
+        from medscale.errors import UserError
+
+        raise UserError("--restart starts from step 0 and --checkpoint N from step N: give one of them")
+    if restart:
+        return [*overrides, "train.resume=never"]
+    if checkpoint is None:
+        return overrides
+    from medscale.jobs.resume import roll_back
+    from medscale.recipe import load_recipe
+
+    return [*overrides, roll_back(load_recipe(recipe_ref, overrides), checkpoint)]
+
+
+def _run_and_report(recipe_ref: str, overrides: list[str], title: str | None = None, restart: bool = False,
+                    checkpoint: int | None = None) -> None:
     from medscale.jobs.record import RunSummary
 
     setup_logging()
-    code, recipe = launch_here(recipe_ref, overrides)
+    code, recipe = launch_here(recipe_ref, _start_point(recipe_ref, overrides, restart, checkpoint))
     summary = RunSummary.load(recipe.train.output_dir) if code == 0 else None
     if summary is not None:
         print_summary(title or f"medscale: {summary.recipe} finished", summary)
@@ -111,15 +135,18 @@ def _run_and_report(recipe_ref: str, overrides: list[str], title: str | None = N
 
 @app.command("train")
 def train(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
-          overrides: Optional[list[str]] = OVERRIDES) -> None:
-    """Train a recipe here: in this process for one process, else through `accelerate launch`."""
-    _run_and_report(recipe, overrides or [])
+          overrides: Optional[list[str]] = OVERRIDES, restart: bool = RESTART,
+          checkpoint: Optional[int] = CHECKPOINT) -> None:
+    """Train a recipe here: in this process for one process, else through `accelerate launch`. A rerun continues
+    from the newest verified checkpoint."""
+    _run_and_report(recipe, overrides or [], restart=restart, checkpoint=checkpoint)
 
 
 @app.command("demo")
-def demo(overrides: Optional[list[str]] = OVERRIDES) -> None:
+def demo(overrides: Optional[list[str]] = OVERRIDES, restart: bool = RESTART,
+         checkpoint: Optional[int] = CHECKPOINT) -> None:
     """CPU demo: build a tiny Qwen3, fine-tune it on the shipped medical data, report where everything is."""
-    _run_and_report("tiny-demo", overrides or [], "medscale demo finished")
+    _run_and_report("tiny-demo", overrides or [], "medscale demo finished", restart, checkpoint)
 
 
 @app.command("check")

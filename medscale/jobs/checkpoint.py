@@ -3,10 +3,12 @@
 Protocol (DESIGN.md): the Trainer writes `checkpoint-N/` on every rank; after a barrier, global rank 0 reads
 every file once, hashing it (sha256) and fsyncing it, then writes `manifest.json` (each file's size and hash, the
 step, attempt and metrics) under a temporary name, fsyncs it and renames it into place. A crash at any moment
-leaves either no manifest (a torn save: ignored, then removed) or a complete one. Resuming re-hashes every file and
-cross-checks the step against the folder name and `trainer_state.json`, so a checkpoint damaged after the fact is
-never resumed from: it is set aside as `checkpoint-N.damaged` (a transient read error must never destroy a good
-checkpoint) and only `medscale jobs gc` deletes it.
+leaves either no manifest (a torn save: ignored, then removed) or a complete one. A folder without a manifest is
+judged torn only when the job record (`verified_steps` of the journal) says that step never verified: a checkpoint
+whose manifest was lost after it verified, or one with no record to tell, is set aside, never deleted. Resuming
+re-hashes every file and cross-checks the step against the folder name and `trainer_state.json`, so a checkpoint
+damaged after the fact is never resumed from: it is set aside as `checkpoint-N.damaged` (a transient read error
+must never destroy a good checkpoint) and only `medscale jobs gc` deletes it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from medscale.jobs.record import fsync_dir, write_json_atomic
+from medscale.jobs.record import fsync_dir, read_journal, write_json_atomic
 
 log = logging.getLogger("medscale.checkpoint")
 
@@ -179,25 +181,56 @@ def set_aside(path: Path, why: str) -> Path:
         target = path.with_name(f"{path.name}{DAMAGED}-{k}")
     path.rename(target)
     fsync_dir(path.parent)
-    log.warning("set %s aside as %s: %s (`medscale jobs gc` deletes it)", path.name, target.name, why)
+    log.warning("set %s aside as %s: %s (nothing was deleted; `medscale jobs gc` deletes it)", path, target, why)
     return target
+
+
+def recorded_steps(output_dir: str | Path) -> set[int] | None:
+    """The steps the job record says once had a verified checkpoint; None when there is no readable record (then no
+    folder can be judged a save that never finished)."""
+    try:
+        journal = read_journal(output_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if journal is None else set(journal.verified_steps)
+
+
+def torn(step: int, recorded: set[int] | None) -> str | None:
+    """Why a checkpoint without a manifest must be set aside rather than removed as a torn save, or None when it is
+    a save that never finished (the record knows its step never verified)."""
+    if recorded is None:
+        return "it has no valid manifest and there is no job record to tell a torn save from a verified checkpoint"
+    if step in recorded:
+        return f"its manifest is missing or unreadable, but the job record lists step {step} as verified"
+    return None
+
+
+def discard(step: int, path: Path, why: str, recorded: set[int] | None) -> Path | None:
+    """A checkpoint that does not verify, out of the Trainer's way: a torn save (no manifest, a step the record says
+    never verified) is removed (returns None), anything else set aside (returns where)."""
+    if not (path / MANIFEST).exists():
+        why = torn(step, recorded)
+    if why is not None:
+        return set_aside(path, why)
+    log.warning("removing %s: its save never finished (no manifest, and the job record never verified step %d)",
+                path, step)
+    delete_checkpoint(path)
+    return None
 
 
 def clear_newer_than(output_dir: str | Path, start: Path | None) -> tuple[list[Path], list[Path]]:
     """Checkpoints newer than the resume point that do not verify, which the Trainer would save into again:
-    torn saves (no manifest) are removed, damaged ones (a manifest their files no longer match) set aside.
-    Returns (removed, set aside)."""
+    torn saves are removed, anything else set aside (see `discard`). Returns (removed, set aside)."""
     start_step = checkpoint_step(start) if start else -1
+    recorded = recorded_steps(output_dir)
     removed, aside = [], []
     for step, p in checkpoint_dirs(output_dir):
         if step <= start_step or (why := problem(p)) is None:
             continue
-        if (p / MANIFEST).exists():
-            aside.append(set_aside(p, why))
-        else:
-            log.warning("removing %s: its save never finished (no manifest)", p)
-            delete_checkpoint(p)
+        if (where := discard(step, p, why, recorded)) is None:
             removed.append(p)
+        else:
+            aside.append(where)
     return removed, aside
 
 
@@ -209,14 +242,13 @@ def newest_saved(output_dir: str | Path) -> Path | None:
 
 def remove_torn_saves(output_dir: str | Path) -> list[Path]:
     """After an attempt failed (a full disk, a crash in a save): the checkpoint folders newer than every one with a
-    manifest, which its failed save left half-written, are removed; checkpoints with a manifest are not touched."""
+    manifest, which its failed save left half-written, are removed (those the record calls verified are set aside);
+    checkpoints with a manifest are not touched. Returns the removed ones."""
     newest = newest_saved(output_dir)
     newest_step = -1 if newest is None else checkpoint_step(newest)
-    torn = [p for step, p in checkpoint_dirs(output_dir) if step > newest_step]
-    for p in torn:
-        log.warning("removing %s: its save did not finish", p)
-        delete_checkpoint(p)
-    return torn
+    recorded = recorded_steps(output_dir)
+    unfinished = [(step, p) for step, p in checkpoint_dirs(output_dir) if step > newest_step]
+    return [p for step, p in unfinished if discard(step, p, "no valid manifest", recorded) is None]
 
 
 def best_metric(keep_best: bool | str) -> tuple[str, bool] | None:
@@ -230,13 +262,14 @@ def best_metric(keep_best: bool | str) -> tuple[str, bool] | None:
 def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: bool | str) -> list[Path]:
     """Checkpoints to delete: keep the newest `keep_last` verified ones, the best by `keep_best`'s metric (eval
     loss, a benchmark's accuracy, the control loss), and always the newest verified one; torn ones older than it go
-    too. Unverified ones newer than it are left alone (they may be a save in progress)."""
+    too, unless the job record calls them verified (a lost manifest is no torn save) or there is no record to tell.
+    Unverified ones newer than it are left alone (they may be a save in progress)."""
     if keep_last is None:
         return []
-    verified, torn = [], []
+    verified, unverified = [], []
     for step, path in checkpoint_dirs(output_dir):
         manifest = load_manifest(path)
-        (verified if manifest else torn).append((step, path, manifest))
+        (verified if manifest else unverified).append((step, path, manifest))
     if not verified:
         return []
     keep = {p for _, p, _ in verified[-max(keep_last, 1):]}
@@ -247,7 +280,9 @@ def retention_plan(output_dir: str | Path, keep_last: int | None, keep_best: boo
         if scored:
             keep.add((max if higher else min)(scored, key=lambda t: t[0])[1])
     newest = verified[-1][0]
-    return [p for _, p, _ in verified if p not in keep] + [p for step, p, _ in torn if step < newest]
+    recorded = recorded_steps(output_dir)
+    return [p for _, p, _ in verified if p not in keep] + [p for step, p, _ in unverified
+                                                           if step < newest and torn(step, recorded) is None]
 
 
 def delete_checkpoint(path: Path) -> None:

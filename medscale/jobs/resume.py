@@ -1,10 +1,12 @@
 """Where an attempt starts: decided once, by global rank 0, before anything is written.
 
 `plan_start(recipe)` resolves `train.resume` (auto: the newest verified checkpoint of this output dir; never; or a
-checkpoint path), clears saves above the resume point that do not verify (torn ones removed, damaged ones set
-aside), and refuses to start when that would lose or misdescribe work:
+checkpoint path), removes what a killed run left (its final-save staging folder, its exports' temporary folders),
+clears saves above the resume point that do not verify (torn ones removed, anything else set aside), and refuses to
+start when that would lose or misdescribe work:
 - a second live run in the same output dir;
-- a job that had verified checkpoints but has none that verifies now (it would silently start from step 0);
+- a job that had verified checkpoints, or has checkpoints set aside, but none that verifies now (it would silently
+  start from step 0: `medscale train --restart` starts over);
 - a recipe that differs from the checkpoint's in a way that changes what is learned (the record would describe a
   recipe that did not produce the weights). Differences that are safe to resume with (a larger max_steps, logging
   and saving cadence, evaluation and tracking settings) are allowed and recorded on the new attempt.
@@ -22,8 +24,9 @@ import yaml
 
 from medscale.jobs.attempt import refuse_if_running
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
-                                      latest_verified, problem)
+                                      latest_verified, problem, set_aside)
 from medscale.jobs.errors import CheckpointError
+from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, RunSummary, read_journal
 
 # Keys that change nothing already learned: resuming with another value continues the same run.
@@ -119,21 +122,27 @@ def plan_start(recipe) -> StartPlan:
     out = Path(os.path.abspath(recipe.train.output_dir))
     mode, name = recipe.train.resume, recipe.name
     refuse_if_running(out, name)
+    run_leftovers(out, remove=True)
     start = resolve_resume(mode, out)
     if mode == "never" and (newest := latest_verified(out)) is not None:
-        raise CheckpointError(f"train.resume=never but {out} holds verified checkpoints of job {name} (newest "
-                              f"{newest.name}): set train.resume=auto to continue, or choose a new train.output_dir")
+        raise CheckpointError(f"train.resume=never (--restart) but {out} holds verified checkpoints of job {name} "
+                              f"(newest {newest.name}): set train.resume=auto to continue, `--checkpoint N` to go "
+                              f"back to step N, or choose a new train.output_dir")
     journal = read_journal(out)
     if journal is not None and journal.stopped_early and mode != "never":
         raise CheckpointError(f"job {name} in {out} was {journal.stopped_early}; it is never resumed: train it "
                               f"further as a new job (another train.output_dir)")
     clear_newer_than(out, start)
-    if start is None and mode == "auto" and journal is not None and journal.verified_steps:
-        aside = ", ".join(p.name for p in damaged_dirs(out)) or "none left on disk"
+    aside = damaged_dirs(out)
+    if start is None and mode == "auto" and (aside or (journal is not None and journal.verified_steps)):
+        saved = (f"saved verified checkpoints (steps {', '.join(map(str, journal.verified_steps))})"
+                 if journal is not None and journal.verified_steps else "has checkpoints"
+                 + (" and no job record (medscale_job.json)" if journal is None else ""))
         raise CheckpointError(
-            f"job {name} saved verified checkpoints (steps {', '.join(map(str, journal.verified_steps))}) but none "
-            f"verifies now (set aside: {aside}); nothing was deleted and nothing restarts from step 0 silently: to "
-            f"start over set train.resume=never, or choose a new train.output_dir")
+            f"job {name} in {out} {saved} but no checkpoint verifies now (set aside: "
+            f"{', '.join(str(p) for p in aside) or 'none left on disk'}); nothing was deleted and nothing restarts "
+            f"from step 0 silently: to start over run again with --restart (train.resume=never), or choose a new "
+            f"train.output_dir")
     if start is None:
         return StartPlan()
     saved = _saved_recipe(start)
@@ -152,3 +161,42 @@ def plan_start(recipe) -> StartPlan:
             summary = None
         plan.summary = summary if summary is not None and summary.global_step == checkpoint_step(start) else None
     return plan
+
+
+def verified_steps(out: Path) -> list[int]:
+    """Steps of this output dir's checkpoints whose manifest checks out by size (cheap: no re-hashing)."""
+    return [s for s, p in checkpoint_dirs(out) if problem(p, check_hashes=False) is None]
+
+
+def roll_back(recipe, step: int) -> str:
+    """`medscale train --checkpoint N`: the override that resumes from checkpoint-N of this job's output dir, after
+    setting aside (never deleting) the verified checkpoints newer than it, which the run would save over. N must be
+    a step that verifies; bad weights behind a good manifest (NaN) are left behind this way."""
+    out = Path(os.path.abspath(recipe.train.output_dir))
+    steps = verified_steps(out)
+    ckpt = out / f"checkpoint-{step}"
+    if step not in steps or (why := problem(ckpt)) is not None:
+        why = f"({why})" if step in steps else "is no verified checkpoint"
+        raise CheckpointError(f"--checkpoint {step}: {ckpt} {why}; verified steps in {out}: "
+                              f"{', '.join(map(str, steps)) or 'none'}")
+    refuse_if_running(out, recipe.name)
+    for s, p in checkpoint_dirs(out):
+        if s > step and s in steps:
+            set_aside(p, f"newer than --checkpoint {step}, which this run resumes from")
+    return f"train.resume={json.dumps(str(ckpt))}"
+
+
+def nan_advice(out: Path, resumed_from: Path | None) -> str:
+    """What to do after a NaN/inf step. A run that diverged right after resuming, with nothing saved since, has the
+    bad weights in that checkpoint (its manifest only proves the files are the ones saved): resuming from it again
+    would fail again, so name the verified one before it."""
+    steps = verified_steps(out)
+    if resumed_from is None or not steps or steps[-1] != checkpoint_step(resumed_from):
+        newest = f"checkpoint-{steps[-1]}" if steps else "the beginning (no verified checkpoint)"
+        return f"lower train.learning_rate (or check the data) and run again: it resumes from {newest}"
+    before = [s for s in steps if s < steps[-1]]
+    back = (f"run again with `--checkpoint {before[-1]}` to resume from checkpoint-{before[-1]}, the verified one "
+            f"before it ({resumed_from.name} is set aside, not deleted)" if before else
+            "there is no verified checkpoint before it: start again in a new train.output_dir")
+    return (f"this attempt resumed from {resumed_from} and nothing finite was saved since, so its weights are the "
+            f"likely cause and a plain rerun would resume from it again: {back}")

@@ -213,10 +213,11 @@ class AttemptCallback(TrainerCallback):
         self.attempt.step = state.global_step
         code = agree_max(max(self.flag.code, 0 if self.health.pop() else NONFINITE), args.device)
         if code == NONFINITE:
+            from medscale.jobs.resume import nan_advice
+
             raise RunFailed(f"the loss or gradient norm became NaN/inf at step {state.global_step}: the weights are "
-                            f"no longer usable, so nothing was saved from them; lower train.learning_rate (or check "
-                            f"the data and the resumed checkpoint) and run again: it resumes from the newest "
-                            f"verified checkpoint")
+                            f"no longer usable, so nothing was saved from them; "
+                            f"{nan_advice(self.attempt.out, self.attempt.resumed_from)}")
         if code and not self.stopped:
             self.stopped = code
             control.should_save = control.should_training_stop = True
