@@ -1,14 +1,26 @@
 """`medscale export JOB`."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from medscale.cli.app import AS_JSON, App, echo_json, setup_logging
+from medscale.errors import UserError
 
 app = App()
+SHARD_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*[KMGT]B\s*", re.IGNORECASE)
+
+
+def check_shard_size(value: str) -> None:
+    """What huggingface_hub's parse_size_to_int reads (decimal units): it reads --shard-size only when the merged
+    weights are written, minutes after the model loaded."""
+    size = SHARD_SIZE.fullmatch(value)
+    if not size or not float(size.group(1)):
+        raise UserError(f"--shard-size {value}: expected a size above zero with its unit, e.g. 5GB or 500MB (KB, MB, "
+                        f"GB, TB)")
 
 
 @app.command("export")
@@ -27,7 +39,8 @@ def export(job: str = typer.Argument(..., help="a job (id, name or output dir), 
            tolerance: Optional[float] = typer.Option(None, "--tolerance", help="top-2 logit margin above which a "
                                                                                "greedy choice must survive the export "
                                                                                "(default: the dtype's rounding allowance)"),
-           shard_size: str = typer.Option("5GB", "--shard-size", help="largest safetensors shard"),
+           shard_size: str = typer.Option("5GB", "--shard-size", help="largest safetensors shard, e.g. 5GB or "
+                                                                                "500MB"),
            as_json: bool = AS_JSON) -> None:
     """Export a job for serving; a parity check (logits and greedy choices, fp32 on CPU) against base + adapter must
     pass before the folder appears."""
@@ -35,6 +48,7 @@ def export(job: str = typer.Argument(..., help="a job (id, name or output dir), 
 
     if merge == adapter_only:
         raise ExportError("say what to export: --merge (one model folder) or --adapter-only")
+    check_shard_size(shard_size)
     setup_logging()
     result = run_export(job, merge=merge, checkpoint=checkpoint, out=out, prompts=prompts, new_tokens=new_tokens,
                         tolerance=tolerance, shard_size=shard_size)
