@@ -150,8 +150,8 @@ def recipe_source(ref: str, env=os.environ) -> dict:
 
 def check_for_ray(recipe: Recipe) -> Recipe:
     """What a Ray job needs of a recipe beyond its own checks (a launcher-domain validator)."""
-    if not os.path.isabs(recipe.train.output_dir):
-        raise RecipeError(f"train.output_dir={recipe.train.output_dir} is relative: in a Ray job it would land in "
+    if not os.path.isabs(recipe.output_dir_as_written):
+        raise RecipeError(f"train.output_dir={recipe.output_dir_as_written} is relative: in a Ray job it would land in "
                           f"the job's temporary copy of the working dir, on each node separately, and no restart or "
                           f"resubmit could find its checkpoints; use an absolute path on storage every node shares")
     return recipe

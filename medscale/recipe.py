@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from medscale import medscale_home
 from medscale.data.formats import format_names
@@ -171,8 +172,9 @@ class AdaptiveClip(Section):
 
 
 class TrainSection(Section):
-    output_dir: str = Field(description="where checkpoints, the adapter and the job record go; with `name` it "
-                                        "identifies the job (a rerun resumes it)")
+    output_dir: str = Field(min_length=1, description="where checkpoints, the adapter and the job record go; with "
+                                                      "`name` it identifies the job (a rerun resumes it); a relative "
+                                                      "path is made absolute against the working dir")
     num_train_epochs: float = Field(3, gt=0, description="passes over the training data (unless max_steps > 0)")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
     per_device_train_batch_size: int = Field(4, ge=1, description="samples per micro-batch per GPU: more is faster "
@@ -377,6 +379,7 @@ class GenerationSection(Section):
 
 
 class Recipe(Section):
+    _output_dir_as_written: str | None = PrivateAttr(None)
     name: str = Field(description="job name; with train.output_dir it identifies a job")
     description: str = Field("", description="one line shown by `medscale recipes`")
     model: ModelSection = Field(description="the base model: folder, dtype, 4-bit quantization, attention")
@@ -489,6 +492,12 @@ class Recipe(Section):
                              f"apply; set train.optim=adamw_torch")
         return self
 
+    @property
+    def output_dir_as_written(self) -> str:
+        """train.output_dir as the recipe or an override wrote it (load_recipe stores it absolute): a Ray job must
+        refuse a relative one, which resolves inside the job's temporary copy of the working dir."""
+        return self._output_dir_as_written or self.train.output_dir
+
     def fingerprint(self) -> str:
         """Content hash of the resolved recipe; independent of key order and formatting."""
         canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -516,12 +525,14 @@ def _yaml_load(text: str):
 
 
 def _expand_vars(text: str) -> str:
-    """Expand ${VAR} / ${VAR:-default} so model and data paths follow the environment."""
-    builtin = {"MEDSCALE_HOME": str(medscale_home()), "MEDSCALE_DEMO_DATA": str(demo_data_dir())}
+    """Expand ${VAR} / ${VAR:-default} so model and data paths follow the environment. ${MEDSCALE_HOME} is always
+    medscale_home(), so a file named by MEDSCALE_HOME is reported as such, not as a bad train.output_dir."""
+    builtin = {"MEDSCALE_HOME": lambda: str(medscale_home()),
+               "MEDSCALE_DEMO_DATA": lambda: os.environ.get("MEDSCALE_DEMO_DATA") or str(demo_data_dir())}
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(3)
-        val = os.environ.get(name) or builtin.get(name) or default
+        val = builtin[name]() if name in builtin else os.environ.get(name) or default
         if val is None:
             raise RecipeError(f"environment variable ${{{name}}} is not set and has no default (write ${{{name}:-/path}})")
         return val
@@ -696,21 +707,24 @@ def _line_of(path: Path | None, loc: tuple) -> str:
 
 
 def _override_of(loc: tuple, message: str, overrides: list[str]) -> str | None:
-    """The command-line override behind an error: the one that set the key at `loc` (or a section above it), else,
-    for a cross-field check, the one whose key the message names. None: the error comes from the file."""
+    """The command-line override behind an error: the one that set the key at `loc`, a section above it or a key
+    inside it (`trian.max_steps=5` made the section 'trian'), else, for a cross-field check, the one whose key the
+    message names. None: the error comes from the file."""
     keys = tuple(str(p) for p in loc)
     for item in reversed(overrides):
-        key = item.partition("=")[0].strip()
-        if keys and keys[:len(key.split("."))] == tuple(key.split(".")):
+        key = tuple(item.partition("=")[0].strip().split("."))
+        if keys and keys[:len(key)] == key[:len(keys)]:
             return item
     return next((item for item in reversed(overrides)
                  if re.search(rf"(?<![\w.]){re.escape(item.partition('=')[0].strip())}(?![\w])", message)), None)
 
 
 def _explain(err: ValidationError, path: Path | None, overrides: list[str] = ()) -> str:
-    """One line per problem, each pointing where the user can fix it: the override they typed, or the file:line."""
-    lines = []
-    for e in err.errors():
+    """One line per problem, each pointing where the user can fix it: the override they typed, or the file:line.
+    Unknown keys come first, and a required key that one of them misspells is not reported missing as well: `trian:`
+    is "unknown section 'trian'; did you mean 'train'?", the cause, not "missing required key 'train'"."""
+    lines, suggested = [], set()
+    for e in sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden"):  # stable: pydantic's order within
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         dotted = ".".join(str(p) for p in loc) or "(recipe)"
         item = _override_of(loc, e["msg"], list(overrides))
@@ -720,8 +734,12 @@ def _explain(err: ValidationError, path: Path | None, overrides: list[str] = ())
             where = f"{where.rstrip(': ')} with {' '.join(overrides)}: "
         if kind == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.5)
+            suggested.update([loc[:-1] + (close[0],)] if close else [])
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else ""
-            lines.append(f"{where}unknown key '{dotted}'{hint}")
+            what = "section" if len(loc) == 1 and isinstance(e.get("input"), dict) else "key"
+            lines.append(f"{where}unknown {what} '{dotted}'{hint}")
+        elif kind == "missing" and loc in suggested:
+            continue
         elif kind == "missing":
             lines.append(f"{where}missing required key '{dotted}'")
         elif kind in _TYPE_WORDS:
@@ -746,7 +764,22 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     data = _load_raw(path)
     data.setdefault("name", path.stem)
     data = _expand_paths(apply_overrides(data, overrides or []))
-    return validate(data, path, overrides or [])
+    written = _absolute_output_dir(data)
+    recipe = validate(data, path, overrides or [])
+    recipe._output_dir_as_written = written
+    return recipe
+
+
+def _absolute_output_dir(data: dict) -> str | None:
+    """train.output_dir made absolute against the working dir, once, where the recipe is resolved: checkpoint paths,
+    the registry, results and run summaries then name the folder wherever they are read. It is the abspath the job's
+    registry key always used, and resume compares recipes without it, so a job whose recipe had a relative dir
+    still resumes from the same cwd. Returns the value as written."""
+    train = data.get("train")
+    written = train.get("output_dir") if isinstance(train, dict) else None
+    if isinstance(written, str) and written:
+        train["output_dir"] = os.path.abspath(written)
+    return written if isinstance(written, str) else None
 
 
 def recipe_schema() -> dict:
