@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from medscale.paths import plain_mode
+from medscale.jobs.errors import JobStateError
+from medscale.paths import PRIVATE, plain_mode  # noqa: F401  (PRIVATE: the record's writers import it here)
 from medscale.registry.records import AttemptInfo, JobSpec
 
 JOURNAL = "medscale_job.json"
@@ -28,7 +30,6 @@ SUMMARY = "run_summary.json"
 LOSS_PLOT = "loss.png"
 TRAINER_STATE = "trainer_state.json"
 JOURNAL_FORMAT = 2
-PRIVATE = 0o600  # files that may hold secrets (resolved recipes name hosts and paths; tracker metadata)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -114,7 +115,13 @@ def read_journal(output_dir: str | Path) -> Journal | None:
     path = Path(output_dir) / JOURNAL
     if not path.is_file():
         return None
-    return Journal.from_json(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return Journal.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or JSON that is no journal
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise JobStateError(f"{path} is not a readable job record ({why}): restore it, or move it aside "
+                            f"(mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}) and run again: it "
+                            f"resumes from the newest verified checkpoint") from None
 
 
 def find_output_dirs(root: Path, depth: int = 4) -> list[Path]:
