@@ -16,7 +16,7 @@ from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
 from medscale.data.sources import DataError, expand_sources, load_conversations, sample_conversations
-from medscale.paths import temp_dir_beside
+from medscale.paths import private_tree, temp_dir_beside
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
@@ -225,14 +225,16 @@ def _from_cache(path: Path, data: DataSection, tok, seed: int) -> SFTData:
 
 
 def _to_cache(path: Path, result: SFTData) -> None:
-    """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete."""
-    tmp = temp_dir_beside(path)
+    """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete. The user's alone
+    (paths.PRIVATE): it holds the training records, tokenized."""
+    tmp = temp_dir_beside(path, private=True)
     try:
         with progress_bars(len(result.train)):
             result.train.save_to_disk(str(tmp / "train"))
             if result.eval is not None:
                 result.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(result.stats))
+        private_tree(tmp)
         tmp.rename(path)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
