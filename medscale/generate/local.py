@@ -136,7 +136,7 @@ class LocalBackend:
         j.out += new
 
     def _run_cb(self, jobs: list[Job], s: SamplingSettings, limit: int) -> None:
-        from transformers import ContinuousBatchingConfig, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig, GenerationConfig
 
         sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k} \
             if s.do_sample else {"do_sample": False}

@@ -1,0 +1,142 @@
+"""Generation throughput of the engine's in-process backends on random weights in the R1-Distill shapes: today's
+padded `generate` at batch 8 and 64 against continuous batching and its knobs (CUDA graphs, the scheduler's
+batch-token budget, torch.compile of the decode step), on the same prompts, every request forced to
+--new-tokens output tokens (min_new_tokens / no end-of-turn), greedy.
+
+    CUDA_VISIBLE_DEVICES=0 python bench/gen_speed.py --configs .gpu/model_configs.json --tokenizer .gpu/tok \
+        --eval-data .gpu/eval --shapes deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --new-tokens 2048 --prompts 256
+    python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16     # CPU smoke run
+
+Prompts are CMMLU-medical questions (the shipped eval sets) rendered as R1-style generate-mode prompts. A padded
+variant at batch B times `--padded-batches` batches (its tok/s is steady from the first), continuous batching all
+--prompts. Prints output tok/s per variant, a table, and writes $OUT/gen_speed.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+# variant -> (backend mode, batch size, continuous-batching config)
+VARIANTS = {
+    "padded-b8": ("padded", 8, {}),
+    "padded-b64": ("padded", 64, {}),
+    "cb-default": ("cb", 0, {}),
+    "cb-no-graphs": ("cb", 0, {"use_cuda_graph": False}),
+    "cb-graphs": ("cb", 0, {"use_cuda_graph": True}),
+    "cb-tokens-2k": ("cb", 0, {"max_batch_tokens": 2048}),
+    "cb-tokens-8k": ("cb", 0, {"max_batch_tokens": 8192}),
+    "cb-compile": ("cb", 0, {"default_compile_level": 1}),
+}
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size", "rope_theta", "tie_word_embeddings", "max_position_embeddings", "rms_norm_eps",
+              "bos_token_id", "eos_token_id")
+
+
+def prompts(eval_data: Path | None, n: int) -> list:
+    """CMMLU-medical as generate-mode conversations (the shipped files), else the shipped seed-003 questions."""
+    from medscale.generate.engine import Request
+
+    if eval_data is not None:
+        from medscale.eval.prompt import mcq_messages
+        from medscale.eval.run import load_benchmarks
+
+        bench = load_benchmarks(["cmmlu-med"], str(eval_data))[0]
+        qs = (bench.questions * (n // len(bench.questions) + 1))[:n]
+        return [Request(f"{q.id}#{i}", mcq_messages(q, bench.language, "generate")) for i, q in enumerate(qs)]
+
+    path = HERE.parent / "medscale" / "eval" / "questions" / "seed003_zh.jsonl"
+    qs = [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Request(f"q{i}", [{"role": "user", "content": qs[i % len(qs)]}]) for i in range(n)]
+
+
+def build(shape: str, configs: Path, tokenizer: Path, device: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = json.loads(configs.read_text())["models"][shape]
+    cfg = AutoConfig.for_model(spec["model_type"], **{k: spec[k] for k in SHAPE_KEYS if spec.get(k) is not None})
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(tokenizer)
+
+
+def tiny():
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medscale.model.tiny import build_tiny_model
+
+    d = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", layers=2, hidden=64)
+    return AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+
+
+def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batches: int) -> dict:
+    import torch
+
+    from medscale.generate.engine import generate
+    from medscale.generate.local import LocalBackend
+    from medscale.generate.settings import SamplingSettings
+
+    mode, batch, cb = VARIANTS[name]
+    todo = reqs[:batch * padded_batches] if mode == "padded" else reqs
+    backend = LocalBackend(model, tok, mode=mode, batch_size=batch or 8, cb_config=cb, ignore_eos=True,
+                           chunk=len(todo))
+    s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    run = generate(todo, s, backend)
+    return {"variant": name, "prompts": len(todo), "tokens": run.tokens, "seconds": round(run.seconds, 2),
+            "tok_s": round(run.tokens_per_s, 1), "backend": run.backend["backend"], "fallback": run.backend["fallback"],
+            "mean_new_tokens": round(run.tokens / max(1, len(todo)), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=Path, default=Path("/work/shared/realdata/model_configs.json"))
+    ap.add_argument("--tokenizer", type=Path, default=Path("/work/shared/realdata/qwen3_tokenizer"))
+    ap.add_argument("--eval-data", type=Path, default=None)
+    ap.add_argument("--shapes", default="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B,"
+                                        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    ap.add_argument("--variants", default="padded-b8,padded-b64,cb-default,cb-tokens-8k")
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=2048)
+    ap.add_argument("--padded-batches", type=int, default=1)
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny random Qwen3")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gen_speed.json")
+    a = ap.parse_args()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for shape in (["tiny"] if a.tiny else a.shapes.split(",")):
+        model, tok = tiny() if a.tiny else build(shape, a.configs, a.tokenizer, device)
+        reqs = prompts(a.eval_data, a.prompts)
+        for name in a.variants.split(","):
+            try:
+                row = {"shape": shape, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+                       **run_variant(model, tok, name, reqs, a.new_tokens, a.padded_batches)}
+            except Exception as e:  # noqa: BLE001 - one failed variant must not lose the others' numbers
+                row = {"shape": shape, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"new_tokens": a.new_tokens, "prompts": a.prompts, "rows": rows}, indent=1))
+    print("\n| shape | variant | prompts | new tokens each | output tok/s | backend |\n|---|---|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['shape'].split('/')[-1]} | {r['variant']} | {r.get('prompts', '–')} | "
+              f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('backend', '')} |")
+
+
+if __name__ == "__main__":
+    main()
