@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import sys
+import warnings
 
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
 EXIT_CANCELLED = 4  # `medscale jobs cancel`: the run saved a checkpoint and stopped; do not requeue
@@ -37,6 +39,16 @@ class AttemptStopped(Exception):
                  else "starts from the beginning")
         super().__init__(f"{status} at step {step}: {what}; the next run ({how}) {where}")
         self.status, self.step, self.saved, self.exit_code = status, step, saved, STOP_EXIT_CODES[status]
+
+
+class StopRequested(BaseException):
+    """A stop signal (SIGTERM / SIGUSR1 / Ctrl-C) in a command that does not read the stop flag at safe points (eval,
+    export, ...): raised at once in the main thread, as KeyboardInterrupt is, so no `except Exception` on the way
+    swallows it. The command exits 75 (preempted: requeue) or 4 (cancelled); nothing it was doing is recorded done."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(f"{reason}: stopped at once ({status}); what was in progress was not finished")
+        self.status, self.exit_code = status, STOP_EXIT_CODES[status]
 
 
 # OS errors a person causes and can fix (a path, a permission, a full disk): one line, not a traceback
@@ -88,13 +100,46 @@ def as_disk_full(e: BaseException, folder: str | os.PathLike) -> OSError | None:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) if nearly_full else None
 
 
+# Library output a person running medscale cannot act on, hidden unless --debug / MEDSCALE_DEBUG=1:
+# - peft reading transformers' deprecated `is_gradient_checkpointing` alias on every adapter load (FutureWarning);
+# - bitsandbytes, on CPUs with AVX512-BF16, warning at import that a hub kernel needs "trust_remote_code=True".
+QUIET_WARNINGS = ((FutureWarning, "`is_gradient_checkpointing` is deprecated"),)
+QUIET_LOGGERS = {"bitsandbytes": logging.ERROR}
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Hide QUIET_WARNINGS and QUIET_LOGGERS below their level, and the "--- Logging error ---" traceback that a log
+    handler which cannot write prints for every record (SwanLab's debug.log on a full disk: hundreds of lines
+    before medscale's one line that says the disk is full). Everything as it was afterwards, and with --debug."""
+    if debugging():
+        yield
+        return
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    raise_exceptions = logging.raiseExceptions
+    with warnings.catch_warnings():
+        for category, message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(max(level, levels[name]))
+        logging.raiseExceptions = False
+        try:
+            yield
+        finally:
+            logging.raiseExceptions = raise_exceptions
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 @contextlib.contextmanager
 def user_errors():
     """The one boundary between medscale and a person: bad input (a UserError, or a path, permission or full disk)
     exits 2 with one line naming the thing and the fix; a stopped attempt exits with its code; a failed run exits
-    1 with its reason. Real bugs keep their traceback, and so does everything with --debug / MEDSCALE_DEBUG=1."""
+    1 with its reason. Real bugs keep their traceback, and so does everything with --debug / MEDSCALE_DEBUG=1.
+    Library noise stays out of the way meanwhile (quiet_libraries)."""
     try:
-        yield
+        with quiet_libraries():
+            yield
     except UserError as e:
         if debugging():
             raise
@@ -108,6 +153,10 @@ def user_errors():
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
         if os.environ.get("RANK", "0") == "0":  # every rank stops together with the same words: say them once
+            _say(f"medscale: {e}")
+        raise SystemExit(e.exit_code) from None
+    except StopRequested as e:
+        if os.environ.get("RANK", "0") == "0":
             _say(f"medscale: {e}")
         raise SystemExit(e.exit_code) from None
     except RunFailed as e:

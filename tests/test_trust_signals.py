@@ -3,14 +3,23 @@ command that is not training, a registry away at the end of a run, a PID reused 
 stopped by SIGTERM. Real processes where the point is a signal or a pipe."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from conftest import cli
+from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.jobs.attempt import refuse_if_running
+from medscale.jobs.checkpoint import latest_verified
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.record import Journal
 from medscale.jobs.resume import plan_start
@@ -64,3 +73,102 @@ def test_the_attempts_own_live_process_still_blocks_a_second_run(tmp_path):
     finally:
         runner.kill()
         runner.wait()
+
+
+# --------------------------------------------------------------------------- 12. a stdout pipe whose reader goes away
+
+def _start(module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m MODULE ARGS` with stdout and stderr on one pipe, as under `2>&1 | tee log`."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+def _wait_draining(cond, proc: subprocess.Popen, what: str) -> bytes:
+    """Wait for `cond` while reading the pipe (a full pipe would block the writer); what was read comes back."""
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    while not cond():
+        seen += proc.stdout.read() or b""
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}:\n{seen[-4000:].decode()}")
+        time.sleep(0.05)
+    return seen
+
+
+def _last_attempt(out: Path) -> dict:
+    return json.loads((out / "medscale_job.json").read_text())["attempts"][-1]
+
+
+def _stepped(out: Path):
+    def check():
+        reg = Registry()
+        try:
+            return any(j.step >= 1 for j in reg.jobs())
+        finally:
+            reg.close()
+    return check
+
+
+def test_ctrl_c_after_the_pipe_reader_is_gone_still_saves_and_exits_4(tiny_model_dir, tmp_path):
+    """Defect: `medscale demo | tee log` and Ctrl-C: tee died with the same Ctrl-C, the run's next write to the pipe
+    raised BrokenPipeError and the attempt ended `failed` with nothing saved. The reader going away is now no error."""
+    out = tmp_path / "piped"
+    proc = _start("medscale.cli", "train", "tiny-demo", f"model.path={tiny_model_dir}", f"train.output_dir={out}",
+                  "eval.eval_strategy=no", "track.swanlab=null", "train.logging_steps=1", "train.max_steps=200",
+                  "train.save_steps=1000", env={"MEDSCALE_HEARTBEAT_S": "0.2"})
+    _wait_draining(_stepped(out), proc, "the first step")
+    proc.stdout.close()  # the reader is gone: every later write to stdout or stderr meets a broken pipe
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=600) == EXIT_CANCELLED
+    last = _last_attempt(out)
+    assert last["status"] == "cancelled" and "with a verified checkpoint" in last["exit_reason"], last
+    assert latest_verified(out) == out / f"checkpoint-{last['step']}"
+
+
+# --------------------------------------------------------------------------- 17. stop signals outside training
+
+@pytest.fixture
+def trained(two_runs, tmp_path) -> Path:
+    """A copy of a shared trained job (6 steps, verified checkpoints) that a test may write beside."""
+    out = tmp_path / "trained"
+    shutil.copytree(two_runs["lora"], out)
+    return out
+
+
+def test_sigterm_to_the_eval_entry_ends_it_preempted_with_exit_75(trained, eval_data, tiny_model_dir):
+    """Defect: `python -m medscale.eval` (what SLURM and Ray run) ignored SIGTERM and ran to the end, so a preempted
+    evaluation was killed at the grace period's end, never requeued. Now it stops at once: exit 75, its attempt
+    preempted, no report."""
+    proc = _start("medscale.eval", "tiny-demo", "name=run-lora", f"model.path={tiny_model_dir}",
+                  f"train.output_dir={trained}", f"eval.benchmarks=['{eval_data['mcq']}']")
+    record = trained / "eval" / "medscale_job.json"
+    _wait_draining(record.is_file, proc, "the evaluation's attempt")
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
+    assert "Traceback" not in log and "stopped at once (preempted)" in log, log[-4000:]
+    last = _last_attempt(trained / "eval")
+    assert last["status"] == "preempted" and "SIGTERM" in last["exit_reason"], last
+    assert not (trained / "eval" / "eval.json").exists()
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """The process has installed its own SIGTERM handler (the kernel's mask of caught signals)."""
+    mask = Path(f"/proc/{pid}/status").read_text().split("SigCgt:")[1].split()[0]
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("command, sig, code", [("eval", signal.SIGTERM, EXIT_PREEMPTED),
+                                                ("export", signal.SIGINT, EXIT_CANCELLED)])
+def test_a_stop_signal_ends_any_command_with_its_exit_code(trained, eval_data, command, sig, code):
+    """Defect: the CLI installed training's handler for every command: `eval` and `export` ran to the end and exited 0
+    after SIGTERM or a single Ctrl-C."""
+    args = {"eval": ["eval", str(trained), "--bench", str(eval_data["mcq"])],
+            "export": ["export", str(trained), "--merge", "--out", str(trained.parent / "merged")]}[command]
+    proc = _start("medscale.cli", *args)
+    _wait_draining(lambda: _handles_sigterm(proc.pid), proc, "the stop handler")
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == code, log[-4000:]
+    assert "Traceback" not in log and "stopped at once" in log, log[-4000:]
+    assert not (trained.parent / "merged").exists()

@@ -41,7 +41,10 @@ app.add_typer(sweep_app, name="sweep")
 
 
 def main() -> None:
+    from medscale.errors import user_errors
     from medscale.jobs.stop import stop_flag
 
-    stop_flag().install()  # first: a stop signal during start-up must still end in exit 75 or 4
-    app()
+    with user_errors():  # also around Typer's parsing: a stop at any moment ends in exit 75 or 4
+        # First: every command stops at once; training switches to saving at its next step when it starts
+        stop_flag().install(at_once=True)
+        app()

@@ -31,7 +31,7 @@ def run_job(recipe: Recipe, launch=None, callbacks=()):
     from medscale.jobs.stop import stop_flag
 
     flag = stop_flag()
-    flag.install()
+    flag.install(at_once=True)  # nothing here saves progress: a stop ends the attempt preempted / cancelled at once
     job = eval_job_recipe(recipe)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     e = recipe.eval

@@ -4,9 +4,9 @@ the status it ends with.
     with Attempt(recipe, launch, rank, world, kind="train", resumed_from=ckpt, stop=stop_flag()) as attempt:
         ...  # train; attempt.step follows the Trainer; attempt.checkpoint_saved(...) after each verified save
 
-On exit the attempt ends `completed`, `preempted` / `cancelled` (AttemptStopped), `cancelled` (Ctrl-C twice) or
-`failed` with the exception's one-line reason; the exception is never swallowed. Global rank 0 keeps the record;
-on other ranks the object is inert. The registry is written through RunRegistry: it never stops a run.
+On exit the attempt ends `completed`, `preempted` / `cancelled` (AttemptStopped, or StopRequested where nothing reads
+the stop flag), `cancelled` (Ctrl-C twice) or `failed` with the exception's one-line reason; the exception is never
+swallowed. Global rank 0 keeps the record; on other ranks the object is inert. The registry is written through RunRegistry: it never stops a run.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import socket
 import threading
 from pathlib import Path
 
-from medscale.errors import AttemptStopped
+from medscale.errors import AttemptStopped, StopRequested
 from medscale.jobs.checkpoint import checkpoint_step, newest_saved, remove_torn_saves
 from medscale.jobs.client import RunRegistry
 from medscale.jobs.errors import JobStateError
@@ -87,14 +87,18 @@ class Attempt:
         recipe_yaml = r.to_yaml()
         self.spec = journal.spec(recipe_yaml)
         write_text_atomic(self.out / RECIPE_FILE, recipe_yaml, mode=PRIVATE)
-        journal.save()
-        if self.registry.attempt(self.spec, self.info, launched_at=self.launch.launched_at):
-            self.stop.cancel("cancelled before it started (`medscale jobs cancel`)")
-        log.info("job %s attempt %d started%s%s", r.name, self.info.number,
-                 f", resuming from {self.resumed_from}" if self.resumed_from else "",
-                 f" (recipe changed since that checkpoint: {', '.join(self.changes)})" if self.changes else "")
-        self._beat = threading.Thread(target=self._heartbeat, name="medscale-heartbeat", daemon=True)
-        self._beat.start()
+        try:
+            journal.save()
+            if self.registry.attempt(self.spec, self.info, launched_at=self.launch.launched_at):
+                self.stop.cancel("cancelled before it started (`medscale jobs cancel`)")
+            log.info("job %s attempt %d started%s%s", r.name, self.info.number,
+                     f", resuming from {self.resumed_from}" if self.resumed_from else "",
+                     f" (recipe changed since that checkpoint: {', '.join(self.changes)})" if self.changes else "")
+            self._beat = threading.Thread(target=self._heartbeat, name="medscale-heartbeat", daemon=True)
+            self._beat.start()
+        except BaseException as e:  # a stop signal while starting (eval stops at once): end what was recorded
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, _tb) -> bool:
@@ -103,6 +107,8 @@ class Attempt:
         elif isinstance(exc, AttemptStopped):
             self._end(AttemptStatus(exc.status), f"stopped at step {self.step}: {self.stop.reason or exc.status}"
                       + (" with a verified checkpoint" if exc.saved else ""))
+        elif isinstance(exc, StopRequested):  # outside training: stopped where it was, nothing to save
+            self._end(AttemptStatus(exc.status), f"stopped at once at step {self.step}: {self.stop.reason}")
         elif isinstance(exc, KeyboardInterrupt):
             self._remove_torn_saves()
             newest = newest_saved(self.out) if self.active else None
