@@ -58,10 +58,12 @@ class Report:
 
 
 def model_dir_problem(model) -> str | None:
-    """Why `model.path` cannot be loaded, or None. A `model.tiny` recipe builds its folder itself."""
+    """Why `model.path` cannot be loaded, or None. A `model.tiny` recipe builds its folder itself, where it may."""
     path = Path(model.path)
     if model.tiny is not None and not (path / "config.json").exists():
-        return None
+        from medscale.model.tiny import tiny_build_problem
+
+        return tiny_build_problem(model)
     what = f"download {model.hub_id} into {path}" if model.hub_id else f"put a Hugging Face model folder at {path}"
     if not path.exists():
         return f"model.path: {path} is missing: {what}, or set model.path=/your/folder"
@@ -217,6 +219,19 @@ def _eval(recipe: Recipe, report: Report) -> None:
             report.error("eval", f"eval.control: {err}")
 
 
+def _adapter(recipe: Recipe, report: Report) -> None:
+    """adapter.target_modules / modules_to_save against the model's module names (its config on the meta device):
+    a wrong name otherwise fails after the model is loaded and the job recorded, or is skipped without a word."""
+    from medscale.model.load import adapter_problems
+
+    try:
+        problems = adapter_problems(recipe)
+    except (OSError, ValueError, KeyError, ImportError):  # a config transformers cannot build: loading says why
+        return
+    for problem in problems:
+        report.error("adapter", problem)
+
+
 def _tokenized(recipe: Recipe, report: Report) -> None:
     """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it, and
     what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it)."""
@@ -272,9 +287,12 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     if model_problem is not None:
         (report.error if paths_must_exist else report.warn)("model", model_problem)
     elif recipe.model.tiny is not None and not (Path(recipe.model.path) / "config.json").is_file():
-        report.info("model", f"{recipe.model.path}: a tiny random Qwen3, built on first use")
+        report.info("model", f"{recipe.model.path}: a tiny random Qwen3 ({recipe.model.tiny.layers} layers, hidden "
+                             f"{recipe.model.tiny.hidden}), built there on first use")
     else:
         report.info("model", f"{recipe.model.path}")
+    if model_problem is None:
+        _adapter(recipe, report)
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
     _deepspeed(recipe, report, on_worker=devices)

@@ -1,12 +1,13 @@
 """Base model + tokenizer from a local folder, in bf16 or NF4 (QLoRA), wrapped with a peft LoRA adapter."""
 from __future__ import annotations
 
+import difflib
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
+from medscale.errors import quiet_libraries
 from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -58,6 +59,52 @@ def load_base_model(model: ModelSection):
     return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
 
 
+# The layer classes peft's LoRA wraps (its other modules raise "Target module ... is not supported").
+LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
+
+
+def module_kinds(model: ModelSection) -> dict[str, str]:
+    """Every module of the model, name -> class name, from config.json (or the tiny model's shape) built on the meta
+    device: no weight is read or allocated, so pre-flight can afford it for an 8B model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model.tiny is not None and not (Path(model.path) / "config.json").is_file():
+        from medscale.model.tiny import tiny_config
+
+        config = tiny_config(3000, model.tiny.layers, model.tiny.hidden)  # the vocabulary size names no module
+    else:
+        config = AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+    return {name: type(m).__name__ for name, m in skeleton.named_modules() if name}
+
+
+def _closest(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def adapter_problems(recipe: Recipe) -> list[str]:
+    """Entries of adapter.target_modules and modules_to_save that match no module of the model, matched as peft
+    matches them: peft skips such an entry without a word while another one matches (a LoRA the recipe did not
+    ask for), and fails with a traceback after the model is loaded and the job recorded when none does."""
+    a, where = recipe.adapter, recipe.model.path
+    kinds = module_kinds(recipe.model)
+    layers = sorted({n.rsplit(".", 1)[-1] for n, kind in kinds.items() if kind in LORA_LAYERS})
+    problems = []
+    for key in [] if a.target_modules == "all-linear" else a.target_modules:
+        hits = [kind for n, kind in kinds.items() if n == key or n.endswith(f".{key}")]
+        if not any(kind in LORA_LAYERS for kind in hits):
+            what = f"is a {hits[0]}, not a layer LoRA can wrap" if hits else f"names no module of {where}"
+            problems.append(f"adapter.target_modules: '{key}' {what}{_closest(key, layers)} "
+                            f"(its layers: {', '.join(layers)})")
+    for key in a.modules_to_save or []:
+        if not any(n.endswith(key) for n in kinds):  # peft's own test for modules_to_save
+            problems.append(f"adapter.modules_to_save: '{key}' names no module of {where}"
+                            f"{_closest(key, sorted({n.rsplit('.', 1)[-1] for n in kinds}))}")
+    return problems
+
+
 def lora_config(adapter: AdapterSection):
     from peft import LoraConfig
 
@@ -82,8 +129,7 @@ def load_model(recipe: Recipe):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     # Under ZeRO-3 every trainable tensor must share one dtype (DeepSpeed asserts it when it flattens them):
     # keep LoRA in the base dtype instead of peft's fp32 upcast, beside modules_to_save copies in that dtype.
-    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias: not ours to fix, only noise
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_libraries():  # also where no CLI boundary is around it (Ray workers, tests calling run())
         model = get_peft_model(base, lora_config(recipe.adapter),
                                autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
     keep_lora_inputs_under_autocast(model)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import ProgressCallback, Trainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
-from medscale.errors import AttemptStopped, RunFailed, as_disk_full
+from medscale.errors import AttemptStopped, RunFailed, as_disk_full, debugging
 from medscale.jobs import stop
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import delete_checkpoint, retention_plan, write_manifest
@@ -122,18 +122,33 @@ class ThroughputMeter(TrainerCallback):
         return {**self._rates(*self.total), **({"first_step_s": self.first_step_s} if self.first_step_s else {})}
 
 
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bar without the raw Python dict it prints between the bars at every log line (and
+    every evaluation): those numbers are in trainer_state.json, SwanLab, the registry and the run summary, and the
+    loss is on the bar itself (ProgressRate). --debug keeps transformers' own callbacks."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 class ProgressRate(TrainerCallback):
-    """Tokens/s on the Trainer's own progress bar (transformers' ProgressCallback tqdm), beside its ETA: the
-    figure a person watches, not only in the log lines every `logging_steps`."""
+    """The latest loss, eval loss and tokens/s on the Trainer's own progress bar (transformers' ProgressCallback
+    tqdm), beside its ETA: the figures a person watches, where the log lines every `logging_steps` used to be."""
 
     def __init__(self, meter: ThroughputMeter, handler):
         self.meter, self.handler = meter, handler
+        self.last: dict[str, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.last.update({k: v for k, v in (logs or {}).items() if k in ("loss", "eval_loss") and v is not None})
 
     def on_step_end(self, args, state, control, **kw):
         progress = next((cb for cb in self.handler.callbacks if isinstance(cb, ProgressCallback)), None)
         bar, rate = getattr(progress, "training_bar", None), self.meter.recent_tokens_per_s()
-        if bar is not None and rate:
-            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)  # shown by the bar's own update
+        parts = [f"{label} {self.last[k]:.3f}" for k, label in (("loss", "loss"), ("eval_loss", "eval loss"))
+                 if k in self.last] + ([f"{rate:,.0f} tok/s"] if rate else [])
+        if bar is not None and parts:
+            bar.set_postfix_str(", ".join(parts), refresh=False)  # shown by the bar's own update
 
 
 class AdaptiveClipper:
@@ -278,6 +293,10 @@ class MedscaleTrainer(Trainer):
     def __init__(self, *a, meter: ThroughputMeter, health: StepHealth, clipper: AdaptiveClipper | None = None, **kw):
         super().__init__(*a, **kw)
         self.meter, self.health, self.clipper = meter, health, clipper
+        if not debugging():
+            if self.pop_callback(ProgressCallback) is not None:
+                self.add_callback(QuietProgress)
+            self.pop_callback(PrinterCallback)  # the bar's stand-in with disable_tqdm: the same dicts, printed
         self.add_callback(ProgressRate(meter, self.callback_handler))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
