@@ -69,7 +69,9 @@ class ModelSection(Section):
                             "without a dense mask; sdpa elsewhere) | sdpa | eager | flash_attention_2 | "
                             "flex_attention | kernels-community/...")
     trust_remote_code: bool = Field(False, description="run Python shipped with the weights; off unless you trust the folder")
-    tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing")
+    tiny: TinySpec | None = Field(None, description="build a tiny random Qwen3 at `path` if it is missing: by itself "
+                                                    "only under $MEDSCALE_HOME/models, elsewhere with `medscale "
+                                                    "tiny-model PATH`; never over a folder of yours")
 
 
 # Generated from the format registry: a new format module is a new choice here.

@@ -22,8 +22,8 @@ def _users_folder(root: Path) -> Path:
 
 
 def _untouched(folder: Path) -> bool:
-    return (sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["notes.txt", "sub", "sub/data.jsonl"]
-            and (folder / "notes.txt").read_text() == "a week of work\n")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    return files == ["notes.txt", "sub", "sub/data.jsonl"] and (folder / "notes.txt").read_text() == "a week of work\n"
 
 
 # ---------------------------------------------------------------------------------------------- item 1
@@ -105,7 +105,8 @@ def test_the_target_check_knows_an_unbuilt_tiny_model_and_all_linear(medscale_ho
     assert adapter_problems(load_recipe("tiny-demo")) == []  # built from its shape, nothing written
     assert adapter_problems(load_recipe("tiny-demo", ["adapter.target_modules=all-linear"])) == []
     assert not (medscale_home / "models").exists()
-    assert "did you mean 'gate_proj'" in adapter_problems(load_recipe("tiny-demo", ["adapter.target_modules=[gate]"]))[0]
+    wrong = adapter_problems(load_recipe("tiny-demo", ["adapter.target_modules=[gate]"]))
+    assert len(wrong) == 1 and "did you mean 'gate_proj'" in wrong[0]
 
 
 # ---------------------------------------------------------------------------------------------- item 13
