@@ -11,6 +11,7 @@ import yaml
 
 from launcher.process import Outcome, run_forwarding_signals, run_reporting_stops
 from medscale.errors import STOP_EXIT_CODES, AttemptStopped
+from medscale.jobs.client import reconcile_output_dir
 from medscale.jobs.launch import LaunchInfo, LaunchRequest
 from medscale.jobs.stop import STATUS, stop_flag
 from medscale.paths import shipped
@@ -128,6 +129,7 @@ class LocalLauncher:
         if flag.code:  # asked to stop while preparing: nothing started, nothing to save
             print(f"medscale: {flag.reason}: stopping before the run started", file=sys.stderr, flush=True)
             return STOP_EXIT_CODES[STATUS[flag.code]]
+        reconcile_output_dir(plan.request.recipe.train.output_dir)  # a rerun repairs what the registry missed
         if plan.command is None:
             try:
                 plan.request.entry.load()(plan.request.recipe, LaunchInfo.from_env(plan.env))

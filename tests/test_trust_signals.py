@@ -3,6 +3,7 @@ command that is not training, a registry away at the end of a run, a PID reused 
 stopped by SIGTERM. Real processes where the point is a signal or a pipe."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,9 +19,11 @@ import pytest
 
 from conftest import cli
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
-from medscale.jobs.attempt import refuse_if_running
+from medscale.jobs import stop
+from medscale.jobs.attempt import Attempt, refuse_if_running
 from medscale.jobs.checkpoint import latest_verified
 from medscale.jobs.errors import JobStateError
+from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import Journal
 from medscale.jobs.resume import plan_start
 from medscale.recipe import load_recipe
@@ -172,3 +175,56 @@ def test_a_stop_signal_ends_any_command_with_its_exit_code(trained, eval_data, c
     assert proc.returncode == code, log[-4000:]
     assert "Traceback" not in log and "stopped at once" in log, log[-4000:]
     assert not (trained.parent / "merged").exists()
+
+
+# --------------------------------------------------------------------------- 18. a registry away at the end of a run
+
+@contextlib.contextmanager
+def _registry_away(db: Path):
+    """The SQLite registry file is unreachable (a folder stands at its path) for the duration, then back as it was."""
+    aside = db.with_name(db.name + ".away")
+    db.rename(aside)
+    db.mkdir()
+    try:
+        yield
+    finally:
+        db.rmdir()
+        aside.rename(db)
+
+
+def _status(name: str) -> str:
+    reg = Registry()
+    try:
+        return next(j.status for j in reg.jobs() if j.name == name)
+    finally:
+        reg.close()
+
+
+def _attempt(tmp_path, name: str) -> Attempt:
+    recipe = load_recipe("tiny-demo", [f"name={name}", f"train.output_dir={tmp_path / name}"])
+    return Attempt(recipe, LaunchInfo("local"), rank=0, world_size=1, stop=stop.StopFlag())
+
+
+def test_an_outage_just_before_the_end_does_not_leave_a_finished_job_lost(tmp_path, medscale_home, caplog):
+    """Defect: after one failed write every registry call was skipped for 60 s, the final "completed" included:
+    the finished job stayed running, then lost, for good."""
+    with _attempt(tmp_path, "brief-outage") as attempt:
+        with _registry_away(medscale_home / "registry.db"):
+            attempt.metrics_logged(1, {"loss": 1.0})
+        assert "REGISTRY UNREACHABLE" in caplog.text
+    assert _status("brief-outage") == "succeeded"
+
+
+def test_jobs_show_and_list_repair_a_job_whose_end_the_registry_missed(tmp_path, medscale_home):
+    """Defect: only `jobs sync` repaired it. The output dir is the source of truth: show and list reconcile."""
+    attempts = [_attempt(tmp_path, name).__enter__() for name in ("shown", "listed")]
+    with _registry_away(medscale_home / "registry.db"):
+        for attempt in attempts:
+            attempt.__exit__(None, None, None)  # they end while it is away, through every retry
+    assert _status("shown") == _status("listed") == "running"  # as the registry last heard
+    r = cli("jobs", "show", "shown")
+    assert r.returncode == 0 and "succeeded" in r.stdout, r.stdout + r.stderr
+    assert _status("listed") == "running"  # show touched only its own job
+    r = cli("jobs", "list")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _status("listed") == "succeeded"

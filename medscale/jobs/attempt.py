@@ -143,7 +143,7 @@ class Attempt:
             self.journal.save()
         except OSError as e:  # a full disk must not hide the reason the attempt ended with
             log.error("could not record the end of attempt %d in %s: %s", self.info.number, self.out, e)
-        self.registry.attempt(self.spec, self.info)
+        self.registry.ended(self.spec, self.info)
         self.registry.close()
         log.info("job %s attempt %d ended: %s%s", self.recipe.name, self.info.number, status.value,
                  f" ({reason})" if reason else "")

@@ -2,8 +2,12 @@
 
 `RunRegistry` is global rank 0's client: typed calls that never raise. A failure is logged loudly
 (`REGISTRY UNREACHABLE`) and the call is skipped; calls are retried after RETRY_S, and the first one that gets
-through first restores the job's rows from disk (`sync_output_dir`). A SQLite registry file deleted or replaced
-mid-run counts as unreachable too: the run reopens the file at that path and restores its rows there.
+through first restores the job's rows from disk (`sync_output_dir`). The attempt's final status is never skipped: it
+is tried at once and again after FINAL_WAITS_S. A SQLite registry file deleted or replaced mid-run counts as
+unreachable too: the run reopens the file at that path and restores its rows there.
+
+Whatever still fell behind is repaired by whoever next touches the job (`reconcile`: a rerun, `jobs show`, `jobs
+list`): the output dir is the source of truth.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from typing import Callable, TypeVar
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, load_manifest, problem
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal, trainer_log
-from medscale.jobs.status import JobStatus
-from medscale.registry import CheckpointInfo, JobSpec, MetricRow, Registry, default_url, redact, scrub
+from medscale.jobs.status import AttemptStatus, JobStatus
+from medscale.registry import (CheckpointInfo, JobSpec, JobView, MetricRow, Registry, RegistryError, default_url, redact,
+                               scrub)
 
 log = logging.getLogger("medscale.registry")
 T = TypeVar("T")
@@ -58,10 +63,55 @@ def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
             "damaged": [p.name for p in damaged_dirs(out)]}
 
 
+def behind(job: JobView) -> bool:
+    """Whether the registry's rows of `job` miss what its output dir's journal records: an attempt it never heard
+    of, or the end of one it still shows running (or lost: running, without a heartbeat)."""
+    journal = read_journal(job.output_dir) if job.output_dir else None
+    if journal is None or not journal.attempts:
+        return False
+    ended = journal.last.status != AttemptStatus.RUNNING
+    return len(journal.attempts) > job.attempts or (ended and job.status in (JobStatus.RUNNING, AttemptStatus.LOST))
+
+
+def reconcile(reg: Registry, jobs: list[JobView]) -> bool:
+    """Sync the jobs whose rows are `behind` from their output dirs; True when any was. A registry that takes no
+    writes (read-only access) keeps its view, with a warning."""
+    stale = [j for j in jobs if behind(j)]
+    for job in stale:
+        try:
+            sync_output_dir(reg, job.output_dir)
+        except Exception as e:
+            log.warning("job %s: the registry is behind %s and could not be updated (%s: %s); `medscale jobs sync "
+                        "%s` repairs it", job.name, job.output_dir, type(e).__name__, e, job.output_dir)
+            return False
+        log.warning("job %s: the registry had missed the end of its attempts; restored from %s", job.name,
+                    job.output_dir)
+    return bool(stale)
+
+
+def reconcile_output_dir(output_dir: str | Path) -> None:
+    """`reconcile` the job recorded in `output_dir`, as a rerun of it starts; a registry that cannot be reached is
+    left to the run itself, which reports it."""
+    journal = read_journal(output_dir)
+    if journal is None:
+        return
+    try:
+        reg = Registry()
+    except RegistryError:
+        return
+    try:
+        job_id = reg.find_by_key(journal.spec(""))
+        if job_id is not None:
+            reconcile(reg, [reg.job(job_id)])
+    finally:
+        reg.close()
+
+
 class RunRegistry:
     """Rank 0's registry client for one job; see the module docstring."""
 
     RETRY_S = 60.0
+    FINAL_WAITS_S = (0.5, 2.0, 5.0)  # a short outage at the end of a run must not leave a finished job `lost`
 
     def __init__(self, url: str | None, output_dir: str):
         self.url, self.output_dir = url or default_url(), output_dir
@@ -69,9 +119,9 @@ class RunRegistry:
         self._retry_at, self._behind = 0.0, False
         self._lock = threading.Lock()  # the heartbeat thread and the training thread share it
 
-    def _call(self, what: str, fn: Callable[[Registry], T]) -> T | None:
+    def _call(self, what: str, fn: Callable[[Registry], T], *, final: bool = False) -> T | None:
         with self._lock:
-            if time.monotonic() < self._retry_at:
+            if time.monotonic() < self._retry_at and not final:
                 return None
             try:
                 if self._reg is not None and self._reg.file_replaced():
@@ -97,6 +147,14 @@ class RunRegistry:
     def attempt(self, spec: JobSpec, a, launched_at=None) -> bool:
         """Record the attempt (and beat its heartbeat); True when a cancel of the job applies to it."""
         return bool(self._call("recording the attempt", lambda r: r.upsert_attempt(spec, a, launched_at=launched_at)))
+
+    def ended(self, spec: JobSpec, a) -> None:
+        """Record how the attempt ended: tried now, whatever failed before, and again after each FINAL_WAITS_S."""
+        for wait in (0.0, *self.FINAL_WAITS_S):
+            time.sleep(wait)
+            self._call("recording the end of the attempt", lambda r: r.upsert_attempt(spec, a), final=True)
+            if not self._behind:
+                return
 
     def checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
         self._call("recording a checkpoint", lambda r: r.record_checkpoint(spec, c))

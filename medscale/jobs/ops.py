@@ -14,7 +14,7 @@ import yaml
 
 from medscale import medscale_home
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, delete_checkpoint, retention_plan
-from medscale.jobs.client import sync_output_dir
+from medscale.jobs.client import reconcile, sync_output_dir
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.leftovers import run_leftovers
@@ -26,9 +26,11 @@ RESUME_OVERRIDES = ["train.resume=auto"]
 
 
 def list_jobs(reg: Registry, status: str | None = None) -> list[JobView]:
-    """Every job (one row each), optionally only those a person would see with `status` (lost included)."""
+    """Every job (one row each), optionally only those a person would see with `status` (lost included); rows
+    behind their output dir are brought up to date first (`reconcile`), so the filter sees their real status."""
     if status is not None and status not in VISIBLE_JOB_STATUSES:
         raise RegistryError(f"unknown status '{status}' (one of: {', '.join(VISIBLE_JOB_STATUSES)})")
+    reconcile(reg, reg.jobs())
     return reg.jobs(status)
 
 
@@ -49,6 +51,8 @@ def show_job(reg: Registry, ref: str) -> JobDetail:
     """One job with its attempts, checkpoints, results and recorded recipe, found by id, (unambiguous) name or
     output dir."""
     job = reg.job(reg.find(ref))
+    if reconcile(reg, [job]):
+        job = reg.job(job.id)
     return JobDetail(job, [str(p) for p in damaged_dirs(job.output_dir)], reg.results(job_id=job.id))
 
 
