@@ -120,7 +120,7 @@ def test_empty_and_missing_files(tmp_path):
 def test_builtin_benchmarks_load_with_the_published_counts(monkeypatch):
     root = needs_realdata("eval")
     monkeypatch.setenv("MEDSCALE_EVAL_DATA", str(root))
-    want = {"cmmlu-med": (1815, 45, 0), "ceval-med": (175 + 200 + 443, 19 + 22 + 49, 0), "medqa-zh": (3425, 0, 1),
+    want = {"cmmlu-med": (1815, 45, 0), "ceval-med": (19 + 22 + 49, 0, 0), "medqa-zh": (3425, 0, 1),
             "cmexam": (6810, 0, 1), "medqa-en": (1273, 0, 0), "mmlu-med": (1089, 0, 0)}
     assert set(want) == set(BUILTINS)
     for name, (test, dev, skipped) in want.items():
@@ -130,7 +130,7 @@ def test_builtin_benchmarks_load_with_the_published_counts(monkeypatch):
     ceval = load_benchmark("ceval-med")
     by_subject = {s: sum(q.subject == s for q in ceval.questions) for s in ("basic_medicine", "clinical_medicine",
                                                                           "physician")}
-    assert by_subject == {"basic_medicine": 175, "clinical_medicine": 200, "physician": 443}
+    assert by_subject == {"basic_medicine": 19, "clinical_medicine": 22, "physician": 49}  # the val rows
     cmexam = load_benchmark("cmexam")
     assert "cmexam.jsonl:5332" in cmexam.skipped[0]  # a 4-option question whose answer key says E
     assert sum(q.multi for q in cmexam.questions) == 203

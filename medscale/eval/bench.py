@@ -38,7 +38,7 @@ class Benchmark:
     name: str
     language: str  # "zh" | "en": picks the instruction language
     questions: list[Question]
-    dev: list[Question] = field(default_factory=list)  # the few-shot pool (a dev/val split), never scored
+    dev: list[Question] = field(default_factory=list)  # the few-shot pool (a dev/ folder), never scored
     skipped: list[str] = field(default_factory=list)  # "id (file:line): reason" of malformed questions left out
     files: list[str] = field(default_factory=list)
     source: str = ""  # the file or folder it was read from
@@ -98,7 +98,8 @@ class _Builtin:
 BUILTINS: dict[str, _Builtin] = {
     "cmmlu-med": _Builtin("cmmlu_medical", "zh", "haonan-li/CMMLU data/{test,dev}/<medical subject>.csv"),
     "ceval-med": _Builtin("ceval_medical", "zh", "ceval/ceval-exam basic_medicine, clinical_medicine, physician "
-                                                 "(val rows, then test rows, one .jsonl per subject)"),
+                                                 "(val rows, then any test rows, which are not scored; one .jsonl "
+                                                 "per subject)"),
     "medqa-zh": _Builtin("medllm_qa_benchmark/zh/medqa_zh.jsonl", "zh", "aistairc/medLLM_QA_benchmark data/zh"),
     "cmexam": _Builtin("medllm_qa_benchmark/zh/cmexam.jsonl", "zh", "aistairc/medLLM_QA_benchmark data/zh"),
     "medqa-en": _Builtin("medllm_qa_benchmark/en/medqa_en.jsonl", "en", "aistairc/medLLM_QA_benchmark data/en"),
@@ -151,16 +152,14 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
         skip = True
     test_files, dev_files = _split_files(path)
     bench = Benchmark(name, "", [], files=[str(f) for f in test_files + dev_files], source=str(path))
-    has_val = False
+    held_out: list[int] = []
     for f in test_files:
-        test, dev = load_file(f, src, skip, bench.skipped, bench.notes)
-        bench.questions += test
-        bench.dev += dev
-        has_val |= bool(dev)
+        questions, n = load_file(f, src, skip, bench.skipped, bench.notes)
+        bench.questions += questions
+        held_out.append(n)
     for f in dev_files:
         bench.dev += load_file(f, src, skip, bench.skipped, bench.notes)[0]
-    bench.split = ("test/ (dev/ gives the examples)" if dev_files else "test rows (the val rows before them give "
-                   "the examples)" if has_val else "every row")
+    bench.split = _split_said(bool(dev_files), held_out, bench.notes)
     _check_repeats(bench, dedupe=dedupe, published=builtin is not None)
     total = len(bench.questions) + len(bench.skipped)
     if not bench.questions:
@@ -175,6 +174,19 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
     bench.language = language or guess_language(q.question for q in bench.questions)
     bench.total = len(bench.questions)
     return bench
+
+
+def _split_said(has_dev: bool, held_out: list[int], notes: list[str]) -> str:
+    """Which part of the files is scored; C-Eval's test rows, set aside per file, are counted in a note."""
+    if any(held_out):
+        notes.append(f"{sum(held_out)} C-Eval test rows are not scored: C-Eval publishes no test labels (the "
+                     f"answers in such a copy are unofficial), so its val rows are, as lm-evaluation-harness and "
+                     f"OpenCompass do")
+    rows = ("val rows (test rows not scored)" if held_out and all(held_out) else
+            "every row (val rows only, in C-Eval files)" if any(held_out) else "")
+    if has_dev:
+        return f"test/{': ' + rows if rows else ''} (dev/ gives the examples)"
+    return rows or "every row"
 
 
 def _check_repeats(bench: Benchmark, dedupe: bool, published: bool) -> None:

@@ -5,7 +5,8 @@ Answers may be letters ("B", "ACE", "A,C", a list), the option's text, the optio
 hub's), or from 1 for MedMCQA's `cop` where the file shows it; a number outside the options, or a file that mixes
 numbers with letters or 0-based with 1-based numbers, is an error. A question is malformed when its answer is
 missing or empty, names an empty option, or has the same text as another option (a right choice could not be told
-from a wrong one). `medscale.eval.bench` decides which files make a benchmark and what becomes of a malformed or
+from a wrong one). A file that holds C-Eval's val rows then its test rows gives only the val rows: the test labels
+are unpublished. `medscale.eval.bench` decides which files make a benchmark and what becomes of a malformed or
 repeated question.
 """
 from __future__ import annotations
@@ -218,8 +219,8 @@ def _index_base(rows: list[tuple[int, dict]], layout: _Layout, path: Path) -> in
 
 
 def _val_rows_first(rows: list[tuple[int, dict]]) -> int:
-    """Rows before this index are a dev split: files that hold val rows then test rows (as the C-Eval export
-    does) number each part 0, 1, 2, ... with an integer `id`, so the ids read 0..k-1 then 0..m-1 (k, m >= 2). 0
+    """Rows before this index are C-Eval's val split, the rest its test split: its export holds val rows then test
+    rows, each part numbered 0, 1, 2, ... with an integer `id`, so the ids read 0..k-1 then 0..m-1 (k, m >= 2). 0
     otherwise."""
     try:
         ids = [int(r.get("id")) for _, r in rows]
@@ -231,9 +232,11 @@ def _val_rows_first(rows: list[tuple[int, dict]]) -> int:
 
 
 def load_file(path: Path, src: BenchmarkSource, skip_bad: bool, skipped: list[str],
-              notes: list[str]) -> tuple[list[Question], list[Question]]:
-    """(scored questions, dev questions) of one file. A malformed question raises, or with skip_bad goes to
-    `skipped` as "id (file:line): reason"; the convention applied to numbered answers goes to `notes`."""
+              notes: list[str]) -> tuple[list[Question], int]:
+    """(questions, test rows set aside) of one file. A file that holds C-Eval's val rows then its test rows gives
+    its val rows: C-Eval publishes no test labels, so a copy's test answers are unofficial (lm-evaluation-harness
+    and OpenCompass score val too). A malformed question raises, or with skip_bad goes to `skipped` as
+    "id (file:line): reason"; the convention applied to numbered answers goes to `notes`."""
     try:
         rows = list(read_records(path))
     except DataError as e:
@@ -244,6 +247,8 @@ def load_file(path: Path, src: BenchmarkSource, skip_bad: bool, skipped: list[st
     if bad_rows:
         raise BenchmarkError(f"{path}:{bad_rows[0][0]}: expected an object with question, options and answer, got "
                              f"{type(bad_rows[0][1]).__name__}")
+    val = _val_rows_first(rows)
+    held_out, rows = (len(rows) - val, rows[:val]) if val else (0, rows)
     line, first = rows[0]
     layout = _detect_layout(first, src)
     if layout is None:
@@ -255,10 +260,8 @@ def load_file(path: Path, src: BenchmarkSource, skip_bad: bool, skipped: list[st
     if base is not None:
         layout.index_base = base
         notes.append(f"{path}: answers are option numbers, read counting from {base} ({base} = A, {base + 1} = B)")
-    split = _val_rows_first(rows)
-    test: list[Question] = []
-    dev: list[Question] = []
-    for i, (n, rec) in enumerate(rows):
+    questions: list[Question] = []
+    for n, rec in rows:
         qid = f"{path.stem}:{n}"
         try:
             q = _question(rec, layout, path.stem, qid, f"{path}:{n}")
@@ -270,5 +273,5 @@ def load_file(path: Path, src: BenchmarkSource, skip_bad: bool, skipped: list[st
                                      f"fields are mapped wrongly, {FIX}") from None
             skipped.append(f"{qid} ({path}:{n}): {e}")
             continue
-        (dev if i < split else test).append(q)
-    return test, dev
+        questions.append(q)
+    return questions, held_out

@@ -1,0 +1,67 @@
+"""Issue 22's benchmark hygiene, the rest of it: ceval-med scores C-Eval's val split (its test labels are unpublished)
+and says so; a recipe's benchmarks take the command line's dedupe / max_bad, in pre-flight and at eval steps."""
+from __future__ import annotations
+
+import json
+
+from conftest import cli, needs_realdata
+
+from medscale.eval.bench import load_benchmark
+from medscale.eval.run import load_benchmarks
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _ceval_export(folder, subject, val: int, test: int):
+    """A subject file as the C-Eval export writes it: val rows, then test rows, each part's ids from 0. The test
+    answers are what a copy has (empty as published, or unofficial ones)."""
+    rows = [{"id": i, "question": f"{subject}验证题{i}", "A": "甲", "B": "乙", "C": "丙", "D": "丁",
+             "answer": "ABCD"[i % 4], "explanation": ""} for i in range(val)]
+    rows += [{"id": i, "question": f"{subject}测试题{i}", "A": "甲", "B": "乙", "C": "丙", "D": "丁",
+              "answer": "" if i % 2 else "B", "explanation": ""} for i in range(test)]
+    return _jsonl(folder / f"{subject}.jsonl", rows)
+
+
+# ---- ceval-med scores the val split
+
+
+def test_ceval_med_scores_the_val_rows_and_says_so(tmp_path):
+    root = tmp_path / "eval"
+    for subject, val, test in (("basic_medicine", 4, 7), ("physician", 5, 9)):
+        _ceval_export(root / "ceval_medical", subject, val, test)
+    b = load_benchmark("ceval-med", data_dir=root)
+    assert [q.question for q in b.questions] == ([f"basic_medicine验证题{i}" for i in range(4)] +
+                                                 [f"physician验证题{i}" for i in range(5)])
+    assert not b.skipped and not b.dev and b.total == 9  # the test rows (half without answers) are not read
+    assert b.split == "val rows (test rows not scored)"
+    assert any(n.startswith("16 C-Eval test rows are not scored: C-Eval publishes no test labels") for n in b.notes)
+    # the same files by path are the same benchmark; k-shot examples come out of the val rows, named
+    assert load_benchmark(str(root / "ceval_medical")).fingerprint() == b.fingerprint()
+    (shot,) = load_benchmarks(["ceval-med"], str(root), shots=2)
+    assert len(shot.dev) == 2 and shot.total == 7 and shot.split == "val rows (test rows not scored) less 2 examples"
+    assert all("验证题" in q.question for q in shot.dev)
+
+
+def test_ceval_med_real_files_give_their_90_val_rows(monkeypatch):
+    monkeypatch.setenv("MEDSCALE_EVAL_DATA", str(needs_realdata("eval")))
+    b = load_benchmark("ceval-med")
+    assert {s: sum(q.subject == s for q in b.questions) for s in ("basic_medicine", "clinical_medicine",
+                                                                  "physician")} == {
+        "basic_medicine": 19, "clinical_medicine": 22, "physician": 49}
+    assert [q.source.rsplit("/", 1)[1] for q in b.questions[:2]] == ["basic_medicine.jsonl:1", "basic_medicine.jsonl:2"]
+    assert b.split == "val rows (test rows not scored)" and b.total == 90 and not b.dev
+    assert any(n.startswith("818 C-Eval test rows are not scored") for n in b.notes)
+
+
+def test_eval_result_names_the_val_split_of_ceval_med(tiny_model_dir, tmp_path):
+    root = tmp_path / "eval"
+    _ceval_export(root / "ceval_medical", "clinical_medicine", 6, 10)
+    r = cli("eval", str(tiny_model_dir), "--bench", "ceval-med", "--data-dir", str(root), "--json")
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert (res["split"], res["total"], res["n"]) == ("val rows (test rows not scored)", 6, 6)
+    assert any("10 C-Eval test rows are not scored" in n for n in res["notes"])
