@@ -165,7 +165,7 @@ def _devices(recipe: Recipe, report: Report) -> None:
 
 
 def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) -> None:
-    from medscale.data.sources import DataError, expand_sources, load_conversations
+    from medscale.data.sources import DataError, expand_sources, iter_conversations
 
     d = recipe.data
     missing: dict[str, tuple[list[str], str]] = {}  # a file named by several sources is one problem
@@ -182,18 +182,19 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
             if not read:
                 continue
             counts: dict = {}
-            try:
-                convs = load_conversations(src.path, src.format, d.prompt_field, d.system_prompt, src.limit,
-                                           d.on_bad_record, d.max_bad_fraction, counts, src.skip)
-                convs = convs[:src.sample] if src.sample else convs  # only the count matters here
+            try:  # counted as they stream by: a big file is never held here
+                n = sum(1 for _ in iter_conversations(src.path, src.format, d.prompt_field, d.system_prompt,
+                                                      src.limit, d.on_bad_record, d.max_bad_fraction, counts,
+                                                      src.skip))
+                n = min(n, src.sample) if src.sample else n
             except DataError as e:
                 report.error("data", str(e))
                 continue
             bad = f", {counts['bad_records']} bad record(s) skipped" if counts.get("bad_records") else ""
-            report.info("data", f"{group}[{i}] {src.path}: {len(convs)} record(s){bad}")
-            if group == "data.sources" and d.eval_size >= 1 and not d.eval_sources and d.eval_size >= len(convs):
+            report.info("data", f"{group}[{i}] {src.path}: {n} record(s){bad}")
+            if group == "data.sources" and d.eval_size >= 1 and not d.eval_sources and d.eval_size >= n:
                 report.error("data", f"data.eval_size={d.eval_size:g} holds out every record of {src.path} "
-                                     f"({len(convs)}): lower data.eval_size or set data.eval_sources")
+                                     f"({n}): lower data.eval_size or set data.eval_sources")
     for keys, problem in missing.values():
         (report.error if missing_is_error else report.warn)("data", f"{', '.join(keys)}: {problem}")
 
@@ -234,13 +235,15 @@ def _adapter(recipe: Recipe, report: Report) -> None:
 
 def _tokenized(recipe: Recipe, report: Report) -> None:
     """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it, and
-    what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it)."""
-    from medscale.data.pipeline import build_datasets, truncation_note
+    what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it). Written
+    to the run's own data cache (same key: files, tokenizer, options, packed-row budget), so training loads it."""
+    from medscale.data.pipeline import build_datasets, cache_root, truncation_note
     from medscale.model.load import load_tokenizer
+    from medscale.plan import token_budget
 
     try:
         tok = load_tokenizer(recipe.model, planned=True)
-        data = build_datasets(recipe.data, tok, recipe.train.seed)
+        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root())
     except (UserError, OSError, ValueError) as e:
         report.error("data", f"tokenizing with {recipe.model.path}: {e}")
         return
@@ -256,7 +259,7 @@ def _tokenized(recipe: Recipe, report: Report) -> None:
 
 def _registry(report: Report) -> None:
     """Reachable or not, a warning at most: training does not need the registry. A SQLite registry that does not
-    exist yet is not created here (a check writes nothing): its folder only has to be writable."""
+    exist yet is not created here (a check creates no registry): its folder only has to be writable."""
     from medscale.registry import Registry, RegistryError, default_url
     from medscale.registry.store import sqlite_path
 

@@ -216,6 +216,13 @@ def cache_key(data: DataSection, tok, seed: int, pack_budget: int | None) -> str
     return h.hexdigest()[:20]
 
 
+def cache_root() -> Path:
+    """Where tokenized data is cached: `medscale check` fills it, so the run it checked loads instead of tokenizing."""
+    from medscale import medscale_home
+
+    return medscale_home() / "cache" / "data"
+
+
 def _from_cache(path: Path, data: DataSection, tok, seed: int) -> SFTData:
     from datasets import load_from_disk
 

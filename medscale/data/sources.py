@@ -8,7 +8,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from medscale.data.formats import closest, detect, format_names, to_messages
 from medscale.errors import UserError
@@ -42,20 +42,10 @@ def is_saved_dataset(p: Path) -> bool:
     return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
 
 
-def _json_lines(path: Path, data: bytes, bad: list[str] | None) -> Iterator[tuple[int, dict]]:
-    """JSON Lines, decoded line by line: one bad byte or one malformed line is one bad record (file:line), not a
-    failed file. A .jsonl that holds one JSON array is read as the array it is (and said so)."""
-    head = data.lstrip()[:1]
-    if head == b"[":
-        try:
-            items = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError):
-            items = None
-        if isinstance(items, list):
-            log.warning("%s holds one JSON array, not JSON lines: read as an array (rename it to .json)", path)
-            yield from _objects(path, enumerate(items, start=1), bad, "array item")
-            return
-    for n, raw in enumerate(data.split(b"\n"), start=1):
+def _json_lines(path: Path, lines: Iterable[bytes], bad: list[str] | None) -> Iterator[tuple[int, dict]]:
+    """JSON Lines, decoded line by line as they are read (a big file is never held whole): one bad byte or one
+    malformed line is one bad record (file:line), not a failed file."""
+    for n, raw in enumerate(lines, start=1):
         if n == 1:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         try:
@@ -80,6 +70,12 @@ def _json_lines(path: Path, data: bytes, bad: list[str] | None) -> Iterator[tupl
             bad.append(f"{path}:{n}: {problem}")
 
 
+def _starts_with_array(f) -> bool:
+    """Whether an open binary file's first non-blank byte (after a BOM), within its read buffer, is `[`: one JSON
+    array, read whole. Peeked, not read: a stream (a pipe) is then read on from its first line."""
+    return f.peek(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+
+
 def _objects(path: Path, items, bad: list[str] | None, what: str) -> Iterator[tuple[int, dict]]:
     for n, rec in items:
         if isinstance(rec, dict):
@@ -89,6 +85,18 @@ def _objects(path: Path, items, bad: list[str] | None, what: str) -> Iterator[tu
         if bad is None:
             raise DataError(msg)
         bad.append(msg)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Rows as they are read, numbered from 2 (the header is row 1)."""
+    row = 1
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for row, rec in enumerate(csv.DictReader(f), start=2):
+                yield row, rec
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: row {row + 1}: not valid UTF-8 ({e.reason}): fix the byte, or convert the file "
+                        f"to .jsonl (read line by line, bad lines skippable)") from None
 
 
 def read_records(path: Path, bad: list[str] | None = None) -> Iterator[tuple[int, dict]]:
@@ -107,27 +115,29 @@ def read_records(path: Path, bad: list[str] | None = None) -> Iterator[tuple[int
 
         yield from enumerate(pq.read_table(path).to_pylist(), start=1)
         return
-    data = path.read_bytes()
-    if path.suffix == ".jsonl":
-        yield from _json_lines(path, data, bad)
-        return
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); a {path.suffix} file is read whole: fix the "
-                        f"byte, or convert the file to .jsonl (read line by line, bad lines skippable)") from None
     if path.suffix == ".csv":
-        yield from enumerate(csv.DictReader(text.splitlines()), start=2)
+        yield from _csv_rows(path)
         return
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
+    with path.open("rb") as f:
+        if not _starts_with_array(f):  # JSON lines (.jsonl, or a .json file of them): streamed
+            yield from _json_lines(path, f, bad)
+            return
+        data = f.read()
+    try:
+        items = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if path.suffix == ".jsonl":  # a first line that opens with `[`: judged line by line
+            yield from _json_lines(path, data.split(b"\n"), bad)
+            return
+        if isinstance(e, json.JSONDecodeError):
             raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-        yield from _objects(path, enumerate(items, start=1), bad, "array item")
-        return
-    yield from _json_lines(path, data, bad)  # a .json file of JSON lines
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); a JSON array is "
+                        f"read whole: fix the byte, or convert the file to .jsonl (read line by line, bad lines "
+                        f"skippable)") from None
+    if path.suffix == ".jsonl":
+        log.warning("%s holds one JSON array, not JSON lines: read as an array (rename it to .json)", path)
+    yield from _objects(path, enumerate(items, start=1), bad, "array item")
 
 
 def check_conversation(msgs: list[dict]) -> None:
@@ -150,16 +160,15 @@ def _mixed_hint(rec: dict, fmt: str, detected_at: int | None) -> str:
             f"layout per file; split the file, or fix this record)")
 
 
-def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
+def iter_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
                        system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
                        max_bad_fraction: float = 0.01, counts: dict | None = None,
-                       skip: int = 0) -> list[list[dict]]:
-    """The conversations of one source, in file order: after the first `skip` records (left unread), at most
-    `limit`. With on_bad_record="skip", malformed records are counted (into `counts`, if given) and skipped, but more
-    than `max_bad_fraction` of them still fails."""
-    convs: list[list[dict]] = []
+                       skip: int = 0) -> Iterator[list[dict]]:
+    """The conversations of one source, in file order, one at a time as the files are read: after the first `skip`
+    records (left unread), at most `limit`. With on_bad_record="skip", malformed records are counted (into `counts`,
+    if given) and skipped, but more than `max_bad_fraction` of them still fails, once the source is read."""
     bad: list[str] = []
-    skipped = 0
+    skipped = kept = 0
     formats: dict[str, int] = {}
     for file in expand_sources(path):
         file_fmt, detected_at = fmt, None
@@ -167,7 +176,7 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
             if skipped < skip:
                 skipped += 1
                 continue
-            if limit is not None and len(convs) >= limit:
+            if limit is not None and kept >= limit:
                 break
             if file_fmt == "auto":
                 file_fmt, detected_at = detect(rec) or "", n
@@ -189,9 +198,10 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
                     raise DataError(msg) from None
                 bad.append(msg)
                 continue
-            convs.append(msgs)
+            kept += 1
             formats[file_fmt] = formats.get(file_fmt, 0) + 1
-    total = len(convs) + len(bad)
+            yield msgs
+    total = kept + len(bad)
     if bad:
         log.warning("%s: skipped %d of %d bad records; first: %s", path, len(bad), total, bad[0])
         if len(bad) > max_bad_fraction * total:
@@ -201,9 +211,13 @@ def load_conversations(path: str, fmt: str = "auto", prompt_field: str = "questi
         counts["bad_records"] = counts.get("bad_records", 0) + len(bad)
         for name, k in formats.items():  # which layout was read: said by `data stats`, `medscale check`
             counts.setdefault("formats", {})[name] = counts.get("formats", {}).get(name, 0) + k
-    if not convs:
+    if not kept:
         raise DataError(f"{path}: no records" + (f" after the first {skip} (data.sources[].skip)" if skip else ""))
-    return convs
+
+
+def load_conversations(*args, **kwargs) -> list[list[dict]]:
+    """iter_conversations' conversations as a list (for what needs them all at once: splits, samples, weights)."""
+    return list(iter_conversations(*args, **kwargs))
 
 
 def sample_conversations(convs: list, n: int | None, seed) -> list:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from medscale import medscale_home
 from medscale.errors import AttemptStopped, RunFailed
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.launch import LaunchInfo
@@ -101,7 +100,7 @@ def _process_group():
 def _prepare_data(recipe: Recipe, args):
     """Tokenizer and datasets; the main process builds the tiny demo model if asked, tokenizes and caches, the
     others load the cache. Bad data raises DataError here, before the attempt starts."""
-    from medscale.data.pipeline import build_datasets
+    from medscale.data.pipeline import build_datasets, cache_root
     from medscale.model.load import load_tokenizer
     from medscale.model.tiny import ensure_tiny_model
     from medscale.plan import token_budget
@@ -110,8 +109,7 @@ def _prepare_data(recipe: Recipe, args):
         if args.local_process_index == 0:
             ensure_tiny_model(recipe.model)
         tok = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe),
-                              medscale_home() / "cache" / "data")
+        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root())
     return tok, data
 
 

@@ -69,8 +69,17 @@ def split_think(text: str) -> tuple[str, str | None]:
     return (m.group(2), m.group(1).strip("\n")) if m else (text, None)
 
 
+def text(value, what: str) -> str:
+    """A field that holds text: a string, or "" when absent (None). A number, list or object is refused, never
+    turned into its printed form (an integer `question` would train the model on "42")."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise ValueError(f"{what} is {type(value).__name__} ({str(value)[:40]}), expected text")
+
+
 def assistant(content: str, reasoning: str | None = None) -> dict:
     """An assistant turn; reasoning from the argument, else from a leading <think> block of the content."""
+    content, reasoning = text(content, "the answer"), None if reasoning is None else text(reasoning, "the reasoning")
     if reasoning is None:
         content, reasoning = split_think(content)
     msg = {"role": "assistant", "content": content.strip()}
@@ -80,6 +89,8 @@ def assistant(content: str, reasoning: str | None = None) -> dict:
 
 
 def require(rec: dict, *fields: str) -> None:
+    for f in fields:
+        text(rec.get(f), f"field {f!r}")
     missing = [f for f in fields if not isinstance(rec.get(f), str) or not rec[f].strip()]
     if missing:
         raise ValueError(f"missing or empty field(s) {missing}")
@@ -93,11 +104,11 @@ def turns(items, role_key: str, content_key: str) -> list[dict]:
     """Turn lists (sharegpt from/value, messages role/content); assistant reasoning from a <think> block or a
     `reasoning_content` key."""
     out = []
-    for turn in items or []:
+    for i, turn in enumerate(items or [], start=1):
         role = ROLES.get(str(turn.get(role_key, "")).lower())
         if role is None:
             raise ValueError(f"unknown {role_key} {turn.get(role_key)!r} (known: {sorted(ROLES)})")
-        content = str(turn.get(content_key) or "")
+        content = text(turn.get(content_key), f"{content_key} of turn {i} ({role})")
         out.append(assistant(content, turn.get("reasoning_content")) if role == "assistant"
                    else {"role": role, "content": content.strip()})
     return out

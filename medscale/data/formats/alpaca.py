@@ -1,10 +1,10 @@
 """Alpaca: `{"instruction", "input"?, "output"}`; a non-empty input is appended to the instruction."""
-from medscale.data.formats import Format, assistant, register, require, user
+from medscale.data.formats import Format, assistant, register, require, text, user
 
 
 def convert(rec: dict, _prompt_field: str) -> list[dict]:
     require(rec, "instruction", "output")
-    extra = str(rec.get("input") or "").strip()
+    extra = text(rec.get("input"), "field 'input'").strip()
     return [user(rec["instruction"].strip() + (f"\n{extra}" if extra else "")), assistant(rec["output"])]
 
 
