@@ -1,6 +1,7 @@
 """README and code cannot drift: every command in README's ```bash blocks is run here, or, where it needs a GPU, a
 cluster or an install, checked as far as it can go on a CPU machine (pre-flight, `--dry-run`, the file it names),
-or shown to be run by `.ci/run` or a named test. A command no rule below knows fails the suite: add a rule.
+or shown to be run by `.ci/run` or a named test. A command no rule below knows fails the suite: add a rule. Commands
+that name files run in a fresh `git clone` of the checkout, with no ../shared beside it: what a newcomer has.
 
 Every `medscale ...` command README mentions in prose or in a transcript must also exist (its `--help` works).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, cli
+from conftest import REPO, cli
 
 README = REPO / "README.md"
 CI = (REPO / ".ci" / "run").read_text(encoding="utf-8")
@@ -70,8 +71,21 @@ def _recipes_of_sbatch_script(script: Path, args: list[str]) -> list[tuple[str, 
     return [(default, args)]
 
 
-def exercise(command: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """A fresh clone of this checkout's commits: only the files a newcomer gets (no ../shared, nothing untracked)."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    dest = tmp_path_factory.mktemp("clone") / "medscale"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{REPO}", str(dest)], check=True)
+    return dest
+
+
+def exercise(command: str, tmp_path: Path, clone: Path, monkeypatch) -> None:
     words = _words(command)
+    assert not any(w.startswith(("../shared", "~/")) or "/shared/" in w for w in words), (
+        f"README's `{command}` names a file a clone does not have: use the shipped demo files, or say what it needs "
+        f"first and show it as a placeholder")
     env = _env(tmp_path)
     if words[:2] == ["pip", "install"]:  # .ci/run installs the same way (the dev extra is a superset of `.`)
         for arg in words[2:]:
@@ -80,12 +94,9 @@ def exercise(command: str, tmp_path: Path) -> None:
         assert command in CI, f".ci/run does not run `{command}`"
     elif words == ["medscale", "demo"]:  # a full demo run (minutes): the slow test runs exactly this command
         assert 'run_cli("demo"' in (REPO / "tests" / "test_launch.py").read_text(encoding="utf-8")
-    elif words[:2] == ["medscale", "data"]:
-        shared = [w for w in words if w.startswith("../shared/")]
-        for w in shared:
-            if not (SHARED / w.removeprefix("../shared/")).exists():
-                pytest.skip(f"{w} not present (../shared is optional)")
-        r = cli(*[str(SHARED / w.removeprefix("../shared/")) if w in shared else w for w in words[1:]])
+    elif words[:2] == ["medscale", "data"]:  # in the clone, as a newcomer types it
+        monkeypatch.chdir(clone)
+        r = cli(*words[1:])
         assert r.returncode == 0 and r.stdout.strip(), r.stderr
     elif words[:2] == ["medscale", "train"]:
         _preflight(words[2], words[3:], env)
@@ -141,8 +152,8 @@ def test_readme_has_the_commands_a_newcomer_runs():
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_readme_command(command, tmp_path):
-    exercise(command, tmp_path)
+def test_readme_command(command, tmp_path, clone, monkeypatch):
+    exercise(command, tmp_path, clone, monkeypatch)
 
 
 def _mentioned() -> list[list[str]]:

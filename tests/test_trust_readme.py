@@ -2,7 +2,9 @@
 clone that has no ../shared, its set-up lines, and every user-given string in a rendered SLURM script."""
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import subprocess
 
 import pytest
@@ -65,3 +67,43 @@ def test_a_recipe_name_carrying_a_newline_quote_or_command_is_refused(payload, t
     bad.write_text(f"base: tiny-demo\nname: {json.dumps(payload)}\n", encoding="utf-8")
     r = cli("submit", "slurm", str(bad), "--gpus-per-node", "0", "--dry-run")
     assert r.returncode == 2 and "name" in r.stderr and "#SBATCH" not in r.stdout
+
+
+# --------------------------------------------------------------------------- README for someone with only a clone
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_says_where_to_get_each_built_in_benchmark_and_where_it_goes():
+    """Defect: `eval JOB --against base` needs ~/data/eval, and README never said how to get the files."""
+    from medscale.eval.bench import BUILTINS
+
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)` \|.*$", README, re.M)}
+    for name, b in BUILTINS.items():
+        assert name in rows, f"README does not say where benchmark {name} comes from"
+        assert f"`{b.path}`" in rows[name] and b.origin in rows[name], rows[name]
+
+
+def _compare_models(text: str) -> list[list[str]]:
+    """The model arguments of every `medscale compare ...` README shows (code blocks, transcripts, prose)."""
+    out = []
+    for m in re.finditer(r"medscale compare ([^`\n#]*)", text):
+        words = m.group(1).split()
+        out.append(list(itertools.takewhile(lambda w: not w.startswith("-"), words)))
+    return out
+
+
+def test_every_compare_readme_shows_names_models_that_resolve():
+    """Defect: `medscale compare base tuned ...` failed as written ("'base' is no folder and no job"): the test's
+    labels were shown as models. A model is LABEL=MODEL or a placeholder in capitals."""
+    shown = [w for words in _compare_models(README) for w in words]
+    assert shown, "README shows no `medscale compare` with models"
+    bad = [w for w in shown if not (re.fullmatch(r"[\w.-]+=\S+", w) or re.fullmatch(r"[A-Z_]+", w))]
+    assert not bad, f"README's compare names {bad}: neither LABEL=MODEL nor a PLACEHOLDER"
+
+
+def test_readme_says_what_the_cpu_install_does_on_a_plain_machine():
+    """Defect: "CPU torch first, so pip never pulls CUDA wheels" held only where a CPU wheel was already at hand."""
+    setup = README.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in setup
+    assert "pip never pulls CUDA" not in setup
