@@ -295,17 +295,38 @@ BENCHMARK_NAMES = ("cmmlu-med", "ceval-med", "medqa-zh", "cmexam", "medqa-en", "
 
 
 class BenchmarkSource(Section):
-    """A benchmark file or folder whose fields medscale cannot guess: name the fields that hold the parts."""
+    """A benchmark with what `medscale eval` takes as flags: the fields medscale cannot guess, and what becomes of
+    malformed and repeated questions (read the same in pre-flight, at eval steps and at the end of a run)."""
 
     path: str = Field(description="a multiple-choice file (.jsonl/.json/.csv) or a folder of subject files")
     question_field: str | None = Field(None, description="field holding the question text")
     options_field: str | None = Field(
         None, description="field holding the options (a dict letter->text or a list), or the option fields "
                           "comma-separated in order, e.g. opa,opb,opc,opd")
-    answer_field: str | None = Field(None, description="field holding the answer: letter(s), a 0-based index, or the "
-                                                       "option text")
-    skip_bad: bool = Field(False, description="count malformed questions as skipped (listed in the result) instead "
-                                              "of stopping; more than 1% still stops")
+    answer_field: str | None = Field(None, description="field holding the answer: letter(s), an option number (from "
+                                                       "0; MedMCQA's cop from 1 where the file shows it), the "
+                                                       "option's field name (opc) or its text")
+    skip_bad: bool = Field(False, description="score the usable questions, each malformed one named in the result "
+                                              "with its reason, instead of stopping at the first; more than "
+                                              "max_bad of them still stops (like --skip-bad)")
+    max_bad: float | None = Field(
+        None, ge=0, le=1, description="the share of malformed questions skip_bad tolerates (null: 0.01); implies "
+                                      "skip_bad (like --max-bad)")
+    dedupe: bool = Field(False, description="score a repeated question (the same id, or the same text and options) "
+                                            "once, the first, and say how many were dropped; false: a repeat in "
+                                            "your file stops, naming both places (like --dedupe)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_bad_implies_skip_bad(cls, data: Any) -> Any:
+        """As on the command line: a tolerance for malformed questions means skipping them; `skip_bad: false`
+        beside it contradicts it (written back as true, the resolved recipe reloads the same)."""
+        if not isinstance(data, dict) or data.get("max_bad") is None:
+            return data
+        if data.get("skip_bad") is False:
+            raise ValueError(f"eval.benchmarks: {data.get('path')}: max_bad tolerates malformed questions and "
+                             f"skip_bad: false stops at the first: remove one of them")
+        return {**data, "skip_bad": True}
 
 
 class EvalSection(Section):
@@ -800,14 +821,15 @@ class KeyDoc(BaseModel):
 
 
 def _sections_in(annotation) -> list[tuple[type[BaseModel], bool]]:
-    """(section model, inside a list) found in a field's annotation: `X`, `X | None`, `list[X]`."""
+    """(section model, inside a list) found in a field's annotation: `X`, `X | None`, `list[X]`, `list[str | X]`
+    (eval.benchmarks: a name or a mapping)."""
     import typing
 
     def is_section(a) -> bool:
         return isinstance(a, type) and issubclass(a, BaseModel)
 
     if typing.get_origin(annotation) is list:
-        return [(a, True) for a in typing.get_args(annotation) if is_section(a)]
+        return [(b, True) for a in typing.get_args(annotation) for b in (a, *typing.get_args(a)) if is_section(b)]
     return [(a, False) for a in (annotation, *typing.get_args(annotation)) if is_section(a)]
 
 

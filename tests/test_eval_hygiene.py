@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import cli, needs_realdata
 
 from medscale.eval.bench import load_benchmark
@@ -65,3 +66,79 @@ def test_eval_result_names_the_val_split_of_ceval_med(tiny_model_dir, tmp_path):
     (res,) = json.loads(r.stdout)["results"]
     assert (res["split"], res["total"], res["n"]) == ("val rows (test rows not scored)", 6, 6)
     assert any("10 C-Eval test rows are not scored" in n for n in res["notes"])
+
+
+# ---- a recipe's benchmarks take the command line's dedupe and max_bad
+
+
+def _questions(n):
+    return [{"id": f"q{i}", "question": f"Question {i}?", "A": f"a{i}", "B": f"b{i}", "C": f"c{i}", "D": f"d{i}",
+             "answer": "ABCD"[i % 4]} for i in range(n)]
+
+
+def _recipe(tiny_model_dir, tmp_path, entry: str):
+    from medscale.recipe import load_recipe
+
+    return load_recipe("tiny-demo", [f"model.path={tiny_model_dir}", f"train.output_dir={tmp_path}/run",
+                                     f"eval.benchmarks=[{entry}]"])
+
+
+def _preflight_errors(recipe) -> str:
+    from medscale.preflight import check
+
+    return "\n".join(f.message for f in check(recipe, devices=False, registry=False).errors)
+
+
+def test_recipe_benchmark_keys_are_validated_like_the_flags():
+    import yaml
+
+    from medscale.recipe import RecipeError, load_recipe, recipe_keys, validate
+
+    for entry, message in (("{path: /x.jsonl, max_bad: 1.5}", "max_bad: Input should be less than or equal to 1"),
+                           ("{path: /x.jsonl, max_bad: -0.1}", "max_bad: Input should be greater than or equal"),
+                           ("{path: /x.jsonl, dedupe: maybe}", "dedupe: expected true or false"),
+                           ("{path: /x.jsonl, max_bad: 0.05, skip_bad: false}",
+                            "/x.jsonl: max_bad tolerates malformed questions and skip_bad: false stops at the first")):
+        with pytest.raises(RecipeError, match=message):
+            load_recipe("tiny-demo", [f"eval.benchmarks=[{entry}]"])
+    r = load_recipe("tiny-demo", ["eval.benchmarks=[{path: /x.jsonl, max_bad: 0.05, dedupe: true}]"])
+    (src,) = r.eval.benchmarks
+    assert (src.skip_bad, src.max_bad, src.dedupe) == (True, 0.05, True)  # max_bad implies skip_bad, as --max-bad
+    again = validate(yaml.safe_load(r.to_yaml()))  # the resolved recipe reloads to the same
+    assert again.eval.benchmarks == r.eval.benchmarks and again.fingerprint() == r.fingerprint()
+    documented = {r.key: r.description for r in recipe_keys() if r.section == "eval"}
+    assert "like --dedupe" in documented["benchmarks[].dedupe"] and "like --max-bad" in documented[
+        "benchmarks[].max_bad"] and "max_bad" in documented["benchmarks[].skip_bad"]
+
+
+def test_a_recipe_benchmark_with_a_repeat_fails_preflight_naming_dedupe_and_passes_with_it(tiny_model_dir, tmp_path):
+    from medscale.eval.bench import BenchmarkError
+    from medscale.eval.callback import BenchmarkCallback
+
+    path = _jsonl(tmp_path / "twice.jsonl", _questions(20) + _questions(1))
+    strict = _recipe(tiny_model_dir, tmp_path, f"{{path: {path}}}")
+    errors = _preflight_errors(strict)
+    assert f"eval.benchmarks: {path}:21 repeats {path}:1 (the same id 'q0')" in errors
+    assert f"in a recipe: eval.benchmarks: [{{path: {path}, dedupe: true}}]" in errors
+    with pytest.raises(BenchmarkError, match="dedupe: true"):  # the eval-steps callback reads it the same way
+        BenchmarkCallback.from_recipe(strict)
+    deduped = _recipe(tiny_model_dir, tmp_path, f"{{path: {path}, dedupe: true}}")
+    assert _preflight_errors(deduped) == ""
+    (bench,) = BenchmarkCallback.from_recipe(deduped).benchmarks
+    assert bench.total == 20 and any("--dedupe dropped 1 repeated questions" in n for n in bench.notes)
+
+
+def test_a_recipe_benchmark_scores_the_usable_questions_up_to_its_max_bad(tiny_model_dir, tmp_path):
+    from medscale.eval.callback import BenchmarkCallback
+
+    rows = _questions(100)
+    for i in (10, 40, 70):  # options that were images: empty in the export
+        rows[i].update(A="", B="", C="", D="")
+    path = _jsonl(tmp_path / "exam.jsonl", rows)
+    errors = _preflight_errors(_recipe(tiny_model_dir, tmp_path, f"{{path: {path}, skip_bad: true}}"))
+    assert "3 of 100 questions are malformed, more than --max-bad 0.01 allows" in errors
+    assert f"(in a recipe: eval.benchmarks: [{{path: {path}, max_bad: 0.03}}])" in errors
+    tolerant = _recipe(tiny_model_dir, tmp_path, f"{{path: {path}, max_bad: 0.05}}")
+    assert _preflight_errors(tolerant) == ""
+    (bench,) = BenchmarkCallback.from_recipe(tolerant).benchmarks
+    assert bench.total == 97 and [s.split(" ")[0] for s in bench.skipped] == ["exam:11", "exam:41", "exam:71"]

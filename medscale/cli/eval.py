@@ -74,9 +74,10 @@ def eval_cmd(model: str = MODEL,
                                                      "(default: skip in built-in sets, stop in your files)"),
              max_bad: Optional[float] = typer.Option(None, "--max-bad", min=0.0, max=1.0, help="the share of "
                                                      "malformed questions --skip-bad tolerates (default 0.01; "
-                                                     "implies --skip-bad)"),
+                                                     "implies --skip-bad; a recipe's eval.benchmarks[].max_bad)"),
              dedupe: bool = typer.Option(False, "--dedupe", help="score a repeated question once (the first): "
-                                         "without it, a repeat in your file is an error naming both places"),
+                                         "without it, a repeat in your file is an error naming both places "
+                                         "(a recipe's eval.benchmarks[].dedupe)"),
              system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
                                                          "data.system_prompt, if MODEL is a medscale run"),
              train_data: Optional[list[str]] = typer.Option(None, "--train-data", help="training data for the "

@@ -26,7 +26,7 @@ from typing import Any
 
 from medscale.data.formats import detect, to_messages
 from medscale.data.sources import DataError, read_records
-from medscale.eval.mcq import FIX, BenchmarkError, Question, load_file
+from medscale.eval.mcq import FIX, BenchmarkError, Question, load_file, recipe_entry
 from medscale.recipe import BENCHMARK_NAMES, BenchmarkSource
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -124,10 +124,13 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
 
     Published built-in sets are read as they are: a malformed question there is skipped and listed in the result,
     and a repeated one is kept and counted in a note (you cannot fix upstream data without changing the benchmark).
-    In your own files either stops with the file and line, unless `skip_bad` (or the source's `skip_bad`; implied
-    by `max_bad`) says to score the usable questions, up to `max_bad` of them malformed (default 1%), and `dedupe`
-    to keep the first of each repeated question."""
+    In your own files either stops with the file and line, unless `skip_bad` (implied by `max_bad`) says to score
+    the usable questions, up to `max_bad` of them malformed (default 1%), and `dedupe` to keep the first of each
+    repeated question. Each defaults to the source's own key (a recipe's eval.benchmarks entry), so pre-flight,
+    eval steps and the end-of-run verdict read a benchmark as `medscale eval` does."""
     src = ref if isinstance(ref, BenchmarkSource) else BenchmarkSource(path=str(ref))
+    max_bad = src.max_bad if max_bad is None else max_bad
+    dedupe = dedupe or src.dedupe
     builtin = BUILTINS.get(src.path)
     if builtin is not None:
         root = eval_data_dir(data_dir)
@@ -160,17 +163,18 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
     for f in dev_files:
         bench.dev += load_file(f, src, skip, bench.skipped, bench.notes)[0]
     bench.split = _split_said(bool(dev_files), held_out, bench.notes)
-    _check_repeats(bench, dedupe=dedupe, published=builtin is not None)
+    _check_repeats(bench, src.path, dedupe=dedupe, published=builtin is not None)
     total = len(bench.questions) + len(bench.skipped)
     if not bench.questions:
         raise BenchmarkError(f"{path}: no questions" + (f" (all {total} skipped; first: {bench.skipped[0]})"
                                                          if bench.skipped else ""))
     limit = MAX_BAD_FRACTION if max_bad is None else max_bad
     if len(bench.skipped) > limit * total:
+        enough = f"{len(bench.skipped) / total:.3g}"
         raise BenchmarkError(f"{path}: {len(bench.skipped)} of {total} questions are malformed, more than --max-bad "
                              f"{limit:g} allows; first: {bench.skipped[0]}; if the fields are mapped right, pass "
-                             f"--max-bad {len(bench.skipped) / total:.3g} to score the {len(bench.questions)} usable "
-                             f"ones, else {FIX}")
+                             f"--max-bad {enough} to score the {len(bench.questions)} usable ones "
+                             f"({recipe_entry(src.path, max_bad=enough)}), else {FIX}")
     bench.language = language or guess_language(q.question for q in bench.questions)
     bench.total = len(bench.questions)
     return bench
@@ -189,7 +193,7 @@ def _split_said(has_dev: bool, held_out: list[int], notes: list[str]) -> str:
     return rows or "every row"
 
 
-def _check_repeats(bench: Benchmark, dedupe: bool, published: bool) -> None:
+def _check_repeats(bench: Benchmark, ref: str, dedupe: bool, published: bool) -> None:
     """A question asked twice is counted twice: n grows and the interval narrows on no new evidence. Repeats are
     the same record id within a file's split, or the same question text and options anywhere in the benchmark
     (a dev example that repeats a scored question would show its answer). Raises naming both places, unless
@@ -223,8 +227,8 @@ def _check_repeats(bench: Benchmark, dedupe: bool, published: bool) -> None:
                            f"(first: {example}); --dedupe scores each once")
     else:
         raise BenchmarkError(f"{example}; {len(repeats)} repeated questions in {bench.source}: a question scored "
-                             f"twice counts twice and narrows the interval; remove the repeats, or pass --dedupe to "
-                             f"keep the first of each")
+                             f"twice counts twice and narrows the interval; remove the repeats, or keep the first of "
+                             f"each: pass --dedupe ({recipe_entry(ref, dedupe='true')})")
 
 
 def guess_language(texts) -> str:

@@ -55,6 +55,11 @@ FIX = ("map the fields with --question-field, --options-field (a field holding a
        "[{path: FILE, question_field: ..., options_field: ..., answer_field: ...}]")
 
 
+def recipe_entry(path: str, **keys: str) -> str:
+    """How a recipe says what a command-line flag says, for messages that either may have caused."""
+    return f"in a recipe: eval.benchmarks: [{{path: {path}, {', '.join(f'{k}: {v}' for k, v in keys.items())}}}]"
+
+
 @dataclass
 class _Layout:
     question: str
@@ -269,7 +274,8 @@ def load_file(path: Path, src: BenchmarkSource, skip_bad: bool, skipped: list[st
             if not skip_bad:
                 raise BenchmarkError(f"{path}:{n} (question {qid}): {e} (layout {layout.describe()}; fields found: "
                                      f"{sorted(map(str, rec))}); fix the record, or pass --skip-bad to score the "
-                                     f"usable questions (--max-bad FRACTION: how many may be left out); if the "
+                                     f"usable questions (--max-bad FRACTION: how many may be left out; "
+                                     f"{recipe_entry(src.path, skip_bad='true', max_bad='FRACTION')}); if the "
                                      f"fields are mapped wrongly, {FIX}") from None
             skipped.append(f"{qid} ({path}:{n}): {e}")
             continue
