@@ -12,6 +12,7 @@ MAY_IMPORT = {
     "medscale.errors": set(),
     "medscale.paths": set(),
     "medscale.markdown": set(),
+    "medscale.settings": {"medscale.errors"},
     "medscale.recipe": {"medscale.errors", "medscale.paths", "medscale.data.formats"},
     "medscale.data": {"medscale.recipe", "medscale.errors"},
     "medscale.model": {"medscale.recipe", "medscale.errors", "medscale.data"},
@@ -32,7 +33,7 @@ MAY_IMPORT = {
     "launcher": {"medscale.recipe", "medscale.jobs", "medscale.registry", "medscale.preflight", "medscale.paths",
                  "medscale.errors"},
 }
-ALWAYS = {"medscale", "medscale.paths", "medscale.markdown"}  # the package root and two leaves every package uses
+ALWAYS = {"medscale", "medscale.paths", "medscale.markdown", "medscale.settings"}  # the root and the leaves all use
 TORCH_FREE = ("medscale.jobs", "medscale.registry", "medscale.recipe", "medscale.preflight", "medscale.plan")
 HEAVY = ("torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "ray")
 
