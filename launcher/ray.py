@@ -34,6 +34,7 @@ from typing import Callable
 
 import yaml
 
+from medscale import settings
 from medscale.errors import EXIT_CANCELLED, UserError
 from medscale.jobs.launch import ENV_RAY_JOB_ID, LaunchInfo, LaunchRequest, entry_for, register_submitted
 from medscale.preflight import Report, check_launch
@@ -84,11 +85,8 @@ class RayOptions:
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RayOptions":
-        gpu = env.get("MEDSCALE_RAY_USE_GPU")
-        return cls(max_failures=int(env.get("MEDSCALE_RAY_MAX_FAILURES", 3)),
-                   storage_path=env.get("MEDSCALE_RAY_STORAGE_PATH") or None,
-                   use_gpu=None if gpu in (None, "", "auto") else gpu.lower() in ("1", "true", "yes"),
-                   cpus_per_worker=float(env.get("MEDSCALE_RAY_CPUS_PER_WORKER", 1)))
+        return cls(max_failures=settings.RAY_MAX_FAILURES.get(env), storage_path=settings.RAY_STORAGE_PATH.get(env),
+                   use_gpu=settings.RAY_USE_GPU.get(env), cpus_per_worker=settings.RAY_CPUS_PER_WORKER.get(env))
 
     def flags(self) -> list[str]:
         """The entry-script flags that differ from the defaults (so a dry run shows only what was asked)."""
@@ -310,7 +308,7 @@ def train_func(config: dict) -> dict | None:
 def current_job_id() -> str | None:
     """The id to record on every attempt: the one `medscale submit ray` chose, else the Ray job submission id
     (`ray job submit`), else Ray's core job id (a driver started by hand)."""
-    if v := os.environ.get(ENV_RAY_JOB_ID):
+    if v := settings.RAY_JOB_ID.get():
         return v
     try:
         meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata") or {}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.process import Outcome, run_reporting_stops
-from medscale import medscale_home
+from medscale import medscale_home, settings
 from medscale.errors import EXIT_BAD_INPUT, UserError
 from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
@@ -38,7 +38,6 @@ from medscale.recipe import Recipe, RecipeError, load_recipe
 
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
-ENV_ENTRY = "MEDSCALE_ENTRY"  # the entry kind the nodes run (train unless a submit says otherwise)
 
 
 class LaunchError(UserError):
@@ -243,8 +242,8 @@ def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, com
              f"--signal={WARNING}", "--requeue", "--open-mode=append", f"--output={opts.output}", "--export=ALL",
              *opts.sbatch_args]
     run = " ".join(shlex.quote(a) for a in [recipe_ref, *overrides])
-    exports = {"MEDSCALE_REPO": str(shipped("slurm").parent), "MEDSCALE_PYTHON": sys.executable, ENV_ENTRY: entry,
-               **(launch.env() if launch else {})}
+    exports = {settings.REPO.name: str(shipped("slurm").parent), settings.PYTHON.name: sys.executable,
+               settings.ENTRY.name: entry, **(launch.env() if launch else {})}
     return "\n".join([
         "#!/bin/bash",  # sbatch reads #SBATCH lines only until the first command: they come first
         *[f"#SBATCH {line}" for line in lines],
@@ -370,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--machine-rank", type=int, required=True, help="this node ($SLURM_NODEID, on the node)")
         s.add_argument("--main-ip", required=True, help="host of machine rank 0 (first host of the nodelist)")
         s.add_argument("--port", type=int, required=True, help="free port on the main host")
-        s.add_argument("--entry", default=os.environ.get(ENV_ENTRY, "train"), help="entry kind the nodes run")
+        s.add_argument("--entry", default=settings.ENTRY.get(), help="entry kind the nodes run")
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)

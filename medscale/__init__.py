@@ -1,6 +1,7 @@
 """medscale: one recipe, three launchers, one training entry point, one registry."""
-import os
 from pathlib import Path
+
+from medscale import settings
 
 __version__ = "0.1.0"
 
@@ -9,12 +10,12 @@ def medscale_home() -> Path:
     """Where models, caches, runs and the default SQLite registry live (`$MEDSCALE_HOME`, default ~/.medscale).
     Every command that uses it asks here, so a file in its place is one line naming MEDSCALE_HOME, not a failure
     further down that blames the registry or train.output_dir."""
-    home = Path(os.environ.get("MEDSCALE_HOME", "~/.medscale")).expanduser()
+    home = settings.HOME.get()
     blocker = next((p for p in [home, *home.parents] if p.exists()), home)
     if not blocker.is_dir():
         from medscale.errors import UserError
 
-        name = f"MEDSCALE_HOME={home}" if "MEDSCALE_HOME" in os.environ else f"{home} (MEDSCALE_HOME is not set)"
+        name = f"MEDSCALE_HOME={home}" if settings.HOME.is_set() else f"{home} (MEDSCALE_HOME is not set)"
         why = "is a file, not a folder" if blocker == home else f"cannot be a folder: {blocker} is a file"
         raise UserError(f"{name} {why}: set MEDSCALE_HOME to a folder (made if missing; medscale keeps its models, "
                         f"runs, caches and registry there)")

@@ -9,6 +9,8 @@ import shutil
 import sys
 import warnings
 
+from medscale import settings
+
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
 EXIT_CANCELLED = 4  # `medscale jobs cancel`: the run saved a checkpoint and stopped; do not requeue
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGUSR1 arrived, a checkpoint was saved; launchers requeue on it
@@ -61,7 +63,7 @@ _USER_OS_ERRORS = {errno.ENOENT: "no such file or folder", errno.EACCES: "permis
 
 def debugging() -> bool:
     """`--debug` or MEDSCALE_DEBUG=1: show tracebacks instead of one-line errors."""
-    return os.environ.get("MEDSCALE_DEBUG", "") not in ("", "0", "false")
+    return settings.DEBUG.get()
 
 
 def os_error_line(e: OSError) -> str | None:

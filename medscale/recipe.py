@@ -23,7 +23,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from medscale import medscale_home
+from medscale import medscale_home, settings
 from medscale.data.formats import format_names
 from medscale.paths import shipped
 
@@ -550,8 +550,8 @@ def _yaml_load(text: str):
 def _expand_vars(text: str) -> str:
     """Expand ${VAR} / ${VAR:-default} so model and data paths follow the environment. ${MEDSCALE_HOME} is always
     medscale_home(), so a file named by MEDSCALE_HOME is reported as such, not as a bad train.output_dir."""
-    builtin = {"MEDSCALE_HOME": lambda: str(medscale_home()),
-               "MEDSCALE_DEMO_DATA": lambda: os.environ.get("MEDSCALE_DEMO_DATA") or str(demo_data_dir())}
+    builtin = {settings.HOME.name: lambda: str(medscale_home()),
+               settings.DEMO_DATA.name: lambda: settings.DEMO_DATA.get() or str(demo_data_dir())}
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(3)

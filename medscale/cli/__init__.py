@@ -9,6 +9,7 @@ import os
 
 import typer
 
+from medscale import settings
 from medscale.cli.app import App
 from medscale.cli.data import data_app
 from medscale.cli.eval import app as eval_commands
@@ -27,7 +28,7 @@ app = App(add_completion=False, no_args_is_help=True,
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks instead of one-line errors")) -> None:
     if debug:
-        os.environ["MEDSCALE_DEBUG"] = "1"
+        os.environ[settings.DEBUG.name] = "1"
 
 
 for _group in (train_commands, eval_commands, report_commands, export_commands):

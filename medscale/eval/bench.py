@@ -17,13 +17,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medscale import settings
 from medscale.data.formats import detect, to_messages
 from medscale.data.sources import DataError, read_records
 from medscale.eval.mcq import FIX, BenchmarkError, Question, load_file, recipe_entry
@@ -113,9 +113,7 @@ def eval_data_dir(override: str | Path | None = None) -> Path:
     """Where built-in benchmarks live: the given dir, else $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval."""
     if override:
         return Path(override).expanduser()
-    if env := os.environ.get("MEDSCALE_EVAL_DATA"):
-        return Path(env).expanduser()
-    return Path(os.environ.get("MEDSCALE_DATA") or "~/data").expanduser() / "eval"
+    return settings.EVAL_DATA.get() or settings.DATA.get() / "eval"
 
 
 def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = None, skip_bad: bool | None = None,

@@ -21,6 +21,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from medscale import settings
 from medscale.jobs.record import fsync_dir, read_journal, write_json_atomic
 
 log = logging.getLogger("medscale.checkpoint")
@@ -60,7 +61,7 @@ def _files(ckpt: Path) -> list[Path]:
 def failpoint(name: str, step: int) -> None:
     """Test hook: `MEDSCALE_FAILPOINT=name@step` kills this process with SIGKILL at that point, so the
     crash-recovery tests crash exactly where a real crash would hurt most. Unset in real runs."""
-    if os.environ.get("MEDSCALE_FAILPOINT") == f"{name}@{step}":
+    if settings.FAILPOINT.get() == f"{name}@{step}":
         log.warning("failpoint %s@%d: killing this process", name, step)
         os.kill(os.getpid(), signal.SIGKILL)
 

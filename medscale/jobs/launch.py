@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from medscale import settings
 from medscale.registry.records import utcnow
 
 if TYPE_CHECKING:
@@ -80,10 +81,7 @@ class Launcher(Protocol):
 
 # --------------------------------------------------------------------------- launcher -> process environment
 
-ENV_LAUNCHER = "MEDSCALE_LAUNCHER"
-ENV_OPTIONS = "MEDSCALE_LAUNCH_OPTIONS"  # JSON: the launcher's options, recorded in the journal for `jobs resume`
-ENV_LAUNCHED_AT = "MEDSCALE_LAUNCHED_AT"  # ISO time of the submit: a cancel made after it applies to this launch
-ENV_RAY_JOB_ID = "MEDSCALE_RAY_JOB_ID"
+ENV_RAY_JOB_ID = settings.RAY_JOB_ID.name  # the Ray launcher's modules set it
 
 
 @dataclass
@@ -103,22 +101,22 @@ class LaunchInfo:
             slurm = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
         if slurm:
             ids["slurm_job_id"] = slurm
-        if env.get(ENV_RAY_JOB_ID):
-            ids["ray_job_id"] = env[ENV_RAY_JOB_ID]
-        launcher = env.get(ENV_LAUNCHER) or (
+        if ray_job := settings.RAY_JOB_ID.get(env):
+            ids["ray_job_id"] = ray_job
+        launcher = settings.LAUNCHER.get(env) or (
             "slurm" if slurm else "accelerate" if "ACCELERATE_MIXED_PRECISION" in env else "python")
         try:
-            options = json.loads(env.get(ENV_OPTIONS) or "{}")
+            options = json.loads(settings.LAUNCH_OPTIONS.get(env))
         except ValueError:
             options = {}
-        at = env.get(ENV_LAUNCHED_AT)
         return cls(launcher, ids, options if isinstance(options, dict) else {},
-                   datetime.fromisoformat(at) if at else utcnow())
+                   settings.LAUNCHED_AT.get(env) or utcnow())
 
     def env(self) -> dict[str, str]:
         """The variables a launcher sets for the processes it starts."""
-        return {ENV_LAUNCHER: self.launcher, ENV_OPTIONS: json.dumps(self.options, sort_keys=True),
-                ENV_LAUNCHED_AT: (self.launched_at or utcnow()).isoformat()}
+        return {settings.LAUNCHER.name: self.launcher,
+                settings.LAUNCH_OPTIONS.name: json.dumps(self.options, sort_keys=True),
+                settings.LAUNCHED_AT.name: (self.launched_at or utcnow()).isoformat()}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from medscale import medscale_home
+from medscale import medscale_home, settings
 from medscale.errors import UserError
 from medscale.jobs.status import AttemptStatus, JobStatus
 from medscale.paths import create_private
@@ -47,11 +47,11 @@ class CancelOutcome(str, Enum):
 
 def heartbeat_interval() -> float:
     """Seconds between rank-0 heartbeats; an attempt silent for 4 intervals shows as `lost`."""
-    return float(os.environ.get("MEDSCALE_HEARTBEAT_S", "30"))
+    return settings.HEARTBEAT_S.get()
 
 
 def default_url() -> str:
-    return os.environ.get("MEDSCALE_REGISTRY_URL") or f"sqlite:///{medscale_home() / 'registry.db'}"
+    return settings.REGISTRY_URL.get() or f"sqlite:///{medscale_home() / 'registry.db'}"
 
 
 def redact(url: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import medscale
+from medscale import settings
 from medscale.jobs.status import JobStatus
 from medscale.registry import JobSpec, Registry, SweepInfo
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
@@ -299,8 +300,8 @@ class Resources:
 
 def _env() -> dict[str, str]:
     """What every trial process needs from here: medscale's settings (home, registry, model and data roots)."""
-    own = {k: v for k, v in os.environ.items() if k.startswith("MEDSCALE_") and k not in ("MEDSCALE_LAUNCHER",
-                                                                                           "MEDSCALE_LAUNCH_OPTIONS")}
+    own = {k: v for k, v in os.environ.items()
+           if k.startswith(settings.PREFIX) and k not in (settings.LAUNCHER.name, settings.LAUNCH_OPTIONS.name)}
     root = str(Path(medscale.__file__).resolve().parent.parent)  # workers import the medscale this driver runs
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     return {**own, "PYTHONPATH": path, "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trial actors stay where the sweep started
