@@ -51,7 +51,7 @@ class BenchmarkCallback(TrainerCallback):
                                   self.generation, {"label": label, "step": step})
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
-        from medscale.eval.judge import without_adapter
+        from medscale.eval.verdict import without_adapter
 
         logs: dict[str, float] = {}
         for bench in self.benchmarks:

@@ -249,7 +249,7 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
     elif finished_from is None:
         _save_final(trainer, out)
     trainer.save_state()
-    judgement = _judge(recipe, trainer)
+    verdict = _run_verdict(recipe, trainer)
     steps = dist.gather(state.global_step)
     if not trainer.is_world_process_zero():
         return None
@@ -267,24 +267,24 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
         **eval_verdict(history, final_eval.get("eval_loss")), trainable_params=session.trainable,
         total_params=session.total, data=data.stats, **{k: round(v, 4) for k, v in session.meter.summary().items()},
         finished_from_checkpoint=str(finished_from) if finished_from else None,
-        benchmarks=judgement.benchmarks if judgement else {}, control=judgement.control if judgement else {},
+        benchmarks=verdict.benchmarks if verdict else {}, control=verdict.control if verdict else {},
         paths={"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
                "trainer_state": str(out / TRAINER_STATE), "loss_plot": str(out / LOSS_PLOT),
                "swanlab": session.swanlab_dir})
     plot_losses(history, out / LOSS_PLOT, recipe.name)
     summary.save(out)
-    if judgement:
+    if verdict:
         from medscale.eval.run import result_row
 
         attempt.results_measured([result_row(r, model=f"{recipe.name} ({role})", base=recipe.model.path,
                                              adapter=out if role == "tuned" else None, role=role,
-                                             step=state.global_step) for r, role in judgement.results])
-        if judgement.failure:
-            raise RunFailed(judgement.failure)
+                                             step=state.global_step) for r, role in verdict.results])
+        if verdict.failure:
+            raise RunFailed(verdict.failure)
     return summary
 
 
-def _judge(recipe: Recipe, trainer):
+def _run_verdict(recipe: Recipe, trainer):
     """The benchmark verdicts and the forgetting guard at the end of a run (every rank: scoring is sharded)."""
     if not (recipe.eval.benchmarks or recipe.eval.control):
         return None
@@ -292,6 +292,6 @@ def _judge(recipe: Recipe, trainer):
         log.warning("ZeRO-3: the end-of-run benchmark verdict is skipped; run `medscale eval %s --against base`",
                     recipe.train.output_dir)
         return None
-    from medscale.eval.judge import judge_run
+    from medscale.eval.verdict import run_verdict
 
-    return judge_run(trainer.model, trainer.processing_class, recipe, trainer.state.global_step)
+    return run_verdict(trainer.model, trainer.processing_class, recipe, trainer.state.global_step)

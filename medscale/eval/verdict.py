@@ -1,4 +1,6 @@
-"""Was the fine-tune better? The end of a training run, judged on benchmarks and a control set.
+"""Was the fine-tune better? The verdict at the end of a training run, on benchmarks and a control set.
+
+(Not the judge of open answers: this compares scores the run measured, base against tuned.)
 
 At the end of a run whose recipe lists `eval.benchmarks`, the model just trained is scored with its adapter and
 without it (`disable_adapter`: exactly the base it was tuned from, in the same process, on the same questions), and
@@ -20,7 +22,7 @@ log = logging.getLogger("medscale.eval")
 
 
 @dataclass
-class Judgement:
+class RunVerdict:
     benchmarks: dict = field(default_factory=dict)  # name -> {base, tuned, diff, ci, p, verdict, line, ...}
     control: dict = field(default_factory=dict)  # the forgetting verdict, when eval.control is set
     results: list[tuple[BenchResult, str]] = field(default_factory=list)  # (result, role: base | tuned)
@@ -37,11 +39,11 @@ def without_adapter(model):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
-def judge_run(model, tok, recipe: Recipe, step: int) -> Judgement:
+def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
     from medscale.eval.control import forgetting_verdict, measure_control
     from medscale.eval.result import EvalReport
 
-    e, j = recipe.eval, Judgement()
+    e, j = recipe.eval, RunVerdict()
     system = recipe.data.system_prompt
     if e.benchmarks:
         benches = load_benchmarks(e.benchmarks, e.data_dir, None, recipe.train.seed)
