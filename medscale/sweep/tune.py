@@ -8,7 +8,8 @@ comes from the CLI, which owns the launchers), so a trial is an ordinary job: it
 metrics go to the registry; Tune reads its evaluations back from there (the metrics a run records as it logs them).
 
 Every trial is identified by its output dir, so running the sweep again skips finished trials, never resumes one
-stopped early, and resumes every other one (failed, preempted, interrupted) from its newest verified checkpoint.
+stopped early, and resumes every other one (failed, preempted, interrupted) from its newest verified checkpoint. A stop
+signal to the driver is passed on to its running trials, which save and end preempted before Ray goes down.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +28,12 @@ from typing import Callable
 
 import medscale
 from medscale import settings
+from medscale.errors import StopRequested
 from medscale.jobs.status import JobStatus
+from medscale.jobs.stop import STATUS, StopFlag, stop_flag
 from medscale.registry import JobSpec, Registry, SweepInfo
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
+from medscale.sweep.trial import forward_stop
 
 log = logging.getLogger("medscale.sweep")
 
@@ -374,12 +379,13 @@ def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     started = not ray.is_initialized()
-    if started and address:
-        _check_reachable(address)
-        ray.init(address=address, runtime_env={"env_vars": _env()}, log_to_driver=False)
-    elif started:  # a local Ray for this sweep, on loopback: nothing outside this machine needs to reach it
-        ray.init(runtime_env={"env_vars": _env()}, log_to_driver=False, include_dashboard=False,
-                 _node_ip_address="127.0.0.1")
+    with _keeping_stop_signals():
+        if started and address:
+            _check_reachable(address)
+            ray.init(address=address, runtime_env={"env_vars": _env()}, log_to_driver=False)
+        elif started:  # a local Ray for this sweep, on loopback: nothing outside this machine needs to reach it
+            ray.init(runtime_env={"env_vars": _env()}, log_to_driver=False, include_dashboard=False,
+                     _node_ip_address="127.0.0.1")
     try:
         gpu = resources.use_gpu if resources.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
         settings = _benchmarks(plan)
@@ -405,6 +411,21 @@ def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_stop_signals():
+    """Ray's driver takes SIGTERM for itself as it starts (a stack dump, then an abort 3 s later): give the stop
+    signals back to the handlers this process had, medscale's stop flag, so a stop reaches the trials
+    (`forward_stop`) and the sweep exits 75 or 4."""
+    own = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *StopFlag.SIGNALS)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in own.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def _check_reachable(address: str) -> None:
@@ -438,8 +459,19 @@ def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, sched
         run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(root / ".tune"), failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=1 if verbose else 0, callbacks=[_progress(echo)]))
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout is for the sweep's own answer
-        results = tuner.fit()
+    # A stop raised at once inside Ray's own calls (ray.wait) comes out as a SystemError: read the flag at every step
+    # of Tune's loop instead, and raise it there
+    flag = stop_flag()
+    at_once, flag.at_once = flag.at_once, False
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout is for the sweep's own answer
+            results = tuner.fit()
+        _raise_if_stopped()
+    except StopRequested as stop:  # the trials run on: pass the stop on before Ray's shutdown kills them unsaved
+        forward_stop({label: t["output_dir"] for label, t in trials.items()}, stop.status, echo)
+        raise
+    finally:
+        flag.at_once = at_once
     errors = {}
     for r in results:
         if r.error is not None:
@@ -448,7 +480,8 @@ def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, sched
 
 
 def _progress(echo):
-    """medscale's own progress: one line per trial event (Tune's table, with -v, repeats every trial each time)."""
+    """medscale's own progress: one line per trial event (Tune's table, with -v, repeats every trial each time); and
+    at every step of Tune's loop, whether the sweep was asked to stop."""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -466,7 +499,16 @@ def _progress(echo):
         def on_trial_error(self, iteration, trials, trial, **info):
             echo(f"medscale: trial {trial.config['label']}: failed (its reason is given at the end)")
 
+        def on_step_end(self, iteration, trials, **info):
+            _raise_if_stopped()
+
     return Progress()
+
+
+def _raise_if_stopped() -> None:
+    flag = stop_flag()
+    if flag.code:
+        raise StopRequested(STATUS[flag.code], flag.reason)
 
 
 def _one_line(e: BaseException) -> str:
