@@ -6,6 +6,13 @@ launcher NAME is resumed by `launchers()[NAME]`.
 """
 from __future__ import annotations
 
+from medscale.errors import UserError
+
+
+class LaunchError(UserError):
+    """A backend cannot take this submission: its scheduler or job server missing, unreachable or refusing, an
+    option it cannot parse or carry safely, no project to upload. One class for every backend (exit 2)."""
+
 
 def launchers() -> dict:
     from launcher.local import LocalLauncher

@@ -10,7 +10,7 @@ Exit codes: 0 done, 1 Ray Train gave up after --max-failures restarts, 2 bad inp
 import os
 import sys
 
-# Run as a script, Python puts launcher/ first on sys.path, where launcher/ray.py would shadow the `ray`
+# Run as a script, Python puts launcher/ first on sys.path, where launcher/ray/ would shadow the `ray`
 # package. Put the project root (the job's working dir) there instead, so the uploaded medscale is imported.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
@@ -18,7 +18,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 elif _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from launcher.ray import main  # noqa: E402
+from launcher.ray.driver import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from launcher import LaunchError
 from launcher.process import Outcome, run_reporting_stops
 from medscale import medscale_home, settings
 from medscale.errors import EXIT_BAD_INPUT, UserError
@@ -38,10 +39,6 @@ from medscale.recipe import Recipe, RecipeError, load_recipe
 
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
-
-
-class LaunchError(UserError):
-    """The cluster cannot take this submission (sbatch missing or refusing, an option it cannot parse)."""
 
 Executor = Callable[[list[str], str], str]  # (sbatch command, script on stdin) -> sbatch's stdout
 

@@ -69,6 +69,6 @@ def test_every_package_is_listed_in_pyproject():
     import tomllib
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in REPO.glob("medscale/**/__init__.py")}
-    found |= {"launcher"}
+    found = {str(p.parent.relative_to(REPO)).replace("/", ".")
+             for top in ("medscale", "launcher") for p in REPO.glob(f"{top}/**/__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
