@@ -2,7 +2,6 @@
 rich tables people read (rendering lives here; the operations return data). Imports no torch."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,16 +17,12 @@ STATUS_STYLE = {"running": "green", "lost": "red", "failed": "red", "preempted":
                 "completed": "blue", "cancelled": "magenta", "queued": "cyan", "stopped_early": "yellow"}
 
 
-@contextlib.contextmanager
 def registry():
-    """The registry of $MEDSCALE_REGISTRY_URL (default: SQLite under $MEDSCALE_HOME), closed afterwards."""
+    """The registry of $MEDSCALE_REGISTRY_URL (default: SQLite under $MEDSCALE_HOME) for a `with` block; imported
+    here, not at the top, so `medscale --help` does not load SQLAlchemy."""
     from medscale.registry import Registry
 
-    reg = Registry()
-    try:
-        yield reg
-    finally:
-        reg.close()
+    return Registry()
 
 
 # --------------------------------------------------------------------------- rendering

@@ -36,11 +36,8 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
     folder = out or medscale_home() / "reports" / re.sub(r"[^\w.+-]+", "_", refs[0])
     if why := folder_problem(folder):
         raise ReportError(f"{'--out ' if out else 'report folder '}{folder}: {why}")
-    reg = Registry()
-    try:
+    with Registry() as reg:
         paths, notes = write_report(reg, refs, folder, chosen)
-    finally:
-        reg.close()
     for note in notes:
         typer.echo(f"medscale: {note}")
     typer.echo(f"medscale: report written to {folder}")

@@ -81,11 +81,8 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
     outcome = run_sweep(plan, entry_command, address=address, resources=Resources(cpus, gpu),
                         max_concurrent=max_concurrent, asha=asha, echo=lambda s: typer.echo(s, err=as_json),
                         verbose=verbose)
-    reg = Registry()
-    try:
+    with Registry() as reg:
         board = leaderboard(reg, plan.name)
-    finally:
-        reg.close()
     if as_json:
         echo_json({**outcome.to_dict(), "leaderboard": board.to_dict()})
     else:
@@ -121,11 +118,8 @@ def show(sweep: str = typer.Argument(..., help="sweep name or id"),
     from medscale.registry import Registry
     from medscale.sweep.board import leaderboard
 
-    reg = Registry()
-    try:
+    with Registry() as reg:
         board = leaderboard(reg, sweep, metric)
-    finally:
-        reg.close()
     if as_json:
         typer.echo(board.to_json())
     elif markdown:
@@ -159,11 +153,8 @@ def list_sweeps(as_json: bool = AS_JSON) -> None:
     """Every sweep in the registry."""
     from medscale.registry import Registry
 
-    reg = Registry()
-    try:
+    with Registry() as reg:
         sweeps = reg.sweeps()
-    finally:
-        reg.close()
     if as_json:
         echo_json([{"name": s.name, "trials": len(s.grid), "bases": s.bases} for s in sweeps])
         return
@@ -187,11 +178,8 @@ def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sw
         raise SweepError(f"array task {index}: sweep {plan.name} has {len(plan.trials)} trials (use "
                          f"--array=0-{len(plan.trials) - 1})")
     try:
-        reg = Registry()
-        try:
+        with Registry() as reg:
             register(reg, plan)
-        finally:
-            reg.close()
     except RegistryError as e:  # the trial still runs: its first attempt records the job, `jobs sync` the rest
         typer.echo(f"medscale: warning: {e}; sweep {plan.name} not registered", err=True)
     t = plan.trials[index]

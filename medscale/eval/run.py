@@ -109,14 +109,11 @@ def record_results(rows, job_id: int | None) -> None:
     from medscale.registry import Registry, RegistryError
 
     try:
-        reg = Registry()
-        try:
+        with Registry() as reg:
             for result, ref, role in rows:
                 row = result_row(result, model=ref.label, base=ref.base, adapter=ref.adapter, role=role,
                                  checkpoint=str(ref.checkpoint) if ref.checkpoint else None)
                 reg.record_result(row, job_id if role != "model" else ref.job_id)
-        finally:
-            reg.close()
     except RegistryError as e:
         logging.getLogger("medscale.eval").warning("%s: results not recorded in the registry (they are in the "
                                                    "report)", e)

@@ -99,12 +99,10 @@ def reconcile_output_dir(output_dir: str | Path) -> None:
         reg = Registry()
     except RegistryError:
         return
-    try:
+    with reg:
         job_id = reg.find_by_key(journal.spec(""))
         if job_id is not None:
             reconcile(reg, [reg.job(job_id)])
-    finally:
-        reg.close()
 
 
 class RunRegistry:

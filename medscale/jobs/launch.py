@@ -142,10 +142,7 @@ def register_submitted(request: LaunchRequest, launcher: str) -> None:
     spec = JobSpec(r.name, os.path.abspath(r.train.output_dir), launcher, r.to_yaml(), r.fingerprint(),
                    request.entry.kind, request.options)
     try:
-        reg = Registry()
-        try:
+        with Registry() as reg:
             reg.register(spec)
-        finally:
-            reg.close()
     except RegistryError as e:
         logging.getLogger("medscale.launcher").warning("%s; the job is recorded when its first attempt starts", e)

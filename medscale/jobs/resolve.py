@@ -10,6 +10,7 @@ loads a tensor (torch-free): the caller loads what it is told.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -169,26 +170,19 @@ def _job_id_of(output_dir: Path, registry) -> int | None:
     from medscale.registry import Registry, RegistryError
 
     try:
-        reg = registry or Registry()
+        session = contextlib.nullcontext(registry) if registry else Registry()  # a caller's stays open
     except RegistryError:
         return None
-    try:
+    with session as reg:
         rows = reg.candidates(str(output_dir))
-    finally:
-        if registry is None:
-            reg.close()
     return rows[0][0] if len(rows) == 1 else None
 
 
 def _from_registry(ref: str, checkpoint: int | None, registry) -> ModelRef:
     from medscale.registry import Registry
 
-    reg = registry or Registry()
-    try:
+    with contextlib.nullcontext(registry) if registry else Registry() as reg:  # a caller's registry stays open
         rows = reg.candidates(ref)
-    finally:
-        if registry is None:
-            reg.close()
     if not rows:
         raise ModelRefError(f"'{ref}' is no folder and no job in the registry: give a model folder, an output dir, "
                             f"or a job from `medscale jobs list`")

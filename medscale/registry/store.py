@@ -162,7 +162,8 @@ def _migrate(engine: Engine) -> None:
 
 
 class Registry:
-    """Jobs, attempts and checkpoints. Construct once per process; every method is one short transaction."""
+    """Jobs, attempts and checkpoints. Construct once per process; every method is one short transaction.
+    A session that ends is a `with Registry() as reg:` block: closed however the block ends."""
 
     def __init__(self, url: str | None = None, connect_timeout: float = 5):
         self.url = url or default_url()
@@ -180,6 +181,12 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def file_replaced(self) -> bool:
         """True when this SQLite registry's file was deleted or replaced since it was opened: writes through the

@@ -321,8 +321,7 @@ def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None =
     from medscale.jobs.ops import stop_early
 
     resources = resources or Resources()
-    reg = Registry()
-    try:
+    with Registry() as reg:
         sweep_id, job_ids = register(reg, plan)
         todo = pending(reg, plan)
         bases = missing_base_results(reg, plan)
@@ -357,8 +356,6 @@ def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None =
                 status = JobStatus.FAILED.value
             outcome.trials.append(TrialOutcome(t.label, job_id, str(status), t.label in ran, reason))
         return outcome
-    finally:
-        reg.close()
 
 
 def _build_tiny_models(trials: list[TrialPlan]) -> None:
