@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medscale.eval.extract import extract_choice, split_answer
+from medscale.data.chat import split_think
+from medscale.eval.extract import extract_choice
 from medscale.eval.sampled import Sample, paired_sampled_verdict, score_samples, unclustered_interval
 
 ABCD = "ABCD"
@@ -73,8 +74,8 @@ def test_a_letter_outside_the_options_is_no_answer():
     assert extract_choice("</think>\n答案：E", "ABCDE", thinking=True).letters == ["E"]
 
 
-def test_split_answer_keeps_the_reasoning_apart():
-    think, answer = split_answer(R1_ZH, thinking=True)
+def test_split_think_keeps_the_reasoning_apart():
+    think, answer = split_think(R1_ZH, opened=True)
     assert "肌红蛋白在发病后" in think and answer.endswith("答案：B") and "</think>" not in answer
 
 

@@ -16,6 +16,7 @@ from medscale.errors import UserError
 from dataclasses import dataclass
 
 IGNORE = -100
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class TemplateError(UserError):
@@ -27,6 +28,18 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+
+
+def split_think(text: str, opened: bool = False) -> tuple[str | None, str | None]:
+    """(think, answer) of an assistant's text, stripped; think is None when there is no think block. The answer is
+    what follows the last </think> (a letter weighed while reasoning is no answer); it is None when a think block
+    was opened (in the text, or by the prompt when `opened`) and never closed: the model ran out of budget."""
+    if THINK_CLOSE in text:
+        think, answer = text.rsplit(THINK_CLOSE, 1)
+        return think.split(THINK_OPEN, 1)[-1].strip() or None, answer.strip()
+    if opened or THINK_OPEN in text:
+        return text.split(THINK_OPEN, 1)[-1].strip(), None
+    return None, text.strip()
 
 
 def _render(tok, msgs: list[dict], **kw) -> str:

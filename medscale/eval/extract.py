@@ -12,7 +12,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from medscale.data.chat import split_think
+
 Status = Literal["ok", "over_budget", "no_answer"]
 
 # Option letters: capitals (one, or run together: ACD), or one lower case only where it cannot be an English word ("answer is a bit ...").
@@ -39,17 +40,6 @@ class Extraction:
     answer: str  # the text the letters were read from (after </think>)
 
 
-def split_answer(text: str, thinking: bool) -> tuple[str | None, str | None]:
-    """(reasoning, answer) of a generated text. The answer is None when a think block was opened (in the text, or by
-    the prompt when `thinking`) and never closed: the model ran out of budget mid-thought."""
-    if THINK_CLOSE in text:
-        think, answer = text.rsplit(THINK_CLOSE, 1)
-        return think.split(THINK_OPEN, 1)[-1].strip(), answer.strip()
-    if thinking or THINK_OPEN in text:
-        return text.split(THINK_OPEN, 1)[-1].strip(), None
-    return None, text.strip()
-
-
 def _letters(found: str) -> list[str]:
     return sorted({c.upper() for c in re.findall(r"[A-Ja-j]", re.sub(r"and", "", found))})
 
@@ -57,7 +47,7 @@ def _letters(found: str) -> list[str]:
 def extract_choice(text: str, options: Iterable[str], thinking: bool = False) -> Extraction:
     """The option letters the answer concludes with. `thinking`: the prompt opened a think block (R1-Distill's
     template does), so a text without </think> never left it."""
-    _, answer = split_answer(unicodedata.normalize("NFKC", text), thinking)
+    _, answer = split_think(unicodedata.normalize("NFKC", text), opened=thinking)
     if answer is None:
         return Extraction("over_budget", None, "")
     valid = set(options)

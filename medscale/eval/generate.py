@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from medscale.data.chat import render_prompt
+from medscale.data.chat import THINK_CLOSE, THINK_OPEN, render_prompt, split_think
 from medscale.recipe import GenerationSection
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def progress(total: int, desc: str):
@@ -54,17 +52,6 @@ def single_token_id(tok, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def split_think(text: str) -> tuple[str | None, str]:
-    """(think, answer) of a generated text; the answer is what follows the last </think>."""
-    if THINK_CLOSE not in text:
-        if THINK_OPEN in text:  # budget exhausted mid-thought: all of it is thinking, no answer
-            return text.split(THINK_OPEN, 1)[1].strip(), ""
-        return None, text.strip()
-    think, answer = text.rsplit(THINK_CLOSE, 1)
-    think = think.split(THINK_OPEN, 1)[-1].strip()
-    return think or None, answer.strip()
-
-
 def sampling_kwargs(gen: GenerationSection, greedy: bool) -> dict:
     if greedy or gen.temperature == 0:
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -101,8 +88,8 @@ def generate(model, tok, conversations: list[list[dict]], gen: GenerationSection
                 while new and new[-1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
                     new.pop()
                 text = _decode(tok, new)
-                think, answer = split_think(text)
-                out[i] = Generation(think, answer, len(new), seconds, start // batch_size)
+                think, answer = split_think(text)  # no answer (out of think budget) reads as an empty one
+                out[i] = Generation(think, answer or "", len(new), seconds, start // batch_size)
             bar.update(len(idx))
     return out  # type: ignore[return-value]
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import re
 from dataclasses import dataclass
 from typing import Callable
 
-_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
+from medscale.data.chat import THINK_CLOSE, THINK_OPEN, split_think
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,6 @@ def to_messages(rec: dict, fmt: str, prompt_field: str = "question") -> list[dic
 
 # --------------------------------------------------------------------------- helpers the format modules share
 
-def split_think(text: str) -> tuple[str, str | None]:
-    m = _THINK.match(text)
-    return (m.group(2), m.group(1).strip("\n")) if m else (text, None)
-
-
 def text(value, what: str) -> str:
     """A field that holds text: a string, or "" when absent (None). A number, list or object is refused, never
     turned into its printed form (an integer `question` would train the model on "42")."""
@@ -78,10 +72,11 @@ def text(value, what: str) -> str:
 
 
 def assistant(content: str, reasoning: str | None = None) -> dict:
-    """An assistant turn; reasoning from the argument, else from a leading <think> block of the content."""
+    """An assistant turn; reasoning from the argument, else from a leading, closed <think> block of the content (a
+    record's text that merely mentions the tags is all answer)."""
     content, reasoning = text(content, "the answer"), None if reasoning is None else text(reasoning, "the reasoning")
-    if reasoning is None:
-        content, reasoning = split_think(content)
+    if reasoning is None and content.lstrip().startswith(THINK_OPEN) and THINK_CLOSE in content:
+        reasoning, content = split_think(content)
     msg = {"role": "assistant", "content": content.strip()}
     if reasoning and reasoning.strip():
         msg["reasoning_content"] = reasoning.strip()
