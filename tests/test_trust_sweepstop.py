@@ -1,8 +1,10 @@
-"""A stopped sweep (issue 20, item 22): SIGTERM to `medscale sweep run` reaches its running trial, which saves and
-ends preempted. A real process: the point is a signal."""
+"""A stopped sweep and a rerun that repairs the registry (issue 20, items 22 and 18): SIGTERM to `medscale sweep run`
+reaches its running trial, which saves and ends preempted; a local rerun of a job whose end the registry missed
+repairs the job's row before it does anything else. A real process where the point is a signal."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,14 +14,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import cli
 from medscale.errors import EXIT_PREEMPTED
+from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import latest_verified
+from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import RECIPE_FILE, read_journal
 from medscale.jobs.resume import plan_start
+from medscale.jobs.stop import StopFlag
 from medscale.recipe import load_recipe
 from medscale.registry import Registry
 from medscale.sweep.spec import load_spec, plan_sweep
 from medscale.sweep.tune import pending
+from test_trust_signals import _registry_away, _status
 
 if os.environ.get("CI"):
     import ray  # noqa: F401  (under CI a missing Ray is a failure, never a skip)
@@ -81,3 +88,25 @@ def test_sigterm_to_sweep_run_stops_its_trial_preempted_with_a_checkpoint(tiny_m
         reg.close()
     assert plan_start(load_recipe(str(out / RECIPE_FILE))).resume == out / f"checkpoint-{last.step}"
 
+
+# --------------------------------------------------------------------------- 18. a rerun repairs a missed end
+
+def test_a_local_rerun_repairs_the_jobs_row_before_it_trains(two_runs, tmp_path, medscale_home):
+    """Defect: a job whose last attempt ended while the registry was away stayed `running` (then `lost`) through a
+    rerun; only `jobs sync` repaired it. `medscale train` of the same job now reconciles the row from the output dir
+    first. The job here has finished, so the rerun trains nothing and writes no attempt: only that repair can change
+    its row."""
+    out = tmp_path / "trained"
+    shutil.copytree(two_runs["lora"], out)
+    assert cli("jobs", "sync", str(out)).returncode == 0  # the registry knows the job, as it did when it ran
+    same_job = [str(out / RECIPE_FILE), f"train.output_dir={out}"]
+    recipe = load_recipe(same_job[0], same_job[1:])
+    # its last attempt (the final evaluation and summary, from the final checkpoint) ends while the registry is away
+    attempt = Attempt(recipe, LaunchInfo("local"), rank=0, world_size=1, stop=StopFlag()).__enter__()
+    with _registry_away(medscale_home / "registry.db"):
+        attempt.__exit__(None, None, None)
+    assert _status(recipe.name) == "running"  # as the registry last heard
+    r = cli("train", *same_job)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(read_journal(out).attempts) == 2  # nothing retrained: the job had finished
+    assert _status(recipe.name) == "succeeded"
