@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medscale import medscale_home
 from medscale.errors import UserError
-from medscale.recipe import Recipe, RecipeError, _line_of, load_recipe  # _line_of: a key's file:line, as for recipes
+from medscale.recipe import Recipe, RecipeError, line_of, load_recipe  # line_of: a key's file:line, as for recipes
 
 
 class SweepError(UserError):
@@ -140,7 +140,7 @@ def parse_spec(data: dict, source: Path | None = None) -> SweepSpec:
         lines = []
         for e in err.errors():
             loc = tuple(p for p in e["loc"] if not str(p).startswith(("function-", "list[", "dict[", "str", "literal")))
-            where = _line_of(source, loc) if source else ""
+            where = line_of(source, loc) if source else ""
             key = ".".join(map(str, loc)) or "(sweep)"
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":

@@ -2,8 +2,9 @@
 
 Every medical SFT layout our users train on is converted here, so nobody writes a conversion script. A format
 module registers a `Format` (its name, what it looks like, how to convert a record); this package imports every
-module beside it, and the recipe's `data.sources[].format` choices are generated from the registry, so a new
-format is one new file. Conversion raises ValueError; the caller adds `file:line`.
+module beside it. A new format is one new file, and its name in the recipe's `FORMAT_NAMES` (the choices of
+`data.sources[].format`, listed there so the recipe does not import data): this package refuses to load while the
+two differ. Conversion raises ValueError; the caller adds `file:line`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medscale.data.chat import THINK_CLOSE, THINK_OPEN, split_think
+from medscale.recipe import FORMAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,6 @@ def user(text: str) -> dict:
 
 for _mod in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_mod.name}")
+if set(FORMATS) != set(FORMAT_NAMES):
+    raise ImportError(f"the format modules register {', '.join(format_names())} but the recipe's FORMAT_NAMES "
+                      f"(medscale/recipe/sections/data.py) lists {', '.join(sorted(FORMAT_NAMES))}: make them the same")

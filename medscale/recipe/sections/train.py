@@ -1,0 +1,76 @@
+"""The optimization (HF TrainingArguments names), gradient clipping, checkpoints and resume."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from medscale.recipe.base import Section
+
+
+class AdaptiveClip(Section):
+    """Clip at a running percentile of recent pre-clip gradient norms (seed v3 "dynamic clipping").
+
+    Until `min_history` norms are seen the static `train.max_grad_norm` applies; after
+    that the threshold is the `percentile` of the last `window` norms, so only spikes
+    above the recent typical norm are cut, whatever the norm's scale.
+    """
+
+    percentile: float = Field(90, gt=0, le=100, description="clip at this percentile of recent gradient norms")
+    window: int = Field(100, ge=2, description="how many recent norms the percentile is taken over")
+    min_history: int = Field(10, ge=1, description="norms seen before the adaptive threshold replaces max_grad_norm")
+
+
+class TrainSection(Section):
+    output_dir: str = Field(min_length=1, description="where checkpoints, the adapter and the job record go; with "
+                                                      "`name` it identifies the job (a rerun resumes it); a relative "
+                                                      "path is made absolute against the working dir")
+    num_train_epochs: float = Field(3, gt=0, description="passes over the training data (unless max_steps > 0)")
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(4, ge=1, description="samples per micro-batch per GPU: more is faster "
+                                                                  "until memory runs out")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step: a larger batch "
+                                                                  "without more memory, fewer steps")
+    effective_batch_size: int | None = Field(
+        None, ge=1, description="if set, must equal per-device batch x accumulation x processes (checked)")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate: LoRA usually 1e-4..2e-4; lower "
+                                                          "(5e-6) changes a good model less")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                               "polynomial"] = Field("linear", description="how the rate falls after warm-up")
+    warmup_ratio: float = Field(0, ge=0, lt=1, description="warm-up as a fraction of total steps")
+    warmup_steps: int = Field(0, ge=0, description="warm-up in steps (exclusive with warmup_ratio)")
+    weight_decay: float = Field(0.0, description="AdamW weight decay; LoRA rarely needs it")
+    optim: str = Field("adamw_torch", description="any HF optimizer name: adamw_torch, paged_adamw_8bit, adamw_bnb_8bit, ...")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: no clipping); lower is "
+                                                         "steadier, slower to learn")
+    adaptive_clip: AdaptiveClip | None = Field(None, description="seed v3: clip at a percentile of recent norms "
+                                                                 "instead (null: off)")
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False, description="recompute activations in the backward: true: every decoder layer (least memory, ~25% "
+                           "slower); auto: only as many layers as the memory plan needs on this GPU (none on CPU)")
+    use_liger_kernel: bool = Field(
+        False, description="Liger Triton kernels (fused linear cross-entropy: the full-vocabulary logits are never "
+                           "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")
+    logging_steps: int = Field(10, ge=1, description="steps between log lines (loss, learning rate, tokens/s)")
+    save_steps: int = Field(500, ge=1, description="steps between verified checkpoints: at most this much work is "
+                                                   "lost to a crash; each save costs time and disk")
+    save_total_limit: int | None = Field(
+        None, ge=1, description="keep the newest N verified checkpoints (plus the best by eval loss, and always the "
+                                "newest verified one); null keeps all")
+    keep_best_checkpoint: bool | str = Field(
+        True, description="retention also keeps the best checkpoint: true = lowest eval loss; or a metric logged at "
+                          "eval steps, e.g. bench/cmmlu-med/acc (higher is better for accuracies) or control/loss; "
+                          "false: newest only")
+    resume: str = Field(
+        "auto", description="auto: continue from the newest verified checkpoint of this job (output_dir), if any; "
+                            "never: refuse to start over existing checkpoints; or a checkpoint folder path")
+    seed: int = Field(42, description="seeds data order, the adapter's init and the eval split")
+    dataloader_num_workers: int = Field(0, ge=0, description="processes preparing batches; >0 helps when collation "
+                                                             "(term masking) is slow")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "TrainSection":
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set train.warmup_ratio or train.warmup_steps, not both")
+        return self
