@@ -6,10 +6,9 @@ as QLoRA (its recipe.resolved.yaml says model.load_in_4bit) and CUDA is present;
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
+from medscale.dist import DistContext
 from medscale.errors import UserError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -50,7 +49,7 @@ def inference_device():
     import torch
 
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", DistContext.from_env().local_rank)
     return torch.device("cpu")
 
 
@@ -70,34 +69,32 @@ def load_tokenizer_for(base: str | Path, adapter: str | Path | None = None, trus
     return tok
 
 
+def inference_section(base: Path, trained: dict, dtype: str, cuda: bool):
+    """The `model` section of the recipe a job was trained with, as inference loads it: from `base`, in the caller's
+    dtype (auto: bf16 on GPU, fp32 on CPU), 4 bit only where CUDA is (bitsandbytes). Keys this version no longer
+    knows are left out, so an older job still loads."""
+    from medscale.recipe import ModelSection
+
+    known = {k: v for k, v in trained.items() if k in ModelSection.model_fields}
+    return ModelSection(**{**known, "path": str(base), "load_in_4bit": bool(known.get("load_in_4bit")) and cuda,
+                           "dtype": ("bfloat16" if cuda else "float32") if dtype == "auto" else dtype})
+
+
 def load_for_inference(base: str | Path, adapter: str | Path | None = None, dtype: str = "auto",
                        model_section: dict | None = None, device=None):
     """(model in eval mode, tokenizer). dtype: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.
     `model_section`: the `model` section of the recipe the adapter was trained with: a QLoRA job's model is loaded
-    in 4 bit again when CUDA is present (as it was trained), and `trust_remote_code` follows the recipe."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    in 4 bit again when CUDA is present, with training's loader and quantization config, and `trust_remote_code`
+    follows the recipe."""
+    from medscale.model.load import load_pretrained
 
     base = check_base_folder(base)
     adapter = check_adapter_folder(adapter) if adapter is not None else None
     device = device or inference_device()
     cuda = device.type == "cuda"
-    trained = model_section or {}
-    load_in_4bit = bool(trained.get("load_in_4bit")) and cuda
-    trust_remote_code = bool(trained.get("trust_remote_code"))
-    torch_dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16, "float32": torch.float32}[dtype]
-    kwargs: dict = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if cuda:
-        kwargs["device_map"] = {"": device.index or 0}
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=trained.get("bnb_4bit_quant_type", "nf4"),
-            bnb_4bit_use_double_quant=trained.get("bnb_4bit_use_double_quant", True), bnb_4bit_compute_dtype=torch_dtype)
-    tok = load_tokenizer_for(base, adapter, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    section = inference_section(base, model_section or {}, dtype, cuda)
+    tok = load_tokenizer_for(base, adapter, section.trust_remote_code)
+    model = load_pretrained(section, (device.index or 0) if cuda else None, recipe_attention=False)
     if not cuda:
         model.to(device)
     if adapter is not None:

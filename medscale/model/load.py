@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import torch
 
+from medscale.dist import DistContext
 from medscale.errors import quiet_libraries
 from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
 
@@ -33,30 +33,50 @@ def load_tokenizer(model: ModelSection, planned: bool = False):
 
 
 def local_device_index() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return DistContext.from_env().local_rank
+
+
+def quantization_config(model: ModelSection):
+    """The recipe's bitsandbytes 4-bit config (None without `load_in_4bit`), built here only: inference loads a
+    QLoRA job's base as training quantized it, compute dtype and storage included."""
+    if not model.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=model.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=DTYPES[model.bnb_4bit_compute_dtype],
+        bnb_4bit_quant_storage={**DTYPES, "uint8": torch.uint8}[model.bnb_4bit_quant_storage])
+
+
+def load_pretrained(model: ModelSection, device_index: int | None, recipe_attention: bool):
+    """The one `from_pretrained` of a base model, for training and inference: the section's dtype, 4-bit config and
+    trust_remote_code, the whole model on GPU `device_index` (None: transformers places it). `recipe_attention`:
+    the section's attn_implementation (training's kernels, `varlen` for packed rows); without it transformers
+    picks, and continuous batching swaps in its paged kernel."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = dict(dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code,
+                        quantization_config=quantization_config(model))
+    if recipe_attention:
+        from medscale.model.attention import register_attention
+
+        register_attention()  # model.attn_implementation=varlen
+        kwargs["attn_implementation"] = model.attn_implementation
+    if device_index is not None:
+        kwargs["device_map"] = {"": device_index}
+    return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
 
 
 def load_base_model(model: ModelSection):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from medscale.model.attention import register_attention
-
-    register_attention()  # model.attn_implementation=varlen
-    kwargs: dict = dict(dtype=DTYPES[model.dtype], attn_implementation=model.attn_implementation,
-                        trust_remote_code=model.trust_remote_code)
-    # ZeRO-3 (on once TrainingArguments with a stage-3 DeepSpeed config exist) places and shards the weights
-    # itself and refuses a device_map.
-    if torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
-        # One process per GPU: place the whole model on this rank's device (no DataParallel, no sharding).
-        kwargs["device_map"] = {"": local_device_index()}
-    if model.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=model.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=DTYPES[model.bnb_4bit_compute_dtype],
-            bnb_4bit_quant_storage={**DTYPES, "uint8": torch.uint8}[model.bnb_4bit_quant_storage])
-    return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+    # One process per GPU: the whole model on this rank's device (no DataParallel, no sharding). ZeRO-3 (on once
+    # TrainingArguments with a stage-3 DeepSpeed config exist) places and shards the weights itself and refuses
+    # a device_map.
+    on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
+    return load_pretrained(model, local_device_index() if on_gpu else None, recipe_attention=True)
 
 
 # The layer classes peft's LoRA wraps (its other modules raise "Target module ... is not supported").

@@ -1,0 +1,57 @@
+"""One model loader for training and inference (issue 21, "one of each"): a QLoRA job's base is loaded for eval,
+compare, chat and export with the quantization config training built, compute dtype and storage included."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medscale.recipe import load_recipe
+
+# every 4-bit key away from its default, so a config built anywhere else differs somewhere
+QLORA = ["model.load_in_4bit=true", "model.bnb_4bit_compute_dtype=float16", "model.bnb_4bit_quant_storage=float16",
+         "model.bnb_4bit_quant_type=fp4", "model.bnb_4bit_use_double_quant=false"]
+
+
+class Loaded(Exception):
+    """Raised where transformers would read the weights: the arguments are what this test is after."""
+
+
+def test_inference_loads_a_qlora_base_with_the_config_training_built(monkeypatch, tiny_model_dir):
+    """Inference quantizes on CUDA only, so on a CPU runner the GPU path is followed up to transformers'
+    from_pretrained, where the two loaders' arguments are compared."""
+    import transformers
+
+    from medscale.model.infer import load_for_inference
+    from medscale.model.load import load_base_model
+
+    seen: list[dict] = []
+
+    def from_pretrained(path, **kwargs):
+        seen.append(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    recipe = load_recipe("tiny-demo", QLORA)
+    with pytest.raises(Loaded):
+        load_base_model(recipe.model)
+    with pytest.raises(Loaded):  # the job's resolved recipe, as a model reference hands it over
+        load_for_inference(tiny_model_dir, model_section=recipe.model.model_dump(mode="json"),
+                           device=torch.device("cuda", 0))
+    trained, inferred = (kwargs["quantization_config"].to_dict() for kwargs in seen)
+    assert inferred == trained
+    assert (trained["bnb_4bit_compute_dtype"], trained["bnb_4bit_quant_storage"]) == ("float16", "float16")
+    assert (trained["bnb_4bit_quant_type"], trained["bnb_4bit_use_double_quant"]) == ("fp4", False)
+    assert seen[1]["trust_remote_code"] is False and seen[1]["device_map"] == {"": 0}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes 4-bit inference)")
+def test_a_qlora_base_loaded_for_inference_computes_and_stores_in_the_recipes_dtypes(tiny_model_dir):
+    from medscale.model.infer import load_for_inference
+
+    section = load_recipe("tiny-demo", QLORA).model.model_dump(mode="json")
+    model, _ = load_for_inference(tiny_model_dir, model_section=section)
+    proj = model.model.layers[0].self_attn.q_proj
+    assert type(proj).__name__ == "Linear4bit" and proj.weight.quant_type == "fp4"
+    assert proj.compute_dtype == torch.float16 and proj.weight.dtype == torch.float16  # compute dtype, quant storage
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16  # inference's own dtype for the rest (auto)
