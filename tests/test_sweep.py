@@ -318,8 +318,8 @@ def test_a_rerun_runs_every_trial_but_the_finished_and_the_stopped_early(tmp_pat
     """Which trials a re-run starts, by what their jobs' records say: succeeded and stopped_early are done; failed,
     preempted, cancelled, queued ones run again (resuming from their verified checkpoints, train.resume=auto); a
     trial that trained but whose evaluation failed (an error on its sweep row) runs again too."""
-    from medscale.jobs.status import JobStatus
     from medscale.registry import AttemptInfo, Registry
+    from medscale.status import JobStatus
     from medscale.sweep.tune import pending, register, trial_spec
 
     plan = plan_sweep(*spec_from_recipe("tiny-demo", ["train.learning_rate=1,2,3,4,5,6"], "rerun"),

@@ -1,7 +1,6 @@
 """The job record, torch-free: what a job is on disk and in the registry, shared by training, evaluation, sweeps
 and every launcher.
 
-- `status`: the job and attempt status enums (a leaf: the registry imports it too).
 - `record`: an output dir's file names, atomic writes, the journal (`medscale_job.json`) and the typed run summary.
 - `checkpoint`: the verified-checkpoint protocol (manifest written last; every file checksummed).
 - `stop`: the process-wide stop flag that SIGTERM / SIGUSR1 / a cancel set.

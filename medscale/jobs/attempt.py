@@ -23,9 +23,9 @@ from medscale.jobs.client import RunRegistry
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import PRIVATE, RECIPE_FILE, Journal, read_journal, write_text_atomic
-from medscale.jobs.status import AttemptStatus
 from medscale.jobs.stop import StopFlag
 from medscale.registry import AttemptInfo, CheckpointInfo, MetricRow, heartbeat_interval, pid_alive, utcnow
+from medscale.status import AttemptStatus
 
 log = logging.getLogger("medscale.lifecycle")
 

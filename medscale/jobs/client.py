@@ -21,9 +21,9 @@ from typing import Callable, TypeVar
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, load_manifest, problem
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal, trainer_log
-from medscale.jobs.status import AttemptStatus, JobStatus
 from medscale.registry import (CheckpointInfo, JobSpec, JobView, MetricRow, Registry, RegistryError, default_url, redact,
                                scrub)
+from medscale.status import AttemptStatus, JobStatus
 
 log = logging.getLogger("medscale.registry")
 T = TypeVar("T")

@@ -19,8 +19,8 @@ from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import JOURNAL, PRIVATE, find_output_dirs, read_journal, write_text_atomic
-from medscale.jobs.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, ResultView, heartbeat_interval
+from medscale.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 
 RESUME_OVERRIDES = ["train.resume=auto"]
 

@@ -11,8 +11,8 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from medscale.jobs.status import AttemptStatus, JobStatus
 from medscale.registry.records import utcnow
+from medscale.status import AttemptStatus, JobStatus
 
 
 class Base(DeclarativeBase):

@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from medscale import medscale_home, settings
 from medscale.errors import UserError
-from medscale.jobs.status import AttemptStatus, JobStatus
 from medscale.paths import create_private
 from medscale.registry.models import Attempt, Checkpoint, Job, Metric, Result, Sweep, SweepTrial
 from medscale.registry.records import (METRIC_COLUMNS, AttemptInfo, AttemptView, CheckpointInfo, CheckpointView,
                                        JobSpec, JobView, MetricRow, ResultInfo, ResultView, SweepInfo, SweepView,
                                        TrialView, iso, utcnow)
+from medscale.status import AttemptStatus, JobStatus
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D656473  # any constant: serializes concurrent first-time migrations on PostgreSQL

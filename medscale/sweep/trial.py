@@ -65,8 +65,8 @@ def forward_stop(output_dirs: dict[str, str], status: str, echo: Callable[[str],
     reuses the PID), and waits, bounded, for each to save a verified checkpoint and end `status`: the Ray shutdown
     that follows would kill them unsaved (`lost`). A trial still starting (no attempt recorded) has nothing to save."""
     from medscale.jobs.record import read_journal
-    from medscale.jobs.status import AttemptStatus
     from medscale.registry import pid_alive
+    from medscale.status import AttemptStatus
 
     running = {}
     for label, out in output_dirs.items():

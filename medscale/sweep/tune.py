@@ -29,9 +29,9 @@ from typing import Callable
 import medscale
 from medscale import settings
 from medscale.errors import StopRequested
-from medscale.jobs.status import JobStatus
 from medscale.jobs.stop import STATUS, StopFlag, stop_flag
 from medscale.registry import JobSpec, Registry, SweepInfo
+from medscale.status import JobStatus
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
 from medscale.sweep.trial import forward_stop
 

@@ -1,4 +1,6 @@
 """Job and attempt statuses (DESIGN.md, "Registry semantics"): the one definition every module compares against.
+A leaf of its own: the job record writes them and the registry stores them, so neither package imports the other
+for them.
 
 `str` enums: they are stored, printed and compared as their plain values ("running" == AttemptStatus.RUNNING).
 """
