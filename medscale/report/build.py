@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medscale.errors import UserError
+from medscale.eval.stored import base_result, final_results, paired
 from medscale.jobs.record import RunSummary, write_bytes_atomic, write_text_atomic
 from medscale.markdown import md_cell, md_text
 from medscale.registry import MetricRow, Registry
-from medscale.report.results import base_result, final_results, paired
 
 FIGURES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"),
            ("grad_norm", "gradient norm"))

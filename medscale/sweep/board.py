@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medscale.errors import UserError
+from medscale.eval.stored import base_result, final_results, paired
 from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
-from medscale.report.results import base_result, final_results, paired
 
 LOWER_IS_BETTER = {"eval_loss", "control"}
 

@@ -1,5 +1,6 @@
 """Benchmark results as the registry keeps them, paired again: a fine-tune against its own base on the same
-questions (the leaderboard and the report both need it)."""
+questions. Evaluation stored them, so evaluation reads them back; the report and the sweep leaderboard both ask
+here."""
 from __future__ import annotations
 
 from medscale.registry import Registry, ResultView
