@@ -52,7 +52,7 @@ def head_revision() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from medscale.registry.store import MIGRATIONS
+    from medscale.registry.engine import MIGRATIONS
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -514,7 +514,7 @@ def _upgrade_to(url: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from medscale.registry.store import MIGRATIONS, make_engine
+    from medscale.registry.engine import MIGRATIONS, make_engine
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

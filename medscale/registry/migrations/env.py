@@ -1,4 +1,4 @@
-"""Alembic environment: always run programmatically by `medscale.registry.store`, on the store's own
+"""Alembic environment: always run programmatically by `medscale.registry.engine`, on the registry's own
 connection (inside its lock), never from an alembic.ini."""
 from alembic import context
 
