@@ -20,13 +20,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-BENCHES = ("cmmlu-med", "ceval-med", "medqa-zh", "cmexam")
-
 
 def main() -> None:
     import torch
 
     from gpu_check import build_random
+    from medscale.benchmarks import MEDICAL_ZH
     from medscale.eval.run import evaluate_benchmark, load_benchmarks
     from medscale.model.infer import free_memory, load_for_inference
 
@@ -37,8 +36,8 @@ def main() -> None:
     ap.add_argument("--per-bench", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     a = ap.parse_args()
-    full = {b.name: len(b.questions) for b in load_benchmarks(list(BENCHES), str(a.eval_data))}
-    subsets = load_benchmarks(list(BENCHES), str(a.eval_data), a.per_bench, seed=0)
+    full = {b.name: len(b.questions) for b in load_benchmarks(list(MEDICAL_ZH), str(a.eval_data))}
+    subsets = load_benchmarks(list(MEDICAL_ZH), str(a.eval_data), a.per_bench, seed=0)
     rows = []
     for shape in a.shapes.split(","):
         path = build_random(shape, a.assets / "model_configs.json", a.assets / "qwen3_tokenizer",

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from medscale.benchmarks import BUILTINS, MEDICAL_ZH
 from medscale.cli.app import App
 
 app = App()
@@ -48,9 +49,9 @@ _G = _gen_options()
 
 @app.command("eval")
 def eval_cmd(model: str = MODEL,
-             bench: Optional[list[str]] = typer.Option(None, "--bench", help="benchmark name (cmmlu-med, ceval-med, "
-                                                       "medqa-zh, cmexam, medqa-en, mmlu-med) or a file/folder; "
-                                                       "repeatable (default: the four Chinese medical ones)"),
+             bench: Optional[list[str]] = typer.Option(None, "--bench", help="benchmark name "
+                                                       f"({', '.join(BUILTINS)}) or a file/folder; repeatable "
+                                                       f"(default: the Chinese medical ones, {', '.join(MEDICAL_ZH)})"),
              adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
              against: Optional[str] = typer.Option(None, "--against", help="`base` (the model MODEL was tuned from) "
                                                    "or another model: score it on the same questions and give the "
@@ -91,7 +92,8 @@ def eval_cmd(model: str = MODEL,
              think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
     """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict."""
     from medscale.errors import UserError
-    from medscale.eval.bench import MEDICAL_ZH, BenchmarkError
+    from medscale.benchmarks import MEDICAL_ZH
+    from medscale.eval.bench import BenchmarkError
     from medscale.eval.run import run_eval
     from medscale.paths import folder_problem
     from medscale.recipe import BenchmarkSource

@@ -26,8 +26,9 @@ from typing import Any
 from medscale import settings
 from medscale.data.formats import detect, to_messages
 from medscale.data.sources import DataError, read_records
+from medscale.benchmarks import BUILTINS
 from medscale.eval.mcq import FIX, BenchmarkError, Question, load_file, recipe_entry
-from medscale.recipe import BENCHMARK_NAMES, BenchmarkSource
+from medscale.recipe import BenchmarkSource
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 MAX_BAD_FRACTION = 0.01  # even with skip_bad, more malformed questions than this means a wrong layout or file
@@ -88,27 +89,6 @@ class Benchmark:
 # --------------------------------------------------------------------------- built-in benchmarks
 
 
-@dataclass(frozen=True)
-class _Builtin:
-    path: str  # under the eval data dir
-    language: str
-    origin: str  # where to get it, for the error when it is missing
-
-
-BUILTINS: dict[str, _Builtin] = {
-    "cmmlu-med": _Builtin("cmmlu_medical", "zh", "haonan-li/CMMLU data/{test,dev}/<medical subject>.csv"),
-    "ceval-med": _Builtin("ceval_medical", "zh", "ceval/ceval-exam basic_medicine, clinical_medicine, physician "
-                                                 "(val rows, then any test rows, which are not scored; one .jsonl "
-                                                 "per subject)"),
-    "medqa-zh": _Builtin("medllm_qa_benchmark/zh/medqa_zh.jsonl", "zh", "aistairc/medLLM_QA_benchmark data/zh"),
-    "cmexam": _Builtin("medllm_qa_benchmark/zh/cmexam.jsonl", "zh", "aistairc/medLLM_QA_benchmark data/zh"),
-    "medqa-en": _Builtin("medllm_qa_benchmark/en/medqa_en.jsonl", "en", "aistairc/medLLM_QA_benchmark data/en"),
-    "mmlu-med": _Builtin("medllm_qa_benchmark/en/mmlu_en_medical.jsonl", "en", "aistairc/medLLM_QA_benchmark data/en"),
-}
-assert tuple(BUILTINS) == BENCHMARK_NAMES  # the recipe validates names against the same list
-MEDICAL_ZH = ("cmmlu-med", "ceval-med", "medqa-zh", "cmexam")  # `medscale eval` without --bench
-
-
 def eval_data_dir(override: str | Path | None = None) -> Path:
     """Where built-in benchmarks live: the given dir, else $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval."""
     if override:
@@ -141,10 +121,10 @@ def load_benchmark(ref: str | BenchmarkSource, data_dir: str | Path | None = Non
     else:
         path = Path(src.path).expanduser()
         if not path.exists():
-            close = difflib.get_close_matches(src.path, BENCHMARK_NAMES, n=1)
+            close = difflib.get_close_matches(src.path, list(BUILTINS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise BenchmarkError(f"benchmark {src.path}: no such file or folder{hint} (built-in: "
-                                 f"{', '.join(BENCHMARK_NAMES)})")
+                                 f"{', '.join(BUILTINS)})")
         name, language, skip = path.stem, None, src.skip_bad if skip_bad is None else skip_bad
     if max_bad is not None:
         if skip is False and skip_bad is False:

@@ -23,7 +23,7 @@ def eval_job_recipe(recipe: Recipe) -> Recipe:
 
 def run_job(recipe: Recipe, launch=None, callbacks=()):
     """The `eval` entry (same signature as medscale.train.run.run). Returns the EvalReport on rank 0."""
-    from medscale.eval.bench import MEDICAL_ZH
+    from medscale.benchmarks import MEDICAL_ZH
     from medscale.eval.run import run_eval
     from medscale.jobs.attempt import Attempt
     from medscale.jobs.launch import LaunchInfo

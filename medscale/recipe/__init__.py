@@ -20,13 +20,13 @@ from medscale.recipe.schema import Recipe
 from medscale.recipe.sections.adapter import AdapterSection
 from medscale.recipe.sections.data import FORMAT_NAMES, DataSection, DataSource, TermMasking
 from medscale.recipe.sections.dist import DistSection
-from medscale.recipe.sections.eval import BENCHMARK_NAMES, BenchmarkSource, EvalSection
+from medscale.recipe.sections.eval import BenchmarkSource, EvalSection
 from medscale.recipe.sections.generation import GenerationSection
 from medscale.recipe.sections.model import ModelSection, TinySpec
 from medscale.recipe.sections.track import SwanLab, TrackSection
 from medscale.recipe.sections.train import AdaptiveClip, TrainSection
 
-__all__ = ["AdapterSection", "AdaptiveClip", "BENCHMARK_NAMES", "BenchmarkSource", "DataSection", "DataSource",
+__all__ = ["AdapterSection", "AdaptiveClip", "BenchmarkSource", "DataSection", "DataSource",
            "DistSection", "EvalSection", "FORMAT_NAMES", "GenerationSection", "KeyDoc", "ModelSection", "Recipe",
            "RecipeError", "Section", "SwanLab", "TermMasking", "TinySpec", "TrackSection", "TrainSection",
            "apply_overrides", "builtin_dir", "builtin_names", "demo_data_dir", "line_of", "load_recipe",

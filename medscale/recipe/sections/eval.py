@@ -7,10 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from medscale.benchmarks import BUILTINS
 from medscale.recipe.base import Section
-
-
-BENCHMARK_NAMES = ("cmmlu-med", "ceval-med", "medqa-zh", "cmexam", "medqa-en", "mmlu-med")  # medscale.eval.bench
 
 
 class BenchmarkSource(Section):
@@ -56,7 +54,7 @@ class EvalSection(Section):
     per_device_eval_batch_size: int = Field(4, ge=1, description="samples per evaluation batch per GPU")
     benchmarks: list[str | BenchmarkSource] = Field(
         default_factory=list, description=f"multiple-choice benchmarks scored at eval steps and at the end: built-in "
-                                          f"names ({', '.join(BENCHMARK_NAMES)}) under eval.data_dir, or paths")
+                                          f"names ({', '.join(BUILTINS)}) under eval.data_dir, or paths")
     benchmark_limit: int | None = Field(
         None, ge=1, description="score a fixed random subset of this many questions per benchmark at each eval step "
                                 "(same questions every step, seeded by train.seed); null: all")
@@ -80,11 +78,11 @@ class EvalSection(Section):
     @classmethod
     def _known_benchmarks(cls, v: list) -> list:
         for b in v:
-            if isinstance(b, str) and b not in BENCHMARK_NAMES and not _looks_like_path(b):
-                close = difflib.get_close_matches(b, BENCHMARK_NAMES, n=1)
+            if isinstance(b, str) and b not in BUILTINS and not _looks_like_path(b):
+                close = difflib.get_close_matches(b, list(BUILTINS), n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise ValueError(f"eval.benchmarks: unknown benchmark '{b}'; {hint}(built-in: "
-                                 f"{', '.join(BENCHMARK_NAMES)}; or a file/folder path)")
+                                 f"{', '.join(BUILTINS)}; or a file/folder path)")
         return v
 
     @model_validator(mode="after")
