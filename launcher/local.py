@@ -10,6 +10,7 @@ from typing import Callable
 import yaml
 
 from launcher.process import Outcome, run_forwarding_signals, run_reporting_stops
+from medscale.dist import DistContext
 from medscale.errors import STOP_EXIT_CODES, AttemptStopped
 from medscale.jobs.client import reconcile_output_dir
 from medscale.jobs.launch import LaunchInfo, LaunchRequest
@@ -73,7 +74,7 @@ def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str], mo
     # With DeepSpeed, the recipe's JSON (an absolute path) replaces the config file's relative default.
     ds = ["--deepspeed_config_file", recipe.dist.deepspeed] if recipe.dist.deepspeed else []
     return [sys.executable, "-m", "launcher.accelerate_main", "--config_file", str(accelerate_config(recipe)),
-            "--num_processes", str(recipe.dist.num_processes * recipe.dist.num_machines),
+            "--num_processes", str(DistContext.planned(recipe.dist).world_size),
             "--num_machines", str(recipe.dist.num_machines), "--main_process_port", str(free_port()), *ds,
             "-m", module, recipe_ref, *overrides]
 
@@ -81,7 +82,7 @@ def accelerate_command(recipe: Recipe, recipe_ref: str, overrides: list[str], mo
 def entry_command(recipe: Recipe, recipe_ref: str, overrides: list[str], module: str = "medscale.train") -> list[str]:
     """The command that runs an entry module on this machine: the module itself for one process, else `accelerate
     launch` with the recipe's process count (a sweep trial's process, a SLURM node's one-process job)."""
-    if recipe.dist.num_processes * recipe.dist.num_machines == 1:
+    if DistContext.planned(recipe.dist).world_size == 1:
         return [sys.executable, "-m", module, recipe_ref, *overrides]
     return accelerate_command(recipe, recipe_ref, overrides, module)
 
@@ -115,7 +116,7 @@ class LocalLauncher:
         report = check_launch(recipe, devices=True)  # once, before any process is spawned
         launch = LaunchInfo("local", options=dict(request.options))
         env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
-        if recipe.dist.num_processes * recipe.dist.num_machines == 1:
+        if DistContext.planned(recipe.dist).world_size == 1:
             return LocalPlan(request, env, report)
         return LocalPlan(request, env, report, accelerate_command(recipe, request.ref, request.overrides,
                                                                   request.entry.module))

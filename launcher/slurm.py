@@ -30,6 +30,7 @@ from typing import Callable
 from launcher import LaunchError
 from launcher.process import Outcome, run_reporting_stops
 from medscale import medscale_home, settings
+from medscale.dist import DistContext
 from medscale.errors import EXIT_BAD_INPUT, UserError
 from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
@@ -73,7 +74,7 @@ def node_command(recipe: Recipe, recipe_ref: str, overrides: list[str], *, machi
     from launcher.local import entry_command
 
     cmd = entry_command(recipe, recipe_ref, overrides, module)
-    if recipe.dist.num_processes * recipe.dist.num_machines == 1:
+    if DistContext.planned(recipe.dist).world_size == 1:
         return cmd
     cmd[cmd.index("--main_process_port") + 1] = str(port)
     at = cmd.index("-m", 3)  # the training module follows the launcher's own flags

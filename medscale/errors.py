@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from medscale import settings
+from medscale.dist import DistContext
 
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
 EXIT_CANCELLED = 4  # `medscale jobs cancel`: the run saved a checkpoint and stopped; do not requeue
@@ -154,11 +155,11 @@ def user_errors():
         _say(f"medscale: error: {line}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank stops together with the same words: say them once
+        if DistContext.from_env().is_main:  # every rank stops together with the same words: say them once
             _say(f"medscale: {e}")
         raise SystemExit(e.exit_code) from None
     except StopRequested as e:
-        if os.environ.get("RANK", "0") == "0":
+        if DistContext.from_env().is_main:
             _say(f"medscale: {e}")
         raise SystemExit(e.exit_code) from None
     except RunFailed as e:

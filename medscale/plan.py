@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medscale.dist import DistContext
 from medscale.recipe import Recipe, RecipeError
 
 GIB = 2**30
@@ -330,7 +331,7 @@ def recompute_layers(recipe: Recipe) -> int | None:
     if mem is None:
         return 0
     try:
-        return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).recompute_layers
+        return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).recompute_layers
     except RecipeError:
         return None
 
@@ -343,7 +344,7 @@ def token_budget(recipe: Recipe) -> int | None:
     mem = device_memory_gb()
     if mem is None:
         return recipe.pack_budget()
-    return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).token_budget
+    return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).token_budget
 
 
 def fit_problems(recipe: Recipe, gpu_mem_gb: float | None = None) -> list[str]:
@@ -354,6 +355,6 @@ def fit_problems(recipe: Recipe, gpu_mem_gb: float | None = None) -> list[str]:
     if mem is None:
         return []
     try:
-        return plan(recipe, mem, recipe.dist.num_processes * recipe.dist.num_machines).problems
+        return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).problems
     except RecipeError:
         return []

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medscale.dist import DistContext
 from medscale.errors import UserError
 from medscale.recipe import Recipe
 
@@ -135,7 +136,7 @@ def _deepspeed(recipe: Recipe, report: Report, on_worker: bool) -> None:
         return
     saved, ranks = deepspeed_layout(ckpt)
     want = "no DeepSpeed" if not ds.deepspeed else "ZeRO-3" if ds.zero_stage() == 3 else "ZeRO-1/2"
-    procs = ds.num_processes * ds.num_machines
+    procs = DistContext.planned(ds).world_size
     if saved != want:
         report.error("dist", f"train.resume: {ckpt} was saved with {saved}, but this recipe runs {want} ({ds_name}); "
                              f"its optimizer state would not load (DeepSpeed refuses the folder; without DeepSpeed the "

@@ -12,13 +12,14 @@ import sys
 from launcher.ray.options import RayOptions, check_for_ray, load_from_source, recipe_source
 from launcher.ray.worker import pointed_checkpoint, train_func
 from medscale import settings
+from medscale.dist import DistContext
 from medscale.errors import EXIT_CANCELLED
 from medscale.jobs.launch import ENV_RAY_JOB_ID
 from medscale.recipe import Recipe
 
 
 def num_workers(recipe: Recipe) -> int:
-    return recipe.dist.num_processes * recipe.dist.num_machines
+    return DistContext.planned(recipe.dist).world_size
 
 
 def scaling_config(recipe: Recipe, use_gpu: bool, cpus_per_worker: float = 1.0):

@@ -2,7 +2,6 @@
 medscale.jobs.resolve understands: a job name or id, an output dir, a checkpoint, an adapter or a model folder."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from medscale.benchmarks import BUILTINS, MEDICAL_ZH
 from medscale.cli.app import App
+from medscale.dist import DistContext
 
 app = App()
 
@@ -107,7 +107,7 @@ def eval_cmd(model: str = MODEL,
     gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
     report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
                       gen, skip_bad, system_prompt, train_data=train_data, max_bad=max_bad, dedupe=dedupe)
-    if int(os.environ.get("RANK", "0")) != 0:  # launched with several processes: every one has the whole report
+    if not DistContext.from_env().is_main:  # launched with several processes: every one has the whole report
         return
     if out is not None:
         from medscale.jobs.record import write_text_atomic

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from medscale.cli.app import OVERRIDES, App, setup_logging
+from medscale.dist import DistContext
 
 app = App()
 recipe_app = App(no_args_is_help=True, help="Inspect recipes.")
@@ -160,9 +161,10 @@ def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML
 
     r = load_recipe(recipe, overrides or [])
     report = run_check(r, devices=True, tokenize=True)
-    if r.dist.num_processes * r.dist.num_machines > 1:  # what the local launcher would start
+    world = DistContext.planned(r.dist).world_size
+    if world > 1:  # what the local launcher would start
         try:
-            report.info("dist", f"{r.dist.num_processes * r.dist.num_machines} processes through accelerate "
+            report.info("dist", f"{world} processes through accelerate "
                                 f"({accelerate_config(r)})")
         except RecipeError as e:
             report.error("dist", str(e))
@@ -202,7 +204,7 @@ def plan_cmd(recipe: str = typer.Argument(..., help="built-in recipe name or a Y
     mem = gpu_mem if gpu_mem is not None else device_memory_gb()
     if mem is None:
         raise UserError("plan: no GPU here; give the card's memory, e.g. --gpu-mem 16")
-    p = plan(r, mem, gpus or r.dist.num_processes * r.dist.num_machines)
+    p = plan(r, mem, gpus or DistContext.planned(r.dist).world_size)
     if as_json:
         echo_json(p.to_dict())
     else:

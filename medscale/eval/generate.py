@@ -2,13 +2,13 @@
 a think budget, tokens and time per answer."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from medscale.data.chat import THINK_CLOSE, THINK_OPEN, render_prompt, split_think
+from medscale.dist import DistContext
 from medscale.recipe import GenerationSection
 
 
@@ -16,8 +16,8 @@ def progress(total: int, desc: str):
     """A progress bar with ETA on the first process, on a terminal (silent in logs and tests, and without `desc`)."""
     from tqdm.auto import tqdm
 
-    rank = int(os.environ.get("RANK", "0"))
-    return tqdm(total=total, desc=desc, unit="q", disable=True if rank or not desc else None, dynamic_ncols=True)
+    main = DistContext.from_env().is_main
+    return tqdm(total=total, desc=desc, unit="q", disable=True if not main or not desc else None, dynamic_ncols=True)
 
 
 @dataclass

@@ -7,9 +7,9 @@ processes as the launcher started (questions are sharded). The evaluation is a j
 stored against the trained job and the checkpoint they measured."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from medscale.dist import DistContext
 from medscale.recipe import Recipe
 
 
@@ -33,14 +33,13 @@ def run_job(recipe: Recipe, launch=None, callbacks=()):
     flag = stop_flag()
     flag.install(at_once=True)  # nothing here saves progress: a stop ends the attempt preempted / cancelled at once
     job = eval_job_recipe(recipe)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    e = recipe.eval
-    with Attempt(job, launch or LaunchInfo.from_env(), rank, world, kind="eval", stop=flag) as attempt:
+    ctx, e = DistContext.from_env(), recipe.eval
+    with Attempt(job, launch or LaunchInfo.from_env(), ctx.rank, ctx.world_size, kind="eval", stop=flag) as attempt:
         flag.raise_if_set(0)
         report = run_eval(recipe.train.output_dir, list(e.benchmarks) or list(MEDICAL_ZH), against="base",
                           mode=e.benchmark_mode, shots=e.shots, seed=recipe.train.seed, data_dir=e.data_dir,
                           batch_size=e.per_device_eval_batch_size, generation=recipe.generation)
-        if rank == 0:
+        if ctx.is_main:
             write_text_atomic(attempt.out / "eval.json", report.to_json(indent=1))
             write_text_atomic(attempt.out / "eval.md", report.to_markdown())
-    return report if rank == 0 else None
+    return report if ctx.is_main else None

@@ -154,14 +154,15 @@ def check_contamination(report: EvalReport, benches: list[Benchmark], train_data
 def _join_process_group() -> bool:
     """Started by torchrun / accelerate with several processes: join their group (NCCL on GPUs, gloo on CPU) so
     scoring is sharded. True when this call created the group (and so must destroy it)."""
-    import os
-
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    from medscale.dist import DistContext
+
+    ctx = DistContext.from_env()
+    if ctx.world_size <= 1 or dist.is_initialized():
         return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(ctx.local_rank)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True

@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Callable, Sequence
 
+from medscale.dist import DistContext
 from medscale.recipe import Recipe
 
 log = logging.getLogger("medscale.sweep")
@@ -30,8 +31,8 @@ def run_trial(recipe: Recipe, launch=None, callbacks: Sequence = ()):
     from medscale.train.run import run
 
     summary = run(recipe, launch, callbacks, kind="trial")
-    world = recipe.dist.num_processes * recipe.dist.num_machines
-    if summary is not None and recipe.eval.benchmarks and not summary.benchmarks and world == 1:
+    one = DistContext.planned(recipe.dist).world_size == 1
+    if summary is not None and recipe.eval.benchmarks and not summary.benchmarks and one:
         score_final_adapter(recipe)
     return summary
 

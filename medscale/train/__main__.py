@@ -13,6 +13,8 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
 
+from medscale.dist import DistContext  # noqa: E402
+
 
 def _die_with_launcher() -> None:
     """A worker started by torchrun stops when torchrun is gone (killed with -9, by the OOM killer, with its
@@ -54,9 +56,9 @@ def _exit_on_stop_before_joining() -> None:
         while not joined():
             for signum in os.read(read_end, 64):
                 if signum in codes and not joined():
-                    print(f"medscale: rank {os.environ.get('RANK', '?')}: {signal.Signals(signum).name} before the "
-                          f"process group was up: nothing started, exiting {codes[signum]}", file=sys.stderr,
-                          flush=True)
+                    ctx, name = DistContext.from_env(), signal.Signals(signum).name
+                    print(f"medscale: rank {ctx.rank if ctx.launched else '?'}: {name} before the process group was "
+                          f"up: nothing started, exiting {codes[signum]}", file=sys.stderr, flush=True)
                     os._exit(codes[signum])
 
     threading.Thread(target=watch, name="medscale-early-stop", daemon=True).start()

@@ -13,6 +13,7 @@ import socket
 import torch
 from transformers import TrainingArguments
 
+from medscale.dist import DistContext
 from medscale.recipe import Recipe
 
 
@@ -45,7 +46,7 @@ def training_arguments(recipe: Recipe, recompute: bool | None = None):
     ds = recipe.dist.deepspeed
     extra: dict = {}
     if ds:
-        if "LOCAL_RANK" not in os.environ:
+        if not DistContext.from_env().launched:
             _one_process_group_env()
         if not cuda:
             from datetime import timedelta
