@@ -16,7 +16,7 @@ from medscale.jobs.client import reconcile_output_dir
 from medscale.jobs.launch import LaunchInfo, LaunchRequest
 from medscale.jobs.stop import STATUS, stop_flag
 from medscale.paths import shipped
-from medscale.preflight import Report, check_launch
+from medscale.preflight import Report
 from medscale.recipe import Recipe, RecipeError
 
 # Seconds torchrun waits for workers to save and exit after a SIGTERM before it kills them (its default: 30);
@@ -113,7 +113,7 @@ class LocalLauncher:
 
     def prepare(self, request: LaunchRequest) -> LocalPlan:
         recipe = request.recipe
-        report = check_launch(recipe, devices=True)  # once, before any process is spawned
+        report = request.entry.check(recipe, devices=True)  # once, before any process is spawned
         launch = LaunchInfo("local", options=dict(request.options))
         env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
         if DistContext.planned(recipe.dist).world_size == 1:

@@ -3,7 +3,7 @@
 - A launcher process dies with its parent: `medscale train` (or the SLURM node wrapper) killed with kill -9, by
   the OOM killer or a hang-up must not leave accelerate and every worker training on unseen (Linux
   PR_SET_PDEATHSIG). The workers, in turn, stop when accelerate is gone (the orphan watchdog in
-  `medscale.train.__main__`), and the attempt shows `lost`.
+  `medscale.jobs.__main__`), and the attempt shows `lost`.
 - Stop signals are forwarded exactly once, as SIGTERM (torchrun forwards that to every worker and waits for them
   to save); SIGINT is forwarded as SIGINT (the workers save on the first Ctrl-C, stop on the second).
 - The exit code reports what happened to the attempt, not torchrun's generic 1: a preempted attempt exits

@@ -35,8 +35,8 @@ from medscale.errors import EXIT_BAD_INPUT, UserError
 from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
 from medscale.paths import shipped
-from medscale.preflight import Report, check_launch
-from medscale.recipe import Recipe, RecipeError, load_recipe
+from medscale.preflight import Report
+from medscale.recipe import Recipe, RecipeError
 
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
@@ -53,7 +53,7 @@ def node_overrides(recipe: Recipe, nodes: int) -> list[str]:
         return []
     out = [f"dist.num_machines={nodes}"]
     t = recipe.train
-    if t.effective_batch_size is not None:
+    if getattr(t, "effective_batch_size", None) is not None:  # a recipe's batch (an evaluation's spec has none)
         per_step = t.per_device_train_batch_size * recipe.dist.num_processes * nodes
         if t.effective_batch_size % per_step:
             raise RecipeError(
@@ -136,9 +136,10 @@ def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank:
     registry's code for a preempted (75) or cancelled (4) attempt, whatever code the launcher reports."""
     from launcher.local import SHUTDOWN_GRACE_S
 
-    recipe = load_recipe(recipe_ref, overrides)
+    load = entry_for(entry).load_spec
+    recipe = load(recipe_ref, overrides)
     overrides = [*overrides, *node_overrides(recipe, nodes)]
-    recipe = load_recipe(recipe_ref, overrides)
+    recipe = load(recipe_ref, overrides)
     env = {**os.environ}
     launch = LaunchInfo.from_env(env)
     launch.launcher, launch.options = "slurm", launch.options or options_from_env(recipe, env)
@@ -321,9 +322,9 @@ class SlurmLauncher:
         overrides = list(request.overrides)
         o, extra = resolve(request.recipe, SlurmOptions.from_dict(request.options))
         overrides += extra
-        recipe = load_recipe(ref, overrides)
+        recipe = request.entry.load_spec(ref, overrides)
         node_overrides(recipe, o.nodes)  # refuse a shape the recipe cannot take, before queueing
-        report = check_launch(recipe, devices=False)
+        report = request.entry.check(recipe, devices=False)
         journal = read_journal(recipe.train.output_dir)
         last = next((a.launcher_ids["slurm_job_id"] for a in reversed(journal.attempts)
                      if a.launcher_ids.get("slurm_job_id")), None) if journal else None
@@ -332,7 +333,7 @@ class SlurmLauncher:
                               f"newest verified checkpoint; to start it anew, `scancel {last}` first")
         command = ["sbatch", "--parsable"]
         launch = LaunchInfo("slurm", options=o.to_dict())
-        script = render_script(ref, overrides, o, command, launch, request.entry.kind)
+        script = render_script(ref, overrides, o, command, launch, request.entry.kind.value)
         return SlurmPlan(LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), o, overrides, script,
                          command, report)
 
@@ -373,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.cmd == "node-command":
-            recipe = load_recipe(a.recipe, a.overrides)
-            overrides = [*a.overrides, *node_overrides(recipe, a.nodes)]
-            print(shlex.join(node_command(load_recipe(a.recipe, overrides), a.recipe, overrides,
+            load = entry_for(a.entry).load_spec
+            overrides = [*a.overrides, *node_overrides(load(a.recipe, a.overrides), a.nodes)]
+            print(shlex.join(node_command(load(a.recipe, overrides), a.recipe, overrides,
                                           machine_rank=a.machine_rank, main_ip=a.main_ip, port=a.port,
                                           module=entry_for(a.entry).module)))
             return 0

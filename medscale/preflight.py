@@ -322,6 +322,31 @@ def check_launch(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True
     return check(recipe, devices=devices, paths_must_exist=paths_must_exist)
 
 
+def check_eval_launch(spec, *, devices: bool, paths_must_exist: bool = True) -> Report:
+    """An evaluation job's pre-flight (medscale.eval.spec.EvalSpec): its benchmarks load (bad input fails in
+    seconds, before any model does), its models resolve, its folder can be written; the registry as for training.
+    `devices` and `paths_must_exist` as in check_launch: the processes that score check their own host again."""
+    from medscale.eval.bench import load_benchmark
+    from medscale.jobs.resolve import resolve
+
+    report = Report()
+    for ref in spec.benchmarks:
+        try:
+            load_benchmark(ref, spec.data_dir, spec.skip_bad, spec.max_bad, spec.dedupe)
+        except UserError as e:
+            report.error("eval", str(e))
+    for model, kw in ((spec.model, {"checkpoint": spec.checkpoint, "adapter": spec.adapter}), (spec.against, {})):
+        if model and model != "base":
+            try:
+                resolve(model, **kw)
+            except UserError as e:
+                (report.error if paths_must_exist else report.warn)("model", str(e))
+    if (why := _output_dir_problem(Path(spec.train.output_dir))) is not None:
+        report.error("output", why.replace("train.output_dir", "--out"))
+    _registry(report)
+    return report
+
+
 def check_worker(recipe: Recipe) -> None:
     """In each training process, before any work: this host's paths and devices (the data is read next anyway)."""
     check(recipe, devices=True, read_data=False, registry=False).raise_if_failed()

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                       cpus_per_worker=args.cpus_per_worker)
     with user_errors():  # a bad recipe exits 2 here, before any worker starts (and before any restart loop)
         source = recipe_source(args.recipe)
-        recipe = check_for_ray(load_from_source(source, args.overrides))
+        recipe = check_for_ray(load_from_source(source, args.overrides, args.entry))
     # Read by Ray Train in this process and passed on to the workers: plain worker output, and no chdir into
     # Ray's trial dir (relative paths in the recipe stay relative to the working dir).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medscale import settings
-from medscale.recipe import Recipe, RecipeError, load_recipe
+from medscale.jobs.launch import entry_for
+from medscale.recipe import Recipe, RecipeError
 
 
 # --------------------------------------------------------------------------- options (entry script flags)
@@ -84,11 +85,13 @@ def check_for_ray(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def load_from_source(source: dict, overrides: list[str]) -> Recipe:
-    """Validate the recipe again where it runs (paths, environment and devices are this node's)."""
+def load_from_source(source: dict, overrides: list[str], entry: str = "train"):
+    """Validate the entry's spec (a recipe; an evaluation's job file) again where it runs (paths, environment and
+    devices are this node's)."""
+    load = entry_for(entry).load_spec
     if source["name"] is not None:
-        return load_recipe(source["name"], overrides)
+        return load(source["name"], overrides)
     with tempfile.TemporaryDirectory(prefix="medscale-recipe-") as folder:
         path = Path(folder) / source["file"]
         path.write_text(source["text"], encoding="utf-8")
-        return load_recipe(str(path), overrides)
+        return load(str(path), overrides)

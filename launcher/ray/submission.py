@@ -20,7 +20,7 @@ from launcher import LaunchError
 from launcher.ray.options import RayOptions, check_for_ray
 from medscale import settings
 from medscale.jobs.launch import ENV_RAY_JOB_ID, LaunchInfo, LaunchRequest, register_submitted
-from medscale.preflight import Report, check_launch
+from medscale.preflight import Report
 from medscale.recipe import Recipe
 from medscale.registry import redact
 
@@ -183,9 +183,9 @@ class RayLauncher:
 
     def prepare(self, request: LaunchRequest) -> RayPlan:
         opts = RayOptions.from_dict(request.options)
-        report = check_launch(check_for_ray(request.recipe), devices=False, paths_must_exist=False)
+        report = request.entry.check(check_for_ray(request.recipe), devices=False, paths_must_exist=False)
         sub = prepare_submission(request.recipe, request.ref, request.overrides, opts=opts, env=self.env,
-                                 entry=request.entry.kind)
+                                 entry=request.entry.kind.value)
         return RayPlan(LaunchRequest(request.recipe, request.ref, request.overrides, request.entry, opts.to_dict()),
                        sub, report)
 

@@ -145,11 +145,12 @@ def train_func(config: dict) -> dict | None:
     if config.get("job_id"):
         os.environ.setdefault(ENV_RAY_JOB_ID, config["job_id"])
     overrides = list(config["overrides"])
-    recipe = load_from_source(config["source"], overrides)
+    entry = config.get("entry", "train")
+    recipe = load_from_source(config["source"], overrides, entry)
     if extra := resume_overrides(ray.train.get_checkpoint(), recipe):
-        recipe = load_from_source(config["source"], overrides + extra)
+        recipe = load_from_source(config["source"], overrides + extra, entry)
     try:
-        return entry_for(config.get("entry", "train")).load()(recipe, LaunchInfo.from_env(), callbacks=[ray_report()])
+        return entry_for(entry).load()(recipe, LaunchInfo.from_env(), callbacks=[ray_report()])
     except AttemptStopped as e:
         if e.status != "cancelled":
             raise

@@ -86,36 +86,121 @@ def eval_cmd(model: str = MODEL,
                                                             "the sources in MODEL's recipe.resolved.yaml)"),
              recipe: Optional[str] = RECIPE_OPT,
              as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
-             out: Optional[Path] = typer.Option(None, "--out", help="also write eval.json and eval.md here"),
+             out: Optional[Path] = typer.Option(None, "--out", help="the evaluation job's folder: its record, the "
+                                                "scores it keeps as they finish, eval.json and eval.md (default: "
+                                                "$MEDSCALE_HOME/runs/<job name>)"),
+             launcher: str = typer.Option("local", "--launcher", help="local (here; several processes with "
+                                          "--processes) | slurm (sbatch) | ray (ray job submit)"),
+             processes: int = typer.Option(1, "--processes", min=1, help="processes that score shards of the "
+                                           "questions (per node)"),
+             launch_opt: Optional[list[str]] = typer.Option(None, "--launch-opt", help="KEY=VALUE for the launcher, "
+                                                            "as `medscale submit` takes it, e.g. partition=gpu, "
+                                                            "time=4:00:00, address=http://head:8265 (repeatable)"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="print what would be submitted (the batch script "
+                                          "for slurm, the `ray job submit` command for ray), run nothing"),
              temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
              top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
              think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
-    """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict."""
+    """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict. The
+    evaluation is a job (kind eval): each run is an attempt in `medscale jobs show`, and the same evaluation asked
+    again continues a stopped or killed one from the questions it had scored."""
     from medscale.errors import UserError
     from medscale.benchmarks import MEDICAL_ZH
     from medscale.eval.bench import BenchmarkError
-    from medscale.eval.run import run_eval
+    from medscale.eval.spec import new_eval_spec
     from medscale.paths import folder_problem
     from medscale.recipe import BenchmarkSource
 
     if mode not in ("letter", "option", "generate"):
         raise BenchmarkError(f"--mode {mode}: use letter, option or generate")
-    if out is not None and (problem := folder_problem(out)):  # found after the evaluation, it was stored already
+    if out is not None and (problem := folder_problem(out)):
         raise UserError(f"--out {out}: {problem}")
     fields = {"question_field": question_field, "options_field": options_field, "answer_field": answer_field}
     refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
     gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
-    report = run_eval(model, refs, adapter, checkpoint, against, mode, shots, limit, seed, data_dir, batch_size,
-                      gen, skip_bad, system_prompt, train_data=train_data, max_bad=max_bad, dedupe=dedupe)
-    if not DistContext.from_env().is_main:  # launched with several processes: every one has the whole report
-        return
-    if out is not None:
-        from medscale.jobs.record import write_text_atomic
+    spec = new_eval_spec(dict(
+        model=model, adapter=adapter, checkpoint=checkpoint, against=against, benchmarks=refs, mode=mode, shots=shots,
+        limit=limit, seed=seed, data_dir=data_dir, batch_size=batch_size, skip_bad=skip_bad, max_bad=max_bad,
+        dedupe=dedupe, system_prompt=system_prompt, train_data=train_data, generation=gen,
+        dist={"num_processes": processes}), out)
+    code = launch_eval(spec, launcher, _launch_options(launcher, launch_opt or []), dry_run)
+    if code or dry_run or launcher != "local" or not DistContext.from_env().is_main:
+        raise typer.Exit(code)  # several local processes: every one has the whole report, the first prints it
+    from medscale.eval.result import EvalReport
 
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "eval.json", report.to_json(indent=1))
-        write_text_atomic(out / "eval.md", report.to_markdown())
+    report = EvalReport.model_validate_json((Path(spec.train.output_dir) / "eval.json").read_text(encoding="utf-8"))
     typer.echo(report.to_json() if as_json else report.to_markdown())
+
+
+def _launch_options(launcher_name: str, items: list[str]) -> dict:
+    """--launch-opt KEY=VALUE as the launcher's options (medscale submit's flags, by their option names): counts
+    as numbers, true/false as booleans, sbatch_args collected; a key the launcher does not take is one line."""
+    from dataclasses import fields
+
+    from medscale.errors import UserError
+
+    if launcher_name == "slurm":
+        from launcher.slurm import SlurmOptions
+
+        known = {f.name for f in fields(SlurmOptions)} - {"job_name"}
+    elif launcher_name == "ray":
+        from launcher.ray import RayOptions
+
+        known = {f.name for f in fields(RayOptions)}
+    else:
+        known = set()
+    opts: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in known:
+            raise UserError(f"--launch-opt {item!r}: expected KEY=VALUE with a key of the {launcher_name} launcher "
+                            f"({', '.join(sorted(known)) or 'it takes none'})")
+        typed = int(value) if value.isdigit() else {"true": True, "false": False}.get(value.lower(), value)
+        if key == "sbatch_args":
+            opts.setdefault(key, []).append(value)
+        else:
+            opts[key] = typed
+    return opts
+
+
+def launch_eval(spec, launcher_name: str, options: dict, dry_run: bool) -> int:
+    """An evaluation job through the launcher protocol (prepare -> submit -> wait): the local one runs it here (in
+    this process, or `accelerate launch` for several), SLURM and Ray queue it (their ids are its attempts')."""
+    from launcher import launchers
+    from medscale.errors import UserError
+    from medscale.jobs.launch import LaunchRequest, entry_for
+
+    if launcher_name not in ("local", "slurm", "ray"):
+        raise UserError(f"--launcher {launcher_name}: use local, slurm or ray")
+    backend = launchers()[launcher_name]
+    ref = str(spec.write())  # the job file every process reads
+    plan = backend.prepare(LaunchRequest(spec, ref, [], entry_for("eval"), options))
+    if dry_run:
+        for f in plan.report.findings:
+            if f.level != "info":
+                typer.echo(f"medscale: pre-flight {f.level}: {f.message}", err=True)
+        typer.echo(_what_would_run(launcher_name, plan), nl=False)
+        return 0
+    handle = backend.submit(plan)
+    if launcher_name == "local":
+        return backend.wait(handle)
+    ids = getattr(handle, "job_id", None) or getattr(handle, "submission_id", "")
+    typer.echo(f"Submitted {spec.name} to {launcher_name} ({ids}): its attempts in `medscale jobs show {spec.name}`; "
+               f"the report lands in {spec.train.output_dir}/eval.md")
+    return 0
+
+
+def _what_would_run(launcher_name: str, plan) -> str:
+    import shlex
+    import sys
+
+    if launcher_name == "slurm":
+        return plan.script
+    if launcher_name == "ray":
+        return plan.submission.command() + "\n"
+    cmd = plan.command or [sys.executable, "-m", "medscale.jobs", "eval", plan.request.ref]
+    return shlex.join(cmd) + "\n"
 
 
 def _model_spec(spec: str):

@@ -13,14 +13,15 @@ submit_app = App(no_args_is_help=True,
                  help="Submit a recipe to a cluster: SLURM (sbatch) or Ray (ray job submit).")
 
 RECIPE = typer.Argument(..., help="built-in recipe name or a YAML path")
-ENTRY = typer.Option("train", "--entry", help="what the job runs: train")
+ENTRY = typer.Option("train", "--entry", help="what the job runs: train, eval (the recipe's trained model against "
+                     "its base) or trial")
 
 
 def _request(recipe: str, overrides: list[str], entry: str, options: dict):
     from medscale.jobs.launch import LaunchRequest, entry_for
-    from medscale.recipe import load_recipe
 
-    return LaunchRequest(load_recipe(recipe, overrides), recipe, overrides, entry_for(entry),
+    kind = entry_for(entry)
+    return LaunchRequest(kind.load_spec(recipe, overrides), recipe, overrides, kind,
                          {k: v for k, v in options.items() if v not in (None, [])})
 
 

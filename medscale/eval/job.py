@@ -1,44 +1,38 @@
-"""An evaluation as a job (entry `eval`): what `medscale submit slurm|ray RECIPE --entry eval` runs on a cluster.
+"""The eval kind's run: one process of an evaluation job (`python -m medscale.jobs eval REF`, what `medscale eval`
+runs through its launcher and `medscale submit ... --entry eval RECIPE` on a cluster).
 
-It evaluates the recipe's trained model (its output dir: the final adapter, or the newest verified checkpoint)
-against the base it was tuned from on `eval.benchmarks` (default: the four Chinese medical sets), on as many
-processes as the launcher started (questions are sharded). The evaluation is a job of its own, kind `eval`, named
-`<recipe>.eval`, with its record and its report (eval.json, eval.md) in `<train.output_dir>/eval`; the results are
-stored against the trained job and the checkpoint they measured."""
+An evaluation is a job like a training (kind `eval`, its spec medscale.eval.spec.EvalSpec): each execution is an
+attempt in its folder's record and the registry, ending completed, failed, preempted or cancelled (or found lost),
+and `medscale jobs show` lists them. Questions are sharded over as many processes as the launcher started; every
+question's score is kept in the job's folder as it finishes, so the next attempt of a killed or stopped
+evaluation scores only the rest. The report (eval.json, eval.md) is written there at the end; the results are
+stored against the job and checkpoint they measured."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from medscale.dist import DistContext
-from medscale.recipe import Recipe
+from medscale.eval.spec import EvalSpec
 
 
-def eval_job_recipe(recipe: Recipe) -> Recipe:
-    """The evaluation job's identity: its own name and output dir beside the trained job's."""
-    data = recipe.model_dump(mode="json")
-    data["name"] = f"{recipe.name}.eval"
-    data["train"]["output_dir"] = str(Path(recipe.train.output_dir) / "eval")
-    return Recipe.model_validate(data)
-
-
-def run_job(recipe: Recipe, launch=None, callbacks=()):
+def run_job(spec: EvalSpec, launch=None, callbacks=()):
     """The `eval` entry (same signature as medscale.train.run.run). Returns the EvalReport on rank 0."""
-    from medscale.benchmarks import MEDICAL_ZH
     from medscale.eval.run import run_eval
     from medscale.jobs.attempt import Attempt
+    from medscale.jobs.kinds import JobKind
     from medscale.jobs.launch import LaunchInfo
     from medscale.jobs.record import write_text_atomic
     from medscale.jobs.stop import stop_flag
 
     flag = stop_flag()
-    flag.install(at_once=True)  # nothing here saves progress: a stop ends the attempt preempted / cancelled at once
-    job = eval_job_recipe(recipe)
-    ctx, e = DistContext.from_env(), recipe.eval
-    with Attempt(job, launch or LaunchInfo.from_env(), ctx.rank, ctx.world_size, kind="eval", stop=flag) as attempt:
+    flag.install(at_once=True)  # scores are kept as they finish: a stop ends the attempt preempted / cancelled at once
+    ctx = DistContext.from_env()
+    with Attempt(spec, launch or LaunchInfo.from_env(), ctx.rank, ctx.world_size, kind=JobKind.EVAL,
+                 stop=flag) as attempt:
         flag.raise_if_set(0)
-        report = run_eval(recipe.train.output_dir, list(e.benchmarks) or list(MEDICAL_ZH), against="base",
-                          mode=e.benchmark_mode, shots=e.shots, seed=recipe.train.seed, data_dir=e.data_dir,
-                          batch_size=e.per_device_eval_batch_size, generation=recipe.generation)
+        report = run_eval(spec.model, list(spec.benchmarks), adapter=spec.adapter, checkpoint=spec.checkpoint,
+                          against=spec.against, mode=spec.mode, shots=spec.shots, limit=spec.limit, seed=spec.seed,
+                          data_dir=spec.data_dir, batch_size=spec.batch_size, generation=spec.generation,
+                          skip_bad=spec.skip_bad, system_prompt=spec.system_prompt, train_data=spec.train_data,
+                          max_bad=spec.max_bad, dedupe=spec.dedupe, scores_dir=str(attempt.out))
         if ctx.is_main:
             write_text_atomic(attempt.out / "eval.json", report.to_json(indent=1))
             write_text_atomic(attempt.out / "eval.md", report.to_markdown())

@@ -12,12 +12,27 @@ from medscale.recipe import BenchmarkSource, GenerationSection
 
 def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
                        system_prompt: str | None = None, generation: GenerationSection | None = None,
-                       model_meta: dict | None = None, seed: int = 0) -> BenchResult:
+                       model_meta: dict | None = None, seed: int = 0, scores_dir: str | None = None) -> BenchResult:
     """Score one (already loaded, possibly subset) benchmark and summarise it with intervals, saying what it was
-    measured on (source, split, count) and the benchmark's notes."""
+    measured on (source, split, count) and the benchmark's notes. `scores_dir` (an evaluation job's folder): keep
+    each question's score there as it finishes, and reuse those an earlier attempt kept (medscale.eval.scores)."""
     bench = bench.for_shots(shots, seed)  # a no-op where load_benchmarks did it, before the --limit subset
-    outcomes, seconds = score(model, tok, bench, mode, shots, batch_size, system_prompt, generation, seed)
+    log = None
+    if scores_dir is not None:
+        from medscale.eval.scores import ScoreLog, measure_key
+
+        key = measure_key(bench_fingerprint=bench.fingerprint(), mode=mode, shots=shots, model=model_meta,
+                          system_prompt=system_prompt, generation=(generation or GenerationSection()).model_dump())
+        log = ScoreLog(scores_dir, key, rank=process_group_rank()[0])
+    try:
+        outcomes, seconds = score(model, tok, bench, mode, shots, batch_size, system_prompt, generation, seed, log)
+    finally:
+        if log is not None:
+            log.close()
     notes = list(bench.notes)
+    if log is not None and (kept := sum(o.id in log.done for o in outcomes)):
+        notes.append(f"{kept} of {len(outcomes)} questions scored by an earlier attempt of this job (kept in "
+                     f"{scores_dir})")
     if system_prompt:
         notes.append("asked with the run's system prompt")
     result = summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
@@ -41,12 +56,14 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
              limit: int | None = None, seed: int = 0, data_dir: str | None = None, batch_size: int = 8,
              generation: GenerationSection | None = None, skip_bad: bool | None = None,
              system_prompt: str | None = None, dtype: str = "auto", train_data: list[str] | None = None,
-             record: bool = True, max_bad: float | None = None, dedupe: bool = False) -> EvalReport:
+             record: bool = True, max_bad: float | None = None, dedupe: bool = False,
+             scores_dir: str | None = None) -> EvalReport:
     """Evaluate MODEL (a job, an output dir, a checkpoint, an adapter or a model folder: medscale.jobs.resolve) on
     the benchmarks; with `against` (another model, or `base`: the model MODEL was tuned from), score it on the same
     questions and give the paired verdict of MODEL against it, with a contamination check beside every "better"
     (against `train_data`, default: the job's own training data). Every result is stored in the registry against the
-    job and checkpoint it measured (`record`; a registry that cannot be reached only warns)."""
+    job and checkpoint it measured (`record`; a registry that cannot be reached only warns). `scores_dir`: an
+    evaluation job's folder, where every question's score is kept as it finishes (a rerun skips them)."""
     from medscale.jobs.resolve import resolve
 
     benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad, max_bad, dedupe, shots)
@@ -61,8 +78,8 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
 
         model, tok = load_for_inference(ref.base, ref.adapter, dtype, model_section=ref.recipe.get("model"))
         prompt = system_prompt if system_prompt is not None else ref.system_prompt
-        results = [evaluate_benchmark(model, tok, b, mode, shots, batch_size, prompt, generation, ref.to_dict(), seed)
-                   for b in benches]
+        results = [evaluate_benchmark(model, tok, b, mode, shots, batch_size, prompt, generation, ref.to_dict(), seed,
+                                      scores_dir=scores_dir) for b in benches]
         del model
         free_memory()
         return results

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +16,9 @@ from medscale.eval.generate import generate, progress
 from medscale.eval.prompt import mcq_messages, mcq_prompt
 from medscale.eval.result import Outcome
 from medscale.recipe import GenerationSection
+
+if TYPE_CHECKING:
+    from medscale.eval.scores import ScoreLog
 
 MODES = ("letter", "option", "generate")
 
@@ -144,10 +149,12 @@ def _score_generate(model, tok, bench: Benchmark, qs: list[Question], shots: int
 
 def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
           system_prompt: str | None = None, generation: GenerationSection | None = None,
-          seed: int = 0) -> tuple[list[Outcome], float]:
+          seed: int = 0, log: "ScoreLog | None" = None) -> tuple[list[Outcome], float]:
     """(outcomes in the benchmark's order, seconds). Under torch.distributed every process scores every world-th
     question and all of them return the gathered outcomes. Generate mode decodes greedily (reproducible) with
-    the generation section's think budget and token limits."""
+    the generation section's think budget and token limits. With `log` (an evaluation job's ScoreLog), questions
+    go in batches of `batch_size` in the benchmark's order, each batch kept as it finishes and skipped when an
+    earlier attempt kept all of it (the same batches, so the same result as an uninterrupted run)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     rank, world = process_group_rank()
@@ -155,14 +162,30 @@ def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, ba
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    try:
+
+    def run(qs: list[Question], bar) -> list[Outcome]:
         if mode == "generate":
-            part = _score_generate(model, tok, bench, mine, shots, batch_size, system_prompt,
+            return _score_generate(model, tok, bench, qs, shots, batch_size, system_prompt,
                                    generation or GenerationSection(), seed)
-        else:
-            fn = _score_letter if mode == "letter" else _score_option
-            with progress(len(mine), f"{bench.name} ({mode})") as bar:
-                part = fn(model, tok, bench, mine, shots, batch_size, system_prompt, bar)
+        return (_score_letter if mode == "letter" else _score_option)(model, tok, bench, qs, shots, batch_size,
+                                                                      system_prompt, bar)
+
+    try:
+        with progress(len(mine), f"{bench.name} ({mode})") if mode != "generate" else nullcontext() as bar:
+            if log is None:
+                part = run(mine, bar)
+            else:
+                part = []
+                for start in range(0, len(mine), batch_size):
+                    qs = mine[start:start + batch_size]
+                    if all(q.id in log.done for q in qs):
+                        part += [log.done[q.id] for q in qs]
+                        if bar is not None:  # generate mode's own progress bar counts what it generates
+                            bar.update(len(qs))
+                        continue
+                    outs = run(qs, bar)
+                    log.add(outs)
+                    part += outs
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """One attempt of a job, as a context manager: its record on disk, its mirror in the registry, its heartbeat, and
 the status it ends with.
 
-    with Attempt(recipe, launch, rank, world, kind="train", resumed_from=ckpt, stop=stop_flag()) as attempt:
+    with Attempt(recipe, launch, rank, world, kind=JobKind.TRAIN, resumed_from=ckpt, stop=stop_flag()) as attempt:
         ...  # train; attempt.step follows the Trainer; attempt.checkpoint_saved(...) after each verified save
 
 On exit the attempt ends `completed`, `preempted` / `cancelled` (AttemptStopped, or StopRequested where nothing reads
@@ -21,6 +21,7 @@ from medscale.errors import AttemptStopped, StopRequested
 from medscale.jobs.checkpoint import checkpoint_step, newest_saved, remove_torn_saves
 from medscale.jobs.client import RunRegistry
 from medscale.jobs.errors import JobStateError
+from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import PRIVATE, RECIPE_FILE, Journal, read_journal, write_text_atomic
 from medscale.jobs.stop import StopFlag
@@ -48,10 +49,10 @@ def failure_reason(e: BaseException) -> str:
 
 
 class Attempt:
-    def __init__(self, recipe, launch: LaunchInfo, rank: int, world_size: int, *, kind: str = "train",
+    def __init__(self, recipe, launch: LaunchInfo, rank: int, world_size: int, *, kind: JobKind = JobKind.TRAIN,
                  resumed_from: Path | None = None, changes: list[str] | None = None, stop: StopFlag,
                  registry_url: str | None = None):
-        self.recipe, self.launch, self.kind, self.stop = recipe, launch, kind, stop
+        self.recipe, self.launch, self.kind, self.stop = recipe, launch, JobKind(kind), stop
         self.active, self.world = rank == 0, world_size
         self.out = Path(os.path.abspath(recipe.train.output_dir))
         self.resumed_from, self.changes = resumed_from, list(changes or [])
@@ -71,7 +72,7 @@ class Attempt:
         r = self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         journal = read_journal(self.out) or Journal(r.name, str(self.out))
-        journal.output_dir, journal.kind, journal.fingerprint = str(self.out), self.kind, r.fingerprint()
+        journal.output_dir, journal.kind, journal.fingerprint = str(self.out), self.kind.value, r.fingerprint()
         journal.launcher, journal.launcher_options = self.launch.launcher, self.launch.options
         for old in journal.attempts:  # an attempt that never ended was killed
             if old.status == AttemptStatus.RUNNING:

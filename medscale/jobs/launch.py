@@ -8,7 +8,6 @@ launcher module: the CLI hands `ops.resume_job` a name -> launcher map.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medscale import settings
+from medscale.jobs.kinds import JobKind
 from medscale.registry.records import utcnow
 
 if TYPE_CHECKING:
@@ -27,31 +27,39 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Entry:
-    """What every launched process runs: `python -m <module> RECIPE [key=value ...]`, or, in-process (one local
-    process, a Ray worker), `<function>(recipe, launch, callbacks)`."""
+    """What every launched process of a job of `kind` runs: `python -m medscale.jobs KIND REF [key=value ...]` (its
+    alias, `python -m <module> REF ...`, on the command lines launchers build), or, in-process (one local process,
+    a Ray worker), the kind's `run(spec, launch, callbacks)`. The spec is what `load_spec(ref, overrides)` reads:
+    a Recipe for train and trial, an EvalSpec for eval."""
 
-    kind: str  # the job kind recorded in the registry: train | eval | trial
-    module: str
-    function: str  # "package.module:function"
+    kind: JobKind
+
+    @property
+    def module(self) -> str:
+        return self.kind.road.alias
 
     def load(self):
-        module, _, name = self.function.partition(":")
-        return getattr(importlib.import_module(module), name)
+        """The kind's run function (imported now: torch may come with it)."""
+        return self.kind.road.runner()
+
+    def load_spec(self, ref: str, overrides: list[str] | None = None):
+        return self.kind.road.loader()(ref, list(overrides or []))
+
+    def check(self, spec, *, devices: bool, paths_must_exist: bool = True):
+        """The kind's pre-flight report for a launcher's prepare (medscale.preflight.Report)."""
+        return self.kind.road.checker()(spec, devices=devices, paths_must_exist=paths_must_exist)
 
 
-ENTRIES = {
-    "train": Entry("train", "medscale.train", "medscale.train.run:run"),
-    "eval": Entry("eval", "medscale.eval", "medscale.eval.job:run_job"),
-    "trial": Entry("trial", "medscale.sweep", "medscale.sweep.trial:run_trial"),  # a sweep's cell: train, then eval
-}
+ENTRIES = {kind.value: Entry(kind) for kind in JobKind if kind.road is not None}
 
 
-def entry_for(kind: str) -> Entry:
-    if kind not in ENTRIES:
+def entry_for(kind: str | JobKind) -> Entry:
+    if str(kind) not in ENTRIES:
         from medscale.errors import UserError
 
-        raise UserError(f"--entry {kind}: unknown entry (known: {', '.join(ENTRIES)})")
-    return ENTRIES[kind]
+        raise UserError(f"--entry {kind}: unknown entry (known: {', '.join(ENTRIES)}; "
+                        f"{', '.join(k.value for k in JobKind if k.road is None)} have none yet)")
+    return ENTRIES[str(kind)]
 
 
 @dataclass
@@ -140,7 +148,7 @@ def register_submitted(request: LaunchRequest, launcher: str) -> None:
 
     r = request.recipe
     spec = JobSpec(r.name, os.path.abspath(r.train.output_dir), launcher, r.to_yaml(), r.fingerprint(),
-                   request.entry.kind, request.options)
+                   request.entry.kind.value, request.options)
     try:
         with Registry() as reg:
             reg.register(spec)

@@ -16,6 +16,7 @@ from medscale import medscale_home
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, delete_checkpoint, retention_plan
 from medscale.jobs.client import reconcile, sync_output_dir
 from medscale.jobs.errors import JobStateError
+from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import JOURNAL, PRIVATE, find_output_dirs, read_journal, write_text_atomic
@@ -65,8 +66,6 @@ def resume_job(reg: Registry, ref: str, launchers: Mapping[str, Launcher], wait:
     """Start a new attempt of a stopped job from its recorded recipe, entry and launcher options, so a resume never
     depends on the recipe file (or built-in) still saying what it said; it continues from the newest verified
     checkpoint. Returns the launcher's exit code (0 once queued, for launchers that only submit)."""
-    from medscale.recipe import load_recipe
-
     job = reg.job(reg.find(ref))
     if live := _running(job):
         raise JobStateError(f"job {job.name} (id {job.id}) is running (attempt {live.number} on host {live.host}, "
@@ -83,12 +82,13 @@ def resume_job(reg: Registry, ref: str, launchers: Mapping[str, Launcher], wait:
     path = medscale_home() / "jobs" / str(job.id) / "recipe.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, job.recipe_yaml, mode=PRIVATE)
-    overrides = list(RESUME_OVERRIDES)
+    entry = entry_for(job.kind)  # an evaluation continues from the scores it kept: it has no resume key
+    overrides = [] if entry.kind is JobKind.EVAL else list(RESUME_OVERRIDES)
     recorded_out = (yaml.safe_load(job.recipe_yaml).get("train") or {}).get("output_dir")
     if recorded_out != job.output_dir:  # a relative output_dir recorded from another cwd: keep the job's dir
         overrides.append(f"train.output_dir={job.output_dir}")
     launcher = launchers[job.launcher]
-    request = LaunchRequest(load_recipe(str(path), overrides), str(path), overrides, entry_for(job.kind),
+    request = LaunchRequest(entry.load_spec(str(path), overrides), str(path), overrides, entry,
                             dict(job.launcher_options))
     handle = launcher.submit(launcher.prepare(request))
     waits = getattr(launcher, "waits_by_default", False) if wait is None else wait

@@ -1,10 +1,8 @@
 """One process of a sweep trial: `python -m medscale.sweep RECIPE [key=value ...]` (or under `accelerate launch
--m medscale.sweep`): the `trial` entry, train then eval. The stop flag is installed first, as for training."""
-from medscale.jobs.stop import stop_flag
+-m medscale.sweep`), the alias of `python -m medscale.jobs trial RECIPE ...`: train, then eval."""
+import sys
 
-stop_flag().install()
-
-from medscale.train.__main__ import main  # noqa: E402
+from medscale.jobs.__main__ import main
 
 if __name__ == "__main__":
-    main(kind="trial")
+    main(["trial", *sys.argv[1:]])

@@ -16,6 +16,7 @@ import time
 from typing import Callable, Sequence
 
 from medscale.dist import DistContext
+from medscale.jobs.kinds import JobKind
 from medscale.recipe import Recipe
 
 log = logging.getLogger("medscale.sweep")
@@ -30,7 +31,7 @@ def run_trial(recipe: Recipe, launch=None, callbacks: Sequence = ()):
     """Train, then evaluate what is missing; returns the run summary on rank 0 (None on other ranks)."""
     from medscale.train.run import run
 
-    summary = run(recipe, launch, callbacks, kind="trial")
+    summary = run(recipe, launch, callbacks, kind=JobKind.TRIAL)
     one = DistContext.planned(recipe.dist).world_size == 1
     if summary is not None and recipe.eval.benchmarks and not summary.benchmarks and one:
         score_final_adapter(recipe)

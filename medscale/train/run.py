@@ -23,6 +23,7 @@ import torch
 
 from medscale.errors import AttemptStopped, RunFailed
 from medscale.jobs.attempt import Attempt
+from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
 from medscale.jobs.resume import StartPlan, plan_start
@@ -41,7 +42,7 @@ log = logging.getLogger("medscale.train")
 
 
 def run(recipe: Recipe, launch: LaunchInfo | None = None,
-        callbacks: Sequence["TrainerCallback"] = (), kind: str = "train") -> RunSummary | None:
+        callbacks: Sequence["TrainerCallback"] = (), kind: JobKind = JobKind.TRAIN) -> RunSummary | None:
     """Train the recipe as one attempt of its job; returns the run summary on global rank 0 (None on other ranks).
     Raises AttemptStopped after a preemption or cancel (with a verified checkpoint once training has started).
     Launchers may add Trainer `callbacks`; they run after medscale's (e.g. Ray reports verified checkpoints).

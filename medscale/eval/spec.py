@@ -1,0 +1,127 @@
+"""An evaluation as a job: its typed spec (`EvalSpec`), the job file it travels as (`eval_job.yaml` in its output
+dir; every launcher's processes re-read it), and how a spec is read from a reference (`load_eval_spec`: that file, or
+a recipe whose trained model is evaluated against its base). Torch-free: launchers and `medscale jobs` read it.
+
+A spec is what the job road reads of every kind: `name`, `train.output_dir` (the job's folder, named as in a
+Recipe), `dist` (how many processes score shards of the questions), `fingerprint()` and `to_yaml()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from medscale.recipe import (BenchmarkSource, DistSection, GenerationSection, Recipe, RecipeError, Section,
+                             apply_overrides, load_recipe)
+
+JOB_FILE = "eval_job.yaml"
+
+
+class JobFolder(Section):
+    output_dir: str = Field(min_length=1, description="the job's folder: its record, results cache and report")
+
+
+class EvalSpec(Section):
+    kind: Literal["eval"] = "eval"  # marks an evaluation's job file (a recipe has no `kind`)
+    name: str
+    model: str = Field(description="a job name or id, an output dir, a checkpoint, an adapter or a model folder")
+    adapter: str | None = None
+    checkpoint: int | None = None
+    against: str | None = Field(None, description="`base` or another model: scored on the same questions")
+    benchmarks: list[str | BenchmarkSource]
+    mode: Literal["letter", "option", "generate"] = "letter"
+    shots: int = Field(0, ge=0, le=10)
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    data_dir: str | None = None
+    batch_size: int = Field(8, ge=1)
+    skip_bad: bool | None = None
+    max_bad: float | None = Field(None, ge=0, le=1)
+    dedupe: bool = False
+    system_prompt: str | None = None
+    train_data: list[str] | None = None
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    dist: DistSection = Field(default_factory=DistSection)
+    train: JobFolder
+
+    @property
+    def output_dir_as_written(self) -> str:
+        return self.train.output_dir
+
+    def fingerprint(self) -> str:
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def write(self) -> Path:
+        """The job file every process of the job reads (what a launcher names as the job's REF)."""
+        from medscale.jobs.record import write_text_atomic
+
+        out = Path(self.train.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / JOB_FILE, self.to_yaml())
+        return out / JOB_FILE
+
+
+def _absolute(ref: str | None) -> str | None:
+    """A path that exists here, made absolute (the job's processes may start elsewhere); a job name stays a name."""
+    return os.path.abspath(os.path.expanduser(ref)) if ref and os.path.exists(os.path.expanduser(ref)) else ref
+
+
+def new_eval_spec(what: dict, out: str | os.PathLike | None = None) -> EvalSpec:
+    """An evaluation job from the `medscale eval` options (`what`: EvalSpec fields but name and folder). The same
+    evaluation asked again is the same job, so its rerun continues it: named for the model and a hash of what is
+    measured; its folder is `out`, else `$MEDSCALE_HOME/runs/<name>`."""
+    from medscale import medscale_home
+
+    what = {**what, **{k: _absolute(what.get(k)) for k in ("model", "adapter", "against", "data_dir")}}
+    what["benchmarks"] = [_absolute(b) if isinstance(b, str) else b for b in what["benchmarks"]]
+    draft = _validated({**what, "name": "eval", "train": {"output_dir": "-"}}, "medscale eval options")
+    measured = draft.model_dump(mode="json", exclude={"name", "train"})
+    digest = hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:10]
+    label = re.sub(r"[^\w.+-]+", "-", Path(draft.model.rstrip("/")).name).strip("-.")[:60] or "model"
+    name = f"eval-{label}-{digest}"
+    folder = os.path.abspath(os.path.expanduser(out)) if out else str(medscale_home() / "runs" / name)
+    return draft.model_copy(update={"name": name, "train": JobFolder(output_dir=folder)})
+
+
+def from_recipe(recipe: Recipe) -> EvalSpec:
+    """The recipe's trained model (its final adapter, or the newest verified checkpoint) against its base on
+    `eval.benchmarks` (default: the four Chinese medical sets): a job of its own, `<recipe>.eval`, in
+    `<train.output_dir>/eval` (what `medscale submit ... --entry eval RECIPE` runs)."""
+    from medscale.benchmarks import MEDICAL_ZH
+
+    e = recipe.eval
+    return EvalSpec(name=f"{recipe.name}.eval", model=recipe.train.output_dir, against="base",
+                    benchmarks=list(e.benchmarks) or list(MEDICAL_ZH), mode=e.benchmark_mode, shots=e.shots,
+                    seed=recipe.train.seed, data_dir=e.data_dir, batch_size=e.per_device_eval_batch_size,
+                    generation=recipe.generation, dist=recipe.dist,
+                    train=JobFolder(output_dir=str(Path(recipe.train.output_dir) / "eval")))
+
+
+def _validated(data: dict, source: str) -> EvalSpec:
+    try:
+        return EvalSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise RecipeError(f"{source}: {where}: {first['msg']}") from None
+
+
+def load_eval_spec(ref: str, overrides: list[str] | None = None) -> EvalSpec:
+    """An evaluation's job file (`kind: eval`) with `key=value` overrides, or a recipe (built-in name or YAML) whose
+    trained model is evaluated (`from_recipe`)."""
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("kind") == "eval":
+            return _validated(apply_overrides(data, list(overrides or [])), str(path))
+    return from_recipe(load_recipe(ref, list(overrides or [])))

@@ -1,0 +1,73 @@
+"""The kinds of job, one enum: what a job row's `kind` holds, what `python -m medscale.jobs KIND` dispatches on, and
+where each kind's code lives (imported only when a job of that kind runs, so this module stays torch-free).
+
+A kind is a road: `load(ref, overrides) -> spec` (the typed spec a launcher carries, re-read on every node),
+`check(spec, devices=...) -> preflight Report` (what a launcher's prepare records), and `run(spec, launch,
+callbacks) -> result` (what every process of the job runs). `judge` and `serve` are named now so rows and
+commands can say them; they get a road when their packages arrive.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from enum import Enum
+
+
+class JobKind(str, Enum):
+    TRAIN = "train"
+    EVAL = "eval"
+    TRIAL = "trial"  # a sweep's cell: train, then eval
+    JUDGE = "judge"  # open answers judged (no road yet)
+    SERVE = "serve"  # a model served (no road yet)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def road(self) -> "Road | None":
+        return ROADS.get(self)
+
+
+def _load(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Road:
+    """Where a kind's code lives, as "package.module:function" names (imported lazily) and the module its old
+    `python -m` alias names (what the launchers' command lines, SLURM scripts and README run)."""
+
+    alias: str
+    run: str
+    load: str
+    check: str
+
+    def runner(self):
+        return _load(self.run)
+
+    def loader(self):
+        return _load(self.load)
+
+    def checker(self):
+        return _load(self.check)
+
+
+ROADS = {
+    JobKind.TRAIN: Road("medscale.train", "medscale.train.run:run", "medscale.recipe:load_recipe",
+                        "medscale.preflight:check_launch"),
+    JobKind.EVAL: Road("medscale.eval", "medscale.eval.job:run_job", "medscale.eval.spec:load_eval_spec",
+                       "medscale.preflight:check_eval_launch"),
+    JobKind.TRIAL: Road("medscale.sweep", "medscale.sweep.trial:run_trial", "medscale.recipe:load_recipe",
+                        "medscale.preflight:check_launch"),
+}
+
+
+def job_kind(value: str) -> JobKind:
+    """A kind named on a command line or read from a record; one line naming the known ones otherwise."""
+    try:
+        return JobKind(value)
+    except ValueError:
+        from medscale.errors import UserError
+
+        raise UserError(f"job kind {value!r}: unknown (known: {', '.join(k.value for k in JobKind)})") from None
