@@ -197,3 +197,15 @@ def test_a_module_in_no_row_and_a_name_of_no_module_are_found(tmp_path):
     assert [p.name for p in arch.files if arch.row(_module_name(p, tmp_path)) is None] == ["stray.py"]
     with pytest.raises(pytest.fail.Exception, match="`gone` in the row `medscale/mid/` is no module of ours"):
         Map(DOC.replace("`low` (a", "`gone` (a"), tmp_path)
+
+
+MAX_LINES = 500
+
+
+def test_no_module_is_over_500_lines():
+    """A module holds one program (issue 21): one over 500 lines holds several and is split into modules named for
+    what they hold, as recipe.py became recipe/ and launcher/ray.py launcher/ray/."""
+    long = [f"{p.relative_to(REPO)} ({n} lines)" for root in ("medscale", "launcher")
+            for p in sorted((REPO / root).rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    assert not long, f"over {MAX_LINES} lines: {', '.join(long)}"
