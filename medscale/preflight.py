@@ -327,18 +327,24 @@ def check_eval_launch(spec, *, devices: bool, paths_must_exist: bool = True) -> 
     seconds, before any model does), its models resolve, its folder can be written; the registry as for training.
     `devices` and `paths_must_exist` as in check_launch: the processes that score check their own host again."""
     from medscale.eval.bench import load_benchmark
+    from medscale.eval.spec import as_eval_spec
     from medscale.jobs.resolve import resolve
 
-    report = Report()
+    report, spec = Report(), as_eval_spec(spec)
     for ref in spec.benchmarks:
         try:
             load_benchmark(ref, spec.data_dir, spec.skip_bad, spec.max_bad, spec.dedupe)
         except UserError as e:
             report.error("eval", str(e))
+    from medscale.model.infer import check_adapter_folder, check_base_folder
+
     for model, kw in ((spec.model, {"checkpoint": spec.checkpoint, "adapter": spec.adapter}), (spec.against, {})):
         if model and model != "base":
             try:
-                resolve(model, **kw)
+                found = resolve(model, **kw)
+                check_base_folder(found.base)
+                if found.adapter is not None:
+                    check_adapter_folder(found.adapter)
             except UserError as e:
                 (report.error if paths_must_exist else report.warn)("model", str(e))
     if (why := _output_dir_problem(Path(spec.train.output_dir))) is not None:

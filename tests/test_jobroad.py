@@ -131,3 +131,15 @@ def test_field_options_still_map_an_odd_layout_through_the_job(tiny_model_dir, t
             "--answer-field", "ans", "--out", str(tmp_path / "odd"), "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["results"][0]["n"] == 4
+
+
+def test_an_evaluation_of_a_model_without_weights_is_one_line_and_writes_nothing(tiny_model_dir, eval_data,
+                                                                                   tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", broken)
+    r = cli(*_eval_args(broken, eval_data["mcq"], tmp_path / "out"))
+    assert r.returncode == 2 and "has no weights" in r.stderr and str(broken) in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -173,9 +173,11 @@ def launch_eval(spec, launcher_name: str, options: dict, dry_run: bool) -> int:
 
     if launcher_name not in ("local", "slurm", "ray"):
         raise UserError(f"--launcher {launcher_name}: use local, slurm or ray")
-    backend = launchers()[launcher_name]
+    backend, entry = launchers()[launcher_name], entry_for("eval")
+    if not dry_run:  # bad input is one line before anything is written (the launcher checks again where it runs)
+        entry.check(spec, devices=False, paths_must_exist=launcher_name == "local").raise_if_failed()
     ref = str(spec.write())  # the job file every process reads
-    plan = backend.prepare(LaunchRequest(spec, ref, [], entry_for("eval"), options))
+    plan = backend.prepare(LaunchRequest(spec, ref, [], entry, options))
     if dry_run:
         for f in plan.report.findings:
             if f.level != "info":

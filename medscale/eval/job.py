@@ -10,11 +10,13 @@ stored against the job and checkpoint they measured."""
 from __future__ import annotations
 
 from medscale.dist import DistContext
-from medscale.eval.spec import EvalSpec
+from medscale.eval.spec import EvalSpec, as_eval_spec
+from medscale.recipe import Recipe
 
 
-def run_job(spec: EvalSpec, launch=None, callbacks=()):
-    """The `eval` entry (same signature as medscale.train.run.run). Returns the EvalReport on rank 0."""
+def run_job(spec: EvalSpec | Recipe, launch=None, callbacks=()):
+    """The `eval` entry (same signature as medscale.train.run.run; a recipe: its trained model against its base).
+    Returns the EvalReport on rank 0."""
     from medscale.eval.run import run_eval
     from medscale.jobs.attempt import Attempt
     from medscale.jobs.kinds import JobKind
@@ -24,7 +26,7 @@ def run_job(spec: EvalSpec, launch=None, callbacks=()):
 
     flag = stop_flag()
     flag.install(at_once=True)  # scores are kept as they finish: a stop ends the attempt preempted / cancelled at once
-    ctx = DistContext.from_env()
+    ctx, spec = DistContext.from_env(), as_eval_spec(spec)
     with Attempt(spec, launch or LaunchInfo.from_env(), ctx.rank, ctx.world_size, kind=JobKind.EVAL,
                  stop=flag) as attempt:
         flag.raise_if_set(0)

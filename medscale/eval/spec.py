@@ -107,6 +107,12 @@ def from_recipe(recipe: Recipe) -> EvalSpec:
                     train=JobFolder(output_dir=str(Path(recipe.train.output_dir) / "eval")))
 
 
+def as_eval_spec(spec: EvalSpec | Recipe) -> EvalSpec:
+    """The eval road's spec from what a caller of the library hands it: an EvalSpec, or a training recipe (a
+    LaunchRequest built before evaluations had their own spec)."""
+    return spec if isinstance(spec, EvalSpec) else from_recipe(spec)
+
+
 def _validated(data: dict, source: str) -> EvalSpec:
     try:
         return EvalSpec.model_validate(data)
