@@ -218,9 +218,9 @@ def test_eval_shards_questions_across_two_processes(tiny_model_dir, eval_data, t
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *args], capture_output=True, text=True, timeout=300, env=env)
+                          *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = runner.invoke(app, args[2:])
+    one = runner.invoke(app, [*args[2:], "--out", str(tmp_path / "one")])  # its own job: no cached scores to reuse
     sharded, single = json.loads(two.stdout)["results"][0], json.loads(one.stdout)["results"][0]
     assert sharded["processes"] == 2 and single["processes"] == 1
     assert [o["id"] for o in sharded["outcomes"]] == [o["id"] for o in single["outcomes"]]
