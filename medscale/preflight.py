@@ -165,7 +165,9 @@ def _devices(recipe: Recipe, report: Report) -> None:
                              f"set dist.num_processes={gpus} (and train.gradient_accumulation_steps to keep the batch)")
 
 
-def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) -> None:
+def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool, counted: dict | None = None) -> None:
+    """Each source found, and read: its records and bad records counted as they stream by (a big file is never
+    held here), or taken from `counted` (`medscale check`: tokenizing read them already, {group: per source})."""
     from medscale.data.sources import DataError, expand_sources, iter_conversations
 
     d = recipe.data
@@ -182,15 +184,20 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool) ->
                 continue
             if not read:
                 continue
-            counts: dict = {}
-            try:  # counted as they stream by: a big file is never held here
-                n = sum(1 for _ in iter_conversations(src.path, src.format, d.prompt_field, d.system_prompt,
-                                                      src.limit, d.on_bad_record, d.max_bad_fraction, counts,
-                                                      src.skip))
-                n = min(n, src.sample) if src.sample else n
-            except DataError as e:
-                report.error("data", str(e))
-                continue
+            per_source = (counted or {}).get(group)
+            if per_source is not None:
+                counts = per_source[i]
+                n = counts["records"]
+            else:
+                counts = {}
+                try:
+                    n = sum(1 for _ in iter_conversations(src.path, src.format, d.prompt_field, d.system_prompt,
+                                                          src.limit, d.on_bad_record, d.max_bad_fraction, counts,
+                                                          src.skip))
+                    n = min(n, src.sample) if src.sample else n
+                except DataError as e:
+                    report.error("data", str(e))
+                    continue
             bad = f", {counts['bad_records']} bad record(s) skipped" if counts.get("bad_records") else ""
             report.info("data", f"{group}[{i}] {src.path}: {n} record(s){bad}")
             if group == "data.sources" and d.eval_size >= 1 and not d.eval_sources and d.eval_size >= n:
@@ -234,25 +241,39 @@ def _adapter(recipe: Recipe, report: Report) -> None:
         report.error("adapter", problem)
 
 
-def _tokenized(recipe: Recipe, report: Report) -> None:
-    """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it, and
-    what data.max_length / data.truncation do to it (dropped and cut records, with the key that changes it). Written
-    to the run's own data cache (same key: files, tokenizer, options, packed-row budget), so training loads it."""
-    from medscale.data.pipeline import build_datasets, cache_root, truncation_note
+def _tokenized_data(recipe: Recipe):
+    """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it,
+    reading each file once (its records counted on the way). Written to the run's own data cache (same key: files,
+    tokenizer, options, packed-row budget), so training loads it. (built data, None) or (None, why it failed)."""
+    from medscale.data.pipeline import build_datasets, cache_root
     from medscale.model.load import load_tokenizer
     from medscale.plan import token_budget
 
     try:
         tok = load_tokenizer(recipe.model, planned=True)
-        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root())
+        return build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root()), None
     except (UserError, OSError, ValueError) as e:
-        report.error("data", f"tokenizing with {recipe.model.path}: {e}")
-        return
-    for split, stats in data.stats.items():
-        note = truncation_note(stats)
-        formats = f" ({', '.join(sorted(stats['formats']))})" if stats.get("formats") else ""
-        report.info("tokens", f"{split}: {stats['kept']} of {stats['records']} records kept{formats}, "
-                              f"{stats['mean_tokens']:g} tokens on average, longest {stats['max_tokens']} "
+        return None, e
+
+
+def _counted(stats: dict) -> dict:
+    """Records and bad records of each source, as tokenizing counted them; a group is missing from a cache entry
+    written before they were kept (then it is read again)."""
+    return {"data.sources": stats["train"].get("sources"), "data.eval_sources": stats.get("eval", {}).get("sources")}
+
+
+def _tokens(recipe: Recipe, report: Report, stats: dict) -> None:
+    """What data.max_length / data.truncation do to each split (dropped and cut records, with the key that changes
+    it)."""
+    from medscale.data.pipeline import truncation_note
+
+    for split in ("train", "eval"):
+        if split not in stats:
+            continue
+        s, note = stats[split], truncation_note(stats[split])
+        formats = f" ({', '.join(sorted(s['formats']))})" if s.get("formats") else ""
+        report.info("tokens", f"{split}: {s['kept']} of {s['records']} records kept{formats}, "
+                              f"{s['mean_tokens']:g} tokens on average, longest {s['max_tokens']} "
                               f"(data.max_length={recipe.data.max_length})")
         if note is not None:
             report.warn("tokens", f"{split}: {note}")
@@ -284,8 +305,8 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     """Every check for running `recipe`; `devices`: this host is where it trains (GPUs, 4-bit, kernels);
     `paths_must_exist`: a missing model or data path is an error here (a Ray head may not see the workers' paths:
     then it is a warning and the workers check); `tokenize` (`medscale check`): also tokenize the data with the
-    recipe's tokenizer, when the model folder and the data are fine (launchers leave it to the run, which caches
-    it)."""
+    recipe's tokenizer when the model folder is fine, counting the records on the way (each file read once; read
+    again to name every problem only when tokenizing failed); launchers leave it to the run, which caches it."""
     report = Report()
     model_problem = model_dir_problem(recipe.model)
     if model_problem is not None:
@@ -306,11 +327,15 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
 
         for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
             report.error("memory", problem)
-    _data(recipe, report, paths_must_exist, read_data)
+    built, failed = (_tokenized_data(recipe) if tokenize and read_data and model_problem is None
+                     else (None, None))
+    _data(recipe, report, paths_must_exist, read_data, _counted(built.stats) if built is not None else None)
     if read_data and (recipe.eval.benchmarks or recipe.eval.control):
         _eval(recipe, report)
-    if tokenize and read_data and model_problem is None and not any(f.topic == "data" for f in report.errors):
-        _tokenized(recipe, report)
+    if built is not None:
+        _tokens(recipe, report, built.stats)
+    elif failed is not None and not any(f.topic == "data" for f in report.errors):  # else the data's own errors say why
+        report.error("data", f"tokenizing with {recipe.model.path}: {failed}")
     if registry:
         _registry(report)
     return report

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -10,7 +11,7 @@ from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode, render_with_spans
 from medscale.data.formats import detect, to_messages
 from medscale.data.sources import DataError, load_conversations
-from medscale.data.pipeline import split_eval
+from medscale.data.pipeline import held_prompts
 from medscale.recipe import TermMasking, demo_data_dir
 
 RECORDS = {
@@ -170,12 +171,13 @@ def test_truncation_policies(tiny_tokenizer):
 
 
 def test_eval_split_is_deterministic_and_disjoint_by_prompt():
-    convs = [[{"role": "user", "content": f"q{i % 30}"}, {"role": "assistant", "content": "a"}] for i in range(90)]
-    train, held = split_eval(convs, 10, seed=1)
-    assert split_eval(convs, 10, seed=1) == (train, held)
-    prompts = lambda cs: {c[0]["content"] for c in cs}  # noqa: E731
-    assert held and not (prompts(train) & prompts(held)) and len(train) + len(held) == 90
-    assert len(split_eval(convs, 0.2, seed=1)[1]) >= 18
+    prompts = Counter(f"q{i % 30}" for i in range(90))  # 30 prompts, 3 records each
+    held = held_prompts(prompts, 10, seed=1)
+    assert held_prompts(prompts, 10, seed=1) == held and held != held_prompts(prompts, 10, seed=2)
+    assert len(held) == 4 and held < set(prompts), "whole prompts, until 10 records are held out"
+    assert sum(prompts[p] for p in held_prompts(prompts, 0.2, seed=1)) >= 18
+    with pytest.raises(DataError, match="data.eval_size=90 leaves no training records"):
+        held_prompts(prompts, 90, seed=1)
 
 
 def test_term_masking_masks_prompt_only_and_is_deterministic():

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,90 @@ def test_train_loads_what_medscale_check_tokenized(tiny_model_dir, tmp_path, mon
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(calls) == [8, 32], "train tokenized again instead of loading check's cache"
     assert (tmp_path / "out" / "run_summary.json").is_file()
+
+
+def test_medscale_check_reads_each_data_file_once_and_a_cached_check_none(tiny_model_dir, tmp_path, monkeypatch):
+    """Defect: check read every file twice (counting its records, then tokenizing), and a second check, on the
+    tokenized data it had cached, stopped with an AttributeError traceback (the cache's path was taken for a
+    split's statistics). The records are now counted while they are tokenized, and a check that finds them cached
+    reads nothing and reports the same counts."""
+    from medscale.data import sources
+
+    reads = []
+    original = sources.read_records
+
+    def counted(path, *args, **kwargs):
+        reads.append(path.name)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_records", counted)
+    path = _jsonl(tmp_path / "d.jsonl", [{**GOOD, "question": f"问题{i}"} for i in range(58)]
+                  + [{**GOOD, "question": 1}, {**GOOD, "think": 2}])
+    run = ["tiny-demo", f"model.path={tiny_model_dir}", f"data.sources=[{{path: '{path}', format: r1-think}}]",
+           "data.on_bad_record=skip", "data.max_bad_fraction=0.1", "data.eval_size=6",
+           f"train.output_dir={tmp_path}/out"]
+    for times_read in (1, 0):
+        reads.clear()
+        r = cli("check", *run)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "d.jsonl: 58 record(s), 2 bad record(s) skipped" in r.stdout
+        assert "train: 52 of 52 records kept" in r.stdout and "eval: 6 of 6 records kept" in r.stdout
+        assert reads == ["d.jsonl"] * times_read
+
+
+def _user_prompts(ds) -> set[str]:
+    return {next(m["content"] for m in json.loads(c) if m["role"] == "user") for c in ds["messages"]}
+
+
+def test_records_go_to_disk_a_batch_at_a_time_as_the_file_streams_by(tiny_tokenizer, tmp_path):
+    """Defect: every record was held in memory for tokenizing (the conversations as Python lists, then datasets'
+    in-memory from_dict, map and filter): about 18 KB a record, 3.9 GB for 200k lines. Now they go to an arrow
+    file in the cache's temp folder a batch (pipeline.BATCH) at a time, as the file is read: through a named pipe,
+    the first batch is on disk while the writer still holds back the rest. What is built is memory-mapped from the
+    cache entry, and the work files are gone from it."""
+    from medscale.data.pipeline import BATCH, build_datasets
+    from medscale.recipe import load_recipe
+
+    fifo, cache = tmp_path / "stream.jsonl", tmp_path / "cache"
+    os.mkfifo(fifo)
+    rows = [json.dumps({**GOOD, "question": f"问题{i}"}, ensure_ascii=False) + "\n" for i in range(BATCH + 6)]
+    on_disk = threading.Event()
+
+    def write():
+        with fifo.open("w", encoding="utf-8") as f:
+            f.writelines(rows[:BATCH + 1])
+            f.flush()
+            for _ in range(1200):  # a reader that holds the file whole writes nothing before its end
+                if any(p.stat().st_size for p in cache.rglob("*.arrow")):
+                    on_disk.set()
+                    break
+                time.sleep(0.1)
+            f.writelines(rows[BATCH + 1:])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    data = load_recipe("tiny-demo", [f"data.sources=[{{path: '{fifo}', format: r1-think}}]", "data.eval_size=5",
+                                     f"train.output_dir={tmp_path}/out"]).data
+    try:
+        built = build_datasets(data, tiny_tokenizer, seed=0, cache_dir=cache)
+    finally:
+        writer.join()
+    assert on_disk.is_set(), "nothing was written before the whole file was read"
+    assert len(built.train) == BATCH + 1 and len(built.eval) == 5
+    assert not _user_prompts(built.train) & _user_prompts(built.eval), "eval_size holds out whole prompts"
+    [entry] = cache.iterdir()
+    for ds in (built.train, built.eval):
+        assert ds.cache_files and all(Path(f["filename"]).is_relative_to(entry) for f in ds.cache_files)
+    assert not list(cache.rglob("work")), "the work files are removed from the cache entry"
+
+
+def test_a_weight_that_leaves_no_records_says_so(tiny_tokenizer, tmp_path):
+    from medscale.data.pipeline import build_datasets
+    from medscale.recipe import load_recipe
+
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD] * 3)
+    data = load_recipe("tiny-demo", [f"data.sources=[{{path: '{path}', format: r1-think, weight: 0.1}}]",
+                                     "data.eval_size=0", "eval.eval_strategy=no",
+                                     f"train.output_dir={tmp_path}/out"]).data
+    with pytest.raises(DataError, match=r"data.sources: no records left after their weights .* raise a weight"):
+        build_datasets(data, tiny_tokenizer, seed=0)

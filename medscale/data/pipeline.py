@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import shutil
+import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,11 +16,13 @@ from pathlib import Path
 from medscale.data.augment import TermMasker
 from medscale.data.chat import IGNORE, encode
 from medscale.data.packing import PackedCollator, concat_samples, pack_rows, packing_efficiency
-from medscale.data.sources import DataError, expand_sources, load_conversations, sample_conversations
+from medscale.data.sources import DataError, expand_sources, iter_conversations, sample_indices
 from medscale.paths import private_tree, temp_dir_beside
 from medscale.recipe import DataSection, DataSource
 
 log = logging.getLogger("medscale.data")
+# Records per arrow write and per tokenizing batch: what is ever held in memory at once, whatever the file's size.
+BATCH = 1000
 
 
 @dataclass
@@ -30,46 +33,99 @@ class SFTData:
     stats: dict = field(default_factory=dict)
 
 
-def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict) -> list[list[dict]]:
-    """All sources, each repeated or subsampled by its weight, records without reasoning dropped if asked."""
-    convs = []
-    for src in sources:
-        got = sample_conversations(load_conversations(src.path, src.format, data.prompt_field, data.system_prompt,
-                                                      src.limit, data.on_bad_record, data.max_bad_fraction, counts,
-                                                      src.skip), src.sample, f"{seed}:{src.path}")
-        whole, frac = int(src.weight), src.weight - int(src.weight)
-        convs += got * whole + random.Random(f"{seed}:{src.path}").sample(got, round(frac * len(got)))
-    if data.no_reasoning == "drop":
-        kept = [c for c in convs if c[-1].get("reasoning_content")]
-        counts["no_reasoning_dropped"] = len(convs) - len(kept)
-        convs = kept
-        if not convs:
-            raise DataError("no records left after data.no_reasoning=drop")
-    return convs
+def _features(**columns: str):
+    """datasets Features from column types: "string", "bool", "int64", or "int32[]" for a list of int32 (token ids
+    fit int32: half of what Python ints would be written as, on disk and in the pages read)."""
+    from datasets import Features, Sequence, Value
+
+    return Features({k: Sequence(Value(v[:-2])) if v.endswith("[]") else Value(v) for k, v in columns.items()})
+
+
+def _on_disk(rows, path: Path, features) -> object:
+    """Rows written to an arrow file as they come, `BATCH` at a time, and opened memory-mapped: a file of any size
+    is never held whole (datasets' from_dict / from_list would hold it, and map on it would hold its output too)."""
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    with ArrowWriter(path=str(path), features=features, writer_batch_size=BATCH) as writer:
+        for row in rows:
+            writer.write(row)
+        writer.finalize()
+    return Dataset.from_file(str(path))
 
 
 def _prompt_key(msgs: list[dict]) -> str:
     return next(m["content"] for m in msgs if m["role"] == "user")
 
 
-def split_eval(convs: list[list[dict]], size: float, seed: int) -> tuple[list, list]:
-    """Deterministic split by prompt, so no prompt appears in both train and eval."""
-    if not size:
-        return convs, []
-    counts = Counter(_prompt_key(c) for c in convs)
-    prompts = sorted(counts)
-    random.Random(seed).shuffle(prompts)
-    want = int(size) if size >= 1 else max(1, round(size * len(convs)))
+def _raw_rows(convs):
+    for c in convs:
+        yield {"messages": json.dumps(c, ensure_ascii=False), "prompt": _prompt_key(c),
+               "reasoning": bool(c[-1].get("reasoning_content"))}
+
+
+def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict, work: Path, group: str):
+    """All sources, each repeated or subsampled by its weight, records without reasoning dropped if asked: one
+    dataset on disk (in `work`), read once as the files stream by. `counts` gets, besides the bad records and
+    formats, each source's records and bad records (`medscale check` reports them without reading again)."""
+    from datasets import concatenate_datasets
+
+    parts = []
+    for i, src in enumerate(sources):
+        bad_before = counts.get("bad_records", 0)
+        got = _on_disk(_raw_rows(iter_conversations(src.path, src.format, data.prompt_field, data.system_prompt,
+                                                    src.limit, data.on_bad_record, data.max_bad_fraction, counts,
+                                                    src.skip)),
+                       work / f"{group}-{i}.arrow", _features(messages="string", prompt="string", reasoning="bool"))
+        if (picked := sample_indices(len(got), src.sample, f"{seed}:{src.path}")) is not None:
+            got = got.select(picked)
+        counts.setdefault("sources", []).append({"records": len(got),
+                                                 "bad_records": counts.get("bad_records", 0) - bad_before})
+        whole, frac = int(src.weight), src.weight - int(src.weight)
+        parts += [got] * whole
+        if part := round(frac * len(got)):
+            parts.append(got.select(random.Random(f"{seed}:{src.path}").sample(range(len(got)), part)))
+    if not parts:
+        raise DataError(f"data.{group}: no records left after their weights (each source's records x its weight "
+                        f"rounds to 0): raise a weight")
+    ds = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if data.no_reasoning == "drop":
+        kept = ds.filter(lambda flags: flags, input_columns="reasoning", batched=True, batch_size=BATCH)
+        counts["no_reasoning_dropped"] = len(ds) - len(kept)
+        ds = kept
+        if not len(ds):
+            raise DataError("no records left after data.no_reasoning=drop")
+    return ds
+
+
+def held_prompts(prompts: Counter, size: float, seed: int) -> set[str]:
+    """The prompts held out for eval (`prompts`: how many records each has; `size` > 0: data.eval_size): chosen by
+    prompt, so no prompt appears in both train and eval; deterministic for a seed."""
+    total = sum(prompts.values())
+    order = sorted(prompts)
+    random.Random(seed).shuffle(order)
+    want = int(size) if size >= 1 else max(1, round(size * total))
     held, n = set(), 0
-    for p in prompts:
+    for p in order:
         if n >= want:
             break
         held.add(p)
-        n += counts[p]
-    train = [c for c in convs if _prompt_key(c) not in held]
-    if not train:
+        n += prompts[p]
+    if n >= total:
         raise DataError(f"data.eval_size={size} leaves no training records")
-    return train, [c for c in convs if _prompt_key(c) in held]
+    return held
+
+
+def _split_eval(ds, size: float, seed: int):
+    """(train, eval or None), split by held_prompts; the prompts are counted a batch at a time."""
+    if not size:
+        return ds, None
+    prompts: Counter = Counter()
+    for batch in ds.select_columns("prompt").iter(batch_size=BATCH):
+        prompts.update(batch["prompt"])
+    held = held_prompts(prompts, size, seed)
+    return tuple(ds.filter(lambda ps, out=out: [(p in held) == out for p in ps], input_columns="prompt",
+                           batched=True, batch_size=BATCH) for out in (False, True))
 
 
 SHOW_PROGRESS_FROM = 5000  # records: below this, tokenizing takes seconds and its progress bars are only noise
@@ -109,37 +165,42 @@ def truncation_note(stats: dict) -> str | None:
     return "; ".join(parts) or None
 
 
-def _tokenize(convs: list[list[dict]], tok, data: DataSection, counts: dict):
-    from datasets import Dataset
+def _tokenize(raw, tok, data: DataSection, counts: dict):
+    """`raw`'s conversations (on disk) tokenized into a dataset beside them, `BATCH` records at a time: records
+    data.max_length drops never come out, and the statistics are read from arrow columns, never from Python lists
+    of every record's tokens."""
+    import pyarrow.compute as pc
 
     def fn(batch, idxs):
-        out = {"input_ids": [], "labels": [], "status": [], "idx": idxs}
-        for raw in batch["messages"]:
-            enc = encode(tok, json.loads(raw), data.max_length, data.train_on, data.truncation)
-            out["input_ids"].append(enc.input_ids if enc else [])
-            out["labels"].append(enc.labels if enc else [])
-            out["status"].append("dropped" if enc is None else ("truncated" if enc.truncated else "ok"))
+        out = {"messages": [], "input_ids": [], "labels": [], "idx": [], "truncated": [], "label_tokens": []}
+        for raw_msgs, i in zip(batch["messages"], idxs):
+            enc = encode(tok, json.loads(raw_msgs), data.max_length, data.train_on, data.truncation)
+            if enc is None:
+                continue
+            for k, v in (("messages", raw_msgs), ("input_ids", enc.input_ids), ("labels", enc.labels), ("idx", i),
+                         ("truncated", enc.truncated), ("label_tokens", sum(t != IGNORE for t in enc.labels))):
+                out[k].append(v)
         return out
 
-    ds = Dataset.from_dict({"messages": [json.dumps(c, ensure_ascii=False) for c in convs]})
-    with progress_bars(len(ds)):
-        ds = ds.map(fn, batched=True, with_indices=True, num_proc=data.num_proc if len(ds) > 1000 else None,
-                    desc="tokenizing")
-    status = ds["status"]
-    stats = {**counts, "records": len(ds), "dropped": status.count("dropped"), "truncated": status.count("truncated"),
+    with progress_bars(len(raw)):
+        ds = raw.map(fn, batched=True, batch_size=BATCH, writer_batch_size=BATCH, with_indices=True,
+                     remove_columns=raw.column_names, desc="tokenizing",
+                     num_proc=data.num_proc if data.num_proc > 1 and len(raw) > BATCH else None,  # 1: no pool
+                     features=_features(messages="string", input_ids="int32[]", labels="int32[]", idx="int64",
+                                        truncated="bool", label_tokens="int64"))
+    stats = {**counts, "records": len(raw), "dropped": len(raw) - len(ds),
+             "truncated": pc.sum(ds.data.column("truncated")).as_py() or 0,
              "max_length": data.max_length, "truncation": data.truncation}
     if (note := truncation_note(stats)) is not None:
         log.warning("%s", note)
-    with progress_bars(len(ds)):
-        ds = ds.filter(lambda s: s != "dropped", input_columns="status").remove_columns("status")
     if len(ds) == 0:
         raise DataError(f"every record was dropped (max_length {data.max_length}, truncation {data.truncation}): "
                          f"raise data.max_length or set data.truncation=truncate_response")
-    lengths = [len(x) for x in ds["input_ids"]]
-    stats.update(kept=len(ds), tokens=sum(lengths), max_tokens=max(lengths),
-                 mean_tokens=round(sum(lengths) / len(lengths), 1),
-                 label_tokens=sum(sum(1 for t in lab if t != IGNORE) for lab in ds["labels"]))
-    return ds, stats
+    lengths = pc.list_value_length(ds.data.column("input_ids"))
+    stats.update(kept=len(ds), tokens=pc.sum(lengths).as_py(), max_tokens=pc.max(lengths).as_py(),
+                 mean_tokens=round(pc.mean(lengths).as_py(), 1),
+                 label_tokens=pc.sum(ds.data.column("label_tokens")).as_py())
+    return ds.remove_columns(["truncated", "label_tokens"]), stats
 
 
 class SFTCollator:
@@ -223,55 +284,66 @@ def cache_root() -> Path:
     return medscale_home() / "cache" / "data"
 
 
-def _from_cache(path: Path, data: DataSection, tok, seed: int) -> SFTData:
+def _from_cache(path: Path, data: DataSection, tok, seed: int, stats: dict) -> SFTData:
     from datasets import load_from_disk
 
-    stats = json.loads((path / "stats.json").read_text())
     ev = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
-    return SFTData(load_from_disk(str(path / "train")), ev, SFTCollator(tok, data, seed), {**stats, "cache": str(path)})
+    return SFTData(load_from_disk(str(path / "train")), ev, SFTCollator(tok, data, seed), stats)
 
 
-def _to_cache(path: Path, result: SFTData) -> None:
-    """Written to a temp folder and renamed: a crash never leaves a cache entry that looks complete. The user's alone
-    (paths.PRIVATE): it holds the training records, tokenized."""
+def _build(data: DataSection, tok, seed: int, pack_budget: int | None, work: Path) -> SFTData:
+    """The datasets, written in the folder `work` as they are made (the source files are read once)."""
+    work.mkdir(exist_ok=True)
+    counts: dict = {}
+    ds = _load(data.sources, data, seed, counts, work, "sources")
+    if data.eval_sources:
+        eval_counts: dict = {}
+        train_raw, eval_raw = ds, _load(data.eval_sources, data, seed, eval_counts, work, "eval_sources")
+    else:
+        (train_raw, eval_raw), eval_counts = _split_eval(ds, data.eval_size, seed), {}
+    train, stats = _tokenize(train_raw, tok, data, counts)
+    if pack_budget:
+        train = _pack(train, pack_budget, stats)
+    result = SFTData(train, None, SFTCollator(tok, data, seed), {"train": stats})
+    if eval_raw is not None:
+        result.eval, result.stats["eval"] = _tokenize(eval_raw, tok, data, eval_counts)
+    return result
+
+
+def _to_cache(path: Path, data: DataSection, tok, seed: int, pack_budget: int | None) -> SFTData:
+    """Built in a temp folder and renamed: a crash never leaves a cache entry that looks complete. The user's alone
+    (paths.PRIVATE): it holds the training records, tokenized; so does the work in progress, inside the temp
+    folder (mkdtemp's 0700)."""
     tmp = temp_dir_beside(path, private=True)
     try:
+        result = _build(data, tok, seed, pack_budget, tmp / "work")
         with progress_bars(len(result.train)):
             result.train.save_to_disk(str(tmp / "train"))
             if result.eval is not None:
                 result.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(result.stats))
+        shutil.rmtree(tmp / "work")
         private_tree(tmp)
         tmp.rename(path)
-    except OSError:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not path.is_dir():  # another process may have won the race; otherwise it is a real failure
+        if not isinstance(e, OSError) or not (path / "stats.json").is_file():  # else another process won the race
             raise
+    return _from_cache(path, data, tok, seed, json.loads((path / "stats.json").read_text()))
 
 
 def build_datasets(data: DataSection, tok, seed: int, pack_budget: int | None = None,
                    cache_dir: Path | None = None) -> SFTData:
-    """Train (packed when `pack_budget` is given) and eval (never packed: exact per-sample loss).
-    With `cache_dir`, a build is saved under a key of data + tokenizer + options and reused."""
-    if cache_dir is not None:
-        path = cache_dir / cache_key(data, tok, seed, pack_budget)
-        if (path / "stats.json").is_file():
-            log.info("tokenized data from cache %s", path)
-            return _from_cache(path, data, tok, seed)
-    counts: dict = {}
-    convs = _load(data.sources, data, seed, counts)
-    if data.eval_sources:
-        eval_counts: dict = {}
-        train_convs, eval_convs = convs, _load(data.eval_sources, data, seed, eval_counts)
-    else:
-        (train_convs, eval_convs), eval_counts = split_eval(convs, data.eval_size, seed), {}
-    train, stats = _tokenize(train_convs, tok, data, counts)
-    if pack_budget:
-        train = _pack(train, pack_budget, stats)
-    result = SFTData(train, None, SFTCollator(tok, data, seed), {"train": stats})
-    if eval_convs:
-        result.eval, result.stats["eval"] = _tokenize(eval_convs, tok, data, eval_counts)
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _to_cache(path, result)
-    return result
+    """Train (packed when `pack_budget` is given) and eval (never packed: exact per-sample loss), on disk: memory
+    holds a batch of records, not the files. With `cache_dir`, a build is saved under a key of data + tokenizer +
+    options and reused; without, it lives in datasets' temporary folder, removed when the process ends."""
+    if cache_dir is None:
+        from datasets.fingerprint import get_temporary_cache_files_directory
+
+        return _build(data, tok, seed, pack_budget, Path(tempfile.mkdtemp(dir=get_temporary_cache_files_directory())))
+    path = cache_dir / cache_key(data, tok, seed, pack_budget)
+    if (path / "stats.json").is_file():
+        log.info("tokenized data from cache %s", path)
+        return _from_cache(path, data, tok, seed, {**json.loads((path / "stats.json").read_text()), "cache": str(path)})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return _to_cache(path, data, tok, seed, pack_budget)

@@ -220,8 +220,9 @@ def load_conversations(*args, **kwargs) -> list[list[dict]]:
     return list(iter_conversations(*args, **kwargs))
 
 
-def sample_conversations(convs: list, n: int | None, seed) -> list:
-    """A seeded random `n` of the conversations, in their file order (all of them when there are no more)."""
-    if n is None or n >= len(convs):
-        return convs
-    return [convs[i] for i in sorted(random.Random(f"{seed}:sample").sample(range(len(convs)), n))]
+def sample_indices(total: int, n: int | None, seed) -> list[int] | None:
+    """The positions of a seeded random `n` of `total` records, in file order; None (all of them) when there are
+    no more."""
+    if n is None or n >= total:
+        return None
+    return sorted(random.Random(f"{seed}:sample").sample(range(total), n))
