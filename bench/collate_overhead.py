@@ -24,7 +24,7 @@ def main() -> None:
     a = ap.parse_args()
     from medscale.data.pipeline import build_datasets
     from medscale.model.load import load_tokenizer
-    from medscale.plan import token_budget
+    from medscale.plan import decide
     from medscale.recipe import load_recipe
 
     print(f"{'batching':14s} {'ms/micro-batch':>15s} {'tokens/micro-batch':>19s} {'us/1k tokens':>13s}")
@@ -33,7 +33,7 @@ def main() -> None:
                                    "data.eval_size=0", "eval.eval_strategy=no", "data.num_proc=1",
                                    f"data.batching={batching}"])
         r.model.path = a.tokenizer
-        data = build_datasets(r.data, load_tokenizer(r.model), r.train.seed, token_budget(r))
+        data = build_datasets(r.data, load_tokenizer(r.model), r.train.seed, decide(r).token_budget)
         per = 1 if batching == "packed" else r.train.per_device_train_batch_size
         rng = random.Random(0)
         batches = [[data.train[rng.randrange(len(data.train))] for _ in range(per)] for _ in range(a.batches)]

@@ -130,14 +130,17 @@ class LocalLauncher:
         if flag.code:  # asked to stop while preparing: nothing started, nothing to save
             print(f"medscale: {flag.reason}: stopping before the run started", file=sys.stderr, flush=True)
             return STOP_EXIT_CODES[STATUS[flag.code]]
-        reconcile_output_dir(plan.request.recipe.train.output_dir)  # a rerun repairs what the registry missed
+        out, launch = plan.request.recipe.train.output_dir, LaunchInfo.from_env(plan.env)
+        reconcile_output_dir(out)  # a rerun repairs what the registry missed
+        if plan.report.plan is not None:  # what pre-flight decided for this launch: its processes read it
+            plan.report.plan.save(out, launch.launched_at.isoformat())
         if plan.command is None:
             try:
-                plan.request.entry.load()(plan.request.recipe, LaunchInfo.from_env(plan.env))
+                plan.request.entry.load()(plan.request.recipe, launch)
             except AttemptStopped as e:
                 print(f"medscale: {e}", file=sys.stderr, flush=True)
                 return e.exit_code
             return 0
         print("+ " + " ".join(plan.command), flush=True)
-        return run_reporting_stops(plan.request.recipe.train.output_dir, plan.command, plan.env, self.runner)
+        return run_reporting_stops(out, plan.command, plan.env, self.runner)
 

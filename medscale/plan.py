@@ -320,41 +320,36 @@ def device_memory_gb() -> float | None:
     return total * frac / GIB
 
 
-def recompute_layers(recipe: Recipe) -> int | None:
-    """How many decoder layers (the first ones) this run recomputes: None = all (gradient_checkpointing=true), 0 =
-    none (false); auto asks the plan for the fewest that fit this GPU, none on a machine without one (memory is
-    not the limit there), and all when the model's shapes cannot be read."""
+@dataclass
+class Decision:
+    """What the memory plan decides for one run, made once, in pre-flight (the RunPlan carries it to the workers):
+    the recompute and the packed token budget follow from the same plan as the problems it reports."""
+
+    gpu_mem_gb: float | None  # the GPU planned for; None: none here, memory is not the limit
+    gpus: int
+    recompute_layers: int | None  # decoder layers recomputed, the first ones: None = all, 0 = none
+    token_budget: int | None  # tokens per packed row; None when the recipe does not pack
+    problems: list[str]  # why it cannot fit, naming what to change
+    plan: Plan | None  # the plan itself, where a GPU is known and the model's shapes could be read
+
+
+def decide(recipe: Recipe, gpu_mem_gb: float | None = None) -> Decision:
+    """The run's memory decisions on this GPU (or one of `gpu_mem_gb` GiB), from one plan. gradient_checkpointing
+    true/false recompute all/none; auto the fewest layers that fit, none without a GPU, all when the model's shapes
+    cannot be read (model.path is checked on its own). The token budget: data.pack_tokens, else the plan's, else
+    (no GPU) max_length x per-device batch."""
+    mem = gpu_mem_gb if gpu_mem_gb is not None else device_memory_gb()
+    gpus = DistContext.planned(recipe.dist).world_size
+    p = None
+    if mem is not None:
+        try:
+            p = plan(recipe, mem, gpus)
+        except RecipeError:
+            pass
     gc = recipe.train.gradient_checkpointing
     if gc != "auto":
-        return None if gc else 0
-    mem = device_memory_gb()
-    if mem is None:
-        return 0
-    try:
-        return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).recompute_layers
-    except RecipeError:
-        return None
-
-
-def token_budget(recipe: Recipe) -> int | None:
-    """Tokens per packed row for this run: data.pack_tokens, else the plan's budget on this GPU, else (CPU)
-    max_length x per-device batch; None when the recipe does not pack."""
-    if recipe.data.batching != "packed" or recipe.data.pack_tokens:
-        return recipe.pack_budget()
-    mem = device_memory_gb()
-    if mem is None:
-        return recipe.pack_budget()
-    return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).token_budget
-
-
-def fit_problems(recipe: Recipe, gpu_mem_gb: float | None = None) -> list[str]:
-    """Pre-flight: why the recipe cannot fit this GPU (or one of `gpu_mem_gb` GiB), naming what to change; []
-    when it fits, on a machine without a GPU, or before the model's shapes are known (model.path is checked
-    on its own)."""
-    mem = gpu_mem_gb if gpu_mem_gb is not None else device_memory_gb()
-    if mem is None:
-        return []
-    try:
-        return plan(recipe, mem, DistContext.planned(recipe.dist).world_size).problems
-    except RecipeError:
-        return []
+        recompute = None if gc else 0
+    else:
+        recompute = 0 if mem is None else p.recompute_layers if p is not None else None
+    budget = p.token_budget if p is not None else recipe.pack_budget()
+    return Decision(mem, gpus, recompute, budget, p.problems if p is not None else [], p)

@@ -5,7 +5,8 @@ Three callers, one set of checks:
 - every launcher's `prepare` calls `check_launch` and its `submit` refuses to spawn or queue anything while the
   report has errors (local `accelerate launch`, `sbatch`, `ray job submit`): on a submit host it checks what that
   host can see;
-- `run()` calls `check_worker` in each process before training: the paths and devices of the host it runs on;
+- `run()` calls `worker_plan` in each process before training: the RunPlan the local launcher's pre-flight decided
+  for it (memory plan, tokenized data), else this host's checks and decisions, made there once;
 - `medscale check RECIPE` prints the full report, data read and tokenized included (issue 14).
 A problem is an error (the run cannot work: exit 2, nothing written) or a warning (it can, but you should know).
 """
@@ -15,10 +16,14 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medscale.dist import DistContext
 from medscale.errors import UserError
 from medscale.recipe import Recipe
+
+if TYPE_CHECKING:
+    from medscale.jobs.runplan import DataManifest, RunPlan
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -38,6 +43,7 @@ class Finding:
 @dataclass
 class Report:
     findings: list[Finding] = field(default_factory=list)
+    plan: "RunPlan | None" = None  # what it decided, where it checked the host that trains (`devices`)
 
     def error(self, topic: str, message: str) -> None:
         self.findings.append(Finding("error", topic, message))
@@ -241,17 +247,16 @@ def _adapter(recipe: Recipe, report: Report) -> None:
         report.error("adapter", problem)
 
 
-def _tokenized_data(recipe: Recipe):
+def _tokenized_data(recipe: Recipe, budget: int | None):
     """`medscale check`: the data through the recipe's tokenizer and chat template, as training will see it,
     reading each file once (its records counted on the way). Written to the run's own data cache (same key: files,
     tokenizer, options, packed-row budget), so training loads it. (built data, None) or (None, why it failed)."""
     from medscale.data.pipeline import build_datasets, cache_root
     from medscale.model.load import load_tokenizer
-    from medscale.plan import token_budget
 
     try:
         tok = load_tokenizer(recipe.model, planned=True)
-        return build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root()), None
+        return build_datasets(recipe.data, tok, recipe.train.seed, budget, cache_root()), None
     except (UserError, OSError, ValueError) as e:
         return None, e
 
@@ -306,7 +311,8 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     `paths_must_exist`: a missing model or data path is an error here (a Ray head may not see the workers' paths:
     then it is a warning and the workers check); `tokenize` (`medscale check`): also tokenize the data with the
     recipe's tokenizer when the model folder is fine, counting the records on the way (each file read once; read
-    again to name every problem only when tokenizing failed); launchers leave it to the run, which caches it."""
+    again to name every problem only when tokenizing failed). With `devices`, the report also carries what it
+    decided (report.plan: the memory plan's decisions, and the data manifest when it tokenized)."""
     report = Report()
     model_problem = model_dir_problem(recipe.model)
     if model_problem is not None:
@@ -321,13 +327,16 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
     _deepspeed(recipe, report, on_worker=devices)
+    decision = None
     if devices:
         _devices(recipe, report)
-        from medscale.plan import fit_problems
+        from medscale.plan import decide
 
-        for problem in fit_problems(recipe):  # the memory plan, where this host's GPU is known
+        decision = decide(recipe)  # the memory plan, once, where this host's GPU is known
+        for problem in decision.problems:
             report.error("memory", problem)
-    built, failed = (_tokenized_data(recipe) if tokenize and read_data and model_problem is None
+    budget = decision.token_budget if decision is not None else recipe.pack_budget()
+    built, failed = (_tokenized_data(recipe, budget) if tokenize and read_data and model_problem is None
                      else (None, None))
     _data(recipe, report, paths_must_exist, read_data, _counted(built.stats) if built is not None else None)
     if read_data and (recipe.eval.benchmarks or recipe.eval.control):
@@ -338,13 +347,38 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         report.error("data", f"tokenizing with {recipe.model.path}: {failed}")
     if registry:
         _registry(report)
+    if decision is not None:
+        report.plan = _run_plan(recipe, decision, built)
     return report
+
+
+def _run_plan(recipe: Recipe, decision, built) -> "RunPlan":
+    from medscale.jobs.runplan import MemoryPlan, RunPlan
+
+    memory = MemoryPlan(gpu_mem_gb=decision.gpu_mem_gb, gpus=decision.gpus, recompute_layers=decision.recompute_layers,
+                        token_budget=decision.token_budget, problems=decision.problems,
+                        components=decision.plan.to_dict() if decision.plan is not None else None)
+    return RunPlan.decided_here(recipe, memory, data_manifest(recipe, built) if built is not None else None)
+
+
+def data_manifest(recipe: Recipe, built) -> "DataManifest":
+    """The tokenized data (medscale.data.pipeline.SFTData, cached) as the RunPlan records it."""
+    from medscale.jobs.runplan import DataManifest
+
+    files, counted = [], _counted(built.stats)
+    for group, sources in (("data.sources", recipe.data.sources), ("data.eval_sources", recipe.data.eval_sources)):
+        per = counted.get(group) or [{}] * len(sources)
+        files += [{"group": group, "path": s.path, "format": s.format, **c} for s, c in zip(sources, per)]
+    return DataManifest(fingerprint=built.cache.name, cache=str(built.cache), files=files,
+                        splits={k: v for k, v in built.stats.items() if isinstance(v, dict)})
 
 
 def check_launch(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True) -> Report:
     """What a launcher's `prepare` records; its `submit` raises the errors before anything is spawned or queued
-    (a `--dry-run` prints the plan and the problems instead)."""
-    return check(recipe, devices=devices, paths_must_exist=paths_must_exist)
+    (a `--dry-run` prints the plan and the problems instead). `devices`: the processes start on this host (the
+    local launcher), so pre-flight decides for them too, once: the memory plan, and the data tokenized into the
+    run's cache; the launcher writes report.plan into the job record for its workers (worker_plan)."""
+    return check(recipe, devices=devices, paths_must_exist=paths_must_exist, tokenize=devices)
 
 
 def check_eval_launch(spec, *, devices: bool, paths_must_exist: bool = True) -> Report:
@@ -378,6 +412,14 @@ def check_eval_launch(spec, *, devices: bool, paths_must_exist: bool = True) -> 
     return report
 
 
-def check_worker(recipe: Recipe) -> None:
-    """In each training process, before any work: this host's paths and devices (the data is read next anyway)."""
-    check(recipe, devices=True, read_data=False, registry=False).raise_if_failed()
+def worker_plan(recipe: Recipe, launch: str | None) -> "RunPlan":
+    """What a training process runs by: the RunPlan its launcher's pre-flight wrote for this launch (`launch`: its
+    LaunchInfo.launched_at) on this host; else decided here, once, by this host's pre-flight (paths, devices,
+    DeepSpeed layout and memory plan: all problems at once, before any work), its data manifest left for the run to
+    fill in when it tokenizes."""
+    from medscale.jobs.runplan import RunPlan
+
+    found = RunPlan.load(recipe.train.output_dir)
+    if found is not None and found.made_for(recipe.fingerprint(), launch):
+        return found
+    return check(recipe, devices=True, read_data=False, registry=False).raise_if_failed().plan

@@ -238,11 +238,11 @@ def test_quant_storage_reaches_bitsandbytes_config(monkeypatch):
 # --------------------------------------------------------------------------- preflight
 
 def _preflight(overrides, monkeypatch=None, env=None):
-    from medscale.preflight import check_worker
+    from medscale.preflight import worker_plan
 
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
-    check_worker(load_recipe("tiny-demo", overrides))
+    worker_plan(load_recipe("tiny-demo", overrides), None)
 
 
 def test_deepspeed_launch_without_dist_deepspeed_is_refused(monkeypatch):

@@ -63,13 +63,18 @@ def test_unknown_accelerate_config_is_a_recipe_error():
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path, tiny_model_dir):
-    """Both ranks step (a silent world_size 1 would show as one entry), only rank 0 writes."""
+    """Both ranks step (a silent world_size 1 would show as one entry), only rank 0 writes. The launcher's
+    pre-flight plans memory and tokenizes once; the ranks read its RunPlan and do neither (tests/test_runplan.py)."""
+    from test_runplan import counted_in_every_process
+
     out = tmp_path / "ddp"
+    env, calls = counted_in_every_process(tmp_path)
     p = run_cli("train", "tiny-demo", f"model.path={tiny_model_dir}", f"train.output_dir={out}",
                 "dist.num_processes=2", "train.max_steps=6", "train.save_steps=3", "eval.eval_steps=3",
-                "train.logging_steps=1", "track.swanlab.mode=offline", timeout=900)
+                "train.logging_steps=1", "track.swanlab.mode=offline", env=env, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "launcher.accelerate_main" in p.stdout
+    assert sorted(calls.read_text().splitlines()) == ["launcher _build", "launcher check", "launcher decide"]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_per_rank"] == [6, 6]
     assert summary["loss_last"] < summary["loss_first"]

@@ -72,7 +72,7 @@ def _lr_at(recipe, steps: list[int]) -> list[float]:
 
     from medscale.train.args import training_arguments
 
-    args = training_arguments(recipe)
+    args = training_arguments(recipe, recompute=False)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.train.learning_rate)
     sched = get_scheduler(args.lr_scheduler_type, opt, args.get_warmup_steps(args.max_steps), args.max_steps)
     out, done = [], 0
@@ -104,7 +104,8 @@ def test_training_arguments_work_with_the_lowest_supported_transformers(tmp_path
                                  activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kw)
     monkeypatch.setattr(train_args, "TrainingArguments", old)
     args = train_args.training_arguments(load_recipe("qwen3-8b-lora-huatuo", [f"train.output_dir={tmp_path}",
-                                                                             "train.gradient_checkpointing=true"]))
+                                                                             "train.gradient_checkpointing=true"]),
+                                      recompute=True)
     assert isinstance(args, old)
     recompute = getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
     assert recompute is True

@@ -216,17 +216,18 @@ def test_recipe_that_cannot_fit_names_what_to_change(real_models):
     fixed = _plan("r1-distill-7b-lora-fast", p7, 16, "train.per_device_train_batch_size=1",
                   "train.gradient_accumulation_steps=64")
     assert fixed.fits and fixed.tokens == 8192
-    from medscale.plan import fit_problems
+    from medscale.plan import decide
 
-    assert fit_problems(load_recipe("r1-distill-7b-lora-fast", [f"model.path={p7}"]), 16) == p.problems
-    assert fit_problems(load_recipe("r1-distill-7b-lora-fast", [f"model.path={p7}"])) == []  # no GPU here
+    assert decide(load_recipe("r1-distill-7b-lora-fast", [f"model.path={p7}"]), 16).problems == p.problems
+    assert decide(load_recipe("r1-distill-7b-lora-fast", [f"model.path={p7}"])).problems == []  # no GPU here
 
 
 def test_token_budget_without_gpu_is_max_length_times_batch(tiny_model_dir):
-    from medscale.plan import token_budget
+    from medscale.plan import decide
 
-    assert token_budget(load_recipe("tiny-demo", [f"model.path={tiny_model_dir}", "data.batching=packed"])) == 512 * 8
-    assert token_budget(load_recipe("tiny-demo", [f"model.path={tiny_model_dir}"])) is None
+    packed = decide(load_recipe("tiny-demo", [f"model.path={tiny_model_dir}", "data.batching=packed"]))
+    assert packed.token_budget == 512 * 8 and packed.gpu_mem_gb is None and packed.recompute_layers == 0
+    assert decide(load_recipe("tiny-demo", [f"model.path={tiny_model_dir}"])).token_budget is None
 
 
 def test_plan_cli(real_models, tmp_path):

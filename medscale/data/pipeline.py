@@ -31,6 +31,7 @@ class SFTData:
     eval: object | None
     collator: "SFTCollator"
     stats: dict = field(default_factory=dict)
+    cache: Path | None = None  # the cache entry it was loaded from (what a RunPlan names)
 
 
 def _features(**columns: str):
@@ -288,7 +289,15 @@ def _from_cache(path: Path, data: DataSection, tok, seed: int, stats: dict) -> S
     from datasets import load_from_disk
 
     ev = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
-    return SFTData(load_from_disk(str(path / "train")), ev, SFTCollator(tok, data, seed), stats)
+    return SFTData(load_from_disk(str(path / "train")), ev, SFTCollator(tok, data, seed), stats, path)
+
+
+def cached_datasets(path: Path, data: DataSection, tok, seed: int) -> SFTData | None:
+    """The cache entry at `path` (the one a RunPlan names: pre-flight tokenized it), or None when it is gone."""
+    if not (path / "stats.json").is_file():
+        return None
+    log.info("tokenized data from cache %s", path)
+    return _from_cache(path, data, tok, seed, {**json.loads((path / "stats.json").read_text()), "cache": str(path)})
 
 
 def _build(data: DataSection, tok, seed: int, pack_budget: int | None, work: Path) -> SFTData:
@@ -342,8 +351,7 @@ def build_datasets(data: DataSection, tok, seed: int, pack_budget: int | None = 
 
         return _build(data, tok, seed, pack_budget, Path(tempfile.mkdtemp(dir=get_temporary_cache_files_directory())))
     path = cache_dir / cache_key(data, tok, seed, pack_budget)
-    if (path / "stats.json").is_file():
-        log.info("tokenized data from cache %s", path)
-        return _from_cache(path, data, tok, seed, {**json.loads((path / "stats.json").read_text()), "cache": str(path)})
+    if (cached := cached_datasets(path, data, tok, seed)) is not None:
+        return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     return _to_cache(path, data, tok, seed, pack_budget)

@@ -85,7 +85,7 @@ class Recipe(Section):
 
     def pack_budget(self) -> int | None:
         """Tokens per packed row without a memory plan (data.pack_tokens, else max_length x per-device
-        batch), or None when the recipe does not pack. `medscale.plan.token_budget` sizes it to the GPU."""
+        batch), or None when the recipe does not pack. `medscale.plan.decide` sizes it to the GPU."""
         if self.data.batching != "packed":
             return None
         return self.data.pack_tokens or self.data.max_length * self.train.per_device_train_batch_size

@@ -35,14 +35,10 @@ def recompute_arguments(cls, on: bool) -> dict:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
 
 
-def training_arguments(recipe: Recipe, recompute: bool | None = None):
+def training_arguments(recipe: Recipe, recompute: bool):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed. `recompute`:
-    whether any layer is recomputed (None: as recipe.train.gradient_checkpointing resolves on this machine)."""
-    from medscale.plan import recompute_layers
-
+    whether any layer is recomputed, as the run's memory plan decided (RunPlan.memory)."""
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
-    if recompute is None:
-        recompute = recompute_layers(recipe) != 0
     ds = recipe.dist.deepspeed
     extra: dict = {}
     if ds:

@@ -1,10 +1,11 @@
 """`run(recipe)`: the one training entry point every launcher ends in.
 
-Linear on purpose (trl's `sft.py` main, torchtune's `recipe_main`): worker pre-flight -> TrainingArguments (and
-the process group) -> data -> where to start (decided by rank 0) -> the attempt -> model and Trainer -> train ->
-save and summarise. No CLI parsing here; ranks and world size come from whatever torch.distributed / accelerate /
-Ray set up, the launcher's identity from LaunchInfo. Bad input fails before the attempt starts, so it leaves no
-output dir and no job row behind.
+Linear on purpose (trl's `sft.py` main, torchtune's `recipe_main`): the RunPlan (what pre-flight decided: memory
+plan, tokenized data; decided here once when nothing launched this run) -> TrainingArguments (and the process group)
+-> data -> where to start (decided by rank 0) -> the attempt -> model and Trainer -> train -> save and summarise.
+No CLI parsing here; ranks and world size come from whatever torch.distributed / accelerate / Ray set up, the
+launcher's identity from LaunchInfo. Bad input fails before the attempt starts, so it leaves no output dir and no job
+row behind.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
 from medscale.jobs.resume import StartPlan, plan_start
+from medscale.jobs.runplan import RunPlan
 from medscale.jobs.stop import stop_flag
-from medscale.plan import recompute_layers
-from medscale.preflight import check_worker
+from medscale.preflight import data_manifest, worker_plan
 from medscale.recipe import Recipe
 from medscale.train import dist
 from medscale.train.args import training_arguments
@@ -49,21 +50,23 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
     `kind` is the job's kind in the registry (a sweep's trial trains through here too)."""
     flag = stop_flag()
     flag.install()
-    check_worker(recipe)  # paths, devices, DeepSpeed layout: all problems at once, before any work
+    launch = launch or LaunchInfo.from_env()
+    stamp = launch.launched_at.isoformat() if launch.launched_at else None
+    decided = worker_plan(recipe, stamp)  # the launcher's pre-flight decisions, else this host's: before any work
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before the first CUDA allocation
     started = time.time()
-    recompute = recompute_layers(recipe)  # None: every layer
-    args = training_arguments(recipe, recompute != 0)  # also initialises torch.distributed under a launcher
+    args = training_arguments(recipe, decided.memory.recompute)  # also initialises torch.distributed under a launcher
     with _process_group():
-        tok, data = _prepare_data(recipe, args)
+        tok, data = _prepare_data(recipe, args, decided, stamp)
         plan = dist.decided_by_rank0(args.process_index, lambda: plan_start(recipe))
         if plan.summary is not None:
             log.info("job %s already finished at step %d (%s): nothing to train", recipe.name,
                      plan.summary.global_step, Path(recipe.train.output_dir) / SUMMARY)
             return plan.summary if args.process_index == 0 else None
-        with Attempt(recipe, launch or LaunchInfo.from_env(), args.process_index, args.world_size, kind=kind,
+        with Attempt(recipe, launch, args.process_index, args.world_size, kind=kind,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
             dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
+            recompute = decided.memory.recompute_layers
             with _session(recipe, args, tok, data, attempt, plan, callbacks, recompute) as session:
                 dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
@@ -98,19 +101,26 @@ def _process_group():
     dist.shutdown(clean=True)
 
 
-def _prepare_data(recipe: Recipe, args):
-    """Tokenizer and datasets; the main process builds the tiny demo model if asked, tokenizes and caches, the
-    others load the cache. Bad data raises DataError here, before the attempt starts."""
-    from medscale.data.pipeline import build_datasets, cache_root
+def _prepare_data(recipe: Recipe, args, decided: RunPlan, stamp: str | None):
+    """Tokenizer and datasets: the cache entry the RunPlan names (pre-flight tokenized it). A run that decided for
+    itself tokenizes here, the main process first (the others load its cache), and records its plan, data manifest
+    included, beside the journal. The main process builds the tiny demo model if asked. Bad data raises DataError
+    here, before the attempt starts."""
+    from medscale.data.pipeline import build_datasets, cache_root, cached_datasets
     from medscale.model.load import load_tokenizer
     from medscale.model.tiny import ensure_tiny_model
-    from medscale.plan import token_budget
 
+    seed = recipe.train.seed
     with args.main_process_first(desc="build model folder and datasets"):
         if args.local_process_index == 0:
             ensure_tiny_model(recipe.model)
         tok = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tok, recipe.train.seed, token_budget(recipe), cache_root())
+        data = cached_datasets(Path(decided.data.cache), recipe.data, tok, seed) if decided.data else None
+        if data is None:  # decided here, or its cache entry was removed since
+            data = build_datasets(recipe.data, tok, seed, decided.memory.token_budget, cache_root())
+    if decided.launch is None and args.process_index == 0:
+        decided.data = data_manifest(recipe, data)
+        decided.save(recipe.train.output_dir, stamp)
     return tok, data
 
 

@@ -1,0 +1,87 @@
+"""`run_plan.json`: what pre-flight decided for one launch of a job, so its workers read it instead of deciding again.
+
+Beside the journal in the output dir: the resolved recipe and its fingerprint, the memory plan's decisions (recompute,
+packed token budget), the data manifest (files, formats, counts, drops, and the fingerprint that names its tokenized
+cache) and the dist context. The local launcher writes it before it starts the processes (its pre-flight ran on the
+host they train on); a run started without it (`run()` in-process, `accelerate launch -m medscale.train` by hand, a
+SLURM or Ray worker) decides the same once itself and records it here. Plain data, torch-free. PRIVATE: it holds the
+resolved recipe.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from medscale.dist import DistContext
+from medscale.jobs.record import PRIVATE, write_text_atomic
+
+RUN_PLAN = "run_plan.json"
+
+
+class MemoryPlan(BaseModel):
+    """medscale.plan.Decision as data: what the workers configure from, without planning again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_mem_gb: float | None  # the GPU planned for; None: none there, memory is not the limit
+    gpus: int
+    recompute_layers: int | None  # the first decoder layers recomputed: None = all, 0 = none
+    token_budget: int | None  # tokens per packed row; None when the recipe does not pack
+    problems: list[str] = []
+    components: dict | None = None  # the plan, component by component (medscale.plan.Plan.to_dict), where made
+
+    @property
+    def recompute(self) -> bool:
+        return self.recompute_layers != 0
+
+
+class DataManifest(BaseModel):
+    """The data as pre-flight read and tokenized it: the run loads `cache` (named by `fingerprint`: files,
+    tokenizer, options and token budget) instead of tokenizing again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str
+    cache: str
+    files: list[dict]  # per source: group, path, format, records, bad_records
+    splits: dict  # per split (train, eval): records, kept, dropped, truncated, tokens, formats, ...
+
+
+class RunPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = 1
+    launch: str | None = None  # the launch it was decided for (its LaunchInfo.launched_at), None: not yet written
+    host: str
+    recipe: str  # the resolved recipe, YAML
+    fingerprint: str
+    memory: MemoryPlan
+    data: DataManifest | None = None  # None until the data is tokenized (a worker that decides fills it in)
+    dist: DistContext
+
+    @classmethod
+    def decided_here(cls, recipe, memory: MemoryPlan, data: DataManifest | None = None) -> "RunPlan":
+        return cls(host=socket.gethostname(), recipe=recipe.to_yaml(), fingerprint=recipe.fingerprint(),
+                   memory=memory, data=data, dist=DistContext.planned(recipe.dist))
+
+    def made_for(self, fingerprint: str, launch: str | None) -> bool:
+        """Decided for this launch of this recipe, on this host: else a worker decides for itself."""
+        return (launch is not None and self.launch == launch and self.fingerprint == fingerprint
+                and self.host == socket.gethostname())
+
+    def save(self, output_dir: str | Path, launch: str | None) -> None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.launch = launch
+        write_text_atomic(out / RUN_PLAN, self.model_dump_json(indent=2), mode=PRIVATE)
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> "RunPlan | None":
+        """The output dir's plan; None when there is none or it cannot be read (a worker then decides itself)."""
+        path = Path(output_dir) / RUN_PLAN
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
