@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from medscale.dist import DistContext
 from medscale.recipe.base import Section
 from medscale.recipe.fingerprint import recipe_fingerprint, recipe_yaml
 from medscale.recipe.sections.adapter import AdapterSection
@@ -46,7 +47,7 @@ class Recipe(Section):
     # Cross-field checks, one small validator per domain, each naming the key and the fix.
     @model_validator(mode="after")
     def _batch_divides(self) -> "Recipe":
-        t, procs = self.train, self.dist.num_processes * self.dist.num_machines
+        t, procs = self.train, DistContext.planned(self.dist).world_size
         if t.effective_batch_size is not None:
             got = t.per_device_train_batch_size * t.gradient_accumulation_steps * procs
             if got != t.effective_batch_size:
