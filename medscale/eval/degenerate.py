@@ -1,0 +1,152 @@
+"""Degeneration signals: cheap, judge-free checks on every generated answer, and whether a fine-tune degenerates
+significantly more often than its base on the same questions.
+
+Seed 004's failures (token loops, reasoning that never ends, answers that drift out of the question's language) are
+visible in the text itself, so they are counted without a judge. Each answer gets `signals(question, text)`; a model's
+answers get `count(...)`; `versus(base, tuned)` pairs two counts question by question (McNemar's exact test, the
+same test as the benchmark verdicts) and says DEGENERATE when the fine-tune is significantly worse.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from pydantic import Field
+
+from medscale.data.chat import split_think
+from medscale.eval.result import _Model
+from medscale.eval.stats import mcnemar_exact
+
+NGRAM = 8  # units (a CJK character, a Latin word, a punctuation mark) per n-gram of the repeated-share check
+REPEATED_SHARE = 0.5  # more than half of the n-grams seen earlier in the same text: the text mostly repeats itself
+MIN_UNITS = 40  # below this many units the repeated share says nothing
+MAX_PERIOD = 120  # longest loop (units) looked for at the tail
+MIN_TAIL = 24  # a looping tail covers at least this many units and at least three copies of its period
+MIN_LETTERS = 6  # fewer CJK characters + Latin letters than this: no language is read
+LENGTH_RATIO = 4.0  # longer than 4x or shorter than 1/4 of the base's answer to the same question
+MIN_CHARS = 20  # lengths are compared from this many characters up (a 3-character base answer is not a norm)
+ALPHA = 0.05
+
+_UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[A-Za-z0-9]+|\S")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN = re.compile(r"[A-Za-z]")
+KINDS = ("looping", "unclosed_think", "empty_answer", "wrong_language", "length_off")
+
+
+class Signals(_Model):
+    """What is wrong with one answer (all False: nothing)."""
+
+    looping: bool = Field(description="a periodic tail, or most of its n-grams repeated")
+    unclosed_think: bool = Field(description="a think block opened and never closed")
+    empty_answer: bool = Field(description="nothing after the closed think block")
+    wrong_language: bool = Field(description="answered in English to a Chinese question, or the other way")
+    length_off: bool = Field(False, description="blown up or collapsed against the base's answer")
+    chars: int = Field(description="characters generated, think block included, whitespace left out")
+
+    @property
+    def degenerate(self) -> bool:
+        return any(getattr(self, k) for k in KINDS)
+
+    def reasons(self) -> list[str]:
+        return [k for k in KINDS if getattr(self, k)]
+
+
+class Counts(_Model):
+    """One model's answers: how many show each signal, and which answers are degenerate (in question order, so two
+    models' counts on the same questions pair)."""
+
+    n: int
+    looping: int = 0
+    unclosed_think: int = 0
+    empty_answer: int = 0
+    wrong_language: int = 0
+    length_off: int | None = Field(None, description="None when no base lengths were given")
+    degenerate: int = Field(0, description="answers with at least one signal")
+    flags: list[bool] = Field(default_factory=list, description="per answer: degenerate")
+    chars: list[int] = Field(default_factory=list, description="per answer: characters generated")
+
+    def line(self) -> str:
+        parts = [f"{getattr(self, k)} {k.replace('_', ' ')}" for k in KINDS if getattr(self, k)]
+        return f"degenerate {self.degenerate}/{self.n}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+class DegenerationVerdict(_Model):
+    """The tuned model against its base on the same questions: discordant answers and McNemar's exact p."""
+
+    n: int
+    base: int = Field(description="degenerate answers of the base")
+    tuned: int = Field(description="degenerate answers of the fine-tune")
+    base_only: int
+    tuned_only: int
+    p_mcnemar: float
+    flagged: bool = Field(description="significantly more degenerate answers than the base (DEGENERATE)")
+    line: str
+
+
+def units(text: str) -> list[str]:
+    return _UNIT.findall(text)
+
+
+def looping(text: str) -> bool:
+    """A tail that repeats one period at least three times, or a text whose n-grams are mostly repeats."""
+    u = units(text)
+    for p in range(1, min(MAX_PERIOD, len(u) // 3) + 1):
+        run = 0
+        while run < len(u) - p and u[-1 - run] == u[-1 - run - p]:
+            run += 1
+        if run >= 2 * p and run + p >= MIN_TAIL:
+            return True
+    grams = [tuple(u[i:i + NGRAM]) for i in range(len(u) - NGRAM + 1)]
+    return len(u) >= MIN_UNITS and 1 - len(set(grams)) / len(grams) > REPEATED_SHARE
+
+
+def language(text: str) -> str | None:
+    """"zh" or "en" by script (a Latin word weighs about three CJK characters' worth of letters), None when the
+    text has too few letters to tell."""
+    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    if cjk + latin < MIN_LETTERS:
+        return None
+    return "zh" if 3 * cjk >= latin else "en"
+
+
+def signals(question: str, text: str, *, opened: bool = False, base_chars: int | None = None) -> Signals:
+    """The signals of one generated `text` (think block included, as generated) answering `question`. `opened`: the
+    prompt itself opened the think block (R1-style templates). `base_chars`: the base's length on this question."""
+    _, answer = split_think(text, opened)
+    chars = len("".join(text.split()))
+    asked, said = language(question), language(answer or "")
+    off = base_chars is not None and (chars > LENGTH_RATIO * max(base_chars, MIN_CHARS) or
+                                      (base_chars >= MIN_CHARS and chars * LENGTH_RATIO < base_chars))
+    return Signals(looping=looping(text), unclosed_think=answer is None, empty_answer=answer == "",
+                   wrong_language=asked is not None and said is not None and asked != said, length_off=off,
+                   chars=chars)
+
+
+def count(pairs: Sequence[tuple[str, str]], base_lengths: Sequence[int] | None = None, *,
+          opened: bool = False) -> Counts:
+    """Counts over (question, text) pairs; `base_lengths` (the base's `Counts.chars` on the same questions, same order)
+    adds the length check."""
+    if base_lengths is not None and len(base_lengths) != len(pairs):
+        raise ValueError(f"{len(base_lengths)} base lengths for {len(pairs)} answers: count the same questions")
+    each = [signals(q, t, opened=opened, base_chars=base_lengths[i] if base_lengths is not None else None)
+            for i, (q, t) in enumerate(pairs)]
+    totals = {k: sum(getattr(s, k) for s in each) for k in KINDS}
+    if base_lengths is None:
+        totals["length_off"] = None
+    return Counts(n=len(each), **totals, degenerate=sum(s.degenerate for s in each),
+                  flags=[s.degenerate for s in each], chars=[s.chars for s in each])
+
+
+def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVerdict:
+    """DEGENERATE when the fine-tune's degenerate answers outnumber the base's on the same questions and McNemar's
+    exact p is below `alpha`."""
+    if len(base.flags) != len(tuned.flags):
+        raise ValueError(f"degeneration counts over {len(base.flags)} and {len(tuned.flags)} answers do not pair")
+    base_only = sum(b and not t for b, t in zip(base.flags, tuned.flags))
+    tuned_only = sum(t and not b for b, t in zip(base.flags, tuned.flags))
+    p = mcnemar_exact(base_only, tuned_only)
+    flagged = tuned_only > base_only and p < alpha
+    line = (f"degenerate answers: base {base.degenerate}/{base.n} -> tuned {tuned.degenerate}/{tuned.n} "
+            f"(McNemar p={p:.3g})" + (f": DEGENERATE ({tuned.line()})" if flagged else ""))
+    return DegenerationVerdict(n=tuned.n, base=base.degenerate, tuned=tuned.degenerate, base_only=base_only,
+                               tuned_only=tuned_only, p_mcnemar=p, flagged=flagged, line=line)
