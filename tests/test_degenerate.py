@@ -75,6 +75,9 @@ def test_length_blown_up_or_collapsed_against_the_base():
     short = "<think>\n颈椎病。\n</think>\n\n建议就医。"
     tuned = count([(CASE, HEALTHY), (CASE, short), (CASE, HEALTHY * 5)], base.chars)
     assert tuned.length_off == 2 and tuned.flags == [False, True, True]
+    # the paired verdict checks the lengths itself when the counts were made without the base's
+    later = versus(base, count([(CASE, HEALTHY), (CASE, short), (CASE, HEALTHY * 5)]))
+    assert (later.counts.length_off, later.tuned_only) == (2, 2)
 
 
 def test_counts_and_the_paired_verdict_follow_hand_counted_flags():

@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from medscale.data.chat import split_think
-from medscale.eval.result import _Model
-from medscale.eval.stats import mcnemar_exact
 
 NGRAM = 8  # units (a CJK character, a Latin word, a punctuation mark) per n-gram of the repeated-share check
 REPEATED_SHARE = 0.5  # more than half of the n-grams seen earlier in the same text: the text mostly repeats itself
@@ -31,6 +29,11 @@ _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[A-Za-z0-9]+|\S")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
 KINDS = ("looping", "unclosed_think", "empty_answer", "wrong_language", "length_off")
+
+
+class _Model(BaseModel):
+    # not eval.result's base: result.py holds Counts in every BenchResult, so it imports this module
+    model_config = ConfigDict(extra="forbid")
 
 
 class Signals(_Model):
@@ -65,6 +68,14 @@ class Counts(_Model):
     flags: list[bool] = Field(default_factory=list, description="per answer: degenerate")
     chars: list[int] = Field(default_factory=list, description="per answer: characters generated")
 
+    def against(self, base_lengths: Sequence[int]) -> "Counts":
+        """These counts with the length check against the base's lengths on the same questions (same order)."""
+        if len(base_lengths) != self.n:
+            raise ValueError(f"{len(base_lengths)} base lengths for {self.n} answers: count the same questions")
+        off = [length_off(c, b) for c, b in zip(self.chars, base_lengths)]
+        flags = [f or o for f, o in zip(self.flags, off)]
+        return self.model_copy(update={"length_off": sum(off), "flags": flags, "degenerate": sum(flags)})
+
     def line(self) -> str:
         parts = [f"{getattr(self, k)} {k.replace('_', ' ')}" for k in KINDS if getattr(self, k)]
         return f"degenerate {self.degenerate}/{self.n}" + (f" ({', '.join(parts)})" if parts else "")
@@ -81,6 +92,7 @@ class DegenerationVerdict(_Model):
     p_mcnemar: float
     flagged: bool = Field(description="significantly more degenerate answers than the base (DEGENERATE)")
     line: str
+    counts: Counts = Field(description="the fine-tune's counts, lengths checked against the base's")
 
 
 def units(text: str) -> list[str]:
@@ -109,16 +121,22 @@ def language(text: str) -> str | None:
     return "zh" if 3 * cjk >= latin else "en"
 
 
+def length_off(chars: int, base_chars: int) -> bool:
+    """Blown up or collapsed: more than LENGTH_RATIO times the base's length (at least MIN_CHARS), or less than a
+    LENGTH_RATIO-th of a base answer of MIN_CHARS or more."""
+    return chars > LENGTH_RATIO * max(base_chars, MIN_CHARS) or (base_chars >= MIN_CHARS and
+                                                                 chars * LENGTH_RATIO < base_chars)
+
+
 def signals(question: str, text: str, *, opened: bool = False, base_chars: int | None = None) -> Signals:
     """The signals of one generated `text` (think block included, as generated) answering `question`. `opened`: the
     prompt itself opened the think block (R1-style templates). `base_chars`: the base's length on this question."""
     _, answer = split_think(text, opened)
     chars = len("".join(text.split()))
     asked, said = language(question), language(answer or "")
-    off = base_chars is not None and (chars > LENGTH_RATIO * max(base_chars, MIN_CHARS) or
-                                      (base_chars >= MIN_CHARS and chars * LENGTH_RATIO < base_chars))
     return Signals(looping=looping(text), unclosed_think=answer is None, empty_answer=answer == "",
-                   wrong_language=asked is not None and said is not None and asked != said, length_off=off,
+                   wrong_language=asked is not None and said is not None and asked != said,
+                   length_off=base_chars is not None and length_off(chars, base_chars),
                    chars=chars)
 
 
@@ -126,22 +144,22 @@ def count(pairs: Sequence[tuple[str, str]], base_lengths: Sequence[int] | None =
           opened: bool = False) -> Counts:
     """Counts over (question, text) pairs; `base_lengths` (the base's `Counts.chars` on the same questions, same order)
     adds the length check."""
-    if base_lengths is not None and len(base_lengths) != len(pairs):
-        raise ValueError(f"{len(base_lengths)} base lengths for {len(pairs)} answers: count the same questions")
-    each = [signals(q, t, opened=opened, base_chars=base_lengths[i] if base_lengths is not None else None)
-            for i, (q, t) in enumerate(pairs)]
-    totals = {k: sum(getattr(s, k) for s in each) for k in KINDS}
-    if base_lengths is None:
-        totals["length_off"] = None
-    return Counts(n=len(each), **totals, degenerate=sum(s.degenerate for s in each),
-                  flags=[s.degenerate for s in each], chars=[s.chars for s in each])
+    each = [signals(q, t, opened=opened) for q, t in pairs]
+    counts = Counts(n=len(each), **{k: sum(getattr(s, k) for s in each) for k in KINDS if k != "length_off"},
+                    degenerate=sum(s.degenerate for s in each), flags=[s.degenerate for s in each],
+                    chars=[s.chars for s in each])
+    return counts if base_lengths is None else counts.against(base_lengths)
 
 
 def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVerdict:
     """DEGENERATE when the fine-tune's degenerate answers outnumber the base's on the same questions and McNemar's
-    exact p is below `alpha`."""
+    exact p is below `alpha`. The fine-tune's lengths are checked against the base's here when they were not yet."""
+    from medscale.eval.stats import mcnemar_exact  # deferred: stats imports result, which imports this module
+
     if len(base.flags) != len(tuned.flags):
         raise ValueError(f"degeneration counts over {len(base.flags)} and {len(tuned.flags)} answers do not pair")
+    if tuned.length_off is None and len(base.chars) == len(tuned.chars) == tuned.n:
+        tuned = tuned.against(base.chars)
     base_only = sum(b and not t for b, t in zip(base.flags, tuned.flags))
     tuned_only = sum(t and not b for b, t in zip(base.flags, tuned.flags))
     p = mcnemar_exact(base_only, tuned_only)
@@ -149,4 +167,4 @@ def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVer
     line = (f"degenerate answers: base {base.degenerate}/{base.n} -> tuned {tuned.degenerate}/{tuned.n} "
             f"(McNemar p={p:.3g})" + (f": DEGENERATE ({tuned.line()})" if flagged else ""))
     return DegenerationVerdict(n=tuned.n, base=base.degenerate, tuned=tuned.degenerate, base_only=base_only,
-                               tuned_only=tuned_only, p_mcnemar=p, flagged=flagged, line=line)
+                               tuned_only=tuned_only, p_mcnemar=p, flagged=flagged, line=line, counts=tuned)
