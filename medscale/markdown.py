@@ -1,7 +1,7 @@
 """Text from data (questions, answers, labels, file names, notes) placed in the Markdown files medscale writes
 (report.md, compare.md, eval.md, the sweep leaderboard). Markdown viewers render raw HTML, so a `<script>` or an
-`<img onerror>` in a benchmark file would run in the reader's browser; the HTML pages use html.escape, the Markdown
-files these two. A leaf module: every package may use it."""
+`<img onerror>` in a benchmark file would run in the reader's browser; the HTML pages are autoescaped templates
+(medscale.html), the Markdown files use these two. A leaf module: every package may use it."""
 from __future__ import annotations
 
 

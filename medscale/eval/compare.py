@@ -1,11 +1,11 @@
 """`medscale compare`: seed 003's table for any set of models. Each model answers the same questions with the same
 generation settings; per model: total/average time, total/average tokens, tokens/s, the answers side by side
 (think blocks apart), and a reference-overlap score where the question file carries reference answers.
-Markdown and one self-contained HTML page (no scripts, no external assets); the data's text is escaped in both.
+Markdown and one self-contained HTML page (no scripts, no external assets; templates/compare.html, autoescaped); the
+data's text is made inert in both.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from pydantic import Field
@@ -14,6 +14,7 @@ from rapidfuzz.distance import LCSseq
 from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion
 from medscale.eval.result import _Model
+from medscale.html import render
 from medscale.markdown import md_cell, md_text
 from medscale.paths import folder_problem
 from medscale.recipe import GenerationSection
@@ -95,36 +96,8 @@ class CompareResult(_Model):
         return "\n".join(out) + "\n"
 
     def to_html(self) -> str:
-        e = html.escape
-        rows = self.summary_rows()
-        table = ("<table class='summary'><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in rows[0]) +
-                 "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
-                                                  for r in rows[1:]) + "</tbody></table>")
-        blocks = []
-        for i, q in enumerate(self.questions):
-            cells = []
-            for m in self.models:
-                a = m.answers[i]
-                think = (f"<details class='think'><summary>think ({len(a.think)} chars)</summary>"
-                         f"<div>{e(a.think)}</div></details>" if a.think else "")
-                score = f" · ROUGE-L {a.rouge_l:.3f}" if a.rouge_l is not None else ""
-                cells.append(f"<td><div class='meta'>{a.tokens} tokens{score}</div>{think}"
-                             f"<div class='answer'>{e(a.answer) or '<em>(no answer)</em>'}</div></td>")
-            ref = f"<div class='ref'><b>reference</b> {e(q.reference)}</div>" if q.reference else ""
-            blocks.append(f"<h3>{i + 1}. {e(q.prompt)}</h3>{ref}<table class='answers'><thead><tr>" +
-                          "".join(f"<th>{e(m.label)}</th>" for m in self.models) + "</tr></thead><tbody><tr>" +
-                          "".join(cells) + "</tr></tbody></table>")
-        return (f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>medscale compare</title>"
-                f"<style>{_CSS}</style></head><body><h1>Model comparison</h1><p class='settings'>"
-                f"{e(_settings_line(self.settings))}</p>{table}{''.join(blocks)}</body></html>")
-
-
-_CSS = ("body{font-family:system-ui,'Noto Sans CJK SC','Microsoft YaHei',sans-serif;margin:2em;color:#1b1f24;"
-        "background:#fff}table{border-collapse:collapse;margin:1em 0;width:100%}th,td{border:1px solid #c9d1d9;"
-        "padding:6px 10px;vertical-align:top;text-align:left}th{background:#dbe9ff}table.summary td{font-variant-"
-        "numeric:tabular-nums}.answer{white-space:pre-wrap}.think{color:#57606a;margin-bottom:.5em}.think div{"
-        "white-space:pre-wrap;background:#f6f8fa;padding:.5em}.meta{color:#57606a;font-size:.85em}.ref{background:"
-        "#fff8c5;padding:.5em;white-space:pre-wrap}.settings{color:#57606a}")
+        return render("compare.html", settings=_settings_line(self.settings), summary=self.summary_rows(),
+                      questions=self.questions, models=self.models)
 
 
 def _settings_line(s: dict) -> str:

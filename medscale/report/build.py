@@ -17,7 +17,6 @@ coefficient of variation is the population standard deviation of the logged grad
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from medscale.errors import UserError
 from medscale.eval.stored import base_result, final_results, paired
+from medscale.html import render
 from medscale.jobs.record import RunSummary, write_bytes_atomic, write_text_atomic
 from medscale.markdown import md_cell, md_text
 from medscale.registry import MetricRow, Registry
@@ -49,6 +49,7 @@ class Run:
     metrics: list[MetricRow]
     summary: RunSummary | None = None
     reached: int = 0  # the furthest step its record or its heartbeats saw (it may have logged last before it)
+    description: str = ""  # its recipe's one line
 
     def series(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, getattr(m, key)) for m in self.metrics if getattr(m, key) is not None]
@@ -120,7 +121,7 @@ def _run(reg: Registry, job_id: int, label: str | None, base: str | None) -> Run
     summary = RunSummary.load(job.output_dir) if Path(job.output_dir).is_dir() else None
     reached = max(job.step or 0, summary.global_step if summary else 0)
     return Run(label or job.name, job_id, job.name, job.status, job.output_dir, base, reg.metrics(job_id), summary,
-               reached)
+               reached, str(recipe.get("description") or ""))
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -181,7 +182,7 @@ def _overview(run: Run) -> dict:
     base = next((v for s, v in evals if s == 0), None)
     final = evals[-1][1] if evals and evals[-1][0] > 0 else None
     middle = at(lr, round(run.last_step / 2)) if lr else None
-    return {"run": run.label, "status": run.status, "steps": run.last_step,
+    return {"run": run.label, "recipe": run.description, "status": run.status, "steps": run.last_step,
             "loss_first": loss[0][1] if loss else None, "loss_final": loss[-1][1] if loss else None,
             "eval_loss_base": base, "eval_loss_final": final, "eval_loss_change_pct": pct(base, final),
             "grad_norm_min": min(norms) if norms else None, "grad_norm_max": max(norms) if norms else None,
@@ -286,9 +287,11 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append((title, ["step", *report.runs, *[f"{o} vs {first}" for o in others]],
                     [[str(r["step"]), *[_fmt(r[x]) for x in report.runs],
                       *[_fmt(r[f"{o} vs {first} %"], "pct") for o in others]] for r in rows]))
-    out.append(("Overview", ["run", "status", "steps", "loss first → final", "eval loss base → final (change)",
-                             "grad-norm range", "grad-norm CV", "lr start / middle / end"],
-                [[o["run"], o["status"], str(o["steps"]), f"{_fmt(o['loss_first'])} → {_fmt(o['loss_final'])}",
+    out.append(("Overview", ["run", "recipe", "status", "steps", "loss first → final",
+                             "eval loss base → final (change)", "grad-norm range", "grad-norm CV",
+                             "lr start / middle / end"],
+                [[o["run"], o["recipe"], o["status"], str(o["steps"]),
+                  f"{_fmt(o['loss_first'])} → {_fmt(o['loss_final'])}",
                   f"{_fmt(o['eval_loss_base'])} → {_fmt(o['eval_loss_final'])} "
                   f"({_fmt(o['eval_loss_change_pct'], 'pct')})",
                   f"{_fmt(o['grad_norm_min'])}–{_fmt(o['grad_norm_max'])}", _fmt(o["grad_norm_cv"]),
@@ -334,28 +337,11 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-CSS = """body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0 24px}
-th{background:#1f4e79;color:#fff;padding:4px 10px;text-align:left}td{border:1px solid #c8d3e0;padding:3px 10px}
-tr:nth-child(even) td{background:#f2f6fb}img{max-width:100%;border:1px solid #ddd;margin:6px}
-.figs{display:flex;flex-wrap:wrap}.wide{overflow-x:auto}"""
-
-
 def to_html(report: Report, images: dict[str, bytes]) -> str:
     """One page, no external asset: the tables, then the figures as data: URIs."""
-    e = html.escape
-    body = [f"<h1>medscale report: {e(report.title)}</h1>",
-            f"<p>Steps {e(', '.join(map(str, report.steps)))}; – = not reached or not logged; changes against "
-            f"{e(report.runs[0])}.</p>", *(f"<p>{e(n)}</p>" for n in report.notes)]
-    for title, header, rows in tables(report):
-        body.append(f"<h2>{e(title)}</h2><div class='wide'><table><tr>"
-                    + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-                    + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-                    + "</table></div>")
-    body.append("<h2>Curves</h2><div class='figs'>" + "".join(
-        f"<img alt='{e(label)}' src='data:image/png;base64,{base64.b64encode(images[key]).decode()}'>"
-        for key, label in FIGURES if key in images) + "</div>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medscale report</title><style>{CSS}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+    return render("report.html", title=report.title, steps=report.steps, first=report.runs[0], notes=report.notes,
+                  tables=tables(report), figures=[(label, base64.b64encode(images[key]).decode())
+                                                  for key, label in FIGURES if key in images])
 
 
 def write_report(reg: Registry, refs: list[str], out: Path,
