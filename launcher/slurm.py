@@ -229,7 +229,7 @@ def _one_line(text: str) -> str:
 
 
 def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str],
-                  launch: LaunchInfo | None = None, entry: str = "train") -> str:
+                  launch: LaunchInfo | None = None, *, entry: str = "train") -> str:
     """A batch script that sources slurm/common.sh and runs the recipe's entry; `opts` already resolved."""
     gpus = _gpu_count(opts.gpus_per_node)
     lines = [f"--job-name={opts.job_name}", f"--nodes={opts.nodes}",
@@ -333,7 +333,7 @@ class SlurmLauncher:
                               f"newest verified checkpoint; to start it anew, `scancel {last}` first")
         command = ["sbatch", "--parsable"]
         launch = LaunchInfo("slurm", options=o.to_dict())
-        script = render_script(ref, overrides, o, command, launch, request.entry.kind.value)
+        script = render_script(ref, overrides, o, command, launch, entry=request.entry.kind.value)
         return SlurmPlan(LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), o, overrides, script,
                          command, report)
 

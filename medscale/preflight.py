@@ -198,8 +198,9 @@ def _data(recipe: Recipe, report: Report, missing_is_error: bool, read: bool, co
                 counts = {}
                 try:
                     n = sum(1 for _ in iter_conversations(src.path, src.format, d.prompt_field, d.system_prompt,
-                                                          src.limit, d.on_bad_record, d.max_bad_fraction, counts,
-                                                          src.skip))
+                                                          src.limit, on_bad_record=d.on_bad_record,
+                                                          max_bad_fraction=d.max_bad_fraction, counts=counts,
+                                                          skip=src.skip))
                     n = min(n, src.sample) if src.sample else n
                 except DataError as e:
                     report.error("data", str(e))

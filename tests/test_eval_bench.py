@@ -170,7 +170,7 @@ def test_eval_prompt_is_the_prefix_training_gives_the_answer(tmp_path, request, 
     q = b.questions[0]
     msgs = mcq_messages(q, "zh", "letter", b.shots_for(q, 2), system_prompt="你是医生")
     text, spans = render_with_spans(tok, msgs + [{"role": "assistant", "content": "A"}])
-    prompt = mcq_prompt(tok, b, q, "letter", 2, "你是医生")
+    prompt = mcq_prompt(tok, b, q, "letter", 2, system_prompt="你是医生")
     assert prompt == render_prompt(tok, msgs, False) and spans[-1][0] == len(prompt) and text.startswith(prompt)
     assert sum(m["role"] == "assistant" for m in msgs) == 2 and q not in b.shots_for(q, 3)
 

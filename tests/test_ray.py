@@ -224,7 +224,7 @@ def test_local_mode_reports_each_verified_save_from_the_trainer_callback(tmp_pat
     overrides = [f"train.output_dir={tmp_path}/out"]
     r = load_recipe("tiny-demo", overrides)
     trainer = ray_launcher.build_trainer(r, ray_launcher.recipe_source("tiny-demo"), overrides,
-                                         RayOptions(), False, "job-1", num_workers_override=0)
+                                         RayOptions(), False, job_id="job-1", num_workers_override=0)
     result = trainer.fit()
     assert (seen["launch"].launcher, seen["launch"].ids) == ("ray", {"ray_job_id": "job-1"})
     [cb] = seen["callbacks"]
@@ -265,7 +265,7 @@ def test_a_preempted_attempt_makes_ray_restart_a_cancelled_one_does_not(status, 
     monkeypatch.setattr(run_module, "run", stopped_run)
     overrides = [f"train.output_dir={tmp_path}/out"]
     trainer = ray_launcher.build_trainer(load_recipe("tiny-demo", overrides), ray_launcher.recipe_source("tiny-demo"),
-                                         overrides, RayOptions(), False, None, num_workers_override=0)
+                                         overrides, RayOptions(), False, job_id=None, num_workers_override=0)
     if status == "preempted":  # raised out of train_func: Ray's FailureConfig restarts the worker group
         with pytest.raises(AttemptStopped):
             trainer.fit()

@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def build_trainer(recipe: Recipe, source: dict, overrides: list[str], opts: RayOptions, use_gpu: bool,
+def build_trainer(recipe: Recipe, source: dict, overrides: list[str], opts: RayOptions, use_gpu: bool, *,
                   job_id: str | None, num_workers_override: int | None = None, entry: str = "train"):
     from ray.train.torch import TorchTrainer
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = opts.use_gpu if opts.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     print(f"medscale: {recipe.name}: {num_workers(recipe)} Ray Train worker(s) on {'GPU' if use_gpu else 'CPU'}, "
           f"max_failures={opts.max_failures}, Ray job id {job_id}, output {recipe.train.output_dir}", flush=True)
-    trainer = build_trainer(recipe, source, args.overrides, opts, use_gpu, job_id, entry=args.entry)
+    trainer = build_trainer(recipe, source, args.overrides, opts, use_gpu, job_id=job_id, entry=args.entry)
     try:
         result = trainer.fit()
     except TrainingFailedError as e:

@@ -25,7 +25,7 @@ def check_shard_size(value: str) -> None:
 
 @app.command("export")
 def export(job: str = typer.Argument(..., help="a job (id, name or output dir), a checkpoint folder or an adapter"),
-           checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="export checkpoint-N (default: the "
+           *, checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="export checkpoint-N (default: the "
                                                                                "final adapter)"),
            merge: bool = typer.Option(False, "--merge", help="fold the adapter into the base weights (a "
                                                              "transformers/vLLM folder)"),

@@ -33,7 +33,7 @@ def _problems(report) -> None:
 
 
 @submit_app.command("slurm")
-def submit_slurm(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES,
+def submit_slurm(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES, *,
                  nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="nodes (default: the recipe's "
                                                      "dist.num_machines)"),
                  gpus_per_node: Optional[str] = typer.Option(None, "--gpus-per-node", help="GPUs per node, N or "
@@ -76,7 +76,7 @@ def submit_slurm(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDE
 
 
 @submit_app.command("ray")
-def submit_ray(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES,
+def submit_ray(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES, *,
                address: Optional[str] = typer.Option(None, "--address", help="the cluster's dashboard (job server) "
                                                      "address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"),
                dry_run: bool = typer.Option(False, "--dry-run", help="print the equivalent `ray job submit` "

@@ -39,7 +39,7 @@ def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | 
 @sweep_app.command("run")
 def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.g. r1-distill-seed004), or a recipe "
                                              "with --grid"),
-        overrides: Optional[list[str]] = OVERRIDES,
+        overrides: Optional[list[str]] = OVERRIDES, *,
         grid: list[str] = typer.Option([], "--grid", help="key=v1,v2: an axis of the grid (repeatable)"),
         random_n: Optional[int] = typer.Option(None, "--random", help="run a seeded random N of the cells"),
         bases: Optional[list[str]] = typer.Option(None, "--bases", help="base models ranked beside the trials: "

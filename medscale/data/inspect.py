@@ -33,7 +33,7 @@ def render_segments(segs: list[tuple[str, bool]], color: bool) -> str:
     return "".join(f"[[{t}]]" if trained else t for t, trained in segs)
 
 
-def data_stats(path: str, tok, max_len: int = 2048, batch_size: int = 4, fmt: str = "auto", seed: int = 0,
+def data_stats(path: str, tok, max_len: int = 2048, batch_size: int = 4, fmt: str = "auto", *, seed: int = 0,
                counts: dict | None = None, **load_kw) -> dict:
     """Length statistics with the tokenizer's chat template, padding waste of random pad-to-longest batches,
     and packing efficiency into rows of max_len x batch_size tokens. `counts` receives what the read found (bad

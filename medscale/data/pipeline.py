@@ -75,8 +75,9 @@ def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict,
     for i, src in enumerate(sources):
         bad_before = counts.get("bad_records", 0)
         got = _on_disk(_raw_rows(iter_conversations(src.path, src.format, data.prompt_field, data.system_prompt,
-                                                    src.limit, data.on_bad_record, data.max_bad_fraction, counts,
-                                                    src.skip)),
+                                                    src.limit, on_bad_record=data.on_bad_record,
+                                                    max_bad_fraction=data.max_bad_fraction, counts=counts,
+                                                    skip=src.skip)),
                        work / f"{group}-{i}.arrow", _features(messages="string", prompt="string", reasoning="bool"))
         if (picked := sample_indices(len(got), src.sample, f"{seed}:{src.path}")) is not None:
             got = got.select(picked)

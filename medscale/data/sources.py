@@ -161,7 +161,7 @@ def _mixed_hint(rec: dict, fmt: str, detected_at: int | None) -> str:
 
 
 def iter_conversations(path: str, fmt: str = "auto", prompt_field: str = "question",
-                       system_prompt: str | None = None, limit: int | None = None, on_bad_record: str = "error",
+                       system_prompt: str | None = None, limit: int | None = None, *, on_bad_record: str = "error",
                        max_bad_fraction: float = 0.01, counts: dict | None = None,
                        skip: int = 0) -> Iterator[list[dict]]:
     """The conversations of one source, in file order, one at a time as the files are read: after the first `skip`

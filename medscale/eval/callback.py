@@ -26,7 +26,7 @@ class BenchmarkCallback(TrainerCallback):
     without it they are added to the evaluation's metrics and to its entry of `state.log_history`."""
 
     def __init__(self, benchmarks: list[Benchmark], mode: str = "letter", shots: int = 0, batch_size: int = 8,
-                 system_prompt: str | None = None, generation: GenerationSection | None = None,
+                 system_prompt: str | None = None, *, generation: GenerationSection | None = None,
                  base: dict[str, BenchResult] | None = None, log: Callable[[dict], None] | None = None,
                  control: dict | None = None):
         self.benchmarks, self.mode, self.shots, self.batch_size = benchmarks, mode, shots, batch_size
@@ -44,13 +44,14 @@ class BenchmarkCallback(TrainerCallback):
                         batch_size=e.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt,
                         data_dir=e.data_dir, seed=recipe.train.seed) if e.control else None)
         return cls(benches, e.benchmark_mode, e.shots, e.per_device_eval_batch_size, recipe.data.system_prompt,
-                   recipe.generation, control=control, **kw)
+                   generation=recipe.generation, control=control, **kw)
 
     def _score(self, model, tok, bench: Benchmark, label: str, step: int) -> BenchResult:
-        return evaluate_benchmark(model, tok, bench, self.mode, self.shots, self.batch_size, self.system_prompt,
-                                  self.generation, {"label": label, "step": step})
+        return evaluate_benchmark(model, tok, bench, self.mode, self.shots, batch_size=self.batch_size,
+                                  system_prompt=self.system_prompt, generation=self.generation,
+                                  model_meta={"label": label, "step": step})
 
-    def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
+    def on_evaluate(self, args, state, control, *, model=None, processing_class=None, metrics=None, **kwargs):
         from medscale.eval.verdict import without_adapter
 
         logs: dict[str, float] = {}

@@ -28,7 +28,7 @@ def is_sft_data(path: str) -> bool:
 
 
 @torch.no_grad()
-def control_loss(model, tok, path: str, max_length: int = 1024, limit: int | None = None, batch_size: int = 4,
+def control_loss(model, tok, path: str, max_length: int = 1024, limit: int | None = None, *, batch_size: int = 4,
                  system_prompt: str | None = None) -> ControlResult:
     """Mean per-token cross-entropy over the answer tokens of the control conversations (the first `limit`), each
     cut to `max_length` tokens from the end of its answer. Distributed: shards records, sums across processes."""
@@ -71,7 +71,7 @@ def measure_control(model, tok, path: str, *, limit: int | None = None, max_leng
                     model_meta: dict | None = None) -> ControlResult:
     """The control measurement of `model`: loss for SFT data, accuracy (letter mode) for a multiple-choice set."""
     if is_sft_data(path):
-        result = control_loss(model, tok, path, max_length, limit, batch_size, system_prompt)
+        result = control_loss(model, tok, path, max_length, limit, batch_size=batch_size, system_prompt=system_prompt)
     else:
         bench = load_benchmark(path, data_dir).subset(limit, seed)
         outcomes, _ = score(model, tok, bench, "letter", batch_size=batch_size, system_prompt=system_prompt)

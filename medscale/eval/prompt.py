@@ -59,7 +59,7 @@ def mcq_messages(q: Question, language: str, mode: str = "letter", shots: list[Q
     return msgs
 
 
-def mcq_prompt(tok, bench: Benchmark, q: Question, mode: str = "letter", shots: int = 0,
+def mcq_prompt(tok, bench: Benchmark, q: Question, mode: str = "letter", shots: int = 0, *,
                system_prompt: str | None = None, enable_thinking: bool | None = None) -> str:
     """The rendered text the model continues. Letter and option modes answer without thinking (the empty think
     block, as training renders an answer without reasoning); generate mode follows `enable_thinking`."""

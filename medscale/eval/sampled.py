@@ -112,7 +112,7 @@ def unclustered_interval(samples: list[Sample]) -> tuple[float, float]:
     return wilson(sum(s.ok for s in samples), len(samples))
 
 
-def paired_sampled_verdict(a: list[Sample], b: list[Sample], resamples: int = RESAMPLES, seed: int = SEED,
+def paired_sampled_verdict(a: list[Sample], b: list[Sample], resamples: int = RESAMPLES, seed: int = SEED, *,
                            benchmark: str = "", a_label: str = "A", b_label: str = "B") -> Verdict:
     """B against A on the same questions, each question's pass rate averaged over its samples: the interval is a
     bootstrap of the per-question differences; McNemar's p is on the majority-vote answers (a binary per question);

@@ -81,7 +81,7 @@ def _letter_ids(tok, letters: str) -> dict[str, int]:
 
 def _score_letter(model, tok, bench: Benchmark, qs: list[Question], shots: int, batch_size: int,
                   system_prompt: str | None, bar) -> list[Outcome]:
-    prompts = [mcq_prompt(tok, bench, q, "letter", shots, system_prompt) for q in qs]
+    prompts = [mcq_prompt(tok, bench, q, "letter", shots, system_prompt=system_prompt) for q in qs]
     seqs = tok(prompts, add_special_tokens=False)["input_ids"]
     letter_id = _letter_ids(tok, "ABCDEFGHIJ")
     out: list[Outcome | None] = [None] * len(qs)
@@ -98,7 +98,7 @@ def _score_option(model, tok, bench: Benchmark, qs: list[Question], shots: int, 
                   system_prompt: str | None, bar) -> list[Outcome]:
     """Mean log-likelihood per token of each option's text as the answer (length-normalised, so long options are
     not penalised for their length)."""
-    prompts = tok([mcq_prompt(tok, bench, q, "option", shots, system_prompt) for q in qs],
+    prompts = tok([mcq_prompt(tok, bench, q, "option", shots, system_prompt=system_prompt) for q in qs],
                   add_special_tokens=False)["input_ids"]
     pairs = [(i, letter) for i, q in enumerate(qs) for letter in q.options]
     conts = tok([qs[i].options[letter] for i, letter in pairs], add_special_tokens=False)["input_ids"]

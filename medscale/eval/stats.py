@@ -97,7 +97,7 @@ def verdict_word(ci_low: float, ci_high: float) -> str:
     return "better" if ci_low > 0 else "worse" if ci_high < 0 else "no detectable difference"
 
 
-def paired_verdict(a: BenchResult, b: BenchResult, resamples: int = RESAMPLES, seed: int = SEED,
+def paired_verdict(a: BenchResult, b: BenchResult, resamples: int = RESAMPLES, seed: int = SEED, *,
                    a_label: str | None = None, b_label: str | None = None) -> Verdict:
     """B (e.g. the fine-tune) against A (e.g. its base), question by question."""
     a_by = {o.id: o for o in a.outcomes}

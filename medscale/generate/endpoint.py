@@ -31,7 +31,7 @@ class _Retryable(Exception):
 
 
 class EndpointBackend:
-    def __init__(self, url: str, model: str | None = None, concurrency: int = 8, timeout: float = 600.0,
+    def __init__(self, url: str, model: str | None = None, *, concurrency: int = 8, timeout: float = 600.0,
                  retries: int = 4, backoff: float = 1.0, api_key_env: str = "OPENAI_API_KEY"):
         self.base = url.rstrip("/").removesuffix("/chat/completions")
         self.base = self.base if self.base.endswith("/v1") else self.base + "/v1"

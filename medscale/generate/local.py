@@ -79,7 +79,7 @@ class LocalBackend:
     """`run(jobs, settings, limit, on_done)`: extends each job by up to `limit` tokens; `on_done(job)` for each job
     that ends (end-of-turn or limit). `mode`: auto (continuous batching on CUDA, else padded), cb, or padded."""
 
-    def __init__(self, model, tok, mode: str = "auto", batch_size: int = 8, cb_config: dict | None = None,
+    def __init__(self, model, tok, *, mode: str = "auto", batch_size: int = 8, cb_config: dict | None = None,
                  ignore_eos: bool = False, enable_thinking: bool | None = None, chunk: int = 256):
         self.model, self.tok, self.batch_size, self.cb_config = model, tok, batch_size, cb_config or {}
         self.enable_thinking = enable_thinking  # the chat template's switch (Qwen3); None: the template's default

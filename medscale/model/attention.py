@@ -58,7 +58,7 @@ def block_causal_mask(cu_seqlens: torch.Tensor, batch: int, length: int) -> torc
     return ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+def varlen_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0, scaling=None,
                              sliding_window=None, cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None,
                              max_length_k=None, position_ids=None, **kwargs):
     """transformers attention signature: query (B, Hq, T, D), key/value (B, Hkv, T, D) ->
