@@ -25,3 +25,23 @@ BUILTINS: dict[str, Builtin] = {
     "mmlu-med": Builtin("medllm_qa_benchmark/en/mmlu_en_medical.jsonl", "en", "aistairc/medLLM_QA_benchmark data/en"),
 }
 MEDICAL_ZH = tuple(name for name, b in BUILTINS.items() if b.language == "zh")  # `medscale eval` without --bench
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """Open questions for `medscale judge --questions NAME`: answered in words, judged, never scored by letter."""
+
+    path: str  # under the eval data dir; or a file medscale ships under medscale/judge/questions (shipped=True)
+    origin: str
+    shipped: bool = False
+
+
+OPEN_SETS: dict[str, OpenSet] = {
+    "seed004": OpenSet("seed004.jsonl", "seed 004's standard case (28岁程序员，常年熬夜，头晕目眩，恶心) and nine "
+                                        "variations written for medscale", shipped=True),
+    "cmb-clin": OpenSet("cmb_clin/CMB-test-qa.json", "FreedomIntelligence/CMB Data/CME-test-qa/CMB-test-qa.json "
+                                                     "(CMB-Clin: 74 cases, 208 questions with reference answers)"),
+    "huatuo100": OpenSet("huatuogpt2/huatuo100_inst_GPT4.json", "FreedomIntelligence/HuatuoGPT-II "
+                                                                 "evaluation/data/huatuo100_inst/GPT4.json (100 "
+                                                                 "questions, GPT-4's answers as references)"),
+}

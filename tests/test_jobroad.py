@@ -22,12 +22,12 @@ def test_job_kinds_are_one_enum_and_the_entries_are_derived_from_it():
     from medscale.jobs.launch import ENTRIES, entry_for
 
     assert [k.value for k in JobKind] == ["train", "eval", "trial", "judge", "serve"]
-    assert list(ENTRIES) == ["train", "eval", "trial"]  # the kinds that have a road today
-    assert {e.kind for e in ENTRIES.values()} == {JobKind.TRAIN, JobKind.EVAL, JobKind.TRIAL}
-    assert [entry_for(k).module for k in ("train", "eval", "trial")] == ["medscale.train", "medscale.eval",
-                                                                          "medscale.sweep"]
-    with pytest.raises(UserError, match="judge"):
-        entry_for("judge")
+    assert list(ENTRIES) == ["train", "eval", "trial", "judge"]  # the kinds that have a road today
+    assert {e.kind for e in ENTRIES.values()} == {JobKind.TRAIN, JobKind.EVAL, JobKind.TRIAL, JobKind.JUDGE}
+    assert [entry_for(k).module for k in ("train", "eval", "trial", "judge")] == ["medscale.train", "medscale.eval",
+                                                                                   "medscale.sweep", "medscale.judge"]
+    with pytest.raises(UserError, match="serve"):
+        entry_for("serve")
 
 
 def test_the_one_entry_dispatches_on_the_kind_without_importing_torch_first():
@@ -35,10 +35,10 @@ def test_the_one_entry_dispatches_on_the_kind_without_importing_torch_first():
              "entry_for('eval'); print('torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
-    p = subprocess.run([sys.executable, "-m", "medscale.jobs", "judge", "x"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "medscale.jobs", "serve", "x"], capture_output=True, text=True,
                        cwd=REPO, timeout=120)
-    assert p.returncode == 2 and "judge" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    for alias in ("medscale.train", "medscale.eval", "medscale.sweep", "medscale.jobs"):  # aliases answer --help
+    assert p.returncode == 2 and "serve" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    for alias in ("medscale.train", "medscale.eval", "medscale.sweep", "medscale.judge", "medscale.jobs"):
         p = subprocess.run([sys.executable, "-m", alias, "--help"], capture_output=True, text=True, cwd=REPO,
                            timeout=120)
         assert p.returncode == 0 and "python -m medscale.jobs" in p.stdout, (alias, p.stdout, p.stderr)

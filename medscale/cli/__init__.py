@@ -15,6 +15,7 @@ from medscale.cli.data import data_app
 from medscale.cli.eval import app as eval_commands
 from medscale.cli.export import app as export_commands
 from medscale.cli.jobs import jobs_app
+from medscale.cli.judge import app as judge_commands
 from medscale.cli.report import app as report_commands
 from medscale.cli.submit import submit_app
 from medscale.cli.sweep import sweep_app
@@ -31,7 +32,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks ins
         os.environ[settings.DEBUG.name] = "1"
 
 
-for _group in (train_commands, eval_commands, report_commands, export_commands):
+for _group in (train_commands, eval_commands, judge_commands, report_commands, export_commands):
     for _cmd in _group.registered_commands:
         app.registered_commands.append(_cmd)
 app.add_typer(recipe_app, name="recipe")

@@ -173,7 +173,7 @@ def launch_eval(spec, launcher_name: str, options: dict, dry_run: bool) -> int:
 
     if launcher_name not in ("local", "slurm", "ray"):
         raise UserError(f"--launcher {launcher_name}: use local, slurm or ray")
-    backend, entry = launchers()[launcher_name], entry_for("eval")
+    backend, entry = launchers()[launcher_name], entry_for(spec.kind)
     if not dry_run:  # bad input is one line before anything is written (the launcher checks again where it runs)
         entry.check(spec, devices=False, paths_must_exist=launcher_name == "local").raise_if_failed()
     ref = str(spec.write())  # the job file every process reads

@@ -3,8 +3,8 @@ where each kind's code lives (imported only when a job of that kind runs, so thi
 
 A kind is a road: `load(ref, overrides) -> spec` (the typed spec a launcher carries, re-read on every node),
 `check(spec, devices=...) -> preflight Report` (what a launcher's prepare records), and `run(spec, launch,
-callbacks) -> result` (what every process of the job runs). `judge` and `serve` are named now so rows and
-commands can say them; they get a road when their packages arrive.
+callbacks) -> result` (what every process of the job runs). `serve` is named now so rows and commands can say
+it; it gets a road when its package arrives.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class JobKind(str, Enum):
     TRAIN = "train"
     EVAL = "eval"
     TRIAL = "trial"  # a sweep's cell: train, then eval
-    JUDGE = "judge"  # open answers judged (no road yet)
+    JUDGE = "judge"  # open answers judged
     SERVE = "serve"  # a model served (no road yet)
 
     def __str__(self) -> str:
@@ -60,6 +60,8 @@ ROADS = {
                        "medscale.preflight:check_eval_launch"),
     JobKind.TRIAL: Road("medscale.sweep", "medscale.sweep.trial:run_trial", "medscale.recipe:load_recipe",
                         "medscale.preflight:check_launch"),
+    JobKind.JUDGE: Road("medscale.judge", "medscale.judge.spec:run_judge_job", "medscale.judge.spec:load_judge_spec",
+                        "medscale.judge.spec:check_judge_launch"),
 }
 
 
