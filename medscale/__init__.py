@@ -29,10 +29,14 @@ QUIET_LOGGERS = {"alembic": "WARNING", "httpx": "WARNING", "urllib3": "WARNING",
 
 
 def setup_logging() -> None:
-    """INFO for medscale's own lines; libraries' chatter only when something is wrong (every entry point: the CLI
-    and each training process)."""
+    """medscale's own lines at MEDSCALE_LOG_LEVEL (INFO; `-q` / `-v` set it, and the processes a launcher starts
+    inherit it); libraries' chatter only when something is wrong (every entry point: the CLI and each training
+    process). `-v` opens medscale's debug lines, not every library's."""
     import logging
 
+    level = settings.LOG_LEVEL.get()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(max(logging.INFO, logging.getLevelName(level)))
+    logging.getLogger("medscale").setLevel(level)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)

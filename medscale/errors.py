@@ -144,14 +144,14 @@ def user_errors():
         with quiet_libraries():
             yield
     except UserError as e:
-        if debugging():
-            raise
+        _traceback_if_debugging()
         _say(f"medscale: error: {e}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except OSError as e:
         line = os_error_line(e)
-        if line is None or debugging():
+        if line is None:
             raise
+        _traceback_if_debugging()
         _say(f"medscale: error: {line}")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except AttemptStopped as e:
@@ -166,10 +166,18 @@ def user_errors():
         _say(f"medscale: failed: {e}")
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # Ctrl-C twice: the attempt's record says where the next run resumes
-        if debugging():
-            raise
+        _traceback_if_debugging()
         _say("medscale: stopped at once (Ctrl-C twice), without saving")
         raise SystemExit(EXIT_CANCELLED) from None
+
+
+def _traceback_if_debugging() -> None:
+    """--debug shows the traceback of the error being handled, then the one line and the same exit code: a script
+    that tells bad input (2) from a crash (1) reads the same code with --debug."""
+    if debugging():
+        import traceback
+
+        traceback.print_exc()
 
 
 def _say(line: str) -> None:

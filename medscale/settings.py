@@ -28,6 +28,12 @@ def _flag(raw: str) -> bool:
     return raw not in ("0", "false")
 
 
+def _log_level(raw: str) -> str:
+    if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected debug, info, warning or error")
+    return raw.upper()
+
+
 def _auto_bool(raw: str) -> bool | None:
     return None if raw == "auto" else raw.lower() in ("1", "true", "yes")
 
@@ -96,6 +102,8 @@ HEARTBEAT_S = _declare("HEARTBEAT_S", "seconds between rank-0 heartbeats; an att
                        float, default="30")
 DEBUG = _declare("DEBUG", "tracebacks instead of one-line errors, as `--debug` (any value but 0 or false)", _flag,
                  default="0")
+LOG_LEVEL = _declare("LOG_LEVEL", "how much medscale logs: warning (as `-q`), info, or debug (as `-v`); error: "
+                                  "only errors", _log_level, default="info")
 RAY_MAX_FAILURES = _declare("RAY_MAX_FAILURES", "Ray worker-group restarts before the job fails "
                                                 "(`--max-failures`)", int, default="3")
 RAY_STORAGE_PATH = _declare("RAY_STORAGE_PATH", "shared storage for Ray's run dir (`--storage-path`)",

@@ -13,6 +13,8 @@ from medscale.cli.app import App
 data_app = App(no_args_is_help=True, help="Look at data before spending GPU hours on it.")
 
 TOKENIZER = typer.Option(None, help="tokenizer or model folder (default: medscale's toy demo tokenizer)")
+FILE = typer.Argument(..., help="a data file or folder (JSONL, JSON, CSV or Parquet records)")
+FORMAT = typer.Option("auto", "--format", help="record layout (default: detected)")
 
 
 def _is_demo_data(file: str) -> bool:
@@ -71,8 +73,7 @@ def _format_name(counts: dict, forced: str) -> str:
 
 
 @data_app.command("inspect")
-def data_inspect(file: str, tokenizer: Optional[Path] = TOKENIZER,
-                 format: str = typer.Option("auto", "--format", help="record layout (default: detected)"),
+def data_inspect(file: str = FILE, tokenizer: Optional[Path] = TOKENIZER, format: str = FORMAT,
                  n: int = typer.Option(3, "--n", help="records to show"),
                  system_prompt: Optional[str] = typer.Option(None, help="system prompt to add")) -> None:
     """Show N records as the model sees them, the loss-carrying tokens marked."""
@@ -100,10 +101,10 @@ def data_inspect(file: str, tokenizer: Optional[Path] = TOKENIZER,
 
 
 @data_app.command("stats")
-def data_stats(file: str, tokenizer: Optional[Path] = TOKENIZER,
+def data_stats(file: str = FILE, tokenizer: Optional[Path] = TOKENIZER,
                *, max_len: int = typer.Option(2048, "--max-len", help="tokens per sample (data.max_length)"),
                batch_size: int = typer.Option(4, "--batch-size", help="samples per micro-batch"),
-               format: str = typer.Option("auto", "--format"), skip_bad: bool = typer.Option(False, help="skip bad records"),
+               format: str = FORMAT, skip_bad: bool = typer.Option(False, help="skip bad records"),
                as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
     """Records, token mean/median/p90/max, over-length count, padding waste and packing efficiency."""
     from medscale.data.inspect import data_stats as compute

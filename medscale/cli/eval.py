@@ -38,8 +38,12 @@ def _generation(recipe: Optional[str], temperature, top_p, top_k, max_new_tokens
 def _gen_options():
     return dict(
         temperature=typer.Option(None, "--temperature", help="default: the recipe's generation.temperature (0.7)"),
-        top_p=typer.Option(None, "--top-p"), top_k=typer.Option(None, "--top-k"),
-        max_new_tokens=typer.Option(None, "--max-new-tokens"),
+        top_p=typer.Option(None, "--top-p", help="sample from the most likely tokens that together hold this share "
+                                                  "of the probability (default: the recipe's generation.top_p)"),
+        top_k=typer.Option(None, "--top-k", help="sample from this many most likely tokens (default: the recipe's "
+                                                  "generation.top_k)"),
+        max_new_tokens=typer.Option(None, "--max-new-tokens", help="the longest answer, in tokens (default: the "
+                                                                    "recipe's generation.max_new_tokens)"),
         think=typer.Option(None, "--think/--no-think", help="Qwen3 thinking on/off (default: the template's)"),
         think_budget=typer.Option(None, "--think-budget", help="force </think> after this many tokens"))
 
@@ -63,7 +67,7 @@ def eval_cmd(model: str = MODEL,
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="a fixed random subset of N questions "
                                                  "per benchmark"),
              seed: int = typer.Option(0, "--seed", help="seed of the --limit subset"),
-             batch_size: int = typer.Option(8, "--batch-size", min=1),
+             batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions scored together"),
              data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where built-in benchmarks live "
                                                     "(default: $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval)"),
              question_field: Optional[str] = typer.Option(None, "--question-field", help="field with the question"),
@@ -219,19 +223,21 @@ def _model_spec(spec: str):
 def compare_cmd(models: list[str] = typer.Argument(..., help="models to compare, each [LABEL=]MODEL[+ADAPTER]: a "
                                                    "model folder, a LoRA run's output dir, or a base + an adapter"),
                 questions: Optional[str] = typer.Option(None, "--questions", help="question file (.jsonl/.json/.csv/"
-                                                        ".txt; default: seed 003's ten questions)"),
+                                                        ".txt; default: the ten medical questions medscale ships)"),
                 limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
                 greedy: bool = typer.Option(False, "--greedy", help="greedy decoding: reproducible comparisons"),
-                batch_size: int = typer.Option(8, "--batch-size", min=1),
-                seed: int = typer.Option(0, "--seed"),
-                system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
+                batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions answered together"),
+                seed: int = typer.Option(0, "--seed", help="the sampling seed"),
+                system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="a system prompt before "
+                                                            "every question (default: none)"),
                 recipe: Optional[str] = RECIPE_OPT,
                 out: Path = typer.Option(Path("compare-out"), "--out", help="writes compare.md, compare.html, "
                                          "compare.json here"),
                 temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
                 top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
                 think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
-    """Seed 003's table: each model answers the same questions; time, tokens, tokens/s, answers side by side."""
+    """Models side by side: each answers the same questions; time, tokens, tokens/s and the answers, in a table and
+    a page."""
     from medscale.eval.bench import load_questions
     from medscale.eval.compare import compare, output_paths, write_compare
 
@@ -250,7 +256,8 @@ def chat_cmd(model: str = MODEL, adapter: Optional[str] = ADAPTER, checkpoint: O
              prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="answer this one question and exit"),
              system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
                                                          "data.system_prompt, if MODEL is a medscale run"),
-             greedy: bool = typer.Option(False, "--greedy"), seed: int = typer.Option(0, "--seed"),
+             greedy: bool = typer.Option(False, "--greedy", help="greedy decoding"),
+             seed: int = typer.Option(0, "--seed", help="the sampling seed"),
              recipe: Optional[str] = RECIPE_OPT,
              temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
              top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],

@@ -33,8 +33,8 @@ def export(job: str = typer.Argument(..., help="a job (id, name or output dir), 
                                                                            "generation config"),
            out: Optional[Path] = typer.Option(None, "--out", help="destination folder (must not exist; default: "
                                                                   "<output dir>/exports/<final|checkpoint-N>-...)"),
-           prompts: int = typer.Option(8, "--prompts", min=1, max=10, help="prompts of the parity check (seed 003's "
-                                                                            "questions)"),
+           prompts: int = typer.Option(8, "--prompts", min=1, max=10, help="prompts of the parity check (from the "
+                                                                            "ten medical questions medscale ships)"),
            new_tokens: int = typer.Option(16, "--new-tokens", min=1, help="greedy tokens generated per prompt"),
            tolerance: Optional[float] = typer.Option(None, "--tolerance", help="top-2 logit margin above which a "
                                                                                "greedy choice must survive the export "

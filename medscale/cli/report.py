@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from medscale.cli.app import App
+from medscale.cli.app import AS_JSON, App, echo_json
 
 app = App()
 
@@ -18,9 +18,11 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
                                                                   "and the PNG curves (default: "
                                                                   "$MEDSCALE_HOME/reports/<first ref>)"),
            steps: Optional[str] = typer.Option(None, "--steps", help="steps for the tables, e.g. 100,200,300,400 "
-                                                                   "(default: quarters of the longest run)")) -> None:
-    """Seed-002-style tables and curves of one or more runs, from the registry: loss and eval loss at chosen steps,
-    changes in %, grad-norm range and variation, lr schedule, benchmark deltas, the forgetting verdict."""
+                                                                   "(default: quarters of the longest run)"),
+           as_json: bool = AS_JSON) -> None:
+    """Runs side by side, from the registry: loss and eval loss at chosen steps with each run's change in %, stages,
+    grad-norm range and variation, the lr schedule, benchmark deltas against the base, the forgetting verdict, and
+    the curves (report.md, report.html, report.json)."""
     import re
 
     from medscale import medscale_home
@@ -38,6 +40,9 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
         raise ReportError(f"{'--out ' if out else 'report folder '}{folder}: {why}")
     with Registry() as reg:
         paths, notes = write_report(reg, refs, folder, chosen)
+    if as_json:
+        echo_json({"folder": str(folder), "notes": notes, "files": {name: str(p) for name, p in paths.items()}})
+        return
     for note in notes:
         typer.echo(f"medscale: {note}")
     typer.echo(f"medscale: report written to {folder}")

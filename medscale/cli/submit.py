@@ -8,13 +8,17 @@ from typing import Optional
 import typer
 
 from medscale.cli.app import OVERRIDES, App
+from medscale.jobs.kinds import JobKind
 
 submit_app = App(no_args_is_help=True,
                  help="Submit a recipe to a cluster: SLURM (sbatch) or Ray (ray job submit).")
 
 RECIPE = typer.Argument(..., help="built-in recipe name or a YAML path")
-ENTRY = typer.Option("train", "--entry", help="what the job runs: train, eval (the recipe's trained model against "
-                     "its base) or trial")
+ENTRY_WORDS = {JobKind.TRAIN: "the recipe", JobKind.EVAL: "its trained model against its base",
+               JobKind.TRIAL: "one cell of a sweep, train then eval", JobKind.JUDGE: "a judge job file's open answers "
+               "judged", JobKind.SERVE: "a model served"}
+ENTRY = typer.Option("train", "--entry", help="what the job runs: " + "; ".join(
+    f"{k} ({ENTRY_WORDS[k]})" for k in JobKind if k.road is not None))
 
 
 def _request(recipe: str, overrides: list[str], entry: str, options: dict):
@@ -44,9 +48,11 @@ def submit_slurm(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDE
                  cpus_per_node: Optional[int] = typer.Option(None, "--cpus-per-node", min=1,
                                                              help="CPUs per node (default: 8 per GPU, else 1 per "
                                                                   "process)"),
-                 partition: Optional[str] = typer.Option(None, "--partition", "-p"),
+                 partition: Optional[str] = typer.Option(None, "--partition", "-p", help="the SLURM partition "
+                                                         "(default: the cluster's)"),
                  time: Optional[str] = typer.Option(None, "--time", "-t", help="time limit, e.g. 24:00:00"),
-                 account: Optional[str] = typer.Option(None, "--account", "-A"),
+                 account: Optional[str] = typer.Option(None, "--account", "-A", help="the account charged "
+                                                       "(default: yours)"),
                  output: Optional[str] = typer.Option(None, "--output", "-o", help="job log (default: "
                                                       "$MEDSCALE_HOME/slurm/%x-%j.out)"),
                  sbatch_arg: Optional[list[str]] = typer.Option(None, "--sbatch-arg", help="one more sbatch flag, "
@@ -92,7 +98,8 @@ def submit_ray(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES,
                                                           "run dir (default: the recipe's train.output_dir)"),
                gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per worker, or CPU workers "
                                                   "(default: GPUs when the cluster has any)"),
-               cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0),
+               cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0, help="CPUs reserved per "
+                                                     "worker"),
                working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="project to upload (default: "
                                                           "this directory if it holds launcher/ray_job.py)"),
                runtime_env: Optional[Path] = typer.Option(None, "--runtime-env", help="base runtime env YAML "

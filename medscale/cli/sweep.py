@@ -58,8 +58,9 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
                                                                               "$MEDSCALE_HOME/runs/sweeps); shared "
                                                                               "storage on a cluster"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and bases; start and write nothing"),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="also Ray Tune's own progress table (default: "
-                                                                    "a line per trial event)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="log medscale's debug lines too, and show Ray "
+                                                                    "Tune's own progress table (default: a line per "
+                                                                    "trial event)"),
         as_json: bool = AS_JSON) -> None:
     """Run a sweep on Ray Tune: every cell a trial job (train, then eval); finished trials are skipped, interrupted
     ones resume from their verified checkpoints; then the leaderboard."""
@@ -162,7 +163,7 @@ def list_sweeps(as_json: bool = AS_JSON) -> None:
         typer.echo(f"{s.name:32s} {len(s.grid)} trial(s), {len(s.bases)} base(s)")
 
 
-@sweep_app.command("slurm-task")
+@sweep_app.command("slurm-task", hidden=True)  # internal: what slurm/r1_sweep.sh runs in each array task
 def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sweep"),
                index: int = typer.Argument(..., help="the array task id ($SLURM_ARRAY_TASK_ID)")) -> None:
     """For slurm/r1_sweep.sh: register the sweep and its trial INDEX, print the trial's recipe and overrides

@@ -8,28 +8,38 @@ from typing import Optional
 
 import typer
 
-from medscale.cli.app import OVERRIDES, App, setup_logging
+from medscale.cli.app import AS_JSON, OVERRIDES, App, echo_json, setup_logging
 from medscale.dist import DistContext
 
 app = App()
 recipe_app = App(no_args_is_help=True, help="Inspect recipes.")
+RECIPE = typer.Argument(..., help="built-in recipe name or a YAML path")
 
 
 @app.command("recipes")
-def recipes() -> None:
+def recipes(as_json: bool = AS_JSON) -> None:
     """List the built-in recipes, one line each."""
     from medscale.recipe import builtin_names, load_recipe
 
-    for name in builtin_names():
-        typer.echo(f"{name:32s} {load_recipe(name).description}")
+    described = {name: load_recipe(name).description for name in builtin_names()}
+    if as_json:
+        echo_json([{"name": name, "description": d} for name, d in described.items()])
+        return
+    for name, description in described.items():
+        typer.echo(f"{name:32s} {description}")
 
 
 @recipe_app.command("show")
-def recipe_show(name: str, overrides: Optional[list[str]] = OVERRIDES) -> None:
+def recipe_show(name: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES,
+                as_json: bool = typer.Option(False, "--json", help="one JSON object: the fingerprint and the "
+                                                                "resolved recipe")) -> None:
     """Print the resolved recipe (built-in name or YAML path, plus overrides) as YAML."""
     from medscale.recipe import load_recipe
 
     r = load_recipe(name, overrides or [])
+    if as_json:
+        echo_json({"fingerprint": r.fingerprint(), "recipe": r.model_dump(mode="json")})
+        return
     typer.echo(f"# fingerprint: {r.fingerprint()}")
     typer.echo(r.to_yaml(), nl=False)
 
@@ -135,7 +145,7 @@ def _run_and_report(recipe_ref: str, overrides: list[str], title: str | None = N
 
 
 @app.command("train")
-def train(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+def train(recipe: str = RECIPE,
           overrides: Optional[list[str]] = OVERRIDES, restart: bool = RESTART,
           checkpoint: Optional[int] = CHECKPOINT) -> None:
     """Train a recipe here: in this process for one process, else through `accelerate launch`. A rerun continues
@@ -151,8 +161,9 @@ def demo(overrides: Optional[list[str]] = OVERRIDES, restart: bool = RESTART,
 
 
 @app.command("check")
-def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
-          overrides: Optional[list[str]] = OVERRIDES) -> None:
+def check(recipe: str = RECIPE, overrides: Optional[list[str]] = OVERRIDES,
+          as_json: bool = typer.Option(False, "--json", help="one JSON object: ok and every finding (level, topic, "
+                                                          "message)")) -> None:
     """Pre-flight alone: every problem with the recipe, model folder, data, devices, output dir and registry at
     once, without starting anything (exit 0: it can run here; 2: it cannot)."""
     from launcher.local import accelerate_config
@@ -168,6 +179,10 @@ def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML
                                 f"({accelerate_config(r)})")
         except RecipeError as e:
             report.error("dist", str(e))
+    if as_json:
+        echo_json({"recipe": recipe, "ok": not report.errors,
+                   "findings": [{"level": f.level, "topic": f.topic, "message": f.message} for f in report.findings]})
+        raise typer.Exit(2 if report.errors else 0)
     marks = {"error": "✗", "warning": "!", "info": "·"}
     for f in report.findings:
         typer.echo(f"{marks[f.level]} {f.topic:9s} {f.message}", err=f.level != "info")
@@ -177,7 +192,7 @@ def check(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML
 
 
 @app.command("tiny-model")
-def tiny_model(out: Path, layers: int = typer.Option(2, help="decoder layers"),
+def tiny_model(out: Path = typer.Argument(..., help="folder to write the model into"), layers: int = typer.Option(2, help="decoder layers"),
                hidden: int = typer.Option(64, help="hidden size"),
                tokenizer: Optional[Path] = typer.Option(None, help="copy this tokenizer (e.g. a real Qwen3 one)")) -> None:
     """Write a tiny random Qwen3 checkpoint (safetensors) + tokenizer for demos and tests."""
@@ -188,14 +203,13 @@ def tiny_model(out: Path, layers: int = typer.Option(2, help="decoder layers"),
 
 
 @app.command("plan")
-def plan_cmd(recipe: str = typer.Argument(..., help="built-in recipe name or a YAML path"),
+def plan_cmd(recipe: str = RECIPE,
              overrides: Optional[list[str]] = OVERRIDES,
              gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="GiB per GPU (default: this GPU)"),
              gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs sharing the work (default: "
                                                 "dist.num_processes x dist.num_machines)"),
              as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
     """Memory per GPU, component by component, and the token budget the recipe can afford; exit 2 if it cannot fit."""
-    from medscale.cli.app import echo_json
     from medscale.errors import UserError
     from medscale.plan import CONTEXT_GIB, FRAGMENTATION, device_memory_gb, plan
     from medscale.recipe import load_recipe
