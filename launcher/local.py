@@ -103,23 +103,26 @@ class LocalHandle:
 
 
 class LocalLauncher:
-    """Runs here: one process in-process, several through `accelerate launch`; `wait` returns the exit code."""
+    """Runs here: one process in-process, several through `accelerate launch`; `wait` returns the exit code.
+    `in_process=False` starts even one process as a child, through `runner`: a sweep trial under its Ray Tune
+    actor, which watches the process while the launcher waits for it."""
 
     name = "local"
     waits_by_default = True
 
-    def __init__(self, runner: Callable[[list[str], dict], Outcome] = run_forwarding_signals):
-        self.runner = runner
+    def __init__(self, runner: Callable[[list[str], dict], Outcome] = run_forwarding_signals, *,
+                 in_process: bool = True):
+        self.runner, self.in_process = runner, in_process
 
     def prepare(self, request: LaunchRequest) -> LocalPlan:
         recipe = request.recipe
         report = request.entry.check(recipe, devices=True)  # once, before any process is spawned
         launch = LaunchInfo("local", options=dict(request.options))
         env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
-        if DistContext.planned(recipe.dist).world_size == 1:
+        if self.in_process and DistContext.planned(recipe.dist).world_size == 1:
             return LocalPlan(request, env, report)
-        return LocalPlan(request, env, report, accelerate_command(recipe, request.ref, request.overrides,
-                                                                  request.entry.module))
+        return LocalPlan(request, env, report, entry_command(recipe, request.ref, request.overrides,
+                                                             request.entry.module))
 
     def submit(self, plan: LocalPlan) -> LocalHandle:
         plan.report.raise_if_failed()

@@ -229,8 +229,11 @@ def _one_line(text: str) -> str:
 
 
 def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str],
-                  launch: LaunchInfo | None = None, *, entry: str = "train") -> str:
-    """A batch script that sources slurm/common.sh and runs the recipe's entry; `opts` already resolved."""
+                  launch: LaunchInfo | None = None, *, entry: str = "train", array: list[list[str]] | None = None
+                  ) -> str:
+    """A batch script that sources slurm/common.sh and runs the recipe's entry; `opts` already resolved. `array`:
+    an array job instead, task i running `array[i]` (REF [key=value ...]: a sweep's trials; `recipe_ref` names
+    what they are)."""
     gpus = _gpu_count(opts.gpus_per_node)
     lines = [f"--job-name={opts.job_name}", f"--nodes={opts.nodes}",
              "--ntasks-per-node=1", f"--cpus-per-task={opts.cpus_per_node}",
@@ -239,20 +242,24 @@ def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, com
              *([f"--account={opts.account}"] if opts.account else []),
              *([f"--time={opts.time}"] if opts.time else []),
              f"--signal={WARNING}", "--requeue", "--open-mode=append", f"--output={opts.output}", "--export=ALL",
-             *opts.sbatch_args]
-    run = " ".join(shlex.quote(a) for a in [recipe_ref, *overrides])
+             *([f"--array=0-{len(array) - 1}"] if array else []), *opts.sbatch_args]
+    runs = [f"medscale_run {' '.join(shlex.quote(a) for a in args)}" for args in array or [[recipe_ref, *overrides]]]
+    if array:  # the array task picks its run; a task id outside the array is refused, one line
+        runs = ['case "${SLURM_ARRAY_TASK_ID:-}" in', *[f"    {i}) {run} ;;" for i, run in enumerate(runs)],
+                f'    *) echo "medscale: array task \'${{SLURM_ARRAY_TASK_ID:-}}\': this array has {len(runs)} task(s)'
+                f' (0-{len(runs) - 1})" >&2; exit 2 ;;', "esac"]
     exports = {settings.REPO.name: str(shipped("slurm").parent), settings.PYTHON.name: sys.executable,
                settings.ENTRY.name: entry, **(launch.env() if launch else {})}
     return "\n".join([
         "#!/bin/bash",  # sbatch reads #SBATCH lines only until the first command: they come first
         *[f"#SBATCH {line}" for line in lines],
-        f"# Rendered by `medscale submit slurm` for recipe {_one_line(recipe_ref)}: {opts.nodes} node(s) x "
+        f"# Rendered by medscale for {'array' if array else 'recipe'} {_one_line(recipe_ref)}: {opts.nodes} node(s) x "
         f"{opts.procs_per_node} process(es), {'GPUs ' + opts.gpus_per_node if gpus else 'no GPUs'} per node.",
         f"# medscale hands it to `{shlex.join(command)}` on stdin; a saved copy submits with `sbatch FILE`. A stopped",
         "# job continues with `medscale jobs resume JOB` (same resources, newest verified checkpoint).",
         *[f"export {k}={shlex.quote(v)}" for k, v in exports.items()],
         'source "$MEDSCALE_REPO/slurm/common.sh"',
-        f"medscale_run {run}",
+        *runs,
         "",
     ])
 
@@ -294,6 +301,10 @@ class SlurmPlan:
     script: str
     command: list[str]
     report: Report
+    tasks: list["SlurmPlan"] = field(default_factory=list)  # an array job: each task's own plan, in task order
+
+    def each(self) -> list["SlurmPlan"]:
+        return self.tasks or [self]
 
 
 @dataclass
@@ -337,23 +348,49 @@ class SlurmLauncher:
         return SlurmPlan(LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), o, overrides, script,
                          command, report)
 
+    def prepare_array(self, requests: list[LaunchRequest], name: str) -> SlurmPlan:
+        """Several jobs of one kind and shape (a sweep's trials) as one SLURM array: each prepared as its own job
+        (validated, pre-flighted, refused while its last SLURM job is active), task i running requests[i]. Every
+        task asks SLURM for the same resources, so trials of different shapes are refused: one array per shape."""
+        tasks = [self.prepare(r) for r in requests]
+        shapes = {(t.options.nodes, t.options.procs_per_node, t.options.gpus_per_node, t.options.cpus_per_node)
+                  for t in tasks}
+        if len(shapes) > 1:
+            raise LaunchError(f"{name}: its jobs ask for {len(shapes)} different shapes (nodes, processes, GPUs, "
+                              f"CPUs): one SLURM array asks for one; give every trial the same dist settings")
+        asked = SlurmOptions.from_dict(requests[0].options)
+        o = SlurmOptions(**{**tasks[0].options.to_dict(), "job_name": name,
+                            "output": asked.output or str(medscale_home() / "slurm" / "%x-%A_%a.out")})
+        check_options(o)
+        shape = {k: v for k, v in tasks[0].options.to_dict().items() if k not in ("job_name", "output")}
+        launch = LaunchInfo("slurm", options=shape)  # what a task's attempts record: its job resumes alone
+        script = render_script(name, [], o, tasks[0].command, launch, entry=requests[0].entry.kind.value,
+                               array=[[t.request.ref, *t.overrides] for t in tasks])
+        return SlurmPlan(tasks[0].request, o, [], script, tasks[0].command, tasks[0].report, tasks)
+
     def submit(self, plan: SlurmPlan) -> SlurmHandle:
-        plan.report.raise_if_failed()
+        for each in plan.each():
+            each.report.raise_if_failed()
         o = plan.options
         if "%" not in o.output.rsplit("/", 1)[0]:
             Path(o.output).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it
         job_id = self.executor(plan.command, plan.script).strip().split(";")[0]
-        register_submitted(plan.request, "slurm")
+        for each in plan.each():
+            register_submitted(each.request, "slurm")
         return SlurmHandle(plan, job_id)
 
     def wait(self, handle: SlurmHandle) -> int:
-        """Until SLURM no longer lists the job (a requeued job stays listed); then the code of its last attempt."""
+        """Until SLURM no longer lists the job (a requeued job stays listed); then the code of its last attempt (of
+        an array: the first task's that did not complete, else 0)."""
         import time
 
         while self.state(handle.job_id) is not None:
             time.sleep(self.poll_s)
-        journal = read_journal(handle.plan.request.recipe.train.output_dir)
-        return FINAL_CODES.get(journal.last.status, 1) if journal and journal.last else 1
+        codes = []
+        for each in handle.plan.each():
+            journal = read_journal(each.request.recipe.train.output_dir)
+            codes.append(FINAL_CODES.get(journal.last.status, 1) if journal and journal.last else 1)
+        return next((c for c in codes if c), 0)
 
 
 # --------------------------------------------------------------------------- `python -m launcher.slurm`

@@ -57,31 +57,47 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
         output_root: Optional[str] = typer.Option(None, "--output-root", help="where trials write (default "
                                                                               "$MEDSCALE_HOME/runs/sweeps); shared "
                                                                               "storage on a cluster"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and bases; start and write nothing"),
+        launcher: str = typer.Option("ray", "--launcher", help="ray: Ray Tune (a local Ray, or --address); slurm: "
+                                                              "one SLURM array job of the unfinished trials"),
+        launch_opt: Optional[list[str]] = typer.Option(None, "--launch-opt", help="KEY=VALUE for the slurm "
+                                                       "launcher, e.g. partition=gpu (repeatable)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and bases (with --launcher slurm: "
+                                                              "the array's batch script); start and write nothing"),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="log medscale's debug lines too, and show Ray "
                                                                     "Tune's own progress table (default: a line per "
                                                                     "trial event)"),
         as_json: bool = AS_JSON) -> None:
-    """Run a sweep on Ray Tune: every cell a trial job (train, then eval); finished trials are skipped, interrupted
-    ones resume from their verified checkpoints; then the leaderboard."""
-    if max_concurrent is not None and max_concurrent < 1:
-        from medscale.sweep.spec import SweepError
+    """Run a sweep on Ray Tune or as a SLURM array: every cell a trial job (train, then eval) submitted through a
+    launcher; finished trials are skipped, interrupted ones resume from their verified checkpoints; then (on Ray)
+    the leaderboard."""
+    from medscale.sweep.spec import SweepError
 
+    if launcher not in ("ray", "slurm"):
+        raise SweepError(f"--launcher {launcher}: use ray (Ray Tune, local or --address) or slurm (an array job)")
+    if launch_opt and launcher != "slurm":
+        raise SweepError("--launch-opt: only --launcher slurm takes launcher options (Ray Tune's are --address, "
+                         "--cpus-per-process, --gpu/--cpu)")
+    if max_concurrent is not None and max_concurrent < 1:
         raise SweepError(f"--max-concurrent {max_concurrent}: at least 1 trial at a time (leave it out: as many as "
                          f"the resources allow)")
     plan = _plan(spec, overrides or [], grid, random_n, bases, name, output_root)
+    if launcher == "slurm":
+        _on_slurm(plan, launch_opt or [], dry_run, as_json)
+        return
     if dry_run:
         _print_plan(plan, as_json)
         return
-    from launcher.local import entry_command
+    from functools import partial
+
+    from launcher.local import LocalLauncher
     from medscale.registry import Registry
     from medscale.sweep.board import leaderboard
-    from medscale.sweep.tune import Resources, run_sweep
+    from medscale.sweep.tune import OnRay, Resources, run_sweep
 
     setup_logging()
-    outcome = run_sweep(plan, entry_command, address=address, resources=Resources(cpus, gpu),
-                        max_concurrent=max_concurrent, asha=asha, echo=lambda s: typer.echo(s, err=as_json),
-                        verbose=verbose)
+    on_ray = OnRay(partial(LocalLauncher, in_process=False), address, Resources(cpus, gpu), max_concurrent, asha,
+                   verbose)
+    outcome = run_sweep(plan, on_ray, echo=lambda s: typer.echo(s, err=as_json))
     with Registry() as reg:
         board = leaderboard(reg, plan.name)
     if as_json:
@@ -92,6 +108,30 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
         typer.echo(f"medscale: trial {t.label} {t.status}: {t.reason or 'see medscale jobs show ' + str(t.job_id)}",
                    err=True)
     raise typer.Exit(1 if outcome.failed else 0)
+
+
+def _on_slurm(plan, launch_opt: list[str], dry_run: bool, as_json: bool) -> None:
+    """The sweep's unfinished trials as one SLURM array (the SLURM launcher's prepare_array -> submit); a dry run
+    prints the batch script of every trial and submits nothing."""
+    from dataclasses import replace
+
+    from launcher.slurm import SlurmLauncher
+    from medscale.cli.eval import _launch_options
+    from medscale.sweep.tune import AsArray, run_sweep, trial_requests
+
+    options, backend = _launch_options("slurm", launch_opt), SlurmLauncher()
+
+    def prepared(requests, name):
+        return backend.prepare_array([replace(r, options={**r.options, **options}) for r in requests], name)
+
+    if dry_run:
+        typer.echo(prepared(trial_requests(plan, plan.trials), plan.name).script, nl=False)
+        return
+    setup_logging()
+    array = AsArray(lambda requests, name: backend.submit(prepared(requests, name)).job_id)
+    outcome = run_sweep(plan, array, echo=lambda s: typer.echo(s, err=as_json))
+    if as_json:
+        echo_json({**outcome.to_dict(), "array_job": array.job_id})
 
 
 def _print_plan(plan, as_json: bool) -> None:

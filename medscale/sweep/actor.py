@@ -1,5 +1,6 @@
-"""A sweep trial inside Ray Tune: its Tune actor starts the trial entry as a process of its own and reports the
-evaluations the run records in the registry as Tune results; the Trainable that holds it, and ASHA on eval loss.
+"""A sweep trial inside Ray Tune: its Tune actor launches the trial entry through the local launcher (a process of
+its own on the actor's node) and reports the evaluations the run records in the registry as Tune results; the
+Trainable that holds it, and ASHA on eval loss.
 
 The trial is an ordinary job: its attempts, verified checkpoints and metrics go to the registry, and it resumes from
 its own verified checkpoints, never from Tune's state.
@@ -8,21 +9,33 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from medscale.registry import Registry
 
+if TYPE_CHECKING:
+    from medscale.jobs.launch import Launcher, LaunchRequest
+
 log = logging.getLogger("medscale.sweep")
 
-# (recipe, recipe ref, overrides, entry module) -> the command that runs the entry on recipe.dist.num_processes
-# processes of one machine (launcher.local.entry_command)
-CommandFor = Callable[..., list[str]]
+# runner -> the local launcher whose runner it is (`launcher.local.LocalLauncher` with in_process=False: the CLI
+# owns the launchers): every trial is started through the launcher protocol, prepare -> submit -> wait
+LauncherFor = Callable[[Callable[[list[str], dict], int]], "Launcher"]
 POLL_S = 1.0
+
+
+def trial_request(recipe, ref: str, overrides: list[str], sweep: str, label: str) -> "LaunchRequest":
+    """What a launcher is handed for one trial: its recipe, how to name it again where it runs, the trial entry,
+    and the sweep and trial it is (recorded with its attempts)."""
+    from medscale.jobs.kinds import JobKind
+    from medscale.jobs.launch import LaunchRequest, entry_for
+
+    return LaunchRequest(recipe, ref, list(overrides), entry_for(JobKind.TRIAL), {"sweep": sweep, "trial": label})
 
 
 class TrialFailed(RuntimeError):
@@ -30,26 +43,52 @@ class TrialFailed(RuntimeError):
 
 
 class TrialProcess:
-    """One trial's entry process, watched from its Tune actor: new evaluations come back from the registry as Tune
-    results, the end of the process as the final one (or TrialFailed with its reason)."""
+    """One trial, launched on this node by the local launcher (its pre-flight, its run plan, its process tied to
+    this actor) and watched from its Tune actor: new evaluations come back from the registry as Tune results, the
+    launcher's exit code as the final one (or TrialFailed with its reason)."""
 
-    def __init__(self, trial: dict, command: list[str]):
-        from medscale.jobs.launch import LaunchInfo, popen_tied
+    def __init__(self, trial: dict, launcher_for: LauncherFor):
+        from medscale.recipe import load_recipe
 
         self.t = trial
         Path(trial["log"]).parent.mkdir(parents=True, exist_ok=True)
         self.log = open(trial["log"], "ab")
-        self.log.write(f"\n==== {time.strftime('%F %T')} trial {trial['label']}: {' '.join(command)}\n".encode())
-        self.log.flush()
-        launch = LaunchInfo("local", options={"sweep": trial["sweep"], "trial": trial["label"]})
         self.attempts_before = self._attempts()
-        # the trial starts where the sweep was started (relative paths in recipes), when that folder is on this node
-        cwd = trial["cwd"] if Path(trial["cwd"]).is_dir() else None
-        # tied to this actor: a Tune actor that dies (the driver killed, a node lost) takes its trial with it
-        self.proc = popen_tied(command, {**os.environ, **launch.env()}, cwd=cwd, stdout=self.log,
-                               stderr=subprocess.STDOUT)
+        self.proc: subprocess.Popen | None = None
+        self.code: int | None = None
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.lock = threading.Lock()
+        recipe = load_recipe(trial["recipe"], trial["overrides"])  # validated again where it runs
+        launcher = launcher_for(self._run)
+        request = trial_request(recipe, trial["recipe"], trial["overrides"], trial["sweep"], trial["label"])
+        handle = launcher.submit(launcher.prepare(request))  # pre-flight on this node; a failure is the trial's
+        self.waiter = threading.Thread(target=self._wait, args=(launcher, handle), name="medscale-trial", daemon=True)
+        self.waiter.start()
         self.seen = -1
         self.reg: Registry | None = None
+
+    def _run(self, command: list[str], env: dict) -> int:
+        """The launcher's runner: the trial's process, tied to this actor (a Tune actor that dies, the driver killed
+        or a node lost, takes its trial with it), its output in the trial's log, started where the sweep was started
+        (relative paths in recipes) when that folder is on this node."""
+        from medscale.errors import EXIT_PREEMPTED
+        from medscale.jobs.launch import popen_tied
+
+        cwd = self.t["cwd"] if Path(self.t["cwd"]).is_dir() else None
+        with self.lock:
+            if self.stopping:  # stopped before it started: nothing to save
+                return EXIT_PREEMPTED
+            self.log.write(f"\n==== {time.strftime('%F %T')} trial {self.t['label']}: {' '.join(command)}\n".encode())
+            self.log.flush()
+            self.proc = popen_tied(command, env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        return self.proc.wait()
+
+    def _wait(self, launcher, handle) -> None:
+        try:
+            self.code = launcher.wait(handle)
+        except BaseException as e:  # raised in the actor's own thread at the next result
+            self.error = e
 
     def _attempts(self) -> int:
         from medscale.jobs.record import read_journal
@@ -71,9 +110,11 @@ class TrialProcess:
     def next_result(self) -> dict:
         """Block until the trial evaluates again (a Tune result) or ends (the final result, `done`)."""
         while True:
-            ended = self.proc.poll() is not None
+            ended = not self.waiter.is_alive()
+            if self.error is not None:
+                raise self.error
             new = self._evaluations()
-            if new and not (ended and len(new) == 1 and self.proc.returncode == 0):
+            if new and not (ended and len(new) == 1 and self.code == 0):
                 self.seen = new[0]["step"]
                 return new[0]
             if ended:
@@ -83,7 +124,7 @@ class TrialProcess:
     def _final(self, last: list[dict]) -> dict:
         from medscale.jobs.record import RunSummary, read_journal
 
-        code = self.proc.returncode
+        code = self.code
         if code == 0:
             summary = RunSummary.load(self.t["output_dir"])
             final = summary.eval_loss_final if summary and summary.eval_loss_final is not None else math.nan
@@ -105,13 +146,16 @@ class TrialProcess:
 
     def stop(self) -> None:
         """Ask a running trial to save a verified checkpoint and stop (as a preemption), and wait for it."""
-        if self.proc.poll() is None:
+        with self.lock:
+            self.stopping = True
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=600)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.waiter.join()
         self.log.close()
         if self.reg is not None:
             self.reg.close()
@@ -122,12 +166,8 @@ def trial_trainable():
     from ray import tune
 
     class MedscaleTrial(tune.Trainable):
-        def setup(self, config, command_for: CommandFor = None, trials: dict | None = None):
-            from medscale.recipe import load_recipe
-
-            t = trials[config["label"]]
-            recipe = load_recipe(t["recipe"], t["overrides"])  # validated again where it runs
-            self.trial = TrialProcess(t, command_for(recipe, t["recipe"], t["overrides"], "medscale.sweep"))
+        def setup(self, config, launcher_for: LauncherFor = None, trials: dict | None = None):
+            self.trial = TrialProcess(trials[config["label"]], launcher_for)
 
         def step(self):
             return self.trial.next_result()

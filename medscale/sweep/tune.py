@@ -27,10 +27,11 @@ from typing import Callable
 import medscale
 from medscale import settings
 from medscale.errors import StopRequested
+from medscale.jobs.launch import LaunchRequest
 from medscale.jobs.stop import STATUS, StopFlag, stop_flag
 from medscale.registry import JobSpec, Registry, SweepInfo
 from medscale.status import JobStatus
-from medscale.sweep.actor import CommandFor, TrialFailed, asha_scheduler, trial_trainable
+from medscale.sweep.actor import LauncherFor, TrialFailed, asha_scheduler, trial_request, trial_trainable
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
 from medscale.sweep.trial import forward_stop
 
@@ -162,15 +163,56 @@ def _env() -> dict[str, str]:
     return {**own, "PYTHONPATH": path, "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trial actors stay where the sweep started
 
 
-def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None = None,
-              resources: Resources | None = None, max_concurrent: int | None = None, asha: bool | None = None,
-              echo: Callable[[str], None] = print, verbose: bool = False) -> SweepOutcome:
-    """Register the sweep, run its unfinished trials on Ray Tune and its unmeasured bases as Ray tasks, mark the
-    trials ASHA stopped as `stopped_early`, and say what became of every trial: a line per trial event as it
-    happens, and Tune's own progress table only when `verbose`."""
+def trial_requests(plan: SweepPlan, trials: list[TrialPlan]) -> list[LaunchRequest]:
+    return [trial_request(t.recipe, t.recipe_ref, t.overrides, plan.name, t.label) for t in trials]
+
+
+@dataclass
+class OnRay:
+    """Ray Tune on a cluster (`address`) or a local Ray: each trial launched on its actor's node by the local
+    launcher `launcher_for` gives (its runner: the actor's), the unmeasured bases as Ray tasks, optional ASHA;
+    a line per trial event as it happens, and Tune's own progress table only when `verbose`."""
+
+    launcher_for: LauncherFor
+    address: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    max_concurrent: int | None = None
+    asha: bool | None = None  # None: the sweep file's `scheduler`
+    verbose: bool = False
+
+    def run(self, plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
+            echo: Callable[[str], None]) -> tuple[dict, dict]:
+        return _on_ray(plan, todo, bases, job_ids, self, echo)
+
+
+@dataclass
+class AsArray:
+    """A batch scheduler's array: the pending trials handed to `submit` (their launch requests, the sweep's name ->
+    the array job's id: the SLURM launcher's prepare_array -> submit), each task running its trial entry where
+    the scheduler puts it. Nothing waits here: the trials are `queued`, their attempts reach the registry as
+    they run, and a rerun of the sweep ranks them. Bases are measured by a sweep run on Ray."""
+
+    submit: Callable[[list[LaunchRequest], str], str]
+    job_id: str | None = None
+
+    def run(self, plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
+            echo: Callable[[str], None]) -> tuple[dict, dict]:
+        if todo:
+            self.job_id = self.submit(trial_requests(plan, todo), plan.name)
+            echo(f"medscale: sweep {plan.name}: {len(todo)} trial(s) submitted as array job {self.job_id} (task i: "
+                 f"trial {', '.join(f'{i} {t.label}' for i, t in enumerate(todo))})")
+        if bases:
+            echo(f"medscale: sweep {plan.name}: {len(bases)} base(s) not measured by an array: `medscale sweep run` "
+                 f"on Ray measures them")
+        return {}, {}
+
+
+def run_sweep(plan: SweepPlan, scheduler: OnRay | AsArray, *, echo: Callable[[str], None] = print) -> SweepOutcome:
+    """The one sweep driver: register the sweep, hand its unfinished trials (and unmeasured bases) to the scheduler,
+    which submits each trial through a launcher as a job of kind trial, mark the trials ASHA stopped as
+    `stopped_early`, and say what became of every trial."""
     from medscale.jobs.ops import stop_early
 
-    resources = resources or Resources()
     with Registry() as reg:
         sweep_id, job_ids = register(reg, plan)
         todo = pending(reg, plan)
@@ -184,9 +226,7 @@ def run_sweep(plan: SweepPlan, command_for: CommandFor, *, address: str | None =
         stopped: dict[str, dict] = {}
         errors: dict[str, str] = {}
         if todo or bases:
-            stopped, errors = _on_ray(plan, todo, bases, job_ids, command_for, address, resources,
-                                      max_concurrent or plan.spec.max_concurrent,
-                                      plan.spec.scheduler is not None if asha is None else asha, echo, verbose)
+            stopped, errors = scheduler.run(plan, todo, bases, job_ids, echo)
         outcome = SweepOutcome(plan.name, sweep_id, bases_measured=sorted(bases))
         ran = {t.label for t in todo}
         for t in plan.trials:
@@ -217,12 +257,13 @@ def _build_tiny_models(trials: list[TrialPlan]) -> None:
             ensure_tiny_model(model)
 
 
-def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
-            command_for: CommandFor, address: str | None, resources: Resources, max_concurrent: int | None,
-            asha: bool, echo, verbose: bool) -> tuple[dict, dict]:
+def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int], on: OnRay,
+            echo) -> tuple[dict, dict]:
     """The Ray part: (trials ASHA stopped -> their last result, trials that failed -> why)."""
     import ray
-    from ray import tune
+
+    address, resources = on.address, on.resources
+    asha = plan.spec.scheduler is not None if on.asha is None else on.asha
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     started = not ray.is_initialized()
@@ -247,7 +288,7 @@ def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_
             scheduler = asha_scheduler(grace, factor)
         errors: dict[str, str] = {}
         if todo:
-            errors = _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler, echo, verbose)
+            errors = _fit(plan, todo, job_ids, on, gpu, scheduler, echo)
         for path, task in base_tasks.items():
             try:
                 echo(f"medscale: base {path}: {', '.join(ray.get(task))}")
@@ -290,22 +331,25 @@ def _check_reachable(address: str) -> None:
                          f"Ray") from None
 
 
-def _fit(plan, todo, job_ids, command_for, resources, gpu, max_concurrent, scheduler, echo, verbose) -> dict[str, str]:
+def _fit(plan, todo, job_ids, on: OnRay, gpu, scheduler, echo) -> dict[str, str]:
     from ray import tune
+
+    resources, max_concurrent = on.resources, on.max_concurrent or plan.spec.max_concurrent
 
     root = Path(todo[0].output_dir).parent
     trials = {t.label: {"label": t.label, "sweep": plan.name, "recipe": t.recipe_ref, "overrides": t.overrides,
                         "cwd": os.getcwd(), "job_id": job_ids[t.label], "output_dir": t.output_dir,
                         "processes": t.processes, "log": str(root / ".logs" / f"{t.label}.log")} for t in todo}
-    trainable = tune.with_resources(tune.with_parameters(trial_trainable(), command_for=command_for, trials=trials),
-                                    lambda config: resources.of(trials[config["label"]]["processes"], gpu))
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_trainable(), launcher_for=on.launcher_for, trials=trials),
+        lambda config: resources.of(trials[config["label"]]["processes"], gpu))
     # Tune's table shows each searched value in a column cut at 20 characters: the label, not a dict of the trial
     tuner = tune.Tuner(
         trainable, param_space={"label": tune.grid_search(list(trials))},
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(root / ".tune"), failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=1 if verbose else 0, callbacks=[_progress(echo)]))
+                                  verbose=1 if on.verbose else 0, callbacks=[_progress(echo)]))
     # A stop raised at once inside Ray's own calls (ray.wait) comes out as a SystemError: read the flag at every step
     # of Tune's loop instead, and raise it there
     flag = stop_flag()
