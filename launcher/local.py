@@ -14,7 +14,7 @@ from medscale.dist import DistContext
 from medscale.errors import STOP_EXIT_CODES, AttemptStopped
 from medscale.jobs.client import reconcile_output_dir
 from medscale.jobs.launch import LaunchInfo, LaunchRequest
-from medscale.jobs.stop import STATUS, stop_flag
+from medscale.jobs.stop import stop_flag
 from medscale.paths import shipped
 from medscale.preflight import Report
 from medscale.recipe import Recipe, RecipeError
@@ -132,7 +132,7 @@ class LocalLauncher:
         plan, flag = handle.plan, stop_flag()
         if flag.code:  # asked to stop while preparing: nothing started, nothing to save
             print(f"medscale: {flag.reason}: stopping before the run started", file=sys.stderr, flush=True)
-            return STOP_EXIT_CODES[STATUS[flag.code]]
+            return STOP_EXIT_CODES[flag.status]
         out, launch = plan.request.recipe.train.output_dir, LaunchInfo.from_env(plan.env)
         reconcile_output_dir(out)  # a rerun repairs what the registry missed
         if plan.report.plan is not None:  # what pre-flight decided for this launch: its processes read it

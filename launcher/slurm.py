@@ -31,12 +31,13 @@ from launcher import LaunchError
 from launcher.process import Outcome, run_reporting_stops
 from medscale import medscale_home, settings
 from medscale.dist import DistContext
-from medscale.errors import EXIT_BAD_INPUT, UserError
+from medscale.errors import EXIT_BAD_INPUT, STOP_EXIT_CODES, UserError
 from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
 from medscale.paths import shipped
 from medscale.preflight import Report
 from medscale.recipe import Recipe, RecipeError
+from medscale.status import AttemptStatus
 
 STOP_SIGNAL = signal.SIGUSR2  # batch shell -> srun -> node wrapper: "save and stop"
 WARNING = "B:USR1@300"  # the warning every script asks for: 5 minutes before the time limit, to the batch shell
@@ -277,7 +278,7 @@ def run_sbatch(cmd: list[str], script: str) -> str:
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
-FINAL_CODES = {"completed": 0, "preempted": 75, "cancelled": 4}
+FINAL_CODES = {AttemptStatus.COMPLETED: 0, **STOP_EXIT_CODES}
 
 
 def slurm_state(job_id: str) -> str | None:

@@ -11,11 +11,12 @@ import warnings
 
 from medscale import settings
 from medscale.dist import DistContext
+from medscale.status import AttemptStatus
 
 EXIT_BAD_INPUT = 2  # a recipe, data file or argument that cannot work; nothing was written
 EXIT_CANCELLED = 4  # `medscale jobs cancel`: the run saved a checkpoint and stopped; do not requeue
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGUSR1 arrived, a checkpoint was saved; launchers requeue on it
-STOP_EXIT_CODES = {"preempted": EXIT_PREEMPTED, "cancelled": EXIT_CANCELLED}
+STOP_EXIT_CODES = {AttemptStatus.PREEMPTED: EXIT_PREEMPTED, AttemptStatus.CANCELLED: EXIT_CANCELLED}
 
 
 class UserError(Exception):
@@ -33,10 +34,12 @@ class AttemptStopped(Exception):
     training started, when there was nothing to save. The message says where the next run starts: `resume_from`,
     the checkpoint just saved or the one this attempt started from (None: the beginning)."""
 
-    def __init__(self, status: str, step: int, saved: bool = False, resume_from: str | os.PathLike | None = None):
+    def __init__(self, status: AttemptStatus, step: int, saved: bool = False,
+                 resume_from: str | os.PathLike | None = None):
+        status = AttemptStatus(status)
         what = (f"saved {resume_from}" if saved and resume_from else "a verified checkpoint was saved" if saved
                 else "stopped before training started, nothing to save")
-        how = "requeue, `medscale jobs resume` or the same command" if status == "preempted" else \
+        how = "requeue, `medscale jobs resume` or the same command" if status is AttemptStatus.PREEMPTED else \
             "`medscale jobs resume` or the same command"
         where = ("resumes from it" if saved and resume_from else f"resumes from {resume_from}" if resume_from
                  else "starts from the beginning")
@@ -49,7 +52,8 @@ class StopRequested(BaseException):
     export, ...): raised at once in the main thread, as KeyboardInterrupt is, so no `except Exception` on the way
     swallows it. The command exits 75 (preempted: requeue) or 4 (cancelled); nothing it was doing is recorded done."""
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: AttemptStatus, reason: str):
+        status = AttemptStatus(status)
         super().__init__(f"{reason}: stopped at once ({status}); what was in progress was not finished")
         self.status, self.exit_code = status, STOP_EXIT_CODES[status]
 

@@ -15,6 +15,7 @@ from medscale.jobs.client import RunRegistry
 from medscale.jobs.launch import LaunchInfo
 from medscale.recipe import load_recipe
 from medscale.registry import Registry
+from medscale.status import AttemptStatus
 
 
 def test_launch_info_from_the_environment():
@@ -44,17 +45,17 @@ def flag():
 
 
 def test_sigterm_and_sigusr1_request_a_preemption_and_a_cancel_wins(flag):
-    assert flag.code == stop.NONE
+    assert flag.code == stop.NONE and flag.status is None
     os.kill(os.getpid(), signal.SIGUSR1)
-    assert flag.code == stop.PREEMPTED and "SIGUSR1" in flag.reason
+    assert flag.status is AttemptStatus.PREEMPTED and "SIGUSR1" in flag.reason
     flag.cancel()
     os.kill(os.getpid(), signal.SIGTERM)  # a later preemption does not undo a cancel
-    assert flag.code == stop.CANCELLED
+    assert flag.status is AttemptStatus.CANCELLED
 
 
 def test_first_ctrl_c_asks_for_a_save_the_second_stops_at_once(flag, capsys):
     os.kill(os.getpid(), signal.SIGINT)
-    assert flag.code == stop.CANCELLED and "Ctrl-C again" in capsys.readouterr().err
+    assert flag.status is AttemptStatus.CANCELLED and "Ctrl-C again" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
 

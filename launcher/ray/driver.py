@@ -16,6 +16,7 @@ from medscale.dist import DistContext
 from medscale.errors import EXIT_CANCELLED
 from medscale.jobs.launch import ENV_RAY_JOB_ID
 from medscale.recipe import Recipe
+from medscale.status import AttemptStatus
 
 
 def num_workers(recipe: Recipe) -> int:
@@ -92,7 +93,7 @@ def build_trainer(recipe: Recipe, source: dict, overrides: list[str], opts: RayO
                         run_config=run_config(recipe, opts, job_id))
 
 
-def _final_status(output_dir: str) -> str | None:
+def _final_status(output_dir: str) -> AttemptStatus | None:
     from medscale.jobs.record import read_journal
 
     journal = read_journal(output_dir)
@@ -134,6 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     status = _final_status(recipe.train.output_dir)
     target = pointed_checkpoint(result.checkpoint) if result.checkpoint else None
     print(f"medscale: {recipe.name}: attempt {status}; newest checkpoint reported to Ray: {target}", flush=True)
-    if status == "cancelled":
+    if status == AttemptStatus.CANCELLED:
         return EXIT_CANCELLED
-    return 0 if status == "completed" else 1
+    return 0 if status == AttemptStatus.COMPLETED else 1

@@ -12,6 +12,7 @@ from launcher.ray.options import load_from_source
 from medscale import settings
 from medscale.jobs.launch import ENV_RAY_JOB_ID, LaunchInfo, entry_for
 from medscale.recipe import Recipe
+from medscale.status import AttemptStatus
 
 log = logging.getLogger("medscale.ray")
 
@@ -152,6 +153,6 @@ def train_func(config: dict) -> dict | None:
     try:
         return entry_for(entry).load()(recipe, LaunchInfo.from_env(), callbacks=[ray_report()])
     except AttemptStopped as e:
-        if e.status != "cancelled":
+        if e.status is not AttemptStatus.CANCELLED:
             raise
         return {"stopped": e.status}

@@ -9,12 +9,14 @@ from typing import Optional
 import typer
 
 from medscale.cli.app import AS_JSON, App, echo_json, setup_logging
+from medscale.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 
 jobs_app = App(no_args_is_help=True, help="Jobs in the registry: list, show, resume, cancel, sync, gc.")
 
 JOB = typer.Argument(..., help="job id, name or output dir (a name used by several output dirs needs one of the others)")
-STATUS_STYLE = {"running": "green", "lost": "red", "failed": "red", "preempted": "yellow", "succeeded": "blue",
-                "completed": "blue", "cancelled": "magenta", "queued": "cyan", "stopped_early": "yellow"}
+STATUS_STYLE = {JobStatus.RUNNING: "green", AttemptStatus.LOST: "red", JobStatus.FAILED: "red",
+                JobStatus.PREEMPTED: "yellow", JobStatus.SUCCEEDED: "blue", AttemptStatus.COMPLETED: "blue",
+                JobStatus.CANCELLED: "magenta", JobStatus.QUEUED: "cyan", JobStatus.STOPPED_EARLY: "yellow"}
 
 
 def registry():
@@ -170,8 +172,8 @@ def render_gc(results) -> None:
 # --------------------------------------------------------------------------- commands
 
 @jobs_app.command("list")
-def jobs_list(status: Optional[str] = typer.Option(None, "--status", help="only jobs in this status (queued running "
-                                                   "lost succeeded failed preempted cancelled stopped_early)"),
+def jobs_list(status: Optional[str] = typer.Option(None, "--status", help="only jobs in this status ("
+                                                   + " ".join(VISIBLE_JOB_STATUSES) + ")"),
               as_json: bool = AS_JSON) -> None:
     """One row per job: kind, status, attempts, step, latest verified checkpoint and its losses."""
     from medscale.jobs import ops

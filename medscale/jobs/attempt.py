@@ -76,7 +76,7 @@ class Attempt:
         journal.launcher, journal.launcher_options = self.launch.launcher, self.launch.options
         for old in journal.attempts:  # an attempt that never ended was killed
             if old.status == AttemptStatus.RUNNING:
-                old.status = AttemptStatus.LOST.value
+                old.status = AttemptStatus.LOST
                 old.exit_reason = old.exit_reason or "never ended (killed or node lost)"
         self.info = AttemptInfo(
             number=len(journal.attempts) + 1, launcher=self.launch.launcher, host=socket.gethostname(),
@@ -138,7 +138,7 @@ class Attempt:
         self._beat_stop.set()
         if self._beat is not None:
             self._beat.join(timeout=30)
-        self.info.status, self.info.exit_reason = status.value, reason
+        self.info.status, self.info.exit_reason = status, reason
         self.info.step, self.info.ended_at = self.step, utcnow()
         try:
             self.journal.save()

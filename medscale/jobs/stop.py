@@ -20,11 +20,22 @@ import sys
 import threading
 
 from medscale.errors import AttemptStopped, StopRequested
+from medscale.status import AttemptStatus
 
 log = logging.getLogger("medscale.stop")
 
-NONE, PREEMPTED, CANCELLED = 0, 1, 2  # the larger wins when ranks disagree: a cancel is final
-STATUS = {PREEMPTED: "preempted", CANCELLED: "cancelled"}
+# A stop is an attempt status. Ranks agree on one through an all-reduce of ints (the largest wins: a cancel is
+# final), so a stop's code is its place in STOPS, counted from 1; NONE (0) is no stop asked.
+STOPS = (AttemptStatus.PREEMPTED, AttemptStatus.CANCELLED)
+NONE = 0
+
+
+def stop_code(status: AttemptStatus) -> int:
+    return STOPS.index(status) + 1
+
+
+def stop_status(code: int) -> AttemptStatus:
+    return STOPS[code - 1]
 
 
 class StopFlag:
@@ -38,6 +49,11 @@ class StopFlag:
         self._installed = False
         self._raised = False
         self.launcher_pid: int | None = None  # a torchrun worker's parent, set by its orphan watchdog
+
+    @property
+    def status(self) -> AttemptStatus | None:
+        """The stop asked of this process (preempted or cancelled), None when none was."""
+        return stop_status(self.code) if self.code else None
 
     def orphaned(self) -> bool:
         """The launcher that started this worker is gone (kill -9, the OOM killer): every rank dies with it."""
@@ -61,15 +77,16 @@ class StopFlag:
         self._installed = True
 
     def _on_signal(self, signum, _frame) -> None:
-        if self.code < PREEMPTED:
-            self.code, self.reason = PREEMPTED, f"{signal.Signals(signum).name} (preemption or time limit)"
+        if self.code < stop_code(AttemptStatus.PREEMPTED):
+            self.code = stop_code(AttemptStatus.PREEMPTED)
+            self.reason = f"{signal.Signals(signum).name} (preemption or time limit)"
         self._stop_now()
 
     def _on_interrupt(self, _signum, _frame) -> None:
         self._interrupts += 1
         if self._interrupts > 1:
             raise KeyboardInterrupt
-        self.code, self.reason = CANCELLED, "interrupted (Ctrl-C)"
+        self.code, self.reason = stop_code(AttemptStatus.CANCELLED), "interrupted (Ctrl-C)"
         self._stop_now()
         print("\nmedscale: interrupted: saving a checkpoint at the next step, then stopping (Ctrl-C again to stop "
               "at once, without saving)", file=sys.stderr, flush=True)
@@ -78,17 +95,17 @@ class StopFlag:
         """Outside training: end the command now, once (a second signal must not interrupt its clean-up)."""
         if self.at_once and not self._raised:
             self._raised = True
-            raise StopRequested(STATUS[self.code], self.reason)
+            raise StopRequested(self.status, self.reason)
 
     def cancel(self, reason: str = "cancelled (`medscale jobs cancel`)") -> None:
-        self.code, self.reason = CANCELLED, reason
+        self.code, self.reason = stop_code(AttemptStatus.CANCELLED), reason
 
     def raise_if_set(self, step: int, resume_from=None) -> None:
         """Stop before any work that a checkpoint would have to save (start-up, before the first step); the next run
         starts where this one would have (`resume_from`, the checkpoint this attempt started from, or step 0)."""
         if self.code:
             log.warning("%s before training started: stopping; nothing to save", self.reason)
-            raise AttemptStopped(STATUS[self.code], step, resume_from=resume_from)
+            raise AttemptStopped(self.status, step, resume_from=resume_from)
 
 
 class _ReaderSafe:

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from medscale.status import AttemptStatus
+
 
 def utcnow() -> datetime:
     """Naive UTC (SQLite has no time zones, and one convention beats two)."""
@@ -43,15 +45,19 @@ class AttemptInfo:
     world_size: int = 1
     launcher_ids: dict = field(default_factory=dict)
     resumed_from: str | None = None
-    status: str = "running"
+    status: AttemptStatus = AttemptStatus.RUNNING
     step: int = 0
     exit_reason: str | None = None
     recipe_changes: list[str] = field(default_factory=list)  # resume-safe keys changed since the checkpoint
     started_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
 
+    def __post_init__(self):
+        self.status = AttemptStatus(self.status)  # from a journal, a registry row or a caller: the enum, or an error
+
     def to_json(self) -> dict:
-        return {k: (iso(v)[:-1] if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
+        return {k: (iso(v)[:-1] if isinstance(v, datetime) else v.value if k == "status" else v)
+                for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, d: dict) -> "AttemptInfo":

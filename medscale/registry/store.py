@@ -102,7 +102,7 @@ class Registry:
 
         A new attempt clears a cancel request made before `launched_at` (the submit or command that started it: a
         person ran the job again), and obeys one made after it (a cancel of a queued or starting job)."""
-        values = {k: v for k, v in asdict(a).items() if k != "number"}
+        values = {k: v for k, v in asdict(a).items() if k != "number"} | {"status": a.status.value}
         if a.status != AttemptStatus.RUNNING:
             values["heartbeat_at"] = a.ended_at or utcnow()
         elif beat:

@@ -22,6 +22,7 @@ from medscale.errors import UserError
 from medscale.eval.stored import base_result, final_results, paired
 from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
+from medscale.status import AttemptStatus, JobStatus
 
 LOWER_IS_BETTER = {"eval_loss", "control"}
 
@@ -149,7 +150,7 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
 
     job = t.job
     base_path = t.cell.get("base", "")
-    status = "failed" if t.error and job.status == "succeeded" else job.status
+    status = JobStatus.FAILED.value if t.error and job.status == JobStatus.SUCCEEDED else job.status
     note = "; ".join(x for x in (t.cell.get("note"), t.error or _failure(job)) if x)
     row = Row(t.label, "trial", bases.get(base_path, Path(base_path).name), status, note=note, job_id=job.id,
               steps=job.step or None)
@@ -187,7 +188,8 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
 
 
 def _failure(job) -> str | None:
-    if job.status not in ("failed", "cancelled", "lost", "stopped_early", "preempted"):
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED, AttemptStatus.LOST, JobStatus.STOPPED_EARLY,
+                          JobStatus.PREEMPTED):
         return None
     reasons = [a.exit_reason for a in job.attempt_list if a.exit_reason]
     return reasons[-1] if reasons else None

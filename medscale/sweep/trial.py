@@ -18,13 +18,16 @@ from typing import Callable, Sequence
 from medscale.dist import DistContext
 from medscale.jobs.kinds import JobKind
 from medscale.recipe import Recipe
+from medscale.status import AttemptStatus
 
 log = logging.getLogger("medscale.sweep")
 
 # How long a stopped sweep waits for its trials to save and end (as launcher.local.SHUTDOWN_GRACE_S: a large model
 # on slow storage saves for minutes); a trial still running then dies with the sweep's Ray, without its checkpoint.
 STOP_WAIT_S = 300.0
-FORWARDED = {"preempted": signal.SIGTERM, "cancelled": signal.SIGINT}  # what the trial's stop flag reads as the same
+# what the trial's stop flag reads as the same stop
+FORWARDED = {AttemptStatus.PREEMPTED: signal.SIGTERM, AttemptStatus.CANCELLED: signal.SIGINT}
+
 
 
 def run_trial(recipe: Recipe, launch=None, callbacks: Sequence = ()):
@@ -60,7 +63,7 @@ def score_final_adapter(recipe: Recipe) -> None:
                  100 * r.ci_low, 100 * r.ci_high, r.n)
 
 
-def forward_stop(output_dirs: dict[str, str], status: str, echo: Callable[[str], None],
+def forward_stop(output_dirs: dict[str, str], status: AttemptStatus, echo: Callable[[str], None],
                  wait_s: float = STOP_WAIT_S) -> None:
     """A sweep driver that is stopped passes the stop on to every trial running on this host, through the PID its
     attempt recorded (only while that process is still the attempt's own: PID and start time, never a process that
@@ -68,7 +71,6 @@ def forward_stop(output_dirs: dict[str, str], status: str, echo: Callable[[str],
     that follows would kill them unsaved (`lost`). A trial still starting (no attempt recorded) has nothing to save."""
     from medscale.jobs.record import read_journal
     from medscale.registry import pid_alive
-    from medscale.status import AttemptStatus
 
     running = {}
     for label, out in output_dirs.items():

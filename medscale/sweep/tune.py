@@ -28,7 +28,7 @@ import medscale
 from medscale import settings
 from medscale.errors import StopRequested
 from medscale.jobs.launch import LaunchRequest
-from medscale.jobs.stop import STATUS, StopFlag, stop_flag
+from medscale.jobs.stop import StopFlag, stop_flag
 from medscale.registry import JobSpec, Registry, SweepInfo
 from medscale.status import JobStatus
 from medscale.sweep.actor import LauncherFor, TrialFailed, asha_scheduler, trial_request, trial_trainable
@@ -399,7 +399,7 @@ def _progress(echo):
 def _raise_if_stopped() -> None:
     flag = stop_flag()
     if flag.code:
-        raise StopRequested(STATUS[flag.code], flag.reason)
+        raise StopRequested(flag.status, flag.reason)
 
 
 def _one_line(e: BaseException) -> str:

@@ -237,8 +237,8 @@ class AttemptCallback(TrainerCallback):
             self.stopped = code
             control.should_save = control.should_training_stop = True
             if state.is_world_process_zero:
-                log.warning("%s: saving a checkpoint at step %d and stopping", self.flag.reason or stop.STATUS[code],
-                            state.global_step)
+                log.warning("%s: saving a checkpoint at step %d and stopping",
+                            self.flag.reason or stop.stop_status(code), state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if state.is_world_process_zero and logs:
@@ -264,7 +264,7 @@ class AttemptCallback(TrainerCallback):
     def raise_if_stopped(self) -> None:
         """After `trainer.train()` returns: a stop request ended it, with a verified checkpoint saved."""
         if self.stopped:
-            raise AttemptStopped(stop.STATUS[self.stopped], self.attempt.step, saved=True,
+            raise AttemptStopped(stop.stop_status(self.stopped), self.attempt.step, saved=True,
                                  resume_from=self.attempt.out / f"checkpoint-{self.attempt.step}")
 
 

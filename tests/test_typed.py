@@ -1,0 +1,187 @@
+"""Typed all the way (issue 21, deliverable 3), checked with ast over medscale/ and launcher/ as the other two code
+rules are (tests/test_architecture.py: no module over 500 lines; tests/test_settings.py: no MEDSCALE_* read outside
+settings.py):
+- a public function takes at most five positional parameters (more are keyword-only, after `*`, or a spec object);
+- statuses are medscale.status enums everywhere: no bare status string is compared or assigned, "preempted" is one
+  value (the stop flag, the exit codes and the SLURM launcher's codes all read it), and job records and registry rows
+  written before still load, as the enums.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from conftest import REPO, cli
+from medscale.status import AttemptStatus, JobStatus
+
+MAX_POSITIONAL = 5
+
+
+def _public(name: str) -> bool:
+    return not name.startswith("_") or (name.startswith("__") and name.endswith("__"))
+
+
+def too_many_positional(source: str, limit: int = MAX_POSITIONAL) -> list[tuple[int, str, int]]:
+    """(line, qualified name, positional parameters) of each public function or method over `limit`. Public: its
+    name and every class around it have no leading underscore (a dunder such as __init__ is public); a function
+    inside a function is no one's interface. `self` / `cls` of a method are not counted, `*args` and keyword-only
+    parameters are not positional parameters a caller must line up."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str, in_class: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                if _public(child.name):
+                    visit(child, f"{prefix}{child.name}.", True)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and _public(child.name):
+                params = [a.arg for a in child.args.posonlyargs + child.args.args]
+                static = any(ast.unparse(d) == "staticmethod" for d in child.decorator_list)
+                if in_class and not static and params[:1] in (["self"], ["cls"]):
+                    params = params[1:]
+                if len(params) > limit:
+                    found.append((child.lineno, prefix + child.name, len(params)))
+
+    visit(ast.parse(source), "", False)
+    return found
+
+
+def _sources() -> list[Path]:
+    return sorted(p for root in ("medscale", "launcher") for p in (REPO / root).rglob("*.py"))
+
+
+def test_no_public_function_takes_more_than_five_positional_parameters():
+    """Issue 21 counted 37 calls passing seven or more arguments by position (run_eval took 17, the eval command 26):
+    a caller lining up that many is one swap away from a wrong run that still starts."""
+    bad = [f"{p.relative_to(REPO)}:{line}: {name} takes {n} positional parameters (make those after the fifth "
+           f"keyword-only with `*`, or pass a spec object)"
+           for p in _sources() for line, name, n in too_many_positional(p.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_positional_rule_counts_what_a_caller_lines_up():
+    source = '''
+def six(a, b, c, d, e, f): ...
+def five_then_keywords(a, b, c, d, e, *, f, g=1): ...
+def star_args(a, b, c, d, e, *rest, **kw): ...
+def _private(a, b, c, d, e, f): ...
+class Public:
+    def method(self, a, b, c, d, e): ...
+    def wide(self, a, b, c, d, e, f): ...
+    @classmethod
+    def build(cls, a, b, c, d, e): ...
+    @staticmethod
+    def helper(a, b, c, d, e, f): ...
+    def __init__(self, a, b, c, d, e, f, g): ...
+class _Hidden:
+    def wide(self, a, b, c, d, e, f): ...
+def outer():
+    def inner(a, b, c, d, e, f): ...
+'''
+    assert too_many_positional(source) == [(2, "six", 6), (8, "Public.wide", 6), (12, "Public.helper", 6),
+                                           (13, "Public.__init__", 7)]
+
+
+# --------------------------------------------------------------------------- statuses are one enum
+
+STATUS_VALUES = {s.value for s in (*JobStatus, *AttemptStatus)}
+
+
+def bare_statuses(source: str) -> list[tuple[int, str]]:
+    """(line, value) of each status written as a bare string where it is compared (`==`, `in (...)`), assigned to a
+    name ending in `status` (a default included) or passed as `status=`: each must be a medscale.status member."""
+    def literals(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in STATUS_VALUES:
+            yield node
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for e in node.elts:
+                yield from literals(e)
+
+    def named_status(target) -> bool:
+        name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+        return name.endswith("status")
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        values = []
+        if isinstance(node, ast.Compare):
+            values = [node.left, *node.comparators]
+        elif isinstance(node, ast.Assign) and any(named_status(t) for t in node.targets):
+            values = [node.value]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and named_status(node.target):
+            values = [node.value]
+        elif isinstance(node, ast.keyword) and node.arg == "status":
+            values = [node.value]
+        found += [(n.lineno, n.value) for v in values for n in literals(v)]
+    return sorted(found)
+
+
+def test_no_module_compares_or_assigns_a_bare_status_string():
+    bad = [f"{p.relative_to(REPO)}:{line}: {value!r}: use medscale.status's member"
+           for p in _sources() if p != REPO / "medscale" / "status.py"
+           for line, value in bare_statuses(p.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_status_check_finds_comparisons_defaults_and_keywords():
+    source = """
+if job.status not in ("failed", "cancelled"): ...
+status: str = "running"
+row = Row(status="preempted")
+journal = {"stopped_early": why}
+if kind == "train": ...
+"""
+    assert bare_statuses(source) == [(2, "cancelled"), (2, "failed"), (3, "running"), (4, "preempted")]
+
+
+def test_preempted_is_one_value_from_the_stop_flag_to_the_exit_code(tmp_path):
+    """A stop is an attempt status: the flag says it, the stop exceptions carry it, and the exit code a launcher
+    requeues on (75) is read from it, by the local, SLURM and Ray launchers alike."""
+    from launcher.slurm import FINAL_CODES
+    from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED, STOP_EXIT_CODES, AttemptStopped, StopRequested
+    from medscale.jobs.stop import STOPS, StopFlag, stop_code, stop_status
+
+    assert STOPS == (AttemptStatus.PREEMPTED, AttemptStatus.CANCELLED)  # ranked: a cancel wins
+    assert STOP_EXIT_CODES == {AttemptStatus.PREEMPTED: EXIT_PREEMPTED, AttemptStatus.CANCELLED: EXIT_CANCELLED}
+    for status in STOPS:
+        flag = StopFlag()
+        flag.code = stop_code(status)
+        assert flag.status is status is stop_status(flag.code)
+        stopped, at_once = AttemptStopped(flag.status, 3), StopRequested(flag.status, "asked")
+        assert stopped.status is at_once.status is status
+        assert stopped.exit_code == at_once.exit_code == FINAL_CODES[status] == STOP_EXIT_CODES[status]
+    assert StopFlag().status is None and FINAL_CODES[AttemptStatus.COMPLETED] == 0
+
+
+def _old_journal(out: Path) -> None:
+    """A job record as the previous version wrote it (journal format 2): statuses as plain strings, a SLURM job
+    preempted after a failed attempt."""
+    attempt = {"launcher": "slurm", "host": "node1", "pid": 4242, "fingerprint": "fp", "world_size": 2,
+               "resumed_from": None, "recipe_changes": [], "started_at": "2026-12-01T10:00:00"}
+    out.mkdir()
+    (out / "medscale_job.json").write_text(json.dumps({
+        "format": 2, "name": "old", "kind": "train", "output_dir": str(out), "launcher": "slurm",
+        "launcher_options": {}, "fingerprint": "fp", "verified_steps": [20],
+        "attempts": [{**attempt, "number": 1, "status": "failed", "step": 5, "exit_reason": "OSError: gone",
+                      "launcher_ids": {"slurm_job_id": "7"}, "ended_at": "2026-12-01T10:05:00"},
+                     {**attempt, "number": 2, "status": "preempted", "step": 20, "exit_reason": "stopped at step 20",
+                      "launcher_ids": {"slurm_job_id": "8"}, "ended_at": "2026-12-01T11:00:00"}]}), encoding="utf-8")
+    (out / "recipe.resolved.yaml").write_text("name: old\n", encoding="utf-8")
+
+
+def test_an_old_job_record_loads_its_statuses_as_the_enums_and_the_registry_shows_them(tmp_path):
+    from medscale.jobs.record import JOURNAL, read_journal
+
+    out = tmp_path / "old"
+    _old_journal(out)
+    journal = read_journal(out)
+    assert [type(a.status) for a in journal.attempts] == [AttemptStatus, AttemptStatus]
+    assert [a.status for a in journal.attempts] == [AttemptStatus.FAILED, AttemptStatus.PREEMPTED]
+    journal.save()  # written back as the same plain values
+    assert [a["status"] for a in json.loads((out / JOURNAL).read_text())["attempts"]] == ["failed", "preempted"]
+
+    r = cli("jobs", "sync", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    shown = json.loads(cli("jobs", "show", "old", "--json").stdout)
+    assert shown["status"] == JobStatus.PREEMPTED
+    assert [a["status"] for a in shown["attempt_list"]] == ["failed", "preempted"]
