@@ -23,7 +23,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -278,6 +278,7 @@ def run_sbatch(cmd: list[str], script: str) -> str:
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
+QUEUED_AS = "queued_as"  # in a submitted job's launcher options: the SLURM job (array task) it waits in
 FINAL_CODES = {AttemptStatus.COMPLETED: 0, **STOP_EXIT_CODES}
 
 
@@ -372,13 +373,31 @@ class SlurmLauncher:
     def submit(self, plan: SlurmPlan) -> SlurmHandle:
         for each in plan.each():
             each.report.raise_if_failed()
+            self._refuse_if_queued(each.request.recipe)
         o = plan.options
         if "%" not in o.output.rsplit("/", 1)[0]:
             Path(o.output).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it
         job_id = self.executor(plan.command, plan.script).strip().split(";")[0]
-        for each in plan.each():
-            register_submitted(each.request, "slurm")
+        for i, each in enumerate(plan.each()):  # the SLURM job each one waits in, until its first attempt starts
+            queued = {**each.request.options, QUEUED_AS: f"{job_id}_{i}" if plan.tasks else job_id}
+            register_submitted(replace(each.request, options=queued), "slurm")
         return SlurmHandle(plan, job_id)
+
+    def _refuse_if_queued(self, recipe) -> None:
+        """A job submitted before and still waiting in SLURM's queue has no attempt yet (prepare's check cannot see
+        it): the registry holds the SLURM job it waits in. Submitting it again would run it twice into one output
+        dir (a sweep run again while its array still waits)."""
+        from medscale.registry import JobSpec, Registry, RegistryError
+
+        try:
+            with Registry() as reg:
+                found = reg.find_by_key(JobSpec(recipe.name, os.path.abspath(recipe.train.output_dir), "", "", ""))
+                waiting = reg.job(found).launcher_options.get(QUEUED_AS) if found is not None else None
+        except RegistryError:
+            return
+        if waiting and (now := self.state(waiting)) in ACTIVE:
+            raise LaunchError(f"SLURM job {waiting} of {recipe.name} is still {now}: it runs by itself when SLURM "
+                              f"starts it; to submit it anew, `scancel {waiting}` first")
 
     def wait(self, handle: SlurmHandle) -> int:
         """Until SLURM no longer lists the job (a requeued job stays listed); then the code of its last attempt (of

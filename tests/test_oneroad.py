@@ -67,6 +67,43 @@ def test_a_sweep_launcher_that_does_not_exist_is_one_line(tiny_model_dir, tmp_pa
     assert r.returncode == 2 and "only --launcher slurm" in r.stderr
 
 
+def test_a_sweep_run_again_while_its_array_still_waits_in_the_queue_is_refused_not_run_twice(tiny_model_dir,
+                                                                                              tmp_path):
+    """A queued array task has no attempt yet, so nothing in its output dir says it is coming: the registry holds
+    the SLURM job each trial waits in, and submitting the trial again while that job is still queued is one line
+    (it would otherwise run twice into one output dir). Once SLURM no longer lists it, the rerun submits it."""
+    from dataclasses import replace
+
+    from launcher import LaunchError
+    from launcher.slurm import SlurmLauncher
+    from medscale.sweep.spec import load_spec, plan_sweep
+    from medscale.sweep.tune import AsArray, run_sweep
+
+    plan = plan_sweep(*load_spec(str(_sweep(tmp_path, tiny_model_dir, {"only": 3.0e-3}))))
+    queue = {"77_0": "PENDING"}
+    submitted = []
+
+    def sbatch(cmd, script):
+        submitted.append(script)
+        return "77"
+
+    backend = SlurmLauncher(executor=sbatch, state=queue.get)
+
+    def submit(requests, name):
+        tasks = [replace(r, options={**r.options, "gpus_per_node": "0"}) for r in requests]
+        return backend.submit(backend.prepare_array(tasks, name)).job_id
+
+    first = run_sweep(plan, AsArray(submit), echo=lambda s: None)
+    assert [t.status for t in first.trials] == ["queued"] and len(submitted) == 1
+    assert _job("oneroad.only")["launcher_options"]["queued_as"] == "77_0"
+    with pytest.raises(LaunchError, match="SLURM job 77_0 of oneroad.only is still PENDING"):
+        run_sweep(plan, AsArray(submit), echo=lambda s: None)
+    assert len(submitted) == 1
+    del queue["77_0"]  # cancelled, or gone from SLURM's lists: the rerun submits it
+    run_sweep(plan, AsArray(submit), echo=lambda s: None)
+    assert len(submitted) == 2
+
+
 # --------------------------------------------------------------------------- real SLURM (a one-node cluster)
 
 def _array(spec: Path, env: dict | None = None) -> str:
