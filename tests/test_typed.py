@@ -185,3 +185,63 @@ def test_an_old_job_record_loads_its_statuses_as_the_enums_and_the_registry_show
     shown = json.loads(cli("jobs", "show", "old", "--json").stdout)
     assert shown["status"] == JobStatus.PREEMPTED
     assert [a["status"] for a in shown["attempt_list"]] == ["failed", "preempted"]
+
+
+# --------------------------------------------------------------------------- read by name, not by position
+
+POSITIONAL_NAMES = ("overrides", "cells")
+
+
+def read_by_position(source: str) -> list[tuple[int, str]]:
+    """(line, expression) of each `overrides[-2:]`, `overrides[:-2]` or `cells[6]`: a list of overrides or a table
+    row read at a fixed place, which silently reads the wrong item once the list grows. Name the part instead (a
+    field, or a named index such as LeaderBoard.VERSUS)."""
+    def constant(node) -> bool:
+        return isinstance(node, ast.Constant) or (isinstance(node, ast.UnaryOp) and isinstance(node.operand,
+                                                                                                ast.Constant))
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Subscript):
+            continue
+        target = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
+        where = node.slice
+        fixed = constant(where) or isinstance(where, ast.Slice) and any(
+            b is not None and constant(b) for b in (where.lower, where.upper))
+        if target.endswith(POSITIONAL_NAMES) and fixed:
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_module_reads_overrides_or_table_cells_by_position():
+    bad = [f"{p.relative_to(REPO)}:{line}: {expr}: name what it reads" for p in _sources()
+           for line, expr in read_by_position(p.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_position_check_finds_fixed_indexes_and_slices_only():
+    source = """
+a = t.overrides[:-2]
+b = cells[6]
+c = overrides[:i]
+d = cells[board.VERSUS]
+e = trial_overrides[-1]
+"""
+    assert read_by_position(source) == [(2, "t.overrides[:-2]"), (3, "cells[6]"), (6, "trial_overrides[-1]")]
+
+
+def test_sweep_dry_run_lists_what_each_trial_asks_and_the_trial_adds_only_its_name_and_folder(tmp_path):
+    """`sweep run --dry-run` shows each trial's own overrides (the sweep's, its axes', the command line's), read by
+    name from the plan: not the name and output dir every trial gets, and not one of its own dropped."""
+    from medscale.sweep.spec import load_spec, plan_sweep
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: typed\nrecipes: [tiny-demo]\ngrid:\n  lr: {low: {train.learning_rate: 1.0e-5}, "
+                    "high: {train.learning_rate: 1.0e-4}}\noverrides: {train.max_steps: 2}\n", encoding="utf-8")
+    r = cli("sweep", "run", str(spec), "train.save_steps=1", "--dry-run", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    shown = {t["label"]: t["overrides"] for t in json.loads(r.stdout)["trials"]}
+    assert shown == {"low": ["train.max_steps=2", "train.learning_rate=1e-05", "train.save_steps=1"],
+                     "high": ["train.max_steps=2", "train.learning_rate=0.0001", "train.save_steps=1"]}
+    for t in plan_sweep(*load_spec(str(spec)), extra=["train.save_steps=1"]).trials:
+        assert t.overrides == [*t.asked, f"name=typed.{t.label}", f"train.output_dir={t.output_dir}"]

@@ -135,7 +135,7 @@ def _on_slurm(plan, launch_opt: list[str], dry_run: bool, as_json: bool) -> None
 
 
 def _print_plan(plan, as_json: bool) -> None:
-    rows = [{"label": t.label, "job": t.name, "recipe": t.recipe_ref, "overrides": t.overrides[:-2],
+    rows = [{"label": t.label, "job": t.name, "recipe": t.recipe_ref, "overrides": t.asked,
              "output_dir": t.output_dir, "processes": t.processes, "base": t.base, "note": t.note}
             for t in plan.trials]
     if as_json:

@@ -265,6 +265,7 @@ class TrialPlan:
     note: str | None
     base: str  # the base model path it is ranked against
     recipe: Recipe = field(repr=False, default=None)
+    asked: list[str] = field(default_factory=list)  # what the sweep asks of the cell: `overrides` less name, output dir
 
     @property
     def name(self) -> str:
@@ -393,8 +394,8 @@ def plan_sweep(spec: SweepSpec, definition: str, extra: list[str] | None = None,
         parts = [labels["recipe"]] if len(axes["recipe"]) > 1 else []
         parts += [labels[a] for a in axes if a != "recipe"]
         label = "-".join(parts) or labels["recipe"]
-        overrides = common + [o for a in axes for o in axes[a][labels[a]]] + cell_overrides + list(extra or [])
-        overrides += [f"name={spec.name}.{label}", f"train.output_dir={root / label}"]
+        asked = common + [o for a in axes for o in axes[a][labels[a]]] + cell_overrides + list(extra or [])
+        overrides = asked + [f"name={spec.name}.{label}", f"train.output_dir={root / label}"]
         try:
             recipe = load_recipe(ref, overrides)
         except RecipeError as e:
@@ -408,7 +409,7 @@ def plan_sweep(spec: SweepSpec, definition: str, extra: list[str] | None = None,
                             f"evaluates during training: set eval.eval_strategy=steps and eval.eval_steps")
         base = os.path.abspath(os.path.expanduser(entry.base)) if entry.base else os.path.abspath(recipe.model.path)
         notes = "; ".join(n for n in (entry.note, note) if n) or None
-        trials.append(TrialPlan(label, ref, overrides, labels, notes, base, recipe))
+        trials.append(TrialPlan(label, ref, overrides, labels, notes, base, recipe, asked=asked))
     if problems:
         raise SweepError("\n".join(problems))
     dup = sorted({t.label for t in trials if [u.label for u in trials].count(t.label) > 1})
