@@ -13,6 +13,10 @@ from medscale.cli.app import App
 from medscale.cli.eval import _G
 
 app = App()
+JUDGE = typer.Option(None, "--judge", help="the judge: a job or a model folder")
+JUDGE_ENDPOINT = typer.Option(None, "--judge-endpoint", help="the judge: an OpenAI-compatible server (its key from "
+                                                             "$OPENAI_API_KEY, or judge's --api-key-env)")
+JUDGE_MAX_NEW_TOKENS = typer.Option(512, "--judge-max-new-tokens", min=1)
 
 
 def judge_ref(judge: Optional[str], judge_endpoint: Optional[str], no_judge: bool) -> Optional[str]:
@@ -34,12 +38,10 @@ def judge_ref(judge: Optional[str], judge_endpoint: Optional[str], no_judge: boo
 def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs, model folders, endpoints "
                                                            "(http...) or answer files (JSONL: id, question, answer, "
                                                            "optional reference); --mode score takes one or more"),
-              questions: Optional[str] = typer.Option(None, "--questions", help="a question file, or a built-in "
+              *, questions: Optional[str] = typer.Option(None, "--questions", help="a question file, or a built-in "
                                                       f"open set ({', '.join(OPEN_SETS)}); default: the answer "
                                                       "file's questions"),
-              judge: Optional[str] = typer.Option(None, "--judge", help="the judge: a job or a model folder"),
-              judge_endpoint: Optional[str] = typer.Option(None, "--judge-endpoint", help="the judge: an "
-                                                           "OpenAI-compatible server"),
+              judge: Optional[str] = JUDGE, judge_endpoint: Optional[str] = JUDGE_ENDPOINT,
               no_judge: bool = typer.Option(False, "--no-judge", help="only what needs no judge: the "
                                             "degeneration signals"),
               mode: str = typer.Option("pairwise", "--mode", help="pairwise (A against B, both orders) | score "
@@ -105,3 +107,17 @@ def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs
         return
     typer.echo(result.to_markdown())
     typer.echo(f"judgement: {folder / 'judge.md'}\n           {folder / 'judge.html'}")
+
+
+def judge_compared(result, questions, *, judge: Optional[str], judge_endpoint: Optional[str], max_new_tokens: int,
+                   out: Path, greedy: bool) -> None:
+    """`compare --judge`: its second model judged against its first; judge.json / .md / .html beside compare's."""
+    from medscale.judge.run import judge_compared as judged
+    from medscale.judge.sources import Asking
+    from medscale.judge.spec import write_judgement
+
+    ref = judge_ref(judge, judge_endpoint, no_judge=False)
+    judgement = judged(result, questions, judge=ref, judge_asking=Asking(cli={"max_new_tokens": max_new_tokens},
+                                                                          greedy=greedy), cache_dir=out)
+    paths = write_judgement(judgement, out)
+    typer.echo(f"\n{judgement.verdict}\njudgement: {paths['markdown']}\n           {paths['html']}")

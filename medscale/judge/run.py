@@ -97,7 +97,7 @@ def judge_answers(sides: list[Answers], questions: list[OpenQuestion], *, mode: 
                          rubric_language=rubric_language, asked=asking.cli | {"greedy": asking.greedy})
     if judge is None:
         return result.finished()
-    prompts = _prompts(mode, sides, questions, rubric_language)
+    prompts = judge_prompts(mode, sides, questions, rubric_language)
     replies, result.judge = _ask_judge(judge, prompts, judge_asking,
                                        cache_dir / "judge.jsonl" if cache_dir else None)
     if mode == "pairwise":
@@ -112,7 +112,7 @@ def judge_answers(sides: list[Answers], questions: list[OpenQuestion], *, mode: 
     return result.finished()
 
 
-def _prompts(mode: str, sides: list[Answers], questions: list[OpenQuestion], rubric_language: str):
+def judge_prompts(mode: str, sides: list[Answers], questions: list[OpenQuestion], rubric_language: str):
     out = []
     for q in questions:
         lang = _lang(q, rubric_language)
@@ -144,6 +144,18 @@ def run_judgement(models: list[str], *, questions: str | None, mode: str, judge:
     for w in result.warnings:
         log.warning("%s", w)
     return result
+
+
+def judge_compared(compared, questions: list[OpenQuestion], *, judge: str, judge_asking: Asking,
+                   cache_dir: Path | None = None) -> JudgeResult:
+    """`compare --judge`: the second model compared against the first on the answers compare generated."""
+    if len(compared.models) < 2:
+        raise UserError("compare --judge needs two models (the first is A, the second B)")
+    sides = [Answers(m.label, {a.question_id: (f"<think>{a.think}</think>" if a.think else "") + a.answer
+                               for a in m.answers}, {"compare": m.backend})
+             for m in compared.models[:2]]
+    return judge_answers(sides, questions, mode="pairwise", judge=judge, asking=Asking(), judge_asking=judge_asking,
+                         cache_dir=cache_dir)
 
 
 def calibration_pairs(labels: str | None) -> tuple[list[OpenQuestion], Answers, Answers]:
