@@ -23,16 +23,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-# variant -> (backend mode, batch size, continuous-batching config)
+# variant -> (backend mode, batch size, continuous-batching config); any name may end in "@ATTN" to run with that
+# attention implementation (e.g. cb-graphs@flex_attention), the model's own otherwise
 VARIANTS = {
     "padded-b8": ("padded", 8, {}),
     "padded-b64": ("padded", 64, {}),
+    "padded-b256": ("padded", 256, {}),
+    "padded-auto": ("padded", None, {}),  # the engine's default: the batch the free GPU memory holds (fit_batch)
     "cb-default": ("cb", 0, {}),
     "cb-no-graphs": ("cb", 0, {"use_cuda_graph": False}),
     "cb-graphs": ("cb", 0, {"use_cuda_graph": True}),
     "cb-tokens-2k": ("cb", 0, {"max_batch_tokens": 2048}),
     "cb-tokens-8k": ("cb", 0, {"max_batch_tokens": 8192}),
+    "cb-graphs-4k": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 4096}),
+    "cb-graphs-16k": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 16384}),
+    "cb-graphs-reqs256": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 8192, "max_requests_per_batch": 256}),
     "cb-compile": ("cb", 0, {"default_compile_level": 1}),
+    "cb-graphs-compile": ("cb", 0, {"use_cuda_graph": True, "default_compile_level": 1}),
 }
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "head_dim", "vocab_size", "rope_theta", "tie_word_embeddings", "max_position_embeddings", "rms_norm_eps",
@@ -85,9 +92,12 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
     from medscale.generate.local import LocalBackend
     from medscale.generate.settings import SamplingSettings
 
-    mode, batch, cb = VARIANTS[name]
-    todo = reqs[:batch * padded_batches] if mode == "padded" else reqs
-    backend = LocalBackend(model, tok, mode=mode, batch_size=batch or 8, cb_config=cb, ignore_eos=True,
+    preset, _, attn = name.partition("@")
+    mode, batch, cb = VARIANTS[preset]
+    if attn:
+        model.set_attn_implementation(attn)
+    todo = reqs[:batch * padded_batches] if mode == "padded" and batch else reqs
+    backend = LocalBackend(model, tok, mode=mode, batch_size=batch, cb_config=cb, ignore_eos=True,
                            chunk=len(todo))
     s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
     if torch.cuda.is_available():
@@ -95,7 +105,8 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
     run = generate(todo, s, backend)
     return {"variant": name, "prompts": len(todo), "tokens": run.tokens, "seconds": round(run.seconds, 2),
             "tok_s": round(run.tokens_per_s, 1), "backend": run.backend["backend"], "fallback": run.backend["fallback"],
-            "mean_new_tokens": round(run.tokens / max(1, len(todo)), 1)}
+            "mean_new_tokens": round(run.tokens / max(1, len(todo)), 1),
+            "attn": model.config._attn_implementation}
 
 
 def main() -> None:
@@ -115,27 +126,39 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
+    rows, t0 = [], time.perf_counter()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = a.out.with_suffix(".rows.jsonl")  # each row as it is measured: a run cut short keeps what it had
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
     for shape in (["tiny"] if a.tiny else a.shapes.split(",")):
+        say(f"building {shape}")
         model, tok = tiny() if a.tiny else build(shape, a.configs, a.tokenizer, device)
+        default_attn = model.config._attn_implementation
         reqs = prompts(a.eval_data, a.prompts)
+        say(f"{len(reqs)} prompts ready")
         for name in a.variants.split(","):
+            say(f"{shape} {name}")
             try:
+                model.set_attn_implementation(default_attn)
                 row = {"shape": shape, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                        **run_variant(model, tok, name, reqs, a.new_tokens, a.padded_batches)}
             except Exception as e:  # noqa: BLE001 - one failed variant must not lose the others' numbers
                 row = {"shape": shape, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
             print(json.dumps(row), flush=True)
+            with partial.open("a") as f:
+                f.write(json.dumps(row) + "\n")
             rows.append(row)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"new_tokens": a.new_tokens, "prompts": a.prompts, "rows": rows}, indent=1))
-    print("\n| shape | variant | prompts | new tokens each | output tok/s | backend |\n|---|---|---:|---:|---:|---|")
+    print("\n| shape | variant | prompts | new tokens each | output tok/s | backend | attention |\n|---|---|---:|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['shape'].split('/')[-1]} | {r['variant']} | {r.get('prompts', '–')} | "
-              f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('backend', '')} |")
+              f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('backend', '')} | {r.get('attn', '')} |")
 
 
 if __name__ == "__main__":

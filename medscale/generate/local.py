@@ -1,5 +1,9 @@
-"""The in-process backend: continuous batching through transformers' `generate_batch` (paged KV cache, CUDA graphs)
-on a GPU, padded `generate` batches on CPU or where continuous batching fails. It says which one ran.
+"""The in-process backend: padded `generate` batches, as large as the GPU's free memory holds their KV cache, or
+continuous batching through transformers' `generate_batch` (paged KV cache, CUDA graphs). It says which one ran.
+
+`mode="auto"` takes continuous batching only where flash attention serves it: without flash, transformers' paged
+cache attends through a dense mask over every cached token of the batch, and padded batches of the planned size are
+faster (bench/gen_speed.py). Continuous batching that fails falls back to padded batches, said aloud.
 
 Seeded sampling in padded batches is exact per (seed, question, sample): each row's noise is a hash of its sample
 key, its step and the token id (Gumbel-max), never a draw from a shared generator, so it does not depend on batch
@@ -79,14 +83,15 @@ class LocalBackend:
     """`run(jobs, settings, limit, on_done)`: extends each job by up to `limit` tokens; `on_done(job)` for each job
     that ends (end-of-turn or limit). `mode`: auto (continuous batching on CUDA, else padded), cb, or padded."""
 
-    def __init__(self, model, tok, *, mode: str = "auto", batch_size: int = 8, cb_config: dict | None = None,
+    def __init__(self, model, tok, *, mode: str = "auto", batch_size: int | None = None, cb_config: dict | None = None,
                  ignore_eos: bool = False, enable_thinking: bool | None = None, chunk: int = 256):
+        """`batch_size`: padded requests per `generate` call; None plans it per call (`fit_batch`)."""
         self.model, self.tok, self.batch_size, self.cb_config = model, tok, batch_size, cb_config or {}
         self.enable_thinking = enable_thinking  # the chat template's switch (Qwen3); None: the template's default
         self.chunk = chunk  # continuous batching: requests per call, written to the cache when the call ends
         self.ignore_eos = ignore_eos  # benchmarks: every request runs to its limit
         on_gpu = next(model.parameters()).device.type == "cuda"
-        self.mode = mode if mode != "auto" else ("cb" if on_gpu else "padded")
+        self.mode = mode if mode != "auto" else ("cb" if on_gpu and _flash_attention(model) else "padded")
         self.fallback: str | None = None
         self.close_ids = tok.encode(THINK_CLOSE, add_special_tokens=False)
 
@@ -115,8 +120,11 @@ class LocalBackend:
         device = next(self.model.parameters()).device
         order = sorted(jobs, key=lambda j: -len(j.ids) - len(j.out))  # similar lengths share a batch
         pad = self.tok.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        if not order:
+            return
+        size = self.batch_size or fit_batch(self.model, len(order[0].ids) + len(order[0].out) + limit)
+        for start in range(0, len(order), size):
+            batch = order[start:start + size]
             seqs = [j.ids + j.out for j in batch]
             width = max(map(len, seqs))
             ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=device)
@@ -154,7 +162,7 @@ class LocalBackend:
 
     def complete(self, items: list, s: SamplingSettings):
         """Yield (item, text, tokens, finish) for every item, a batch (padded) or chunk (continuous) at a time."""
-        size = self.batch_size if self.mode == "padded" else self.chunk
+        size = (self.batch_size or self.chunk) if self.mode == "padded" else self.chunk
         for start in range(0, len(items), size):
             part = items[start:start + size]
             jobs = [Job(self.tok.encode(render_prompt(self.tok, it.messages, self.enable_thinking),
@@ -188,3 +196,25 @@ def decode(tok, ids: list[int]) -> str:
 def _contains(seq: list[int], sub: list[int]) -> bool:
     n = len(sub)
     return any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def fit_batch(model, max_len: int, cap: int = 256, share: float = 0.6) -> int:
+    """Padded requests per batch: as many as a KV cache of `max_len` tokens each fits in `share` of the GPU's free
+    memory, at most `cap` (decoding is launch-bound: a step of 256 rows costs little more than one of 8); 8 on CPU."""
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return 8
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    per_token = 2 * cfg.num_hidden_layers * (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
+    per_request = per_token * param.element_size() * max_len + cfg.vocab_size * 4  # KV cache + fp32 logits row
+    free = torch.cuda.mem_get_info(param.device)[0]
+    return max(1, min(cap, int(free * share // per_request)))
+
+
+def _flash_attention(model) -> bool:
+    """Whether continuous batching would attend through flash attention (the model's own or the package's)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash" in str(model.config._attn_implementation) or is_flash_attn_2_available()
