@@ -154,6 +154,15 @@ def _deepspeed(recipe: Recipe, report: Report, on_worker: bool) -> None:
                              f"processes x machines = {ranks}, or choose a new train.output_dir")
 
 
+def _trainer_args(recipe: Recipe, report: Report) -> None:
+    """train.trainer_args against the installed transformers' TrainingArguments."""
+    if recipe.train.trainer_args:
+        from transformers import TrainingArguments
+
+        for problem in recipe.train.trainer_args_problems(TrainingArguments):
+            report.error("train", problem)
+
+
 def _devices(recipe: Recipe, report: Report) -> None:
     """What the host that trains must have (this one: a worker, or the local launcher's machine)."""
     import torch
@@ -327,6 +336,9 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         _adapter(recipe, report)
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
+    for problem in recipe.track.tracker_problems():  # rank 0 logs on the host that trains
+        (report.error if devices else report.warn)("track", problem)
+    _trainer_args(recipe, report)
     _deepspeed(recipe, report, on_worker=devices)
     decision = None
     if devices:

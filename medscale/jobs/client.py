@@ -154,6 +154,10 @@ class RunRegistry:
             if not self._behind:
                 return
 
+    def job_id(self, spec: JobSpec) -> int | None:
+        """The registry's id of the job (trackers tag the run with it); None while the registry is unreachable."""
+        return self._call("looking up the job's id", lambda r: r.find_by_key(spec))
+
     def checkpoint(self, spec: JobSpec, c: CheckpointInfo) -> None:
         self._call("recording a checkpoint", lambda r: r.record_checkpoint(spec, c))
 

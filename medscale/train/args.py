@@ -14,7 +14,16 @@ import torch
 from transformers import TrainingArguments
 
 from medscale.dist import DistContext
-from medscale.recipe import Recipe
+from medscale.recipe import Recipe, RecipeError
+
+# How long a process waits at a collective (torch.distributed's timeout) unless train.trainer_args.ddp_timeout says
+# otherwise. A run that tokenizes for itself (started without the local launcher's pre-flight: SLURM, Ray) does it
+# on the main process while the others wait at a barrier; transformers' 1,800 s would kill a first run on large
+# data. Measured: `medscale check` tokenizing 226k HuatuoGPT-style records (169 tokens each on average) with the
+# Qwen3 tokenizer and data.num_proc=2 spent 375 CPU-seconds (about 3 min on 2 idle cores) and took 32 min on a
+# shared, loaded 2-core host; the full 711k-record file takes 3x that. 4 h covers it; a shorter limit only makes a
+# hung collective fail sooner.
+DDP_TIMEOUT_S = 4 * 3600
 
 
 def _one_process_group_env() -> None:
@@ -39,8 +48,10 @@ def training_arguments(recipe: Recipe, recompute: bool):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed. `recompute`:
     whether any layer is recomputed, as the run's memory plan decided (RunPlan.memory)."""
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    if problems := t.trainer_args_problems(TrainingArguments):
+        raise RecipeError("; ".join(problems))
     ds = recipe.dist.deepspeed
-    extra: dict = {}
+    extra: dict = {"ddp_timeout": DDP_TIMEOUT_S, **t.trainer_args}
     if ds:
         if not DistContext.from_env().launched:
             _one_process_group_env()
@@ -50,7 +61,7 @@ def training_arguments(recipe: Recipe, recompute: bool):
             from accelerate import PartialState
 
             os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-            PartialState(backend="gloo", timeout=timedelta(minutes=30))
+            PartialState(backend="gloo", timeout=timedelta(seconds=extra["ddp_timeout"]))
             extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
@@ -69,7 +80,7 @@ def training_arguments(recipe: Recipe, recompute: bool):
         eval_on_start=e.eval_on_start and e.eval_strategy != "no",
         # the Trainer would hide a NaN loss (logging_nan_inf_filter): medscale fails the attempt on one instead
         logging_nan_inf_filter=False,
-        include_num_input_tokens_seen="non_padding", report_to="none",
+        include_num_input_tokens_seen="non_padding", report_to="none",  # medscale's trackers: train/tracking.py
         run_name=recipe.track.run_name or recipe.name, remove_unused_columns=False, label_names=["labels"],
         dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False, **extra,
     )

@@ -140,15 +140,15 @@ class _Session:
 @contextmanager
 def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan, extra: Sequence,
              recompute: int | None):
-    """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, SwanLab,
-    recompute on the first `recompute` decoder layers only); SwanLab is closed however training ends."""
+    """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, trackers,
+    recompute on the first `recompute` decoder layers only); the trackers are closed however training ends."""
     from transformers import set_seed
 
     from medscale.model.load import count_parameters, load_model
     from medscale.train.callbacks import (AdaptiveClipper, AttemptCallback, MedscaleTrainer, ProgressToCollator,
                                           RecomputeFirstLayers, StepHealth, ThroughputMeter, decoder_blocks,
                                           flops_per_token)
-    from medscale.train.tracking import finish_swanlab, start_swanlab
+    from medscale.train.tracking import start_trackers
 
     if recipe.dist.deepspeed:
         from medscale.train.safe_load import install
@@ -167,13 +167,13 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
     clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
                                t.adaptive_clip.min_history) if t.adaptive_clip else None)
     attempt_cb = AttemptCallback(attempt, stop_flag(), health, t.save_total_limit, t.keep_best_checkpoint)
-    swan_cb, swan_dir = start_swanlab(recipe, args.process_index)
+    tracking = start_trackers(recipe, args.process_index, attempt)
     if plan.resume:
         args.eval_on_start = False  # the base model's loss is already in the restored log history
     trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                               data_collator=data.collator, processing_class=tok, meter=meter, health=health,
                               clipper=clipper, callbacks=[meter, ProgressToCollator(data.collator), attempt_cb]
-                              + ([swan_cb] if swan_cb else []) + ([RecomputeFirstLayers(recompute)] if partial else [])
+                              + tracking.callbacks + ([RecomputeFirstLayers(recompute)] if partial else [])
                               + list(extra))
     if (recipe.eval.benchmarks or recipe.eval.control) and args.eval_strategy != "no":
         if recipe.dist.zero_stage() == 3:  # sharded scoring runs uneven batches per rank: ZeRO-3 would hang on it
@@ -191,10 +191,9 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan,
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
     try:
-        yield _Session(trainer, attempt_cb, meter, trainable, total, swan_dir)
+        yield _Session(trainer, attempt_cb, meter, trainable, total, tracking.swanlab_dir)
     finally:
-        if swan_cb:
-            finish_swanlab()
+        tracking.close()
 
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

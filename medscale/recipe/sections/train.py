@@ -1,7 +1,9 @@
 """The optimization (HF TrainingArguments names), gradient clipping, checkpoints and resume."""
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import inspect
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,6 +21,28 @@ class AdaptiveClip(Section):
     percentile: float = Field(90, gt=0, le=100, description="clip at this percentile of recent gradient norms")
     window: int = Field(100, ge=2, description="how many recent norms the percentile is taken over")
     min_history: int = Field(10, ge=1, description="norms seen before the adaptive threshold replaces max_grad_norm")
+
+
+# TrainingArguments fields medscale sets itself: the recipe key that sets each, or None where medscale decides it
+# (the why follows the name). train.trainer_args may not name them: two places for one setting drift apart.
+OWNED_TRAINER_ARGS: dict[str, str | None] = {
+    "output_dir": "train.output_dir", "num_train_epochs": "train.num_train_epochs", "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.per_device_train_batch_size",
+    "per_device_eval_batch_size": "eval.per_device_eval_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps", "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.lr_scheduler_type", "warmup_steps": "train.warmup_steps",
+    "warmup_ratio": "train.warmup_ratio", "weight_decay": "train.weight_decay", "optim": "train.optim",
+    "max_grad_norm": "train.max_grad_norm", "bf16": "train.bf16", "fp16": "model.dtype", "deepspeed": "dist.deepspeed",
+    "gradient_checkpointing": "train.gradient_checkpointing", "gradient_checkpointing_kwargs":
+    "train.gradient_checkpointing", "activation_checkpointing": "train.gradient_checkpointing",
+    "activation_checkpointing_kwargs": "train.gradient_checkpointing", "use_liger_kernel": "train.use_liger_kernel",
+    "logging_steps": "train.logging_steps", "save_steps": "train.save_steps", "save_total_limit":
+    "train.save_total_limit", "seed": "train.seed", "data_seed": "train.seed", "eval_strategy": "eval.eval_strategy",
+    "eval_steps": "eval.eval_steps", "eval_on_start": "eval.eval_on_start", "report_to": "track.report_to",
+    "run_name": "track.run_name", "dataloader_num_workers": "train.dataloader_num_workers",
+    "resume_from_checkpoint": "train.resume", "use_cpu": None, "save_strategy": None, "logging_first_step": None,
+    "logging_nan_inf_filter": None, "include_num_input_tokens_seen": None, "remove_unused_columns": None,
+    "label_names": None, "ddp_find_unused_parameters": None, "accelerator_config": None}
 
 
 class TrainSection(Section):
@@ -68,6 +92,25 @@ class TrainSection(Section):
     seed: int = Field(42, description="seeds data order, the adapter's init and the eval split")
     dataloader_num_workers: int = Field(0, ge=0, description="processes preparing batches; >0 helps when collation "
                                                              "(term masking) is slow")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other Hugging Face TrainingArguments field, passed as given (e.g. "
+                                          "{ddp_timeout: 7200, neftune_noise_alpha: 5, torch_compile: true}); checked "
+                                          "against the installed transformers; fields a recipe key sets are refused")
+
+    def trainer_args_problems(self, arguments_class) -> list[str]:
+        """Why each train.trainer_args key cannot be passed to `arguments_class` (the installed transformers'
+        TrainingArguments): not one of its fields (the closest named), or one medscale sets itself."""
+        fields, problems = set(inspect.signature(arguments_class).parameters), []
+        for key in self.trainer_args:
+            if key in OWNED_TRAINER_ARGS:
+                owner = OWNED_TRAINER_ARGS[key]
+                problems.append(f"train.trainer_args.{key}: " + (f"set {owner} instead" if owner else
+                                "medscale sets this TrainingArguments field itself; remove it"))
+            elif key not in fields:
+                close = difflib.get_close_matches(key, sorted(fields - OWNED_TRAINER_ARGS.keys()), n=1)
+                problems.append(f"train.trainer_args.{key}: not a TrainingArguments field of the installed "
+                                f"transformers" + (f"; did you mean '{close[0]}'?" if close else ""))
+        return problems
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainSection":
