@@ -4,7 +4,8 @@ settings.py):
 - a public function takes at most five positional parameters (more are keyword-only, after `*`, or a spec object);
 - statuses are medscale.status enums everywhere: no bare status string is compared or assigned, "preempted" is one
   value (the stop flag, the exit codes and the SLURM launcher's codes all read it), and job records and registry rows
-  written before still load, as the enums.
+  written before still load, their kind and statuses as the enums;
+- lists of overrides and table rows are read by name, never at a fixed position.
 """
 from __future__ import annotations
 
@@ -169,16 +170,19 @@ def _old_journal(out: Path) -> None:
     (out / "recipe.resolved.yaml").write_text("name: old\n", encoding="utf-8")
 
 
-def test_an_old_job_record_loads_its_statuses_as_the_enums_and_the_registry_shows_them(tmp_path):
+def test_an_old_job_record_loads_its_kind_and_statuses_as_the_enums_and_the_registry_shows_them(tmp_path):
+    from medscale.jobs.kinds import JobKind
     from medscale.jobs.record import JOURNAL, read_journal
 
     out = tmp_path / "old"
     _old_journal(out)
     journal = read_journal(out)
+    assert journal.kind is JobKind.TRAIN
     assert [type(a.status) for a in journal.attempts] == [AttemptStatus, AttemptStatus]
     assert [a.status for a in journal.attempts] == [AttemptStatus.FAILED, AttemptStatus.PREEMPTED]
     journal.save()  # written back as the same plain values
-    assert [a["status"] for a in json.loads((out / JOURNAL).read_text())["attempts"]] == ["failed", "preempted"]
+    written = json.loads((out / JOURNAL).read_text())
+    assert (written["kind"], [a["status"] for a in written["attempts"]]) == ("train", ["failed", "preempted"])
 
     r = cli("jobs", "sync", str(out))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -72,7 +72,7 @@ class Attempt:
         r = self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         journal = read_journal(self.out) or Journal(r.name, str(self.out))
-        journal.output_dir, journal.kind, journal.fingerprint = str(self.out), self.kind.value, r.fingerprint()
+        journal.output_dir, journal.kind, journal.fingerprint = str(self.out), self.kind, r.fingerprint()
         journal.launcher, journal.launcher_options = self.launch.launcher, self.launch.options
         for old in journal.attempts:  # an attempt that never ended was killed
             if old.status == AttemptStatus.RUNNING:

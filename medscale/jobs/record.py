@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from medscale.jobs.errors import JobStateError
+from medscale.jobs.kinds import JobKind
 from medscale.paths import PRIVATE, plain_mode  # noqa: F401  (PRIVATE: the record's writers import it here)
 from medscale.registry.records import AttemptInfo, JobSpec
 
@@ -75,7 +76,7 @@ class Journal:
 
     name: str
     output_dir: str
-    kind: str = "train"
+    kind: JobKind = JobKind.TRAIN
     launcher: str = "python"
     launcher_options: dict = field(default_factory=dict)
     fingerprint: str = ""
@@ -83,16 +84,19 @@ class Journal:
     attempts: list[AttemptInfo] = field(default_factory=list)
     stopped_early: str | None = None  # why a sweep's scheduler ended this job for good (never resumed)
 
+    def __post_init__(self):
+        self.kind = JobKind(self.kind)  # a journal's plain value, or an error
+
     @property
     def last(self) -> AttemptInfo | None:
         return self.attempts[-1] if self.attempts else None
 
     def spec(self, recipe_yaml: str) -> JobSpec:
-        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind,
+        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind.value,
                        self.launcher_options)
 
     def to_json(self) -> dict:
-        return {"format": JOURNAL_FORMAT, "name": self.name, "kind": self.kind, "output_dir": self.output_dir,
+        return {"format": JOURNAL_FORMAT, "name": self.name, "kind": self.kind.value, "output_dir": self.output_dir,
                 "launcher": self.launcher, "launcher_options": self.launcher_options,
                 "fingerprint": self.fingerprint, "verified_steps": self.verified_steps,
                 "attempts": [a.to_json() for a in self.attempts],
@@ -100,7 +104,7 @@ class Journal:
 
     @classmethod
     def from_json(cls, d: dict) -> "Journal":
-        return cls(name=d["name"], output_dir=d.get("output_dir", ""), kind=d.get("kind", "train"),
+        return cls(name=d["name"], output_dir=d.get("output_dir", ""), kind=d.get("kind", JobKind.TRAIN),
                    launcher=d.get("launcher", "python"), launcher_options=d.get("launcher_options") or {},
                    fingerprint=d.get("fingerprint", ""), verified_steps=list(d.get("verified_steps") or []),
                    attempts=[AttemptInfo.from_json(a) for a in d.get("attempts", [])],
