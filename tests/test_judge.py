@@ -205,3 +205,78 @@ def test_an_answer_file_missing_a_question_is_one_line_naming_it(tmp_path):
     r = cli("judge", str(a), str(b), "--no-judge", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and f"{b}: no answer for 1 of the 2 questions" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+class _RecordedJudge:
+    """A judge behind an OpenAI-compatible endpoint that replies with recorded verdict text: it prefers the answer
+    that says to measure blood pressure (测血压), wherever it is shown, in Chinese for Chinese prompts and in English
+    otherwise, and writes no verdict line for a question that mentions 耳鸣 (a malformed reply)."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, body: dict, code: int = 200):
+                data = json.dumps(body, ensure_ascii=False).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"data": [{"id": "recorded-judge"}]} if self.path.endswith("/models") else {}, 404
+                           if not self.path.endswith("/models") else 200)
+
+            def do_POST(self):
+                prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][-1]["content"]
+                zh = "[助手A的回答]" in prompt
+                first = prompt.split("[助手B的回答]" if zh else "[Assistant B's answer]")[0]
+                winner = "A" if "测血压" in first.split("[助手A的回答]" if zh else "[Assistant A's answer]")[1] else "B"
+                text = (("理由略。\n" + "\n".join(f"{n}: {winner}" for n in ("诊断准确性", "推理质量", "建议实用性", "安全性",
+                                                                          "总体表现")))
+                        if zh else f"Reasons omitted.\n**Overall**: [[{winner}]]\nsafety: tie")
+                if "耳鸣" in prompt:
+                    text = "两个回答各有优缺点，难以判断。"
+                self._send({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                            "usage": {"completion_tokens": 12}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_endpoint_judge_with_readable_verdicts_gives_the_verdict_and_the_page(tmp_path):
+    from html_browser import dialogs
+
+    qs = ["28岁程序员，常年熬夜，头晕目眩，恶心", "头晕伴耳鸣怎么办？", "头晕目眩，测过血糖正常", "熬夜后头晕恶心",
+          "A programmer who stays up late feels dizzy. What should he do?"]
+    base = tmp_path / "base.jsonl"
+    tuned = tmp_path / "tuned.jsonl"
+    for path, answer in ((base, "多休息。"), (tuned, "先测血压，规律作息，必要时就医。<b>measure blood pressure 测血压</b>")):
+        path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": answer}, ensure_ascii=False) + "\n"
+                                for i, q in enumerate(qs)), encoding="utf-8")
+    with _RecordedJudge() as url:
+        r = cli("judge", str(base), str(tuned), "--judge-endpoint", url, "--out", str(tmp_path / "j"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout)
+    o, s = got["pairwise"]["overall"], got["pairwise"]
+    # 4 questions read, the tuned side preferred in both orders on each; the 耳鸣 question's replies are unparseable
+    assert (o["n"], o["win"], o["tie"], o["loss"], o["unparseable"]) == (4, 4, 0, 0, 1)
+    assert (o["ci_low"], o["ci_high"], o["verdict"]) == (1.0, 1.0, "better")
+    assert (s["position_consistency"], s["unparseable_replies"]) == (1.0, 2)
+    assert got["pairwise"]["criteria"]["safety"]["tie"] == 1  # the English reply calls safety a tie
+    assert got["pairwise"]["criteria"]["accuracy"]["n"] == 3  # the English reply names no accuracy verdict
+    assert got["verdict"].startswith("tuned against base: win 100% / tie 0% / loss 0%") and \
+        got["verdict"].endswith(": better")
+    assert got["judge"]["label"] == "recorded-judge" and got["judge"]["backend"]["backend"] == "endpoint"
+    seen, text = dialogs(tmp_path / "j" / "judge.html", tmp_path / "profile")
+    assert seen == [] and "<b>measure blood pressure" in text and "tuned against base" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from medscale.eval.result import _Model
+from medscale.eval.stats import wilson
 from medscale.judge.protocol import PairJudgement, PairwiseSummary, ScoreSummary, verdict_line
 from medscale.judge.rubric import CRITERIA, OVERALL
 from medscale.markdown import md_cell, md_text
@@ -49,7 +50,8 @@ class JudgeResult(_Model):
                 f"{k}: degenerate {v['degenerate']}/{v['n']}" for k, v in self.degeneration.items()))
         if self.calibration and self.pairwise:
             s, o = self.pairwise, self.pairwise.overall
-            agree = f"{100 * o.win / o.n:.0f}%" if o.n else "–"
+            low, high = wilson(o.win, o.n)
+            agree = f"{100 * o.win / o.n:.0f}%, 95% CI {100 * low:.0f}-{100 * high:.0f}%" if o.n else "–"
             consistency = f"{100 * s.position_consistency:.0f}%" if s.position_consistency is not None else "–"
             return (f"judge {self.judge['label']} agrees with the labels on {o.win} of {o.n} read pairs ({agree}; "
                     f"{o.tie} ties, {o.loss} against); position consistency {consistency}; {o.unparseable} of "
