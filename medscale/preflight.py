@@ -417,6 +417,8 @@ def check_eval_launch(spec, *, devices: bool, paths_must_exist: bool = True) -> 
                 check_base_folder(found.base)
                 if found.adapter is not None:
                     check_adapter_folder(found.adapter)
+                if spec.mode == "generate":  # the settings with the model's own generation_config.json
+                    spec.sampling_settings(found.base)
             except UserError as e:
                 (report.error if paths_must_exist else report.warn)("model", str(e))
     if (why := _output_dir_problem(Path(spec.train.output_dir))) is not None:

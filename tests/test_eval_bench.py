@@ -13,7 +13,7 @@ from medscale.data.chat import render_prompt, render_with_spans
 from medscale.eval.bench import BUILTINS, BenchmarkError, load_benchmark, load_questions
 from medscale.eval.prompt import mcq_messages, mcq_prompt
 from medscale.eval.result import BenchResult, EvalReport, Outcome
-from medscale.eval.score import extract_letters
+from medscale.eval.extract import extract_choice
 from medscale.eval.stats import contamination, mcnemar_exact, paired_bootstrap, paired_verdict, summarise, wilson
 from medscale.recipe import BenchmarkSource
 
@@ -176,12 +176,12 @@ def test_eval_prompt_is_the_prefix_training_gives_the_answer(tmp_path, request, 
 
 
 def test_answer_extraction_after_thinking():
-    valid = {"A", "B", "C", "D"}
-    assert extract_letters("分析……所以答案是：B", valid) == ["B"]
-    assert extract_letters("答案：A、C", valid) == ["A", "C"]
-    assert extract_letters("The answer is (D).", valid) == ["D"]
-    assert extract_letters("C. 丙", valid) == ["C"]
-    assert extract_letters("答案：E", valid) is None and extract_letters("我不知道", valid) is None
+    valid = "ABCD"
+    assert extract_choice("分析……所以答案是：B", valid).letters == ["B"]
+    assert extract_choice("答案：A、C", valid).letters == ["A", "C"]
+    assert extract_choice("The answer is (D).", valid).letters == ["D"]
+    assert extract_choice("C. 丙", valid).letters == ["C"]
+    assert extract_choice("答案：E", valid).letters is None and extract_choice("我不知道", valid).letters is None
 
 
 def test_wilson_interval():

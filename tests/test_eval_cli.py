@@ -48,7 +48,7 @@ def test_eval_option_and_generate_modes_run_end_to_end(mcq_job, eval_data):
     assert res["n"] == 8 and res["shots"] == 2 and set(res["outcomes"][0]["scores"]) == {"A", "B", "C", "D"}
     assert any("no dev split" in n for n in res["notes"])
     r = cli("eval", mcq_job[0], "--bench", eval_data["mcq"], "--mode", "generate", "--limit", 6, "--think",
-            "--think-budget", 4, "--max-new-tokens", 4, "--json")
+            "--think-budget", 4, "--max-new-tokens", 4, "--greedy", "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)["results"][0]
     assert res["mode"] == "generate" and res["n"] == 6

@@ -52,7 +52,7 @@ _G = _gen_options()
 
 
 @app.command("eval")
-def eval_cmd(model: str = MODEL,
+def eval_cmd(model: str = MODEL, *,
              bench: Optional[list[str]] = typer.Option(None, "--bench", help="benchmark name "
                                                        f"({', '.join(BUILTINS)}) or a file/folder; repeatable "
                                                        f"(default: the Chinese medical ones, {', '.join(MEDICAL_ZH)})"),
@@ -66,7 +66,9 @@ def eval_cmd(model: str = MODEL,
              mode: str = typer.Option("letter", "--mode", help="letter | option | generate"),
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="a fixed random subset of N questions "
                                                  "per benchmark"),
-             seed: int = typer.Option(0, "--seed", help="seed of the --limit subset"),
+             seed: Optional[int] = typer.Option(None, "--seed", help="seed of the --limit subset and the shot "
+                                                "examples (default 0) and, in generate mode, of the sampled answers "
+                                                "(default: the recipe's, else 0)"),
              batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions scored together"),
              data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where built-in benchmarks live "
                                                     "(default: $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval)"),
@@ -104,16 +106,33 @@ def eval_cmd(model: str = MODEL,
                                           "for slurm, the `ray job submit` command for ray), run nothing"),
              temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
              top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
-             think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
+             think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"],
+             n_samples: Optional[int] = typer.Option(None, "--n-samples", min=1, help="generate mode: answers per "
+                                                     "question; the score is pass@1, their mean, with majority vote "
+                                                     "and agreement beside it (default 1)"),
+             greedy: bool = typer.Option(False, "--greedy", help="generate mode: greedy decoding, whatever the "
+                                         "recipe or the model's generation_config.json say"),
+             endpoint: Optional[str] = typer.Option(None, "--endpoint", help="generate mode: generate through this "
+                                                    "OpenAI-compatible server (vLLM, SGLang, transformers serve, "
+                                                    "medscale serve; URL of its /v1) instead of in-process"),
+             api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="the environment variable "
+                                             "holding the endpoint's API key (never a flag; not logged or stored)"),
+             served_model: Optional[str] = typer.Option(None, "--served-model", help="the endpoint's model name "
+                                                        "(default: the first it lists)"),
+             concurrency: int = typer.Option(8, "--concurrency", min=1, help="endpoint requests in flight"),
+             timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="seconds an endpoint request may take "
+                                           "before it is retried (with backoff)")) -> None:
     """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict. The
     evaluation is a job (kind eval): each run is an attempt in `medscale jobs show`, and the same evaluation asked
-    again continues a stopped or killed one from the questions it had scored."""
+    again continues a stopped or killed one from the questions it had scored (generate mode: the answers it had
+    generated). Generate mode samples as the flags say, then the --recipe's generation section, then the model's
+    generation_config.json (R1-Distill: temperature 0.6, top-p 0.95); the result says where each value came from."""
     from medscale.errors import UserError
     from medscale.benchmarks import MEDICAL_ZH
     from medscale.eval.bench import BenchmarkError
     from medscale.eval.spec import new_eval_spec
     from medscale.paths import folder_problem
-    from medscale.recipe import BenchmarkSource
+    from medscale.recipe import BenchmarkSource, GenerationSection, load_recipe
 
     if mode not in ("letter", "option", "generate"):
         raise BenchmarkError(f"--mode {mode}: use letter, option or generate")
@@ -121,12 +140,24 @@ def eval_cmd(model: str = MODEL,
         raise UserError(f"--out {out}: {problem}")
     fields = {"question_field": question_field, "options_field": options_field, "answer_field": answer_field}
     refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
-    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
+    gen = load_recipe(recipe).generation if recipe else GenerationSection()
+    if think is not None:
+        gen = gen.model_copy(update={"enable_thinking": think})
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "n_samples": n_samples,
+                "seed": seed if mode == "generate" else None, "max_new_tokens": max_new_tokens,
+                "think_budget": think_budget}
+    served = {"url": endpoint, "api_key_env": api_key_env, "served_model": served_model,
+              "concurrency": concurrency, "timeout": timeout} if endpoint else None
     spec = new_eval_spec(dict(
         model=model, adapter=adapter, checkpoint=checkpoint, against=against, benchmarks=refs, mode=mode, shots=shots,
-        limit=limit, seed=seed, data_dir=data_dir, batch_size=batch_size, skip_bad=skip_bad, max_bad=max_bad,
-        dedupe=dedupe, system_prompt=system_prompt, train_data=train_data, generation=gen,
-        dist={"num_processes": processes}), out)
+        limit=limit, seed=seed or 0, data_dir=data_dir, batch_size=batch_size, skip_bad=skip_bad, max_bad=max_bad,
+        dedupe=dedupe, system_prompt=system_prompt, train_data=train_data, generation=gen, sampling=sampling,
+        greedy=greedy, endpoint=served, dist={"num_processes": processes}), out)
+    if mode == "generate":  # the settings before any model loads, each with its source (kept in the result too)
+        from medscale.jobs.resolve import resolve
+
+        typer.echo(spec.sampling_settings(resolve(model, checkpoint=checkpoint, adapter=adapter).base).line(),
+                   err=True)
     code = launch_eval(spec, launcher, _launch_options(launcher, launch_opt or []), dry_run)
     if code or dry_run or launcher != "local" or not DistContext.from_env().is_main:
         raise typer.Exit(code)  # several local processes: every one has the whole report, the first prints it

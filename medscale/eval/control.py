@@ -11,9 +11,8 @@ from medscale.data.chat import IGNORE, encode
 from medscale.data.formats import detect
 from medscale.data.sources import expand_sources, load_conversations, read_records
 from medscale.eval.bench import BUILTINS, BenchmarkError, load_benchmark
-from medscale.eval.generate import progress
 from medscale.eval.result import ControlResult, ForgettingVerdict
-from medscale.eval.score import process_group_rank, gather_all, score
+from medscale.eval.score import process_group_rank, gather_all, progress, score
 
 
 def is_sft_data(path: str) -> bool:

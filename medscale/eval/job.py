@@ -30,11 +30,7 @@ def run_job(spec: EvalSpec | Recipe, launch=None, callbacks=()):
     with Attempt(spec, launch or LaunchInfo.from_env(), ctx.rank, ctx.world_size, kind=JobKind.EVAL,
                  stop=flag) as attempt:
         flag.raise_if_set(0)
-        report = run_eval(spec.model, list(spec.benchmarks), adapter=spec.adapter, checkpoint=spec.checkpoint,
-                          against=spec.against, mode=spec.mode, shots=spec.shots, limit=spec.limit, seed=spec.seed,
-                          data_dir=spec.data_dir, batch_size=spec.batch_size, generation=spec.generation,
-                          skip_bad=spec.skip_bad, system_prompt=spec.system_prompt, train_data=spec.train_data,
-                          max_bad=spec.max_bad, dedupe=spec.dedupe, scores_dir=str(attempt.out))
+        report = run_eval(spec, scores_dir=str(attempt.out))
         if ctx.is_main:
             write_text_atomic(attempt.out / "eval.json", report.to_json(indent=1))
             write_text_atomic(attempt.out / "eval.md", report.to_markdown())

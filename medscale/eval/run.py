@@ -1,49 +1,86 @@
 """The eval entry: benchmarks in, typed results out. `run_eval` is what `medscale eval` (and, through the
-launchers, an eval job) calls; `evaluate_benchmark` is the library step the training callback and the lead's
-end-of-run verdict reuse."""
+launchers, an eval job) calls with its EvalSpec; `evaluate_benchmark` is the library step the training callback and
+the lead's end-of-run verdict reuse."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from medscale.eval.bench import Benchmark, BenchmarkError, load_benchmark
-from medscale.eval.result import BenchResult, EvalReport
-from medscale.eval.score import process_group_rank, score
-from medscale.eval.stats import paired_verdict, summarise
+from medscale.eval.result import BackendInfo, BenchResult, EvalReport, GenerationInfo
+from medscale.eval.sampled import pair, score_samples
+from medscale.eval.score import gather_all, inference, process_group_rank, score, score_generated
+from medscale.eval.spec import EvalSpec
+from medscale.eval.stats import summarise
+from medscale.generate.settings import Resolved, resolve
 from medscale.recipe import BenchmarkSource, GenerationSection
 
+log = logging.getLogger("medscale.eval")
 
-def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
+
+def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *, batch_size: int = 8,
                        system_prompt: str | None = None, generation: GenerationSection | None = None,
-                       model_meta: dict | None = None, seed: int = 0, scores_dir: str | None = None) -> BenchResult:
+                       sampling: Resolved | None = None, backend=None, model_meta: dict | None = None, seed: int = 0,
+                       scores_dir: str | None = None) -> BenchResult:
     """Score one (already loaded, possibly subset) benchmark and summarise it with intervals, saying what it was
     measured on (source, split, count) and the benchmark's notes. `scores_dir` (an evaluation job's folder): keep
-    each question's score there as it finishes, and reuse those an earlier attempt kept (medscale.eval.scores)."""
-    bench = bench.for_shots(shots, seed)  # a no-op where load_benchmarks did it, before the --limit subset
-    log = None
-    if scores_dir is not None:
-        from medscale.eval.scores import ScoreLog, measure_key
+    each question's score (generate mode: each answer) there as it finishes, and reuse those an earlier attempt kept
+    (medscale.eval.scores, medscale.generate.cache). Generate mode samples as `sampling` says (default: the
+    `generation` section's keys over medscale's defaults) through `backend` (default: `model` in-process)."""
+    from medscale.eval.scores import ScoreLog, measure_key
 
-        key = measure_key(bench_fingerprint=bench.fingerprint(), mode=mode, shots=shots, model=model_meta,
-                          system_prompt=system_prompt, generation=(generation or GenerationSection()).model_dump())
-        log = ScoreLog(scores_dir, key, rank=process_group_rank()[0])
-    try:
-        outcomes, seconds = score(model, tok, bench, mode, shots, batch_size, system_prompt, generation, seed, log)
-    finally:
-        if log is not None:
-            log.close()
-    notes = list(bench.notes)
-    if log is not None and (kept := sum(o.id in log.done for o in outcomes)):
-        notes.append(f"{kept} of {len(outcomes)} questions scored by an earlier attempt of this job (kept in "
-                     f"{scores_dir})")
+    bench = bench.for_shots(shots, seed)  # a no-op where load_benchmarks did it, before the --limit subset
+    generation = generation or GenerationSection()
+    key = measure_key(bench_fingerprint=bench.fingerprint(), mode=mode, shots=shots, model=model_meta,
+                      system_prompt=system_prompt)
+    notes, info = list(bench.notes), None
+    if mode == "generate":
+        sampling = sampling or resolve(recipe=generation)
+        if backend is None:
+            from medscale.generate.local import LocalBackend
+
+            backend = LocalBackend(model, tok, batch_size=batch_size, enable_thinking=generation.enable_thinking)
+        with inference(model):
+            outcomes, seconds, run = score_generated(
+                tok, bench, backend=backend, settings=sampling.settings, shots=shots, system_prompt=system_prompt,
+                enable_thinking=generation.enable_thinking,
+                cache=Path(scores_dir) / f"generations-{key}.jsonl" if scores_dir else None)
+        generated, cached, tokens = (sum(x) for x in zip(*gather_all([(run.generated, run.cached, run.tokens)],
+                                                                     process_group_rank()[1])))
+        info = GenerationInfo(settings=sampling.settings, sources=sampling.sources, line=sampling.line(),
+                              backend=BackendInfo(**run.backend), generated=generated, cached=cached, tokens=tokens,
+                              tokens_per_s=round(tokens / seconds, 2) if seconds > 0 else 0.0)
+        if cached:
+            notes.append(f"{cached} of {generated + cached} answers generated by an earlier attempt of this job "
+                         f"(kept in {scores_dir})")
+    else:
+        log_ = ScoreLog(scores_dir, key, rank=process_group_rank()[0]) if scores_dir is not None else None
+        try:
+            outcomes, seconds = score(model, tok, bench, mode=mode, shots=shots, batch_size=batch_size,
+                                      system_prompt=system_prompt, log=log_)
+        finally:
+            if log_ is not None:
+                log_.close()
+        if log_ is not None and (kept := sum(o.id in log_.done for o in outcomes)):
+            notes.append(f"{kept} of {len(outcomes)} questions scored by an earlier attempt of this job (kept in "
+                         f"{scores_dir})")
     if system_prompt:
         notes.append("asked with the run's system prompt")
     result = summarise(outcomes, benchmark=bench.name, fingerprint=bench.fingerprint(), language=bench.language,
                        mode=mode, shots=shots, model=model_meta, skipped=bench.skipped, notes=notes, seconds=seconds)
+    if info is not None:
+        result.generation = info
+        result.sampled = score_samples([s for o in outcomes for s in o.samples])
+        s = result.sampled
+        if s.k > 1:  # the headline is pass@1, its interval clustered by question
+            result.acc, result.ci_low, result.ci_high = s.pass1, s.ci_low, s.ci_high
     result.processes = process_group_rank()[1]
     result.source, result.split, result.total = bench.source, bench.split, bench.total
     return result
 
 
 def load_benchmarks(refs: list[str | BenchmarkSource], data_dir: str | None = None, limit: int | None = None,
-                    seed: int = 0, skip_bad: bool | None = None, max_bad: float | None = None, dedupe: bool = False,
+                    seed: int = 0, *, skip_bad: bool | None = None, max_bad: float | None = None, dedupe: bool = False,
                     shots: int = 0) -> list[Benchmark]:
     """Every benchmark loaded (its k-shot examples set apart, then cut to its fixed subset) before any model is: bad
     input fails in seconds."""
@@ -51,44 +88,29 @@ def load_benchmarks(refs: list[str | BenchmarkSource], data_dir: str | None = No
             for r in refs]
 
 
-def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: str | None = None,
-             checkpoint: int | None = None, against: str | None = None, mode: str = "letter", shots: int = 0,
-             limit: int | None = None, seed: int = 0, data_dir: str | None = None, batch_size: int = 8,
-             generation: GenerationSection | None = None, skip_bad: bool | None = None,
-             system_prompt: str | None = None, dtype: str = "auto", train_data: list[str] | None = None,
-             record: bool = True, max_bad: float | None = None, dedupe: bool = False,
-             scores_dir: str | None = None) -> EvalReport:
-    """Evaluate MODEL (a job, an output dir, a checkpoint, an adapter or a model folder: medscale.jobs.resolve) on
-    the benchmarks; with `against` (another model, or `base`: the model MODEL was tuned from), score it on the same
-    questions and give the paired verdict of MODEL against it, with a contamination check beside every "better"
-    (against `train_data`, default: the job's own training data). Every result is stored in the registry against the
-    job and checkpoint it measured (`record`; a registry that cannot be reached only warns). `scores_dir`: an
-    evaluation job's folder, where every question's score is kept as it finishes (a rerun skips them)."""
-    from medscale.jobs.resolve import resolve
+def run_eval(spec: EvalSpec, *, scores_dir: str | None = None, record: bool = True) -> EvalReport:
+    """Evaluate the spec's model (a job, an output dir, a checkpoint, an adapter or a model folder:
+    medscale.jobs.resolve) on its benchmarks; with `against` (another model, or `base`: the model it was tuned
+    from), score that on the same questions and give the paired verdict against it, with a contamination check
+    beside every "better" (against `train_data`, default: the job's own training data). Every result is stored in
+    the registry against the job and checkpoint it measured (`record`; a registry that cannot be reached only
+    warns). `scores_dir`: an evaluation job's folder, where every score and generated answer is kept as it finishes
+    (a rerun skips them)."""
+    from medscale.jobs.resolve import resolve as resolve_model
 
-    benches = load_benchmarks(benchmarks, data_dir, limit, seed, skip_bad, max_bad, dedupe, shots)
+    benches = load_benchmarks(spec.benchmarks, spec.data_dir, spec.limit, spec.seed, skip_bad=spec.skip_bad,
+                              max_bad=spec.max_bad, dedupe=spec.dedupe, shots=spec.shots)
     started_group = _join_process_group()
-    target = resolve(model_ref, checkpoint=checkpoint, adapter=adapter)
-    other = (target.base_only() if against == "base" else resolve(against)) if against else None
+    target = resolve_model(spec.model, checkpoint=spec.checkpoint, adapter=spec.adapter)
+    against = spec.against
+    other = (target.base_only() if against == "base" else resolve_model(against)) if against else None
     if against == "base" and target.adapter is None:
         raise BenchmarkError(f"--against base: {target.label} is a base model already (no adapter to compare with)")
-
-    def measure(ref) -> list[BenchResult]:
-        from medscale.model.infer import free_memory, load_for_inference
-
-        model, tok = load_for_inference(ref.base, ref.adapter, dtype, model_section=ref.recipe.get("model"))
-        prompt = system_prompt if system_prompt is not None else ref.system_prompt
-        results = [evaluate_benchmark(model, tok, b, mode, shots, batch_size, prompt, generation, ref.to_dict(), seed,
-                                      scores_dir=scores_dir) for b in benches]
-        del model
-        free_memory()
-        return results
-
-    report = EvalReport(model=target.to_dict(), results=measure(target))
+    report = EvalReport(model=target.to_dict(), results=measure(spec, target, benches, scores_dir))
     if other is not None:
-        report.against = measure(other)
-        report.verdicts = [paired_verdict(a, b) for a, b in zip(report.against, report.results)]
-        check_contamination(report, benches, train_data or target.training_data)
+        report.against = measure(spec, other, benches, scores_dir)
+        report.verdicts = [pair(a, b) for a, b in zip(report.against, report.results)]
+        check_contamination(report, benches, spec.train_data or target.training_data)
     if started_group:
         import torch.distributed as dist
 
@@ -98,6 +120,36 @@ def run_eval(model_ref: str, benchmarks: list[str | BenchmarkSource], adapter: s
         rows += [(r, other, "base" if against == "base" else "model") for r in report.against]
         record_results(rows, job_id=target.job_id)
     return report
+
+
+def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | None) -> list[BenchResult]:
+    """One model (a resolved reference) on every benchmark, loaded once. Generate mode through an endpoint loads
+    only the tokenizer (the prompts' template, whether it opens a think block)."""
+    from medscale.model.infer import free_memory, load_for_inference
+
+    prompt = spec.system_prompt if spec.system_prompt is not None else ref.system_prompt
+    sampling, backend, model = None, None, None
+    if spec.mode == "generate":
+        sampling = spec.sampling_settings(ref.base)
+        log.info("%s: %s", ref.label, sampling.line())
+    if spec.mode == "generate" and spec.endpoint is not None:
+        from transformers import AutoTokenizer
+
+        from medscale.generate.endpoint import EndpointBackend
+
+        e = spec.endpoint
+        tok = AutoTokenizer.from_pretrained(ref.base)
+        backend = EndpointBackend(e.url, model=e.served_model, concurrency=e.concurrency, timeout=e.timeout,
+                                  api_key_env=e.api_key_env)
+    else:
+        model, tok = load_for_inference(ref.base, ref.adapter, "auto", model_section=ref.recipe.get("model"))
+    results = [evaluate_benchmark(model, tok, b, mode=spec.mode, shots=spec.shots, batch_size=spec.batch_size,
+                                  system_prompt=prompt, generation=spec.generation, sampling=sampling,
+                                  backend=backend, model_meta=ref.to_dict(), seed=spec.seed, scores_dir=scores_dir)
+               for b in benches]
+    del model
+    free_memory()
+    return results
 
 
 def result_row(result: BenchResult, *, model: str, base: str, adapter: str | None, role: str, step: int | None = None,
@@ -113,7 +165,9 @@ def result_row(result: BenchResult, *, model: str, base: str, adapter: str | Non
                                "source": result.source, "split": result.split, "total": result.total,
                                "multi_answer": result.multi_answer, "language": result.language,
                                "questions_per_s": result.questions_per_s,
-                               "subjects": [s.model_dump() for s in result.subjects]},
+                               "subjects": [s.model_dump() for s in result.subjects],
+                               "sampled": result.sampled.model_dump() if result.sampled else None,
+                               "generation": result.generation.model_dump(mode="json") if result.generation else None},
                       outcomes=[o.model_dump() for o in result.outcomes])
 
 

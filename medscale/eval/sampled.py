@@ -7,61 +7,14 @@ whole questions (a clustered bootstrap) keeps that; an interval over n*k indepen
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from medscale.eval.result import Verdict
-from medscale.eval.stats import RESAMPLES, SEED, PairingError, mcnemar_exact, verdict_word, wilson
+from medscale.eval.result import BenchResult, QuestionScore, SampledScore, Sample, Verdict
+from medscale.eval.stats import (RESAMPLES, SEED, PairingError, mcnemar_exact, paired_verdict, verdict_word,
+                                 wilson)
 
 CHUNK = 1000  # resamples drawn at once: 1,000 x n indices stay small for any benchmark
-
-
-class Sample(BaseModel):
-    """One generated answer to one question, extracted."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    sample: int
-    status: Literal["ok", "over_budget", "no_answer"]
-    chosen: list[str] | None
-    correct: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return self.chosen is not None and sorted(self.chosen) == sorted(self.correct)
-
-
-class QuestionScore(BaseModel):
-    id: str
-    samples: int
-    correct: int
-    majority: list[str] | None = Field(description="the answer most samples chose (None: most gave none)")
-    majority_ok: bool
-    agreement: float = Field(description="share of samples that chose the majority answer")
-
-
-class SampledScore(BaseModel):
-    n: int = Field(description="questions")
-    k: int = Field(description="samples per question (the most any question has)")
-    pass1: float = Field(description="mean over questions of the share of correct samples")
-    ci_low: float = Field(description="95% clustered bootstrap over questions")
-    ci_high: float
-    majority_acc: float
-    agreement: float = Field(description="mean per-question agreement")
-    over_budget: int = Field(description="samples that never closed their think block")
-    no_answer: int = Field(description="samples that answered but named no option")
-    resamples: int
-    seed: int
-    questions: list[QuestionScore]
-
-    def line(self) -> str:
-        return (f"pass@1 {100 * self.pass1:.1f}% (95% CI {100 * self.ci_low:.1f}-{100 * self.ci_high:.1f}, clustered "
-                f"over {self.n} questions x {self.k} samples), majority vote {100 * self.majority_acc:.1f}%, "
-                f"agreement {100 * self.agreement:.0f}%; over think budget {self.over_budget}, "
-                f"no extractable answer {self.no_answer}")
 
 
 def cluster_bootstrap(per_question: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
@@ -81,7 +34,7 @@ def _by_question(samples: list[Sample]) -> dict[str, list[Sample]]:
     return grouped
 
 
-def _question(qid: str, ss: list[Sample]) -> QuestionScore:
+def question_score(qid: str, ss: list[Sample]) -> QuestionScore:
     """Majority over the samples' choices; a tie goes to the choice that came first (by sample index)."""
     votes = Counter(tuple(sorted(s.chosen)) if s.chosen else None for s in ss)
     top = max(votes.values())
@@ -94,7 +47,7 @@ def _question(qid: str, ss: list[Sample]) -> QuestionScore:
 
 def score_samples(samples: list[Sample], resamples: int = RESAMPLES, seed: int = SEED) -> SampledScore:
     grouped = _by_question(samples)
-    qs = [_question(qid, ss) for qid, ss in grouped.items()]
+    qs = [question_score(qid, ss) for qid, ss in grouped.items()]
     rates = np.array([q.correct / q.samples for q in qs])
     low, high = np.percentile(cluster_bootstrap(rates, resamples, seed), [2.5, 97.5])
     n = len(qs)
@@ -132,3 +85,17 @@ def paired_sampled_verdict(a: list[Sample], b: list[Sample], resamples: int = RE
                    acc_b=float(rb.mean()), diff=float((rb - ra).mean()), ci_low=low, ci_high=high,
                    p_mcnemar=mcnemar_exact(maj_a_only, maj_b_only), a_only=int((ra > rb).sum()),
                    b_only=int((rb > ra).sum()), resamples=resamples, seed=seed, verdict=verdict_word(low, high))
+
+
+def pair(a: BenchResult, b: BenchResult, *, a_label: str | None = None, b_label: str | None = None) -> Verdict:
+    """The paired verdict of B against A on the same questions: answer by answer, or, where either was sampled more
+    than once a question, each question's pass rate averaged over its samples (paired_sampled_verdict)."""
+    if not any(r.sampled is not None and r.sampled.k > 1 for r in (a, b)):
+        return paired_verdict(a, b, a_label=a_label, b_label=b_label)
+    if a.fingerprint != b.fingerprint:
+        raise PairingError(f"{b.benchmark}: sampled on different questions (fingerprints {a.fingerprint} vs "
+                           f"{b.fingerprint}): sample both models on the same benchmark files with the same --limit")
+    return paired_sampled_verdict([s for o in a.outcomes for s in o.samples],
+                                  [s for o in b.outcomes for s in o.samples], benchmark=b.benchmark,
+                                  a_label=a_label or a.model.get("label") or "A",
+                                  b_label=b_label or b.model.get("label") or "B")

@@ -1,26 +1,53 @@
 """Scoring multiple-choice questions: answer-letter log-likelihood, option-text log-likelihood, or
-generate-then-extract. Batched and padding-aware on whatever device the model is on; data-parallel when
-torch.distributed is initialised (each process scores a shard, rank 0 and every other rank get all outcomes).
+generate-then-extract through the generation engine (medscale.generate: k sampled answers a question, kept as they
+finish). Batched and padding-aware on whatever device the model is on; data-parallel when torch.distributed is
+initialised (each process scores a shard, rank 0 and every other rank get all outcomes).
 """
 from __future__ import annotations
 
-import re
 import time
-from contextlib import nullcontext
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from medscale.data.chat import THINK_OPEN, render_prompt
+from medscale.dist import DistContext
 from medscale.eval.bench import Benchmark, Question
-from medscale.eval.generate import generate, progress
+from medscale.eval.extract import extract_choice
 from medscale.eval.prompt import mcq_messages, mcq_prompt
-from medscale.eval.result import Outcome
-from medscale.recipe import GenerationSection
+from medscale.eval.result import Outcome, Sample
+from medscale.eval.sampled import question_score
+from medscale.generate.engine import Request, Run, generate
+from medscale.generate.settings import SamplingSettings
 
 if TYPE_CHECKING:
     from medscale.eval.scores import ScoreLog
 
 MODES = ("letter", "option", "generate")
+
+
+def progress(total: int, desc: str):
+    """A progress bar with ETA on the first process, on a terminal (silent in logs and tests, and without `desc`)."""
+    from tqdm.auto import tqdm
+
+    main = DistContext.from_env().is_main
+    return tqdm(total=total, desc=desc, unit="q", disable=True if not main or not desc else None, dynamic_ncols=True)
+
+
+@contextmanager
+def inference(model):
+    """The model in eval mode for the block (dropout off), as it was after: a training run's model goes on training."""
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 def process_group_rank():
@@ -61,10 +88,9 @@ def _choose(scores: dict[str, float], q: Question) -> list[str]:
     return sorted(sorted(scores, key=lambda letter: -scores[letter])[:len(q.answer)])
 
 
-def _outcome(q: Question, chosen: list[str] | None, scores: dict[str, float], output: str | None = None) -> Outcome:
-    return Outcome(id=q.id, subject=q.subject, chosen=chosen, correct=list(q.answer),
-                   ok=chosen is not None and chosen == sorted(q.answer),
-                   scores={k: round(v, 4) for k, v in scores.items()}, output=output)
+def _outcome(q: Question, chosen: list[str], scores: dict[str, float]) -> Outcome:
+    return Outcome(id=q.id, subject=q.subject, chosen=chosen, correct=list(q.answer), ok=chosen == sorted(q.answer),
+                   scores={k: round(v, 4) for k, v in scores.items()})
 
 
 def _batches(order: list[int], size: int):
@@ -119,75 +145,108 @@ def _score_option(model, tok, bench: Benchmark, qs: list[Question], shots: int, 
     return [_outcome(q, _choose(s, q), s) for q, s in zip(qs, scores)]
 
 
-_FINAL = [re.compile(r"答案\s*(?:是|为|应为|应选|选)?\s*[:：]?\s*\**\s*([A-J](?:\s*[、,，和及/]?\s*[A-J])*)(?![A-Za-z])"),
-          re.compile(r"(?i:answer)\s*(?i:is)?\s*[:：]?\s*\**\s*\(?([A-J](?:\s*(?:,|/|&|and)?\s*[A-J])*)\)?(?![A-Za-z])")]
-_LEADING = re.compile(r"^\W*([A-J](?:\s*[、,，]?\s*[A-J])*)(?![A-Za-z])")
-
-
-def extract_letters(answer: str, valid: set[str]) -> list[str] | None:
-    """The letters of a generated answer: the last "答案：X" / "Answer: X", else letters it starts with; None when
-    there are none or they name no option."""
-    for pattern in _FINAL:
-        found = pattern.findall(answer)
-        if found:
-            letters = sorted(set(re.findall(r"[A-J]", found[-1])))
-            return letters if letters and set(letters) <= valid else None
-    m = _LEADING.match(answer)
-    if m:
-        letters = sorted(set(re.findall(r"[A-J]", m.group(1))))
-        return letters if set(letters) <= valid else None
-    return None
-
-
-def _score_generate(model, tok, bench: Benchmark, qs: list[Question], shots: int, batch_size: int,
-                    system_prompt: str | None, generation: GenerationSection, seed: int) -> list[Outcome]:
-    convs = [mcq_messages(q, bench.language, "generate", bench.shots_for(q, shots), system_prompt) for q in qs]
-    gens = generate(model, tok, convs, generation, greedy=True, batch_size=batch_size, seed=seed,
-                    desc=f"{bench.name} (generate)")
-    return [_outcome(q, extract_letters(g.answer, set(q.options)), {}, g.answer) for q, g in zip(qs, gens)]
-
-
-def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, batch_size: int = 8,
-          system_prompt: str | None = None, generation: GenerationSection | None = None,
-          seed: int = 0, log: "ScoreLog | None" = None) -> tuple[list[Outcome], float]:
-    """(outcomes in the benchmark's order, seconds). Under torch.distributed every process scores every world-th
-    question and all of them return the gathered outcomes. Generate mode decodes greedily (reproducible) with
-    the generation section's think budget and token limits. With `log` (an evaluation job's ScoreLog), questions
-    go in batches of `batch_size` in the benchmark's order, each batch kept as it finishes and skipped when an
-    earlier attempt kept all of it (the same batches, so the same result as an uninterrupted run)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *, batch_size: int = 8,
+          system_prompt: str | None = None, log: "ScoreLog | None" = None) -> tuple[list[Outcome], float]:
+    """(outcomes in the benchmark's order, seconds) of letter or option mode (generate mode: score_generated).
+    Under torch.distributed every process scores every world-th question and all of them return the gathered
+    outcomes. With `log` (an evaluation job's ScoreLog), questions go in batches of `batch_size` in the benchmark's
+    order, each batch kept as it finishes and skipped when an earlier attempt kept all of it (the same batches, so
+    the same result as an uninterrupted run)."""
+    if mode not in ("letter", "option"):
+        raise ValueError(f"score() scores letter or option mode, not {mode!r}")
     rank, world = process_group_rank()
     mine = bench.questions[rank::world]
-    was_training = model.training
-    model.eval()
     t0 = time.perf_counter()
-
-    def run(qs: list[Question], bar) -> list[Outcome]:
-        if mode == "generate":
-            return _score_generate(model, tok, bench, qs, shots, batch_size, system_prompt,
-                                   generation or GenerationSection(), seed)
-        return (_score_letter if mode == "letter" else _score_option)(model, tok, bench, qs, shots, batch_size,
-                                                                      system_prompt, bar)
-
-    try:
-        with progress(len(mine), f"{bench.name} ({mode})") if mode != "generate" else nullcontext() as bar:
-            if log is None:
-                part = run(mine, bar)
-            else:
-                part = []
-                for start in range(0, len(mine), batch_size):
-                    qs = mine[start:start + batch_size]
-                    if all(q.id in log.done for q in qs):
-                        part += [log.done[q.id] for q in qs]
-                        if bar is not None:  # generate mode's own progress bar counts what it generates
-                            bar.update(len(qs))
-                        continue
-                    outs = run(qs, bar)
-                    log.add(outs)
-                    part += outs
-    finally:
-        model.train(was_training)
+    run = _score_letter if mode == "letter" else _score_option
+    with inference(model), progress(len(mine), f"{bench.name} ({mode})") as bar:
+        if log is None:
+            part = run(model, tok, bench, mine, shots, batch_size, system_prompt, bar)
+        else:
+            part = []
+            for start in range(0, len(mine), batch_size):
+                qs = mine[start:start + batch_size]
+                if all(q.id in log.done for q in qs):
+                    part += [log.done[q.id] for q in qs]
+                    bar.update(len(qs))
+                    continue
+                outs = run(model, tok, bench, qs, shots, batch_size, system_prompt, bar)
+                log.add(outs)
+                part += outs
     seconds = time.perf_counter() - t0
+    return _gathered(part, rank, world), seconds
+
+
+def _gathered(part: list, rank: int, world: int) -> list:
+    """Every process's part, back in the benchmark's order (process r held questions r, r + world, ...)."""
     gathered = gather_all([(rank + world * k, o) for k, o in enumerate(part)], world)
-    return [o for _, o in sorted(gathered, key=lambda x: x[0])], seconds
+    return [o for _, o in sorted(gathered, key=lambda x: x[0])]
+
+
+def generate_messages(bench: Benchmark, q: Question, shots: int, system_prompt: str | None,
+                      reasoning: bool) -> list[dict]:
+    """Generate mode's conversation. A reasoning model (its chat template thinks) is asked with no system turn, as
+    DeepSeek advises for R1: everything in the user turn, so a system prompt opens the question's turn instead."""
+    msgs = mcq_messages(q, bench.language, "generate", bench.shots_for(q, shots), None if reasoning else system_prompt)
+    if reasoning and system_prompt:
+        msgs[-1] = {"role": "user", "content": f"{system_prompt}\n\n{msgs[-1]['content']}"}
+    return msgs
+
+
+class _Counted:
+    """A generation backend whose every answer moves the progress bar; after each one the engine has kept, the
+    crash tests' failpoint (MEDSCALE_FAILPOINT=eval_generated@N)."""
+
+    def __init__(self, backend, bar):
+        self.backend, self.bar = backend, bar
+
+    @property
+    def info(self) -> dict:
+        return self.backend.info
+
+    def identity(self) -> str:
+        return self.backend.identity()
+
+    def complete(self, items: list, s: SamplingSettings):
+        from medscale.jobs.checkpoint import failpoint
+
+        for n, answer in enumerate(self.backend.complete(items, s), 1):
+            yield answer
+            self.bar.update(1)
+            failpoint("eval_generated", n)
+
+
+def score_generated(tok, bench: Benchmark, *, backend, settings: SamplingSettings, shots: int = 0,
+                    system_prompt: str | None = None, enable_thinking: bool | None = None,
+                    cache: Path | None = None) -> tuple[list[Outcome], float, Run]:
+    """Generate-then-extract: each question asked `settings.n_samples` times through the generation engine, every
+    answer appended to `cache` as it finishes (a rerun generates only what it lacks: process r of a sharded run
+    keeps its own `.rank<r>` file), the choice read after </think> (medscale.eval.extract). Returns the outcomes
+    (the majority vote and each sample), the seconds, and the engine's Run with this process's counts."""
+    rank, world = process_group_rank()
+    mine = bench.questions[rank::world]
+    reasoning = THINK_OPEN in str(getattr(tok, "chat_template", None) or "")
+    requests = [Request(q.id, generate_messages(bench, q, shots, system_prompt, reasoning)) for q in mine]
+    # an R1-style template opens the think block itself: then an answer without </think> never left it
+    opened = bool(requests) and render_prompt(tok, requests[0].messages, enable_thinking).rstrip().endswith(THINK_OPEN)
+    if cache is not None and rank:
+        cache = cache.with_suffix(f".rank{rank}.jsonl")
+    t0 = time.perf_counter()
+    with progress(len(requests) * settings.n_samples, f"{bench.name} (generate)") as bar:
+        run = generate(requests, settings, _Counted(backend, bar), cache=cache)
+    seconds = time.perf_counter() - t0
+    answers = defaultdict(list)
+    for g in run.generations:
+        answers[g.id].append(g)
+    part = [_sampled_outcome(q, answers[q.id], opened) for q in mine]
+    return _gathered(part, rank, world), seconds, run
+
+
+def _sampled_outcome(q: Question, answers: list, opened: bool) -> Outcome:
+    samples = []
+    for g in answers:
+        found = extract_choice(g.text, q.options, thinking=opened)
+        samples.append(Sample(id=q.id, sample=g.sample, status=found.status, chosen=found.letters,
+                              correct=sorted(q.answer)))
+    vote = question_score(q.id, samples)
+    return Outcome(id=q.id, subject=q.subject, chosen=vote.majority, correct=list(q.answer), ok=vote.majority_ok,
+                   output=answers[0].text, samples=samples)

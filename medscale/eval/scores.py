@@ -5,8 +5,9 @@ One JSON line per question in the job's folder (`scores.jsonl`; process r of a s
 `scores.rank<r>.jsonl`, and every file is read back), appended and fsynced through the generation cache's writer
 (medscale.generate.cache: a kill can only tear the last line, which is skipped and cut). A line holds the question
 id and its outcome under a key of what was measured: the benchmark's fingerprint, the mode, the shots, the model
-(base, adapter, checkpoint), the prompt and, in generate mode, the generation settings. Anything else changed is
-another key, and nothing is reused.
+(base, adapter, checkpoint) and the prompt. Anything else changed is another key, and nothing is reused. Generate
+mode keeps answers, not scores: the generation engine's cache (in a file named by the same key) holds each one under
+its settings' fingerprint, and scoring them again is cheap.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from medscale.generate.cache import GenerationCache
 PREFIX = "scores"
 
 
-def measure_key(*, bench_fingerprint: str, mode: str, shots: int, model: dict | None, system_prompt: str | None,
-                generation: dict | None) -> str:
+def measure_key(*, bench_fingerprint: str, mode: str, shots: int, model: dict | None,
+                system_prompt: str | None) -> str:
     what = {"benchmark": bench_fingerprint, "mode": mode, "shots": shots, "system_prompt": system_prompt,
             "model": {k: (model or {}).get(k) for k in ("base", "adapter", "checkpoint")},
-            "generation": generation if mode == "generate" else None}
+            "generation": None}  # kept: the keys of scores earlier versions kept stay the same
+
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 

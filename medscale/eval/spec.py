@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_serializer, model_validator
 
+from medscale.errors import UserError
+from medscale.generate.settings import Resolved, resolve
 from medscale.recipe import (BenchmarkSource, DistSection, GenerationSection, Recipe, RecipeError, Section,
                              apply_overrides, load_recipe)
 
@@ -25,6 +27,31 @@ JOB_FILE = "eval_job.yaml"
 
 class JobFolder(Section):
     output_dir: str = Field(min_length=1, description="the job's folder: its record, results cache and report")
+
+
+class SamplingKeys(Section):
+    """Generate mode's sampling keys as the command line gave them; None: not given, so the recipe's generation
+    section, then the model's generation_config.json, then medscale's defaults decide (generate.settings.resolve)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    n_samples: int | None = None
+    seed: int | None = None
+    max_new_tokens: int | None = None
+    think_budget: int | None = None
+
+
+class EndpointSpec(Section):
+    """An OpenAI-compatible server that generates instead of the model in-process. The API key stays in the
+    environment: only the variable's name is kept."""
+
+    url: str = Field(min_length=1, description="the server's base URL (.../v1)")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="the environment variable holding the API key")
+    served_model: str | None = Field(None, description="the served model's name; default: the first of /v1/models")
+    concurrency: int = Field(8, ge=1, description="requests in flight")
+    timeout: float = Field(600.0, gt=0, description="seconds a request may take before it is retried")
 
 
 class EvalSpec(Section):
@@ -46,9 +73,40 @@ class EvalSpec(Section):
     dedupe: bool = False
     system_prompt: str | None = None
     train_data: list[str] | None = None
-    generation: GenerationSection = Field(default_factory=GenerationSection)
+    generation: GenerationSection = Field(default_factory=GenerationSection,
+                                          description="a recipe's generation section: its keys set explicitly count")
+    sampling: SamplingKeys = Field(default_factory=SamplingKeys, description="the command line's sampling keys")
+    greedy: bool = Field(False, description="decode greedily, whatever the recipe or the model says")
+    endpoint: EndpointSpec | None = Field(None, description="generate through this server instead of in-process")
     dist: DistSection = Field(default_factory=DistSection)
     train: JobFolder
+
+    @model_validator(mode="after")
+    def _generation_options_need_generate_mode(self) -> "EvalSpec":
+        given = [k for k, v in self.sampling if v is not None] + ["greedy"] * self.greedy + ["endpoint"] * bool(
+            self.endpoint)
+        if given and self.mode != "generate":
+            raise ValueError(f"{', '.join(given)}: generation options, for --mode generate (this is --mode "
+                             f"{self.mode})")
+        if self.endpoint and self.against:
+            raise ValueError("--endpoint serves one model, so --against cannot be scored through it: drop "
+                             "--against, or evaluate both in-process")
+        return self
+
+    @field_serializer("generation")
+    def _set_keys_only(self, generation: GenerationSection) -> dict:
+        """Only the keys the recipe set: read back, the others stay unset, so they are not taken for its choices."""
+        return generation.model_dump(mode="json", exclude_unset=True)
+
+    def sampling_settings(self, model_dir: str | Path | None) -> Resolved:
+        """Generate mode's settings with the source of each: the command line, the recipe, the model's
+        generation_config.json in `model_dir`, medscale's defaults."""
+        found = resolve(cli=self.sampling.model_dump(), recipe=self.generation, model_dir=model_dir,
+                        greedy=self.greedy)
+        if found.settings.think_budget and self.generation.enable_thinking is False:
+            raise UserError(f"think_budget={found.settings.think_budget} (from {found.sources['think_budget']}) with "
+                            f"thinking off (--no-think / generation.enable_thinking=false): drop one of them")
+        return found
 
     @property
     def output_dir_as_written(self) -> str:
@@ -85,7 +143,8 @@ def new_eval_spec(what: dict, out: str | os.PathLike | None = None) -> EvalSpec:
     what = {**what, **{k: _absolute(what.get(k)) for k in ("model", "adapter", "against", "data_dir")}}
     what["benchmarks"] = [_absolute(b) if isinstance(b, str) else b for b in what["benchmarks"]]
     draft = _validated({**what, "name": "eval", "train": {"output_dir": "-"}}, "medscale eval options")
-    measured = draft.model_dump(mode="json", exclude={"name", "train"})
+    measured = draft.model_dump(mode="json", exclude={"name": True, "train": True,  # how fast is not what
+                                                      "endpoint": {"concurrency", "timeout"}})
     digest = hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:10]
     label = re.sub(r"[^\w.+-]+", "-", Path(draft.model.rstrip("/")).name).strip("-.")[:60] or "model"
     name = f"eval-{label}-{digest}"

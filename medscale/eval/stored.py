@@ -8,20 +8,23 @@ from medscale.registry import Registry, ResultView
 
 def as_bench(r: ResultView):
     """A stored result (with its outcomes) as the BenchResult that medscale.eval pairs."""
-    from medscale.eval.result import BenchResult, Outcome
+    from medscale.eval.result import BenchResult, GenerationInfo, Outcome, SampledScore
 
     f = r.figures or {}
     return BenchResult(benchmark=r.benchmark, fingerprint=r.fingerprint, language=f.get("language", "zh"),
                        mode=r.mode, shots=r.shots, model={"label": r.model}, n=r.n, correct=f.get("correct", 0),
                        acc=r.accuracy or 0.0, ci_low=r.ci_low or 0.0, ci_high=r.ci_high or 0.0,
+                       sampled=SampledScore.model_validate(f["sampled"]) if f.get("sampled") else None,
+                       generation=GenerationInfo.model_validate(f["generation"]) if f.get("generation") else None,
                        outcomes=[Outcome(**o) for o in r.outcomes])
 
 
 def paired(base: ResultView, tuned: ResultView):
-    """The paired verdict (bootstrap interval of tuned - base, McNemar's p) of two stored results."""
-    from medscale.eval.stats import paired_verdict
+    """The paired verdict (bootstrap interval of tuned - base, McNemar's p) of two stored results; sampled ones
+    pair by question, averaged over samples."""
+    from medscale.eval.sampled import pair
 
-    return paired_verdict(as_bench(base), as_bench(tuned), a_label="base", b_label="tuned")
+    return pair(as_bench(base), as_bench(tuned), a_label="base", b_label="tuned")
 
 
 def final_results(reg: Registry, job_id: int) -> list[ResultView]:

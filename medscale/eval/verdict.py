@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from medscale.eval.result import BenchResult
 from medscale.eval.run import check_contamination, evaluate_benchmark, load_benchmarks
-from medscale.eval.stats import paired_verdict
+from medscale.eval.sampled import pair
 from medscale.recipe import Recipe
 
 log = logging.getLogger("medscale.eval")
@@ -48,15 +48,15 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
     if e.benchmarks:
         benches = load_benchmarks(e.benchmarks, e.data_dir, None, recipe.train.seed)
         report = EvalReport(model={"label": f"{recipe.name}@{step}"}, results=[])
+        how = dict(mode=e.benchmark_mode, shots=e.shots, batch_size=e.per_device_eval_batch_size, system_prompt=system,
+                   generation=recipe.generation)
         for bench in benches:
-            tuned = evaluate_benchmark(model, tok, bench, e.benchmark_mode, e.shots, e.per_device_eval_batch_size,
-                                       system, recipe.generation, {"label": f"{recipe.name} (step {step})"})
+            tuned = evaluate_benchmark(model, tok, bench, **how, model_meta={"label": f"{recipe.name} (step {step})"})
             with without_adapter(model):
-                base = evaluate_benchmark(model, tok, bench, e.benchmark_mode, e.shots, e.per_device_eval_batch_size,
-                                          system, recipe.generation, {"label": f"{recipe.name} (base)"})
+                base = evaluate_benchmark(model, tok, bench, **how, model_meta={"label": f"{recipe.name} (base)"})
             report.results.append(tuned)
             report.against.append(base)
-            report.verdicts.append(paired_verdict(base, tuned, a_label="base", b_label="tuned"))
+            report.verdicts.append(pair(base, tuned, a_label="base", b_label="tuned"))
             j.results += [(base, "base"), (tuned, "tuned")]
         check_contamination(report, benches, [s.path for s in recipe.data.sources])
         for bench, v in zip(benches, report.verdicts):

@@ -45,6 +45,7 @@ def score_final_adapter(recipe: Recipe) -> None:
     """Score the job's final adapter on `eval.benchmarks` and store the results against the job (by its registry
     id, so they are the job's rows; by its output dir when the registry cannot be reached: the report has them)."""
     from medscale.eval.run import run_eval
+    from medscale.eval.spec import new_eval_spec
     from medscale.registry import JobSpec, Registry, RegistryError
 
     out = os.path.abspath(recipe.train.output_dir)
@@ -56,8 +57,9 @@ def score_final_adapter(recipe: Recipe) -> None:
     except RegistryError as e:
         log.warning("%s: scoring %s by its folder", e, out)
     e = recipe.eval
-    report = run_eval(ref, list(e.benchmarks), mode=e.benchmark_mode, shots=e.shots, seed=recipe.train.seed,
-                      data_dir=e.data_dir, batch_size=e.per_device_eval_batch_size, generation=recipe.generation)
+    report = run_eval(new_eval_spec(dict(model=ref, benchmarks=list(e.benchmarks), mode=e.benchmark_mode,
+                                         shots=e.shots, seed=recipe.train.seed, data_dir=e.data_dir,
+                                         batch_size=e.per_device_eval_batch_size, generation=recipe.generation)))
     for r in report.results:
         log.info("trial %s: %s %.1f%% (95%% CI %.1f-%.1f, n=%d)", recipe.name, r.benchmark, 100 * r.acc,
                  100 * r.ci_low, 100 * r.ci_high, r.n)

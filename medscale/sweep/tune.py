@@ -132,11 +132,12 @@ def missing_base_results(reg: Registry, plan: SweepPlan) -> dict[str, list]:
 def evaluate_base(path: str, benchmarks: list, settings: tuple) -> list[str]:
     """Score one base model on the benchmarks its trials are scored on; stored as `base` results of no job."""
     from medscale.eval.run import record_results, run_eval
+    from medscale.eval.spec import new_eval_spec
     from medscale.jobs.resolve import resolve
 
     _, mode, shots, data_dir, batch, seed, generation = settings
-    report = run_eval(path, benchmarks, mode=mode, shots=shots, seed=seed, data_dir=data_dir, batch_size=batch,
-                      generation=generation, record=False)
+    report = run_eval(new_eval_spec(dict(model=path, benchmarks=benchmarks, mode=mode, shots=shots, seed=seed,
+                                         data_dir=data_dir, batch_size=batch, generation=generation)), record=False)
     ref = resolve(path)
     record_results([(r, ref, "base") for r in report.results], None)
     return [f"{r.benchmark} {100 * r.acc:.1f}%" for r in report.results]
