@@ -167,6 +167,13 @@ def test_answer_files_are_judged_by_score_and_without_a_judge(tiny_model_dir, tm
     assert got["judge"] is None and got["pairwise"] is None and got["verdict"].startswith("no judge: ")
     assert got["degeneration"]["tuned"]["unclosed_think"] == 1 and got["degeneration"]["tuned"]["looping"] == 1
     assert got["degeneration"]["base"]["degenerate"] == 0
+    from medscale.jobs.launch import entry_for  # the judge kind's road: its job file runs again as an attempt
+
+    entry = entry_for("judge")
+    again = entry.load()(entry.load_spec(str(tmp_path / "nj" / "judge_job.yaml")))
+    assert again.degeneration == got["degeneration"]
+    journal = json.loads((tmp_path / "nj" / "medscale_job.json").read_text(encoding="utf-8"))
+    assert journal["kind"] == "judge" and [a["status"] for a in journal["attempts"]] == ["completed", "completed"]
 
     r = cli("judge", str(base), str(tuned), "--mode", "score", "--judge", str(tiny_model_dir),
             "--judge-max-new-tokens", "6", "--out", str(tmp_path / "sc"), "--json")

@@ -110,14 +110,17 @@ def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs
 
 
 def judge_compared(result, questions, *, judge: Optional[str], judge_endpoint: Optional[str], max_new_tokens: int,
-                   out: Path, greedy: bool) -> None:
-    """`compare --judge`: its second model judged against its first; judge.json / .md / .html beside compare's."""
+                   out: Path, greedy: bool):
+    """`compare --judge`: its second model judged against its first (None without a judge); judge.json / .md /
+    .html beside compare's files."""
     from medscale.judge.run import judge_compared as judged
     from medscale.judge.sources import Asking
     from medscale.judge.spec import write_judgement
 
+    if not (judge or judge_endpoint):
+        return None
     ref = judge_ref(judge, judge_endpoint, no_judge=False)
     judgement = judged(result, questions, judge=ref, judge_asking=Asking(cli={"max_new_tokens": max_new_tokens},
                                                                           greedy=greedy), cache_dir=out)
-    paths = write_judgement(judgement, out)
-    typer.echo(f"\n{judgement.verdict}\njudgement: {paths['markdown']}\n           {paths['html']}")
+    write_judgement(judgement, out)
+    return judgement
