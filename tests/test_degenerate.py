@@ -22,6 +22,8 @@ HEALTHY = ("<think>\n患者28岁，长期熬夜，出现头晕目眩和恶心。
 
 LOOP = ("<think>\n患者头晕，恶心，考虑颈椎病。\n</think>\n\n建议您注意休息，" + "多喝水，多喝水，多喝水，" * 30)
 
+STUTTER = "休息，，多休息，多休息，多休息多休息，，，，多休息，，，，多休息多休息多休息，，，"  # a loop sampled at 0.7
+
 LOOP_IN_THINK = ("<think>\n头晕的原因可能是熬夜。" + "嗯，我再想想，头晕的原因可能是熬夜。" * 40)  # never closed either
 
 UNCLOSED = ("<think>\n这位患者28岁，是程序员，经常熬夜，头晕目眩，恶心。首先考虑睡眠不足，其次考虑颈椎问题，还需要排除"
@@ -43,6 +45,10 @@ def test_a_healthy_long_answer_is_not_flagged():
 def test_a_loop_is_flagged():
     s = signals(CASE, LOOP)
     assert s.looping and s.reasons() == ["looping"]
+
+
+def test_a_stuttering_loop_is_flagged_by_its_repeated_ngrams():
+    assert signals(CASE, STUTTER).reasons() == ["looping"]
 
 
 def test_a_loop_inside_an_unclosed_think_is_both():

@@ -13,11 +13,12 @@ from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medscale.data.chat import split_think
+from medscale.data.chat import THINK_OPEN, split_think
 
-NGRAM = 8  # units (a CJK character, a Latin word, a punctuation mark) per n-gram of the repeated-share check
-REPEATED_SHARE = 0.5  # more than half of the n-grams seen earlier in the same text: the text mostly repeats itself
-MIN_UNITS = 40  # below this many units the repeated share says nothing
+NGRAM = 3  # units (a CJK character, a Latin word, a punctuation mark) per n-gram of the repeated-share check
+REPEATED_SHARE = 0.5  # more than half of the 3-grams seen earlier in the same text: it mostly repeats itself (a
+# healthy answer of a few hundred characters repeats about a tenth; a sampled loop that stutters, two thirds and more)
+MIN_UNITS = 30  # below this many units the repeated share says nothing
 MAX_PERIOD = 120  # longest loop (units) looked for at the tail
 MIN_TAIL = 24  # a looping tail covers at least this many units and at least three copies of its period
 MIN_LETTERS = 6  # fewer CJK characters + Latin letters than this: no language is read
@@ -76,9 +77,16 @@ class Counts(_Model):
         flags = [f or o for f, o in zip(self.flags, off)]
         return self.model_copy(update={"length_off": sum(off), "flags": flags, "degenerate": sum(flags)})
 
+    def kinds(self) -> str:
+        """"1 looping, 1 unclosed think": how many answers show each signal (those that any do)."""
+        return ", ".join(f"{getattr(self, k)} {k.replace('_', ' ')}" for k in KINDS if getattr(self, k))
+
+    def cell(self) -> str:
+        """"2/10 (1 looping, 1 unclosed think)": a table's cell."""
+        return f"{self.degenerate}/{self.n}" + (f" ({self.kinds()})" if self.degenerate else "")
+
     def line(self) -> str:
-        parts = [f"{getattr(self, k)} {k.replace('_', ' ')}" for k in KINDS if getattr(self, k)]
-        return f"degenerate {self.degenerate}/{self.n}" + (f" ({', '.join(parts)})" if parts else "")
+        return f"degenerate {self.cell()}"
 
 
 class DegenerationVerdict(_Model):
@@ -151,6 +159,15 @@ def count(pairs: Sequence[tuple[str, str]], base_lengths: Sequence[int] | None =
     return counts if base_lengths is None else counts.against(base_lengths)
 
 
+def of_outcomes(questions: dict[str, str], outcomes: Sequence) -> Counts:
+    """The counts of generate mode's answers: each outcome's first sample (`output`, think block included), asked
+    `questions[id]`. A first sample over the think budget whose text holds no <think> shows that the prompt opened
+    the block (R1-style templates), for every answer alike."""
+    opened = any(o.samples and o.samples[0].status == "over_budget" and THINK_OPEN not in (o.output or "")
+                 for o in outcomes)
+    return count([(questions[o.id], o.output or "") for o in outcomes], opened=opened)
+
+
 def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVerdict:
     """DEGENERATE when the fine-tune's degenerate answers outnumber the base's on the same questions and McNemar's
     exact p is below `alpha`. The fine-tune's lengths are checked against the base's here when they were not yet."""
@@ -165,6 +182,6 @@ def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVer
     p = mcnemar_exact(base_only, tuned_only)
     flagged = tuned_only > base_only and p < alpha
     line = (f"degenerate answers: base {base.degenerate}/{base.n} -> tuned {tuned.degenerate}/{tuned.n} "
-            f"(McNemar p={p:.3g})" + (f": DEGENERATE ({tuned.line()})" if flagged else ""))
+            f"(McNemar p={p:.3g})" + (f": DEGENERATE ({tuned.kinds()})" if flagged else ""))
     return DegenerationVerdict(n=tuned.n, base=base.degenerate, tuned=tuned.degenerate, base_only=base_only,
                                tuned_only=tuned_only, p_mcnemar=p, flagged=flagged, line=line, counts=tuned)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medscale.eval.degenerate import Counts, DegenerationVerdict
 from medscale.generate.settings import SamplingSettings, Source
 from medscale.markdown import md_cell, md_text
 
@@ -154,6 +155,8 @@ class BenchResult(_Model):
     subjects: list[SubjectScore] = Field(default_factory=list)
     sampled: SampledScore | None = Field(None, description="generate mode: pass@1, majority vote, agreement")
     generation: GenerationInfo | None = Field(None, description="generate mode: settings, sources and backend")
+    degeneration: Counts | None = Field(None, description="generate mode: loops, unclosed thinks, empty answers, "
+                                                          "the wrong language (medscale.eval.degenerate)")
     outcomes: list[Outcome] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
@@ -170,6 +173,7 @@ class BenchResult(_Model):
                  f"benchmark: {md_text(self.source)}, {md_text(self.split)}, {self.total} questions"
                  + (f" (n={self.n}: a --limit subset)" if self.n < self.total else ""), "",
                  *([f"{self.sampled.line()}", ""] if self.sampled else []),
+                 *([md_text(self.degeneration.line()), ""] if self.degeneration else []),
                  *([f"{md_text(self.generation.line)}; {md_text(self.generation.backend.backend)}, "
                     f"{self.generation.generated} answers generated, {self.generation.cached} read from the job's "
                     f"cache", ""] if self.generation else []),
@@ -216,6 +220,8 @@ class Verdict(_Model):
     seed: int
     verdict: VerdictWord
     contamination: Contamination | None = None
+    degeneration: DegenerationVerdict | None = Field(None, description="generate mode: B's degenerate answers "
+                                                                       "against A's (DEGENERATE when significant)")
 
     def line(self) -> str:
         text = (f"{self.benchmark}: {self.b} vs {self.a}: {_pct(self.acc_b)}% vs {_pct(self.acc_a)}% "
@@ -224,6 +230,8 @@ class Verdict(_Model):
                 f"{self.verdict.upper() if self.verdict != 'no detectable difference' else self.verdict + ' at this n'}")
         if self.contamination is not None:
             text += f"; {self.contamination.line()}"
+        if self.degeneration is not None:
+            text += f"; {self.degeneration.line}"
         return text
 
 
@@ -257,12 +265,13 @@ class EvalReport(_Model):
     verdicts: list[Verdict] = Field(default_factory=list)
 
     def to_markdown(self) -> str:
-        rows = ["| benchmark | model | mode | shots | n | acc % | 95% CI | skipped | unparseable |",
-                "|---|---|---|---:|---:|---:|---|---:|---:|"]
+        rows = ["| benchmark | model | mode | shots | n | acc % | 95% CI | skipped | unparseable | degenerate |",
+                "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
         for r in self.against + self.results:
             label = r.model.get("label") or r.model.get("base", "")
             rows.append(f"| {md_cell(r.benchmark)} | {md_cell(label)} | {r.mode} | {r.shots} | {r.n} | "
-                        f"{_pct(r.acc)} | {_pct(r.ci_low)}–{_pct(r.ci_high)} | {r.skipped} | {r.unparseable} |")
+                        f"{_pct(r.acc)} | {_pct(r.ci_low)}–{_pct(r.ci_high)} | {r.skipped} | {r.unparseable} | "
+                        f"{md_cell(r.degeneration.cell()) if r.degeneration else '–'} |")
         parts = ["\n".join(rows) + "\n"]
         parts += [f"**verdict** {md_text(v.line())}\n" for v in self.verdicts]
         parts += [r.to_markdown() for r in self.results]

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from medscale.eval.bench import Benchmark, BenchmarkError, load_benchmark
+from medscale.eval.degenerate import of_outcomes
 from medscale.eval.result import BackendInfo, BenchResult, EvalReport, GenerationInfo
 from medscale.eval.sampled import pair, score_samples
 from medscale.eval.score import gather_all, inference, process_group_rank, score, score_generated
@@ -74,6 +75,7 @@ def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots
         s = result.sampled
         if s.k > 1:  # the headline is pass@1, its interval clustered by question
             result.acc, result.ci_low, result.ci_high = s.pass1, s.ci_low, s.ci_high
+        result.degeneration = of_outcomes({q.id: q.question for q in bench.questions}, outcomes)
     result.processes = process_group_rank()[1]
     result.source, result.split, result.total = bench.source, bench.split, bench.total
     return result
@@ -167,7 +169,8 @@ def result_row(result: BenchResult, *, model: str, base: str, adapter: str | Non
                                "questions_per_s": result.questions_per_s,
                                "subjects": [s.model_dump() for s in result.subjects],
                                "sampled": result.sampled.model_dump() if result.sampled else None,
-                               "generation": result.generation.model_dump(mode="json") if result.generation else None},
+                               "generation": result.generation.model_dump(mode="json") if result.generation else None,
+                               "degeneration": result.degeneration.model_dump() if result.degeneration else None},
                       outcomes=[o.model_dump() for o in result.outcomes])
 
 

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from medscale.eval.degenerate import versus
 from medscale.eval.result import BenchResult, QuestionScore, SampledScore, Sample, Verdict
 from medscale.eval.stats import (RESAMPLES, SEED, PairingError, mcnemar_exact, paired_verdict, verdict_word,
                                  wilson)
@@ -91,11 +92,15 @@ def pair(a: BenchResult, b: BenchResult, *, a_label: str | None = None, b_label:
     """The paired verdict of B against A on the same questions: answer by answer, or, where either was sampled more
     than once a question, each question's pass rate averaged over its samples (paired_sampled_verdict)."""
     if not any(r.sampled is not None and r.sampled.k > 1 for r in (a, b)):
-        return paired_verdict(a, b, a_label=a_label, b_label=b_label)
-    if a.fingerprint != b.fingerprint:
+        v = paired_verdict(a, b, a_label=a_label, b_label=b_label)
+    elif a.fingerprint != b.fingerprint:
         raise PairingError(f"{b.benchmark}: sampled on different questions (fingerprints {a.fingerprint} vs "
                            f"{b.fingerprint}): sample both models on the same benchmark files with the same --limit")
-    return paired_sampled_verdict([s for o in a.outcomes for s in o.samples],
-                                  [s for o in b.outcomes for s in o.samples], benchmark=b.benchmark,
-                                  a_label=a_label or a.model.get("label") or "A",
-                                  b_label=b_label or b.model.get("label") or "B")
+    else:
+        v = paired_sampled_verdict([s for o in a.outcomes for s in o.samples],
+                                   [s for o in b.outcomes for s in o.samples], benchmark=b.benchmark,
+                                   a_label=a_label or a.model.get("label") or "A",
+                                   b_label=b_label or b.model.get("label") or "B")
+    if a.degeneration is not None and b.degeneration is not None:  # same questions, same order: they pair
+        v.degeneration = versus(a.degeneration, b.degeneration)
+    return v

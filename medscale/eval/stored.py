@@ -8,6 +8,7 @@ from medscale.registry import Registry, ResultView
 
 def as_bench(r: ResultView):
     """A stored result (with its outcomes) as the BenchResult that medscale.eval pairs."""
+    from medscale.eval.degenerate import Counts
     from medscale.eval.result import BenchResult, GenerationInfo, Outcome, SampledScore
 
     f = r.figures or {}
@@ -16,6 +17,7 @@ def as_bench(r: ResultView):
                        acc=r.accuracy or 0.0, ci_low=r.ci_low or 0.0, ci_high=r.ci_high or 0.0,
                        sampled=SampledScore.model_validate(f["sampled"]) if f.get("sampled") else None,
                        generation=GenerationInfo.model_validate(f["generation"]) if f.get("generation") else None,
+                       degeneration=Counts.model_validate(f["degeneration"]) if f.get("degeneration") else None,
                        outcomes=[Outcome(**o) for o in r.outcomes])
 
 

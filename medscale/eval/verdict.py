@@ -5,8 +5,10 @@
 At the end of a run whose recipe lists `eval.benchmarks`, the model just trained is scored with its adapter and
 without it (`disable_adapter`: exactly the base it was tuned from, in the same process, on the same questions), and
 the paired verdict says better / worse / no detectable difference at this n, with a contamination check beside
-every "better". `eval.control` measures the base and the tuned model on general-domain data: a regression beyond
-`eval.max_control_regression` is flagged (FORGETTING), and fails the job when `eval.fail_on_regression` asks.
+every "better", and in generate mode the degeneration signals of both models' answers (DEGENERATE: significantly
+more degenerate answers than the base, medscale.eval.degenerate). `eval.control` measures the base and the tuned
+model on general-domain data: a regression beyond `eval.max_control_regression` is flagged (FORGETTING), and fails
+the job when `eval.fail_on_regression` asks.
 Every process of the run calls this (scoring is sharded across them)."""
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
             word = "WORSE" if v.verdict == "worse" else v.verdict
             seen = (f"; {100 * v.contamination.share:.0f}% of its questions overlap the training data"
                     if getattr(v, "contamination", None) else "")
+            seen += f"; {v.degeneration.line}" if v.degeneration is not None else ""
             j.benchmarks[bench.name] = {
                 **v.model_dump(exclude={"contamination"}), "verdict": v.verdict,
                 "contamination": v.contamination.model_dump() if getattr(v, "contamination", None) else None,
@@ -83,5 +86,5 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
         if v.flagged and e.fail_on_regression:
             j.failure = f"{v.line} (eval.fail_on_regression=true)"
     for line in j.lines():
-        (log.warning if "WORSE" in line or "FORGETTING" in line else log.info)("%s", line)
+        (log.warning if any(w in line for w in ("WORSE", "FORGETTING", "DEGENERATE")) else log.info)("%s", line)
     return j
