@@ -179,13 +179,14 @@ def test_chat_one_shot_and_interactive(mcq_job, control_base):
 
 
 def test_chat_session_keeps_history_without_reasoning(control_base):
+    from medscale.eval.asking import local_backend
     from medscale.eval.chat import ChatSession
-    from medscale.model.infer import load_for_inference
-    from medscale.recipe import GenerationSection
+    from medscale.generate.settings import SamplingSettings
+    from medscale.jobs.resolve import resolve
 
-    model, tok = load_for_inference(control_base)
-    s = ChatSession(model, tok, GenerationSection(max_new_tokens=4, think_budget=2, enable_thinking=True),
-                    system_prompt="你是医生", greedy=True)
+    backend = local_backend(resolve(str(control_base)), enable_thinking=True, batch_size=1)
+    s = ChatSession(backend, SamplingSettings(do_sample=False, max_new_tokens=4, think_budget=2),
+                    system_prompt="你是医生")
     first = s.ask("你好")
     assert first.tokens <= 4 + 2  # the think budget comes on top of max_new_tokens
     s.ask("再问一个")

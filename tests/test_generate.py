@@ -148,7 +148,7 @@ def test_a_sigkilled_generation_resumes_from_its_cache_with_the_same_result(tiny
 
 
 def _serve(model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "medscale.generate.serve", str(model_dir), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(model_dir), "--port", "0",
                              "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     assert line.startswith("serving"), line

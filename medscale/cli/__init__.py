@@ -9,12 +9,14 @@ from __future__ import annotations
 import typer
 
 from medscale.cli.app import GLOBAL_OPTIONS, App, apply_global_options
+from medscale.cli.compare import app as compare_commands
 from medscale.cli.data import data_app
 from medscale.cli.eval import app as eval_commands
 from medscale.cli.export import app as export_commands
 from medscale.cli.jobs import jobs_app
 from medscale.cli.judge import app as judge_commands
 from medscale.cli.report import app as report_commands
+from medscale.cli.serve import app as serve_commands
 from medscale.cli.submit import submit_app
 from medscale.cli.sweep import sweep_app
 from medscale.cli.train import app as train_commands
@@ -60,7 +62,8 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
         apply_global_options(debug, quiet, verbose)
 
 
-for _group in (train_commands, eval_commands, judge_commands, report_commands, export_commands):
+for _group in (train_commands, eval_commands, compare_commands, judge_commands, serve_commands, report_commands,
+               export_commands):
     for _cmd in _group.registered_commands:
         app.registered_commands.append(_cmd)
 app.add_typer(recipe_app, name="recipe")

@@ -1,4 +1,4 @@
-"""`medscale eval | compare | chat`: thin wrappers over medscale.eval. MODEL is anything
+"""`medscale eval`: a thin wrapper over medscale.eval (compare and chat: medscale.cli.compare). MODEL is anything
 medscale.jobs.resolve understands: a job name or id, an output dir, a checkpoint, an adapter or a model folder."""
 from __future__ import annotations
 
@@ -18,21 +18,6 @@ MODEL = typer.Argument(..., help="a job name or id, an output dir, a checkpoint-
 ADAPTER = typer.Option(None, "--adapter", help="a LoRA adapter folder to apply on MODEL")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="use checkpoint-N of the run in MODEL")
 RECIPE_OPT = typer.Option(None, "--recipe", help="take generation.* and eval.* defaults from this recipe")
-
-
-def _generation(recipe: Optional[str], temperature, top_p, top_k, max_new_tokens, think: Optional[bool],
-                think_budget):
-    """The recipe's generation section (or the defaults) with the command-line values on top, re-validated."""
-    from medscale.recipe import GenerationSection, RecipeError, load_recipe
-
-    base = load_recipe(recipe).generation if recipe else GenerationSection()
-    given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens,
-             "enable_thinking": think, "think_budget": think_budget}
-    try:
-        return GenerationSection.model_validate({**base.model_dump(), **{k: v for k, v in given.items()
-                                                                         if v is not None}})
-    except ValueError as e:
-        raise RecipeError(f"generation options: {e}") from None
 
 
 def _gen_options():
@@ -104,6 +89,12 @@ def eval_cmd(model: str = MODEL, *,
                                                             "time=4:00:00, address=http://head:8265 (repeatable)"),
              dry_run: bool = typer.Option(False, "--dry-run", help="print what would be submitted (the batch script "
                                           "for slurm, the `ray job submit` command for ray), run nothing"),
+             parity: Optional[str] = typer.Option(None, "--parity", help="URL of a server of MODEL (`medscale serve`, "
+                                                  "vLLM): ask the questions greedily in-process and through it, "
+                                                  "report identical answers and choices, exit 1 above "
+                                                  "--parity-threshold"),
+             parity_threshold: float = typer.Option(0.02, "--parity-threshold", min=0.0, max=1.0, help="the largest "
+                                                    "share of questions whose extracted choice may differ"),
              temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
              top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
              think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"],
@@ -140,6 +131,16 @@ def eval_cmd(model: str = MODEL, *,
         raise UserError(f"--out {out}: {problem}")
     fields = {"question_field": question_field, "options_field": options_field, "answer_field": answer_field}
     refs = [BenchmarkSource(path=b, **fields) if any(fields.values()) else b for b in (bench or MEDICAL_ZH)]
+    if parity is not None:  # served equals trained: no evaluation job, a comparison of two ways of asking
+        from medscale.eval.parity import run_parity
+
+        report = run_parity(model, refs, parity, adapter=adapter, checkpoint=checkpoint, mode=mode, shots=shots,
+                            limit=limit, seed=seed or 0, data_dir=data_dir, skip_bad=skip_bad, max_bad=max_bad,
+                            dedupe=dedupe, system_prompt=system_prompt, recipe_file=recipe,
+                            max_new_tokens=max_new_tokens, think_budget=think_budget, batch_size=batch_size,
+                            threshold=parity_threshold)
+        typer.echo(report.to_json() if as_json else report.to_markdown())
+        return report.raise_if_failed()
     gen = load_recipe(recipe).generation if recipe else GenerationSection()
     if think is not None:
         gen = gen.model_copy(update={"enable_thinking": think})
@@ -239,71 +240,3 @@ def _what_would_run(launcher_name: str, plan) -> str:
     cmd = plan.command or [sys.executable, "-m", "medscale.jobs", "eval", plan.request.ref]
     return shlex.join(cmd) + "\n"
 
-
-def _model_spec(spec: str):
-    """[LABEL=]MODEL[+ADAPTER] -> (label, ModelRef)."""
-    from medscale.jobs.resolve import resolve
-
-    label, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    ref, _, adapter = rest.partition("+")
-    found = resolve(ref, adapter=adapter or None)
-    return label or found.label, found
-
-
-@app.command("compare")
-def compare_cmd(models: list[str] = typer.Argument(..., help="models to compare, each [LABEL=]MODEL[+ADAPTER]: a "
-                                                   "model folder, a LoRA run's output dir, or a base + an adapter"),
-                questions: Optional[str] = typer.Option(None, "--questions", help="question file (.jsonl/.json/.csv/"
-                                                        ".txt; default: the ten medical questions medscale ships)"),
-                limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
-                greedy: bool = typer.Option(False, "--greedy", help="greedy decoding: reproducible comparisons"),
-                batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions answered together"),
-                seed: int = typer.Option(0, "--seed", help="the sampling seed"),
-                system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="a system prompt before "
-                                                            "every question (default: none)"),
-                recipe: Optional[str] = RECIPE_OPT,
-                out: Path = typer.Option(Path("compare-out"), "--out", help="writes compare.md, compare.html, "
-                                         "compare.json here"),
-                temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
-                top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
-                think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
-    """Models side by side: each answers the same questions; time, tokens, tokens/s and the answers, in a table and
-    a page."""
-    from medscale.eval.bench import load_questions
-    from medscale.eval.compare import compare, output_paths, write_compare
-
-    output_paths(out)  # a file in the way of --out: one line now, before any model loads
-    qs = load_questions(questions)[:limit]
-    specs = [_model_spec(m) for m in models]
-    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
-    result = compare(specs, qs, gen, greedy, batch_size, seed, system_prompt=system_prompt)
-    paths = write_compare(result, out)
-    typer.echo(result.summary_markdown())
-    typer.echo(f"\nanswers side by side: {paths['markdown']}\n                      {paths['html']}")
-
-
-@app.command("chat")
-def chat_cmd(model: str = MODEL, adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
-             prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="answer this one question and exit"),
-             system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="default: the run's "
-                                                         "data.system_prompt, if MODEL is a medscale run"),
-             greedy: bool = typer.Option(False, "--greedy", help="greedy decoding"),
-             seed: int = typer.Option(0, "--seed", help="the sampling seed"),
-             recipe: Optional[str] = RECIPE_OPT,
-             temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
-             top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
-             think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
-    """Talk to a model (its adapter applied): one question with --prompt, else interactive."""
-    from medscale.eval.chat import ChatSession, format_reply, interactive
-    from medscale.jobs.resolve import resolve
-    from medscale.model.infer import load_for_inference
-
-    gen = _generation(recipe, temperature, top_p, top_k, max_new_tokens, think, think_budget)
-    ref = resolve(model, checkpoint=checkpoint, adapter=adapter)
-    llm, tok = load_for_inference(ref.base, ref.adapter, model_section=ref.recipe.get("model"))
-    session = ChatSession(llm, tok, gen, system_prompt if system_prompt is not None else ref.system_prompt,
-                          greedy, seed)
-    if prompt is not None:
-        typer.echo(format_reply(session.ask(prompt)))
-    else:
-        interactive(session, read=input, write=typer.echo)

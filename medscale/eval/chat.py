@@ -1,28 +1,41 @@
-"""`medscale chat`: talk to a model (base, or base + adapter) through its chat template, one-shot or interactive,
-with the think block shown apart from the answer."""
+"""`medscale chat`: talk to a model (base, or base + adapter, or an OpenAI-compatible endpoint) through its chat
+template, one-shot or interactive, with the think block shown apart from the answer. Each turn is one request to the
+generation engine."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
-from medscale.eval.generate import Generation, generate
-from medscale.recipe import GenerationSection
+from medscale.data.chat import split_think
+from medscale.generate.engine import Request, generate
+from medscale.generate.settings import SamplingSettings
 
 EXIT_WORDS = {"/exit", "/quit", "exit", "quit"}
 
 
-class ChatSession:
-    """A conversation: earlier answers are kept without their reasoning, as Qwen3-style templates drop it anyway."""
+@dataclass
+class Reply:
+    think: str | None  # the reasoning inside <think>...</think>; None when the model wrote none
+    answer: str
+    tokens: int
 
-    def __init__(self, model, tok, generation: GenerationSection, system_prompt: str | None = None,
-                 greedy: bool = False, seed: int = 0):
-        self.model, self.tok, self.generation, self.greedy, self.seed = model, tok, generation, greedy, seed
+
+class ChatSession:
+    """A conversation: earlier answers are kept without their reasoning, as Qwen3-style templates drop it anyway.
+    Each turn is its own request id, so a seeded conversation replays the same way."""
+
+    def __init__(self, backend, settings: SamplingSettings, system_prompt: str | None = None):
+        self.backend, self.settings = backend, settings
         self.system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.turns: list[dict] = []
 
-    def ask(self, text: str) -> Generation:
+    def ask(self, text: str) -> Reply:
         user = {"role": "user", "content": text}
-        reply = generate(self.model, self.tok, [self.system + self.turns + [user]], self.generation,
-                         greedy=self.greedy, batch_size=1, seed=self.seed + len(self.turns), desc="")[0]
+        turn = len(self.turns) // 2
+        g = generate([Request(f"turn-{turn}", self.system + self.turns + [user])], self.settings,
+                     self.backend).generations[0]
+        think, answer = split_think(g.text)
+        reply = Reply(think, answer or "", g.tokens)
         self.turns += [user, {"role": "assistant", "content": reply.answer}]
         return reply
 
@@ -30,7 +43,7 @@ class ChatSession:
         self.turns = []
 
 
-def format_reply(reply: Generation) -> str:
+def format_reply(reply: Reply) -> str:
     think = f"[think]\n{reply.think}\n[/think]\n\n" if reply.think else ""
     return f"{think}{reply.answer or '(no answer: the model ended its turn without one)'}"
 

@@ -11,13 +11,14 @@ from pathlib import Path
 from pydantic import Field
 from rapidfuzz.distance import LCSseq
 
+from medscale.data.chat import split_think
 from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion
 from medscale.eval.result import _Model
+from medscale.generate.settings import Resolved
 from medscale.html import render
 from medscale.markdown import md_cell, md_text
 from medscale.paths import folder_problem
-from medscale.recipe import GenerationSection
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -52,6 +53,8 @@ class CompareModel(_Model):
     tokens_per_s: float
     rouge_l: float | None = Field(None, description="mean character ROUGE-L F1 against the reference answers")
     answers: list[CompareAnswer]
+    backend: dict = Field(default_factory=dict, description="the engine's backend: in-process or the endpoint's "
+                                                            "served model and server version")
 
 
 class CompareQuestion(_Model):
@@ -104,45 +107,46 @@ def _settings_line(s: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in s.items())
 
 
-def compare(models: list, questions: list[OpenQuestion], generation: GenerationSection, greedy: bool = False,
-            batch_size: int = 8, seed: int = 0, dtype: str = "auto", system_prompt: str | None = None) -> CompareResult:
-    """models: (label, medscale.jobs.resolve.ModelRef) each, loaded one at a time (only one in memory)."""
-    from medscale.eval.generate import generate
-    from medscale.model.infer import free_memory, load_for_inference
+def compare(models: list, questions: list[OpenQuestion], settings: Resolved, *, endpoints: list[str] = (),
+            enable_thinking: bool | None = None, batch_size: int = 8, dtype: str = "auto",
+            system_prompt: str | None = None) -> CompareResult:
+    """models: (label, medscale.jobs.resolve.ModelRef) each, loaded one at a time (only one in memory); endpoints:
+    OpenAI-compatible servers, each one more column. All answer through the engine with the same settings."""
+    from medscale.eval.asking import local_backend, release
+    from medscale.generate.endpoint import EndpointBackend
+    from medscale.generate.engine import Request, generate
 
-    convs = [([{"role": "system", "content": system_prompt}] if system_prompt else []) + q.messages for q in questions]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    requests = [Request(q.id, system + q.messages) for q in questions]
+    askers = [(label, ref, lambda ref=ref: local_backend(ref, enable_thinking=enable_thinking, dtype=dtype,
+                                                          batch_size=batch_size)) for label, ref in models]
+    askers += [(None, None, lambda url=url: EndpointBackend(url, enable_thinking=enable_thinking))
+               for url in endpoints]
     out = []
-    for label, ref in models:
-        base, adapter = ref.base, ref.adapter
-        model, tok = load_for_inference(base, adapter, dtype, model_section=ref.recipe.get("model"))
-        gens = generate(model, tok, convs, generation, greedy=greedy, batch_size=batch_size, seed=seed, desc=label)
-        del model
-        free_memory()
-        answers = [CompareAnswer(question_id=q.id, think=g.think, answer=g.answer, tokens=g.tokens,
-                                 rouge_l=round(rouge_l(g.answer, q.reference), 4) if q.reference else None)
-                   for q, g in zip(questions, gens)]
-        total_s = sum(_batch_seconds(gens))
-        tokens = sum(g.tokens for g in gens)
+    for label, ref, open_backend in askers:
+        backend = open_backend()
+        run = generate(requests, settings.settings, backend)
+        if ref is not None:
+            release(backend)
+        answers = []
+        for q, g in zip(questions, run.generations):
+            think, answer = split_think(g.text)
+            answers.append(CompareAnswer(question_id=q.id, think=think, answer=answer or "", tokens=g.tokens,
+                                         rouge_l=round(rouge_l(answer or "", q.reference), 4) if q.reference else None))
         refs = [a.rouge_l for a in answers if a.rouge_l is not None]
-        out.append(CompareModel(label=label, base=str(base), adapter=str(adapter) if adapter else None,
-                                total_s=round(total_s, 3), avg_s=round(total_s / len(gens), 3), total_tokens=tokens,
-                                avg_tokens=round(tokens / len(gens), 1),
-                                tokens_per_s=round(tokens / total_s, 2) if total_s else 0.0,
+        n = len(run.generations)
+        out.append(CompareModel(label=label or run.backend["served_model"],
+                                base=str(ref.base) if ref else run.backend["url"],
+                                adapter=str(ref.adapter) if ref and ref.adapter else None, backend=run.backend,
+                                total_s=round(run.seconds, 3), avg_s=round(run.seconds / n, 3),
+                                total_tokens=run.tokens, avg_tokens=round(run.tokens / n, 1),
+                                tokens_per_s=round(run.tokens_per_s, 2),
                                 rouge_l=round(sum(refs) / len(refs), 4) if refs else None, answers=answers))
-    settings = {"greedy": greedy or generation.temperature == 0, **generation.model_dump(), "batch_size": batch_size,
-                "questions": len(questions)}
+    shown = settings.settings.model_dump(exclude={"n_samples"})
     return CompareResult(questions=[CompareQuestion(id=q.id, prompt=q.prompt, reference=q.reference)
-                                    for q in questions], models=out, settings=settings)
-
-
-def _batch_seconds(gens) -> list[float]:
-    """Each batch's wall time once (answers of one batch share it)."""
-    seen, out = set(), []
-    for g in gens:
-        if g.batch not in seen:
-            seen.add(g.batch)
-            out.append(g.seconds)
-    return out
+                                    for q in questions], models=out,
+                         settings={"greedy": not shown["do_sample"], **shown, "enable_thinking": enable_thinking,
+                                   "batch_size": batch_size, "questions": len(questions)})
 
 
 def output_paths(out_dir: str | Path) -> dict[str, Path]:

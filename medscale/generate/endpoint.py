@@ -4,6 +4,10 @@ Requests go out `concurrency` at a time, each with a timeout; a connection failu
 with exponential backoff, then the run stops with one line naming the server and the reason (what finished is
 cached already). The API key is read from an environment variable and sent only as the Authorization header: no
 message, log line or record contains it. The served model's name and the server's version are recorded.
+
+Think handling is the server's (it serves the template the model was trained with) unless the caller decides it
+(`enable_thinking`, sent as `chat_template_kwargs`, which vLLM, `transformers serve` and `medscale serve` take). A
+think budget is sent as medscale's own `think_budget` field beside `max_tokens` (others ignore it).
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ class _Retryable(Exception):
 
 class EndpointBackend:
     def __init__(self, url: str, model: str | None = None, *, concurrency: int = 8, timeout: float = 600.0,
-                 retries: int = 4, backoff: float = 1.0, api_key_env: str = "OPENAI_API_KEY"):
+                 retries: int = 4, backoff: float = 1.0, api_key_env: str = "OPENAI_API_KEY",
+                 enable_thinking: bool | None = None):
+        self.enable_thinking = enable_thinking
         self.base = url.rstrip("/").removesuffix("/chat/completions")
         self.base = self.base if self.base.endswith("/v1") else self.base + "/v1"
         self.concurrency, self.timeout, self.retries, self.backoff = concurrency, timeout, retries, backoff
@@ -47,7 +53,8 @@ class EndpointBackend:
 
     def identity(self) -> str:
         """The served model, not the URL: a restarted server on another port still continues the same cache."""
-        return f"endpoint:{self.model}"
+        thinking = "" if self.enable_thinking is None else f":thinking={self.enable_thinking}"
+        return f"endpoint:{self.model}{thinking}"
 
     def _call(self, path: str, body: dict | None = None) -> tuple[dict, dict]:
         """(JSON reply, headers) of one HTTP call; _Retryable for what a retry may fix."""
@@ -104,6 +111,10 @@ class EndpointBackend:
             body |= {"temperature": s.temperature, "top_p": s.top_p} | ({"top_k": s.top_k} if s.top_k else {})
         else:
             body["temperature"] = 0.0
+        if s.think_budget:
+            body["think_budget"] = s.think_budget
+        if self.enable_thinking is not None:
+            body["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
         return body
 
     def one(self, item, s: SamplingSettings):

@@ -1,0 +1,144 @@
+"""`medscale serve` as a real process (a trained tiny job, a free port): it answers as the job does in-process (its
+adapter, chat template and think handling), stops cleanly on Ctrl-C, and `medscale eval JOB --parity URL` passes
+against it and fails against a server of the same weights with another chat template."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from conftest import cli
+
+from medscale.generate.engine import Request, generate
+from medscale.generate.settings import SamplingSettings
+
+QUESTIONS = [Request(f"q{i}", [{"role": "user", "content": f"病例{i}：高血压患者需要注意什么？"}]) for i in range(4)]
+GREEDY = SamplingSettings(do_sample=False, max_new_tokens=8)
+SAMPLED = SamplingSettings(n_samples=2, max_new_tokens=8, seed=5, temperature=0.9, top_k=40)
+
+
+@contextlib.contextmanager
+def served(ref, *extra: str, env: dict | None = None):
+    """`medscale serve REF --port 0` as its own process: yields (process, URL); Ctrl-C at the end must exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(ref), "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        yield proc, line.split(" at ")[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait()
+
+
+def _stop(proc) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    return err
+
+
+def _texts(run) -> dict:
+    return {(g.id, g.sample): g.text for g in run.generations}
+
+
+@pytest.fixture(scope="module")
+def job_ref(mcq_job):
+    from medscale.jobs.resolve import resolve
+
+    return resolve(str(mcq_job[0]))
+
+
+def test_serve_answers_as_the_job_in_process_and_stops_on_ctrl_c(job_ref):
+    """The served job (base + adapter through the shared loader, the job's tokenizer and template) gives the
+    in-process engine's greedy answers and its seeded samples; /v1/models names the job and its adapter; Ctrl-C
+    exits 0 and frees the port."""
+    from medscale.eval.asking import local_backend
+    from medscale.generate.endpoint import EndpointBackend
+
+    local = local_backend(job_ref, batch_size=4, mode="padded")
+    with served(job_ref.output_dir) as (proc, url):
+        endpoint = EndpointBackend(url, concurrency=2)
+        for settings in (GREEDY, SAMPLED):
+            assert _texts(generate(QUESTIONS, settings, endpoint)) == _texts(generate(QUESTIONS, settings, local))
+        with urllib.request.urlopen(url + "/models") as r:
+            listed = json.loads(r.read())["data"][0]
+        err = _stop(proc)
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    assert proc.returncode == 0 and "stopped: interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert endpoint.info["served_model"] == job_ref.label and endpoint.info["server_version"].startswith(
+        "medscale-serve")
+    assert listed["medscale"]["adapter"] == str(job_ref.adapter)
+    with socket.socket() as s:  # the port is free again: nothing listens there (as a restarted server binds it)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
+def test_served_job_adds_its_system_prompt_and_think_handling(job_ref, tmp_path):
+    """A job trained with a system prompt and thinking off: a request without a system turn is answered as the job
+    answers with its system prompt, through its template with the empty think block (seeded samples: the tiny
+    model's greedy letter does not move with the prompt, its sampled answers do)."""
+    import yaml
+
+    from medscale.eval.asking import local_backend
+    from medscale.generate.endpoint import EndpointBackend
+    from medscale.jobs.resolve import resolve
+
+    copy = tmp_path / "job"
+    shutil.copytree(job_ref.output_dir, copy)
+    recipe = yaml.safe_load((copy / "recipe.resolved.yaml").read_text(encoding="utf-8"))
+    recipe["data"]["system_prompt"] = "你是一名医生。"
+    recipe["generation"]["enable_thinking"] = False
+    (copy / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    ref = resolve(str(copy))
+    system = [Request(r.id, [{"role": "system", "content": "你是一名医生。"}] + r.messages) for r in QUESTIONS]
+    settings = SAMPLED.model_copy(update={"temperature": 1.0, "top_k": None, "max_new_tokens": 12})
+    local = local_backend(ref, mode="padded")
+    want, bare = (_texts(generate(asked, settings, local)) for asked in (system, QUESTIONS))
+    with served(copy) as (proc, url):
+        got = _texts(generate(QUESTIONS, settings, EndpointBackend(url)))
+        with urllib.request.urlopen(url + "/models") as r:
+            meta = json.loads(r.read())["data"][0]["medscale"]
+    assert want != bare, "the system prompt changes nothing: the test cannot tell"
+    assert got == want
+    assert meta["enable_thinking"] is False and meta["system_prompt"] is True
+
+
+# --------------------------------------------------------------------------- served equals trained: --parity
+
+
+def _other_template(job_dir, tmp_path):
+    """The job's folder with another runtime's generic chat template ("role: content" lines, as a hand-written
+    serving template often is) in place of the one it was trained with."""
+    copy = tmp_path / "other-template"
+    shutil.copytree(job_dir, copy)
+    (copy / "chat_template.jinja").write_text(
+        "{%- for m in messages -%}{{ m.role }}: {{ m.content }}\n{%- endfor -%}"
+        "{%- if add_generation_prompt -%}assistant: {%- endif -%}", encoding="utf-8")
+    return copy
+
+
+def test_parity_passes_against_medscale_serve_and_fails_against_another_template(mcq_job, eval_data, tmp_path):
+    job = str(mcq_job[0])
+    args = ["eval", job, "--bench", str(eval_data["mcq"]), "--limit", "12", "--max-new-tokens", "3"]
+    with served(job) as (_, url):
+        ok = cli(*args, "--parity", url, "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["questions"] == 12 and report["same_answers"] == report["same_choices"] == 1.0
+    assert report["passed"] and report["endpoint"]["server_version"].startswith("medscale-serve")
+    with served(_other_template(mcq_job[0], tmp_path)) as (_, url):
+        bad = cli(*args, "--parity", url)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    said = [ln for ln in bad.stderr.splitlines() if ln.startswith("medscale:")]  # transformers' load bar aside
+    assert len(said) == 1 and said[0].startswith("medscale: failed: parity: ") and "first: mcq40:" in said[0], said
+    assert "Traceback" not in bad.stderr
+    assert "identical extracted choices" in bad.stdout and "FAILED" in bad.stdout
