@@ -59,12 +59,14 @@ def test_a_sweep_for_slurm_is_one_array_whose_tasks_run_the_trial_entry_and_a_dr
     assert not (tmp_path / "runs").exists() and not (medscale_home / "registry.db").exists()
 
 
-def test_a_sweep_launcher_that_does_not_exist_is_one_line(tiny_model_dir, tmp_path):
+def test_a_sweep_launcher_that_does_not_exist_or_options_of_another_launcher_are_one_line(tiny_model_dir, tmp_path):
     spec = _sweep(tmp_path, tiny_model_dir, {"only": 3.0e-3})
     r = cli("sweep", "run", str(spec), "--launcher", "pbs")
     assert r.returncode == 2 and "--launcher pbs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("sweep", "run", str(spec), "--launch-opt", "partition=cpu")
     assert r.returncode == 2 and "only --launcher slurm" in r.stderr
+    r = cli("sweep", "run", str(spec), "--launcher", "slurm", "--asha")
+    assert r.returncode == 2 and "--asha/--no-asha: Ray Tune's options" in r.stderr
 
 
 def test_a_sweep_run_again_while_its_array_still_waits_in_the_queue_is_refused_not_run_twice(tiny_model_dir,

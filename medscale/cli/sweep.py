@@ -77,6 +77,10 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
     if launch_opt and launcher != "slurm":
         raise SweepError("--launch-opt: only --launcher slurm takes launcher options (Ray Tune's are --address, "
                          "--cpus-per-process, --gpu/--cpu)")
+    ray_only = {"--address": address, "--max-concurrent": max_concurrent, "--asha/--no-asha": asha, "--gpu/--cpu": gpu}
+    if launcher == "slurm" and (given := [flag for flag, value in ray_only.items() if value is not None]):
+        raise SweepError(f"{', '.join(given)}: Ray Tune's options; an array job takes --launch-opt KEY=VALUE (the "
+                         f"`medscale submit slurm` options, e.g. gpus_per_node=1)")
     if max_concurrent is not None and max_concurrent < 1:
         raise SweepError(f"--max-concurrent {max_concurrent}: at least 1 trial at a time (leave it out: as many as "
                          f"the resources allow)")

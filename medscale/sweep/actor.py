@@ -60,10 +60,9 @@ class TrialProcess:
         self.stopping = False
         self.lock = threading.Lock()
         recipe = load_recipe(trial["recipe"], trial["overrides"])  # validated again where it runs
-        launcher = launcher_for(self._run)
         request = trial_request(recipe, trial["recipe"], trial["overrides"], trial["sweep"], trial["label"])
-        handle = launcher.submit(launcher.prepare(request))  # pre-flight on this node; a failure is the trial's
-        self.waiter = threading.Thread(target=self._wait, args=(launcher, handle), name="medscale-trial", daemon=True)
+        self.waiter = threading.Thread(target=self._launch, args=(launcher_for(self._run), request),
+                                       name="medscale-trial", daemon=True)
         self.waiter.start()
         self.seen = -1
         self.reg: Registry | None = None
@@ -84,10 +83,12 @@ class TrialProcess:
             self.proc = popen_tied(command, env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
         return self.proc.wait()
 
-    def _wait(self, launcher, handle) -> None:
+    def _launch(self, launcher, request) -> None:
+        """prepare (pre-flight on this node) -> submit -> wait; what fails is the trial's reason, raised at its next
+        result (a Tune trial that fails in its actor's creation has no result to say so)."""
         try:
-            self.code = launcher.wait(handle)
-        except BaseException as e:  # raised in the actor's own thread at the next result
+            self.code = launcher.wait(launcher.submit(launcher.prepare(request)))
+        except BaseException as e:
             self.error = e
 
     def _attempts(self) -> int:
