@@ -287,3 +287,27 @@ def test_an_endpoint_judge_with_readable_verdicts_gives_the_verdict_and_the_page
     assert got["judge"]["label"] == "recorded-judge" and got["judge"]["backend"]["backend"] == "endpoint"
     seen, text = dialogs(tmp_path / "j" / "judge.html", tmp_path / "profile")
     assert seen == [] and "<b>measure blood pressure" in text and "tuned against base" in text
+
+
+def test_a_think_block_an_r1_style_prompt_opened_and_the_reply_never_closed_is_no_answer(tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from test_data import R1_STYLE
+
+    r1 = tmp_path / "r1-style"
+    shutil.copytree(tiny_model_dir, r1)
+    tok = AutoTokenizer.from_pretrained(r1)
+    tok.chat_template = R1_STYLE  # the generation prompt ends in <think>: the reply starts inside the block
+    tok.save_pretrained(r1)
+    base = _answers(tmp_path, "base", ["可能与睡眠不足有关，建议规律作息并测量血压。", "低盐饮食，规律服药，监测血压。"])
+    r = cli("judge", str(base), str(r1), "--judge", str(r1), "--max-new-tokens", "6", "--judge-max-new-tokens", "6",
+            "--greedy", "--out", str(tmp_path / "j"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout)
+    answers = got["sides"][1]["answers"]
+    assert all(a.startswith("<think>") and "</think>" not in a for a in answers)  # 6 random tokens never close it
+    assert got["degeneration"]["r1-style"]["unclosed_think"] == 2
+    assert got["pairwise"]["unparseable_replies"] == 4 and all(p["replies"][0].startswith("<think>")
+                                                               for p in got["pairs"])

@@ -17,8 +17,8 @@ from medscale.eval.bench import OpenQuestion, guess_language
 from medscale.generate.engine import Request, generate
 from medscale.judge import protocol, rubric
 from medscale.judge.result import JudgeResult, Side
-from medscale.judge.sources import (Answers, Asking, answer, is_answer_file, open_questions, opened,
-                                    read_answer_file, shipped)
+from medscale.judge.sources import (Answers, Asking, answer, as_generated, is_answer_file, open_questions,
+                                    opened, read_answer_file, shipped)
 
 log = logging.getLogger("medscale.judge")
 CALIBRATION = "reward_medical_test.jsonl"  # shipped: MedicalGPT's 100 labelled medical preference pairs
@@ -58,14 +58,15 @@ def _identity(ref: str) -> str:
 
 def _ask_judge(judge: str, prompts: list[tuple[str, str]], asking: Asking, cache: Path | None) -> tuple[dict, dict]:
     """(id -> reply, the judge as stored: label, backend, settings and their sources, throughput)."""
+    requests = [Request(i, [{"role": "user", "content": p}]) for i, p in prompts]
     with opened(judge, asking) as (label, backend, resolved):
-        run = generate([Request(i, [{"role": "user", "content": p}]) for i, p in prompts], resolved.settings,
-                       backend, cache)
+        run = generate(requests, resolved.settings, backend, cache)
+        replies = as_generated(backend, requests[0].messages, {g.id: g.text for g in run.generations})
     stored = {"ref": judge, "label": label, "backend": run.backend, "settings": resolved.settings.model_dump(),
               "sources": resolved.sources, "fingerprint": run.fingerprint, "generated": run.generated,
               "cached": run.cached, "seconds": round(run.seconds, 3),
               "replies_per_minute": round(60 * run.generated / run.seconds, 2) if run.seconds > 0 else None}
-    return {g.id: g.text for g in run.generations}, stored
+    return replies, stored
 
 
 def _degeneration(questions, sides: list[Answers]) -> tuple[dict, dict | None]:

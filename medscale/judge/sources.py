@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from medscale.benchmarks import OPEN_SETS
+from medscale.data.chat import THINK_OPEN, render_prompt
 from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion, eval_data_dir, load_questions
 
@@ -123,6 +124,14 @@ def opened(ref: str, asking: Asking):
         free_memory()
 
 
+def as_generated(backend, messages: list[dict], texts: dict[str, str]) -> dict[str, str]:
+    """The texts with the think block the prompt opened: an R1-style template writes <think> into the prompt, so a
+    reply that never closes it would otherwise read as an answer (its reasoning judged, its verdict lines read)."""
+    tok = getattr(backend, "tok", None)
+    opened = tok is not None and render_prompt(tok, messages, backend.enable_thinking).rstrip().endswith(THINK_OPEN)
+    return {k: THINK_OPEN + t if opened and THINK_OPEN not in t else t for k, t in texts.items()}
+
+
 def answer(ref: str, questions: list[OpenQuestion], asking: Asking, cache: Path | None) -> Answers:
     """Each question answered by `ref` (a file's answers are looked up by id)."""
     if is_answer_file(ref):
@@ -131,9 +140,11 @@ def answer(ref: str, questions: list[OpenQuestion], asking: Asking, cache: Path 
     from medscale.generate.engine import Request, generate
 
     system = [{"role": "system", "content": asking.system_prompt}] if asking.system_prompt else []
+    requests = [Request(q.id, system + q.messages) for q in questions]
     with opened(ref, asking) as (label, backend, resolved):
-        run = generate([Request(q.id, system + q.messages) for q in questions], resolved.settings, backend, cache)
-    return Answers(label, {g.id: g.text for g in run.generations},
+        run = generate(requests, resolved.settings, backend, cache)
+        texts = as_generated(backend, requests[0].messages, {g.id: g.text for g in run.generations})
+    return Answers(label, texts,
                    {"backend": run.backend, "settings": resolved.settings.model_dump(), "sources": resolved.sources,
                     "fingerprint": run.fingerprint, "generated": run.generated, "cached": run.cached,
                     "seconds": round(run.seconds, 3), "tokens_per_s": round(run.tokens_per_s, 2)})
