@@ -12,6 +12,8 @@
 #               cd /path/to/medscale && sbatch --array=1,3 slurm/r1_sweep.sh        (only the two 7B trials)
 #               MEDSCALE_SWEEP=my-sweep.yaml sbatch --array=0-3 slurm/r1_sweep.sh   (another sweep file, 4 trials)
 #               (`medscale sweep run SWEEP --dry-run` lists a sweep's trials in array order)
+# Or:           medscale sweep run r1-distill-seed004 --launcher slurm [--dry-run]   (the sweep driver submits only the
+#               unfinished trials as one array, rendered like this script; --launch-opt partition=gpu ...)
 # Override:     sbatch slurm/r1_sweep.sh train.save_steps=5        (applies to every task)
 #SBATCH --job-name=r1-sweep
 #SBATCH --array=0-5
