@@ -1,12 +1,13 @@
-"""Running a sweep on Ray Tune: register it, skip what is finished, run the rest, evaluate the bases once.
+"""The one sweep driver: register the sweep, skip what is finished, submit the rest through a launcher, evaluate
+the bases once. Every trial is a job of kind trial that a launcher starts (the launchers come from the CLI, which
+owns them), so it is an ordinary job: its attempts, verified checkpoints and metrics go to the registry.
 
-Tune schedules the trials (one per cell, with the resources its recipe asks for: one GPU per process on a GPU
-cluster), isolates their failures (a failed trial never stops the sweep) and, with `scheduler: asha`, stops the
-worst ones early on their eval loss. Each trial's Tune actor starts the trial entry as a process of its own, exactly
-as a launcher would (`python -m medscale.sweep RECIPE ...`, or `accelerate launch` for several processes: the command
-comes from the CLI, which owns the launchers), so a trial is an ordinary job: its attempts, verified checkpoints and
-metrics go to the registry; Tune reads its evaluations back from there (the metrics a run records as it logs them):
-`actor` holds that side.
+`OnRay`: Ray Tune schedules the trials (one per cell, with the resources its recipe asks for: one GPU per process on
+a GPU cluster), isolates their failures (a failed trial never stops the sweep) and, with `scheduler: asha`, stops
+the worst ones early on their eval loss. Each trial's Tune actor hands it to the local launcher on its node
+(pre-flight, `python -m medscale.sweep RECIPE ...`, or `accelerate launch` for several processes) and reads its
+evaluations back from the registry (the metrics a run records as it logs them): `actor` holds that side.
+`AsArray`: the trials as one array job of a batch scheduler (the SLURM launcher's `prepare_array`).
 
 Every trial is identified by its output dir, so running the sweep again skips finished trials, never resumes one
 stopped early, and resumes every other one (failed, preempted, interrupted) from its newest verified checkpoint. A stop
