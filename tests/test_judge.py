@@ -311,3 +311,16 @@ def test_a_think_block_an_r1_style_prompt_opened_and_the_reply_never_closed_is_n
     assert got["degeneration"]["r1-style"]["unclosed_think"] == 2
     assert got["pairwise"]["unparseable_replies"] == 4 and all(p["replies"][0].startswith("<think>")
                                                                for p in got["pairs"])
+
+
+def test_compare_judge_counts_a_judge_that_always_prefers_the_second_shown_as_order_dependent(tiny_model_dir,
+                                                                                           tmp_path):
+    out = tmp_path / "cmp"
+    with _RecordedJudge() as url:  # tiny answers never say 测血压: the recorded judge picks whichever is shown second
+        r = cli("compare", f"base={tiny_model_dir}", f"tuned={tiny_model_dir}", "--limit", "2", "--max-new-tokens",
+                "4", "--greedy", "--judge-endpoint", url, "--out", str(out), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(r.stdout)["judgement"]["pairwise"]
+    assert (s["overall"]["tie"], s["overall"]["n"], s["order_dependent"], s["position_consistency"]) == (2, 2, 2, 0.0)
+    assert s["overall"]["verdict"] == "no detectable difference"
+    assert (out / "compare.html").is_file() and (out / "judge.html").is_file()

@@ -9,6 +9,7 @@ import typer
 
 from medscale.cli.app import AS_JSON, App, echo_json
 from medscale.cli.eval import _G, ADAPTER, CHECKPOINT, RECIPE_OPT
+from medscale.cli.judge import JUDGE, JUDGE_ENDPOINT, JUDGE_MAX_NEW_TOKENS, judge_compared
 
 app = App()
 
@@ -51,9 +52,11 @@ def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models 
                                          "compare.json here"),
                 temperature: Optional[float] = _G["temperature"], top_p: Optional[float] = _G["top_p"],
                 top_k: Optional[int] = _G["top_k"], max_new_tokens: Optional[int] = _G["max_new_tokens"],
-                think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"]) -> None:
+                think: Optional[bool] = _G["think"], think_budget: Optional[int] = _G["think_budget"],
+                judge: Optional[str] = JUDGE, judge_endpoint: Optional[str] = JUDGE_ENDPOINT,
+                judge_max_new_tokens: int = JUDGE_MAX_NEW_TOKENS) -> None:
     """Models side by side: each answers the same questions; time, tokens, tokens/s and the answers, in a table and
-    a page."""
+    a page; with --judge, the second model judged against the first (medscale judge's protocol)."""
     from medscale.errors import UserError
     from medscale.eval.asking import sampling
     from medscale.eval.bench import load_questions
@@ -69,11 +72,16 @@ def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models 
     result = compare(specs, qs, settings, endpoints=endpoint or [], enable_thinking=think, batch_size=batch_size,
                      system_prompt=system_prompt)
     paths = write_compare(result, out)
+    judged = judge_compared(result, qs, judge=judge, judge_endpoint=judge_endpoint,
+                            max_new_tokens=judge_max_new_tokens, out=out, greedy=greedy)
     if as_json:
-        echo_json({**result.model_dump(mode="json"), "files": {k: str(v) for k, v in paths.items()}})
+        echo_json({**result.model_dump(mode="json"), "files": {k: str(v) for k, v in paths.items()},
+                   **({"judgement": judged.model_dump(mode="json")} if judged else {})})
         return
     typer.echo(result.summary_markdown())
     typer.echo(f"\nanswers side by side: {paths['markdown']}\n                      {paths['html']}")
+    if judged:
+        typer.echo(f"\n{judged.verdict}\njudgement: {out / 'judge.md'}\n           {out / 'judge.html'}")
 
 
 @app.command("chat")

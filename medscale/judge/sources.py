@@ -98,30 +98,24 @@ class Answers:
 
 @contextlib.contextmanager
 def opened(ref: str, asking: Asking):
-    """(label, backend, Resolved settings) of a model or endpoint; an in-process model is freed on leaving."""
-    from medscale.generate.settings import resolve
+    """(label, backend, Resolved settings) of a model or endpoint, asked as compare and chat ask it (eval.asking);
+    an in-process model is freed on leaving."""
+    from medscale.eval.asking import local_backend, release, sampling
 
     if ref.startswith(("http://", "https://")):
         from medscale.generate.endpoint import EndpointBackend
 
-        backend = EndpointBackend(ref, api_key_env=asking.api_key_env)
-        yield backend.model, backend, resolve(asking.cli, greedy=asking.greedy)
+        backend = EndpointBackend(ref, api_key_env=asking.api_key_env, enable_thinking=asking.enable_thinking)
+        yield backend.model, backend, sampling(asking.cli, greedy=asking.greedy)
         return
-    from medscale.generate.local import LocalBackend
     from medscale.jobs.resolve import resolve as resolve_model
-    from medscale.model.infer import free_memory, load_for_inference
 
     found = resolve_model(ref)
-    recipe = found.recipe
-    model, tok = load_for_inference(found.base, found.adapter, model_section=recipe.get("model"))
-    thinking = asking.enable_thinking if asking.enable_thinking is not None else \
-        (recipe.get("generation") or {}).get("enable_thinking")
+    backend = local_backend(found, enable_thinking=asking.enable_thinking, batch_size=asking.batch_size)
     try:
-        yield (found.label, LocalBackend(model, tok, batch_size=asking.batch_size, enable_thinking=thinking),
-               resolve(asking.cli, recipe.get("generation"), found.base, asking.greedy))
+        yield found.label, backend, sampling(asking.cli, ref=found, greedy=asking.greedy)
     finally:
-        del model
-        free_memory()
+        release(backend)
 
 
 def as_generated(backend, messages: list[dict], texts: dict[str, str]) -> dict[str, str]:
