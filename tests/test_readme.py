@@ -138,9 +138,11 @@ def exercise(command: str, tmp_path: Path, clone: Path, monkeypatch) -> None:
         shown = cli(*words[1:3 if words[1] == "sweep" else 2], "--help").stdout
         for flag in (f.split("=")[0] for w in words[2:] if w.startswith("--") for f in w.split("|")):
             assert flag in shown, f"README's `{command}`: no {flag}"
-    elif words[:2] in (["medscale", "eval"], ["medscale", "compare"], ["medscale", "chat"], ["medscale", "judge"]):
+    elif words[:2] in (["medscale", "eval"], ["medscale", "compare"], ["medscale", "chat"], ["medscale", "judge"],
+                       ["medscale", "serve"]):
         # placeholders (JOB, MODEL, RUN_DIR) stand for a trained model: tests/test_eval_cli.py and test_judge.py run
-        # these commands end to end on tiny models; here every option README shows must be one the command takes
+        # these commands end to end on tiny models, test_serve.py a server until its Ctrl-C; here every option README
+        # shows must be one the command takes
         shown = cli(words[1], "--help").stdout
         for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
             assert flag in shown, f"README's `{command}`: `medscale {words[1]}` has no {flag}"

@@ -25,9 +25,9 @@ SAMPLED = SamplingSettings(n_samples=2, max_new_tokens=8, seed=5, temperature=0.
 
 
 @contextlib.contextmanager
-def served(ref, *extra: str, env: dict | None = None):
-    """`medscale serve REF --port 0` as its own process: yields (process, URL); Ctrl-C at the end must exit 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(ref), "--port", "0", *extra],
+def served(ref, *extra: str, port: int = 0, env: dict | None = None):
+    """`medscale serve REF --port PORT` (0: a free one) as its own process: yields (process, URL)."""
+    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(ref), "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     try:
