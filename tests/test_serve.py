@@ -142,3 +142,23 @@ def test_parity_passes_against_medscale_serve_and_fails_against_another_template
     assert len(said) == 1 and said[0].startswith("medscale: failed: parity: ") and "first: mcq40:" in said[0], said
     assert "Traceback" not in bad.stderr
     assert "identical extracted choices" in bad.stdout and "FAILED" in bad.stdout
+
+
+def test_with_vllm_installed_the_job_is_served_with_its_tokenizer_generation_config_and_thinking(job_ref, tmp_path):
+    """The `vllm serve` command medscale serve runs where vLLM is installed (built as data: vLLM needs a GPU): the
+    adapter as the LoRA module clients name, the folder with the job's tokenizer (its chat template) and generation
+    config, the job's think handling as the default chat-template kwargs."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from medscale.cli.serve import vllm_command
+    from medscale.export.merge import _write_tokenizer_and_generation
+
+    _write_tokenizer_and_generation(job_ref, tmp_path)
+    cmd = vllm_command(job_ref, tmp_path, "tuned", "127.0.0.1", 8000, thinking=False)
+    assert "--enable-lora" in cmd and cmd[cmd.index("--lora-modules") + 1] == f"tuned={job_ref.adapter}"
+    assert cmd[cmd.index("--model") + 1] == str(job_ref.base)
+    assert cmd[cmd.index("--tokenizer") + 1] == cmd[cmd.index("--generation-config") + 1] == str(tmp_path)
+    assert json.loads(cmd[cmd.index("--default-chat-template-kwargs") + 1]) == {"enable_thinking": False}
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == \
+        AutoTokenizer.from_pretrained(job_ref.adapter).chat_template
+    assert GenerationConfig.from_pretrained(tmp_path).temperature == job_ref.recipe["generation"]["temperature"]

@@ -28,7 +28,7 @@ def served_meta(ref, thinking: bool | None) -> dict:
             "system_prompt": bool(ref.system_prompt)}
 
 
-def vllm_command(ref, folder: Path, name: str, host: str, port: int, thinking: bool | None) -> list[str]:
+def vllm_command(ref, folder: Path, name: str, host: str, port: int, *, thinking: bool | None) -> list[str]:
     """`vllm serve` of the job: the base with the adapter as the LoRA named `name`, the job's tokenizer and generation
     config from `folder`, its think handling as the server's default chat-template kwargs."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ref.base), "--host", host,
@@ -49,7 +49,7 @@ def vllm_command(ref, folder: Path, name: str, host: str, port: int, thinking: b
 
 
 @app.command("serve")
-def serve_cmd(model: str = MODEL, adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
+def serve_cmd(model: str = MODEL, *, adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
               port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 picks a free port"),
               host: str = typer.Option("127.0.0.1", "--host", help="0.0.0.0 listens on every interface"),
               name: Optional[str] = typer.Option(None, "--name", help="the model name clients see (default: the job's "
@@ -72,7 +72,8 @@ def serve_cmd(model: str = MODEL, adapter: Optional[str] = ADAPTER, checkpoint: 
         folder = Path(tempfile.mkdtemp(prefix="medscale-serve-"))
         if ref.adapter is not None:
             _write_tokenizer_and_generation(ref, folder)
-        cmd = vllm_command(ref, folder if ref.adapter is not None else ref.base, served_name, host, port, thinking)
+        cmd = vllm_command(ref, folder if ref.adapter is not None else ref.base, served_name, host, port,
+                           thinking=thinking)
         typer.echo(f"serving {ref.label} with vLLM at http://{host}:{port}/v1 (Ctrl-C stops)")
         os.execv(cmd[0], cmd)
     backend = local_backend(ref, dtype=dtype, batch_size=1, mode="padded")

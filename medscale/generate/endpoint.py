@@ -91,7 +91,8 @@ class EndpointBackend:
         models = self.call("/models")[0].get("data") or []
         if not models:
             raise EndpointError(f"endpoint {self.base}/models lists no model: pass the model name")
-        return models[0]["id"]
+        adapters = [m for m in models if m.get("parent")]  # vLLM lists a LoRA module after its base, with its parent
+        return (adapters or models)[0]["id"]
 
     def _server_version(self) -> str:
         """vLLM and medscale serve answer /version; otherwise the Server header, if any."""
