@@ -16,7 +16,8 @@ app = App()
 JUDGE = typer.Option(None, "--judge", help="the judge: a job or a model folder")
 JUDGE_ENDPOINT = typer.Option(None, "--judge-endpoint", help="the judge: an OpenAI-compatible server (its key from "
                                                              "$OPENAI_API_KEY, or judge's --api-key-env)")
-JUDGE_MAX_NEW_TOKENS = typer.Option(512, "--judge-max-new-tokens", min=1)
+JUDGE_MAX_NEW_TOKENS = typer.Option(512, "--judge-max-new-tokens", min=1, help="the longest verdict the judge may "
+                                                                              "write, in tokens")
 
 
 def judge_ref(judge: Optional[str], judge_endpoint: Optional[str], no_judge: bool) -> Optional[str]:
@@ -57,13 +58,13 @@ def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs
                                                      "(default: the eval data dir)"),
               api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="the environment variable "
                                               "holding the endpoints' key"),
-              judge_max_new_tokens: int = typer.Option(512, "--judge-max-new-tokens", min=1, help="the longest "
-                                                       "verdict the judge may write, in tokens"),
+              judge_max_new_tokens: int = JUDGE_MAX_NEW_TOKENS,
               judge_think_budget: Optional[int] = typer.Option(None, "--judge-think-budget", min=1, help="force "
                                                              "the judge's </think> after this many tokens"),
               greedy: bool = typer.Option(False, "--greedy", help="greedy decoding for the sides and the judge"),
               seed: int = typer.Option(0, "--seed", help="with each question id, fixes each sampled answer"),
-              batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions answered together"),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="requests per padded "
+                                                       "batch (default: planned from free GPU memory; 8 on CPU)"),
               system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="a system prompt before "
                                                           "every question (default: none)"),
               as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),

@@ -84,7 +84,7 @@ class Asking:
     cli: dict = field(default_factory=dict)  # SamplingSettings keys given on the command line
     greedy: bool = False
     enable_thinking: bool | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the engine plans it from free GPU memory
     system_prompt: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
 

@@ -37,7 +37,7 @@ class JudgeSpec(Section):
     judge_sampling: dict = Field(default_factory=dict, description="the judge's generation flags given")
     greedy: bool = False
     enable_thinking: bool | None = None
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="None: the engine plans it from free GPU memory")
     system_prompt: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable an endpoint's key is read from")
     dist: DistSection = Field(default_factory=DistSection)
