@@ -39,6 +39,21 @@ def test_judge_replies_are_read_in_chinese_and_english_and_malformed_ones_are_no
     assert read_scores("总体表现: 11\n推理质量: 很好")["overall"] is None  # out of 1-10, or no number
 
 
+def test_the_built_in_open_sets_load_by_name_and_their_references_reach_the_prompt():
+    from conftest import needs_realdata
+    from medscale.judge.rubric import pairwise_prompt
+    from medscale.judge.sources import open_questions
+
+    seed = open_questions("seed004")
+    assert len(seed) == 10 and seed[0].prompt == "28岁程序员，常年熬夜，头晕目眩，恶心"
+    assert "[参考答案]" not in pairwise_prompt("zh", seed[0].prompt, "甲", "乙", seed[0].reference)
+    data = needs_realdata("eval")
+    cmb, huatuo = open_questions("cmb-clin", data), open_questions("huatuo100", data)
+    assert (len(cmb), len(huatuo)) == (208, 100) and all(q.reference for q in cmb + huatuo)
+    prompt = pairwise_prompt("zh", huatuo[0].prompt, "甲", "乙", huatuo[0].reference)
+    assert f"[参考答案]\n{huatuo[0].reference}\n" in prompt and prompt.index("[参考答案]") < prompt.index("[助手A的回答]")
+
+
 def test_an_order_dependent_verdict_is_a_tie_and_a_malformed_reply_is_unparseable():
     # q1: the answer shown first wins in both orders -> A, then B: the verdict follows the position -> tie
     flipped = protocol.judge_pair("q1", ZH_FIRST, EN_FIRST, 100, 120)
