@@ -243,17 +243,3 @@ def test_contamination_flags_copied_questions_only():
     c = contamination(questions, training)
     assert c.overlapping == 1 and c.examples == ["1"] and c.ngram == 13 and c.share == 0.5
     assert contamination(questions, ["完全不同的内容"]).overlapping == 0
-
-
-def test_think_budget_forces_the_close_tag_at_the_budget():
-    import torch
-
-    from medscale.eval.generate import ThinkBudget
-
-    proc = ThinkBudget(close_id=7, prompt_len=2, budget=3)
-    scores = torch.zeros(2, 10)
-    ids = torch.tensor([[1, 1, 5, 5], [1, 1, 7, 5]])  # row 1 already closed its think block
-    assert torch.equal(proc(ids, scores.clone()), scores)  # under budget: untouched
-    ids = torch.tensor([[1, 1, 5, 5, 5], [1, 1, 7, 5, 5]])
-    out = proc(ids, scores.clone())
-    assert out[0].argmax() == 7 and out[0, 3] < -1e30 and torch.equal(out[1], scores[1])

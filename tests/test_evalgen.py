@@ -14,6 +14,7 @@ import signal
 import pytest
 
 from conftest import cli, own_home, run_cli
+from test_serve import served
 
 R1_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95}  # what R1-Distill's generation_config.json ships
 
@@ -163,3 +164,22 @@ def test_a_reasoning_model_is_asked_with_everything_in_the_user_turn(tiny_tokeni
     assert [m["role"] for m in r1] == ["user"] and r1[0]["content"].startswith("你是医生\n\n")
     plain = generate_messages(bench, q, 0, "你是医生", reasoning=False)
     assert [m["role"] for m in plain] == ["system", "user"]
+
+
+def test_an_endpoint_evaluation_matches_the_in_process_one_and_records_the_server(uninterrupted, r1_like, four,
+                                                                                    tmp_path):
+    """The same seeded samples from `medscale serve` as in-process, the served model and the server's version kept
+    with the result, the key read from the variable --api-key-env names and kept nowhere (a dead server and the
+    default variable: tests/test_serve_endpoint.py)."""
+    report, out, _ = uninterrupted
+    with served(r1_like, "--name", "tiny") as (_, url):
+        r = cli(*_args(r1_like, four, tmp_path / "served", "--endpoint", url, "--api-key-env", "EVALGEN_KEY",
+                       "--concurrency", "3"), env={"EVALGEN_KEY": "sk-evalgen-never-shown"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    b = rep["results"][0]["generation"]["backend"]
+    assert b["backend"] == "endpoint" and b["served_model"] == "tiny" and b["server_version"].startswith("medscale")
+    assert _samples(rep) == _samples(report) and _generations(tmp_path / "served") == _generations(out)
+    kept = "".join(p.read_text(encoding="utf-8", errors="replace") for p in (tmp_path / "served").rglob("*")
+                   if p.is_file())
+    assert "sk-evalgen-never-shown" not in kept + r.stdout + r.stderr and "EVALGEN_KEY" in kept
