@@ -127,7 +127,7 @@ def run_eval(spec: EvalSpec, *, scores_dir: str | None = None, record: bool = Tr
 def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | None) -> list[BenchResult]:
     """One model (a resolved reference) on every benchmark, loaded once. Generate mode through an endpoint loads
     only the tokenizer (the prompts' template, whether it opens a think block)."""
-    from medscale.model.infer import free_memory, load_for_inference
+    from medscale.model.infer import free_memory, load_for_inference, load_tokenizer_for
 
     prompt = spec.system_prompt if spec.system_prompt is not None else ref.system_prompt
     sampling, backend, model = None, None, None
@@ -135,12 +135,10 @@ def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | Non
         sampling = spec.sampling_settings(ref.base)
         log.info("%s: %s", ref.label, sampling.line())
     if spec.mode == "generate" and spec.endpoint is not None:
-        from transformers import AutoTokenizer
-
         from medscale.generate.endpoint import EndpointBackend
 
         e = spec.endpoint
-        tok = AutoTokenizer.from_pretrained(ref.base)
+        tok = load_tokenizer_for(ref.base, ref.adapter)  # the template the job trained with, as in-process
         backend = EndpointBackend(e.url, model=e.served_model, concurrency=e.concurrency, timeout=e.timeout,
                                   api_key_env=e.api_key_env)
     else:
