@@ -1,7 +1,7 @@
 """Memory plan: what a recipe needs per GPU, component by component, and the token budget it can afford.
 
-`plan(recipe, gpu_mem_gb, gpus)` reads the model's real shapes (config.json in model.path; the tiny
-spec before a tiny model is built) and estimates peak GPU memory as the PyTorch allocator would report
+`plan(recipe, gpu_mem_gb, gpus)` reads the model's real shapes (its config.json; the tiny spec before a tiny
+model is built; the shapes medscale ships for the built-in recipes' models before they are downloaded) and estimates peak GPU memory as the PyTorch allocator would report
 it: weights in their stored dtype (NF4 with its constants; what peft's k-bit preparation upcasts to
 fp32), LoRA parameters with gradients and optimizer state (ZeRO shards them), activations with recompute
 on all, some or none of the decoder layers, the logits and loss (Liger's fused linear cross-entropy or full
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from medscale.dist import DistContext
 from medscale.recipe import Recipe, RecipeError
@@ -96,6 +95,7 @@ class Plan:
     per_token_kib: dict              # activation cost per token, with and without recompute
     recompute_needed: bool           # False: the same tokens fit without gradient checkpointing
     problems: list[str] = field(default_factory=list)
+    shape_source: str = ""           # the config.json planned from, or the shipped shape before a download
 
     @property
     def allocated_gib(self) -> float:
@@ -120,17 +120,21 @@ class Plan:
         return d
 
 
-def model_shape(recipe: Recipe) -> Shape:
-    """Shapes from model.path/config.json; the tiny spec's shapes when a tiny model is not built yet."""
-    cfg_file = Path(recipe.model.path) / "config.json"
+def model_shape(recipe: Recipe) -> tuple[Shape, str]:
+    """(shapes, where they come from): the model's config.json (its folder, or a hub id's local copy); the tiny
+    spec's when a tiny model is not built yet; the shipped shape of a built-in recipe's model not downloaded yet."""
+    from medscale.model.resolve import model_folder, model_missing, shipped_config
+
+    cfg_file = model_folder(recipe.model) / "config.json"
     if cfg_file.is_file():
-        return Shape.from_config(json.loads(cfg_file.read_text(encoding="utf-8")))
+        return Shape.from_config(json.loads(cfg_file.read_text(encoding="utf-8"))), str(cfg_file)
     if recipe.model.tiny is not None:
         from medscale.model.tiny import tiny_shape
 
-        return Shape.from_config(tiny_shape(3000, recipe.model.tiny.layers, recipe.model.tiny.hidden))
-    raise RecipeError(f"model.path: {cfg_file} is missing: the memory plan reads the model's shapes from it "
-                      f"(download {recipe.model.hub_id or 'the model'} into {recipe.model.path}, or set model.path)")
+        return Shape.from_config(tiny_shape(3000, recipe.model.tiny.layers, recipe.model.tiny.hidden)), "model.tiny"
+    if (shipped := shipped_config(recipe.model)) is not None:
+        return Shape.from_config(shipped[1]), f"the shipped shape of {shipped[0]} (no weights on disk)"
+    raise RecipeError(f"{model_missing(recipe.model)} (the memory plan reads the model's shapes from its config.json)")
 
 
 def _targets(recipe: Recipe, shape: Shape) -> list[str]:
@@ -244,7 +248,7 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     first `recompute` layers recomputed, as that run chose)."""
     if gpu_mem_gb <= 0 or gpus < 1:
         raise RecipeError(f"plan: --gpu-mem must be > 0 and --gpus >= 1 (got {gpu_mem_gb}, {gpus})")
-    shape = model_shape(recipe)
+    shape, source = model_shape(recipe)
     fixed = fixed_components(recipe, shape, gpus)
     kept, transient = layer_activation_bytes(recipe, shape)
     res = _residual_bytes(recipe)
@@ -276,7 +280,7 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     p = Plan(recipe=recipe.name, gpu_mem_gb=gpu_mem_gb, gpus=gpus, shape=shape, batching=recipe.data.batching,
              recompute_layers=k, tokens=tokens, token_budget=budget, components=[*fixed, act, logits],
              per_token_kib={"recompute": round(with_rc / 1024, 1), "no_recompute": round(without_rc / 1024, 1)},
-             recompute_needed=tokens * without_rc > usable)
+             recompute_needed=tokens * without_rc > usable, shape_source=source)
     if tokens > afford:
         p.problems.append(_advice(recipe, p, afford, with_rc, usable))
     return p

@@ -65,23 +65,29 @@ class Report:
 
 
 def model_dir_problem(model) -> str | None:
-    """Why `model.path` cannot be loaded, or None. A `model.tiny` recipe builds its folder itself, where it may."""
-    path = Path(model.path)
+    """Why the recipe's model cannot be loaded (its folder, or a hub id's local copy: model.resolve), or None. A
+    `model.tiny` recipe builds its folder itself, where it may."""
+    from medscale.model.resolve import download_command, hub_id, model_missing, model_source
+
+    path = Path(model.path).expanduser()
     if model.tiny is not None and not (path / "config.json").exists():
         from medscale.model.tiny import tiny_build_problem
 
         return tiny_build_problem(model)
-    what = f"download {model.hub_id} into {path}" if model.hub_id else f"put a Hugging Face model folder at {path}"
-    if not path.exists():
-        return f"model.path: {path} is missing: {what}, or set model.path=/your/folder"
-    if not path.is_dir():
+    if path.is_file():
         return f"model.path: {path} is a file, not a model folder: set model.path=/your/model/folder"
+    found = model_source(model)
+    if found is None:
+        return model_missing(model)
+    folder = found.path
     missing = [name for name, ok in (
-        ("config.json", (path / "config.json").is_file()),
-        ("weights (*.safetensors)", any(any(path.glob(g)) for g in WEIGHT_GLOBS)),
-        ("tokenizer files", any((path / f).is_file() for f in TOKENIZER_FILES))) if not ok]
+        ("config.json", (folder / "config.json").is_file()),
+        ("weights (*.safetensors)", any(any(folder.glob(g)) for g in WEIGHT_GLOBS)),
+        ("tokenizer files", any((folder / f).is_file() for f in TOKENIZER_FILES))) if not ok]
     if missing:
-        return f"model.path: {path} has no {', '.join(missing)}: {what} (config.json, *.safetensors, tokenizer files)"
+        repo = hub_id(model.hub_id or "") or hub_id(model.path)
+        what = f"`{download_command(repo[0], repo[1], folder)}`" if repo else "put a Hugging Face model folder there"
+        return f"model.path: {found} has no {', '.join(missing)}: {what} (config.json, *.safetensors, tokenizer files)"
     return None
 
 
@@ -323,16 +329,22 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     recipe's tokenizer when the model folder is fine, counting the records on the way (each file read once; read
     again to name every problem only when tokenizing failed). With `devices`, the report also carries what it
     decided (report.plan: the memory plan's decisions, and the data manifest when it tokenized)."""
+    from medscale.model.resolve import model_source, shipped_config
+
     report = Report()
     model_problem = model_dir_problem(recipe.model)
+    shipped = shipped_config(recipe.model) if model_problem is not None and recipe.model.tiny is None else None
     if model_problem is not None:
         (report.error if paths_must_exist else report.warn)("model", model_problem)
+        if shipped is not None:
+            report.info("model", f"planned from the shipped shape of {shipped[0]} (no weights on disk): the adapter "
+                                 f"and memory checks use it in place of its config.json")
     elif recipe.model.tiny is not None and not (Path(recipe.model.path) / "config.json").is_file():
         report.info("model", f"{recipe.model.path}: a tiny random Qwen3 ({recipe.model.tiny.layers} layers, hidden "
                              f"{recipe.model.tiny.hidden}), built there on first use")
     else:
-        report.info("model", f"{recipe.model.path}")
-    if model_problem is None:
+        report.info("model", str(model_source(recipe.model)))
+    if model_problem is None or shipped is not None:
         _adapter(recipe, report)
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)

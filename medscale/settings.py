@@ -88,8 +88,9 @@ def _declare(name: str, meaning: str, parse: Callable[[str], T] = str, **kw) -> 
 # ------------------------------------------------------------------------------------------- set by you
 HOME = _declare("HOME", "where models, caches, runs, reports and the default SQLite registry live", _path,
                 default="~/.medscale")
-MODELS = _declare("MODELS", "the model root of the built-in recipes' `${MEDSCALE_MODELS:-~/models}` paths",
-                  _path, default="~/models")
+MODELS = _declare("MODELS", "the model root of the built-in recipes' `${MEDSCALE_MODELS:-~/models}` paths; a hub id "
+                            "(`Qwen/Qwen3-8B`) is looked up there as `org/name` or `name` after the HF and ModelScope "
+                            "caches", _path, default="~/models")
 DATA = _declare("DATA", "the data root of the built-in recipes' `${MEDSCALE_DATA:-~/data}` paths; built-in "
                         "benchmarks default to its `eval/` folder", _path, default="~/data")
 EVAL_DATA = _declare("EVAL_DATA", "where built-in benchmarks live (`--data-dir` and `eval.data_dir` win)", _path,

@@ -291,7 +291,7 @@ def test_missing_model_folder_says_what_to_download(tmp_path):
     p = run_cli("train", "qwen3-8b-lora-huatuo", f"model.path={tmp_path}/nowhere",
                 f"train.output_dir={tmp_path}/out", "dist.num_processes=1", "train.effective_batch_size=8")
     assert p.returncode == 2
-    assert f"download Qwen/Qwen3-8B into {tmp_path}/nowhere" in p.stderr and "model.path=" in p.stderr
+    assert f"`hf download Qwen/Qwen3-8B --local-dir {tmp_path}/nowhere`" in p.stderr and "set model.path" in p.stderr
     assert not (tmp_path / "out").exists()
 
 

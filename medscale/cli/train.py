@@ -226,6 +226,7 @@ def plan_cmd(recipe: str = RECIPE,
         typer.echo(f"{r.name}: {s.model_type} {s.total_params() / 1e9:.2f}B ({s.layers} layers, hidden {s.hidden}), "
                    f"{p.gpus} x {p.gpu_mem_gb:g} GiB, batching={p.batching}, "
                    f"recompute {p.recompute_layers}/{s.layers} layers")
+        typer.echo(f"  shapes from {p.shape_source}")
         for c in p.components:
             typer.echo(f"  {c.name:44s} {c.gib:7.2f} GiB  {c.note}")
         typer.echo(f"  {'total allocated':44s} {p.allocated_gib:7.2f} GiB  "

@@ -4,7 +4,8 @@ A reference is one of:
 - a job name or id from the registry (its final adapter, or the newest verified checkpoint if it has none yet);
 - a job's output dir (same), or one of its `checkpoint-N` folders;
 - a PEFT adapter folder (`adapter_config.json`; its base from the adapter's own config, or `--base`);
-- a model folder (`config.json` + weights): the base itself, optionally with `--adapter DIR`.
+- a model folder (`config.json` + weights): the base itself, optionally with `--adapter DIR`;
+- a hub id (`Qwen/Qwen3-8B`, `Qwen/Qwen3-8B@REV`) found offline in the local caches (medscale.model.resolve).
 `--checkpoint N` picks a job's checkpoint-N. An ambiguous name is an error that lists the candidates; nothing here
 loads a tensor (torch-free): the caller loads what it is told.
 """
@@ -15,12 +16,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
 from medscale.errors import UserError
 from medscale.jobs.checkpoint import MANIFEST, checkpoint_dirs, problem
 from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal
+from medscale.model.resolve import find_model, hub_id, model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -82,10 +85,12 @@ def _is_model_folder(p: Path) -> bool:
 
 
 def _base_of_recipe(recipe_yaml: str, where: Path) -> Path:
-    path = (yaml.safe_load(recipe_yaml) or {}).get("model", {}).get("path")
-    if not path:
+    """The job's base model: its model.path, a hub id's local copy, or model.hub_id's where the folder is gone."""
+    model = (yaml.safe_load(recipe_yaml) or {}).get("model") or {}
+    if not model.get("path"):
         raise ModelRefError(f"{where}: its recipe names no model.path")
-    return Path(path)
+    found = model_source(SimpleNamespace(path=model["path"], hub_id=model.get("hub_id")))
+    return found.path if found is not None else Path(model["path"])
 
 
 def _checkpoint_of(out: Path, step: int) -> Path:
@@ -154,7 +159,14 @@ def resolve(ref: str, *, checkpoint: int | None = None, adapter: str | None = No
         if found.output_dir is not None or found.checkpoint is not None:
             found.job_id = _job_id_of(found.output_dir or found.checkpoint.parent, registry)
     else:
-        found = _from_registry(ref, checkpoint, registry)
+        try:
+            found = _from_registry(ref, checkpoint, registry)
+        except ModelRefError:
+            if hub_id(ref) is None or checkpoint is not None:
+                raise
+            base = find_model(ref)  # no such job: a hub id, else the command that downloads it
+            found = ModelRef(base.path, Path(adapter) if adapter else None,
+                             ref if not adapter else f"{ref}+{Path(adapter).name}")
     if adapter and found.adapter is not None and Path(adapter) != found.adapter:
         raise ModelRefError(f"{ref} already is a tuned model ({found.adapter}): --adapter applies to a base model "
                             f"folder only")

@@ -1,4 +1,5 @@
-"""Base model + tokenizer from a local folder, in bf16 or NF4 (QLoRA), wrapped with a peft LoRA adapter."""
+"""Base model + tokenizer from a local folder or a hub id's local copy (model.resolve), in bf16 or NF4 (QLoRA),
+wrapped with a peft LoRA adapter."""
 from __future__ import annotations
 
 import difflib
@@ -8,6 +9,7 @@ import torch
 
 from medscale.dist import DistContext
 from medscale.errors import quiet_libraries
+from medscale.model.resolve import model_folder, shipped_config
 from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -23,7 +25,7 @@ def load_tokenizer(model: ModelSection, planned: bool = False):
 
         tok = tiny_tokenizer(model.tiny.tokenizer)
     else:
-        tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(model_folder(model), trust_remote_code=model.trust_remote_code)
     if tok.pad_token is None:  # R1-Distill and some others ship without one; padding is masked anyway
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -66,7 +68,7 @@ def load_pretrained(model: ModelSection, device_index: int | None, recipe_attent
         kwargs["attn_implementation"] = model.attn_implementation
     if device_index is not None:
         kwargs["device_map"] = {"": device_index}
-    return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(model_folder(model), **kwargs)
 
 
 def load_base_model(model: ModelSection):
@@ -84,16 +86,21 @@ LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "M
 
 
 def module_kinds(model: ModelSection) -> dict[str, str]:
-    """Every module of the model, name -> class name, from config.json (or the tiny model's shape) built on the meta
-    device: no weight is read or allocated, so pre-flight can afford it for an 8B model."""
+    """Every module of the model, name -> class name, from config.json (or the tiny model's shape, or the shipped
+    shape of a built-in recipe's model not downloaded yet) built on the meta device: no weight is read or allocated,
+    so pre-flight can afford it for an 8B model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if model.tiny is not None and not (Path(model.path) / "config.json").is_file():
+    folder, shipped = model_folder(model), shipped_config(model)
+    if model.tiny is not None and not (folder / "config.json").is_file():
         from medscale.model.tiny import tiny_config
 
         config = tiny_config(3000, model.tiny.layers, model.tiny.hidden)  # the vocabulary size names no module
+    elif not (folder / "config.json").is_file() and shipped is not None:
+        facts = {k: v for k, v in shipped[1].items() if k not in ("model_type", "architectures")}
+        config = AutoConfig.for_model(shipped[1]["model_type"], **facts)
     else:
-        config = AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=model.trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
     return {name: type(m).__name__ for name, m in skeleton.named_modules() if name}
