@@ -339,3 +339,21 @@ def test_compare_judge_counts_a_judge_that_always_prefers_the_second_shown_as_or
     assert (s["overall"]["tie"], s["overall"]["n"], s["order_dependent"], s["position_consistency"]) == (2, 2, 2, 0.0)
     assert s["overall"]["verdict"] == "no detectable difference"
     assert (out / "compare.html").is_file() and (out / "judge.html").is_file()
+
+
+def test_a_side_significantly_more_degenerate_than_the_first_is_flagged_without_a_judge(tmp_path):
+    qs = [f"病例{i}：28岁程序员，常年熬夜，头晕目眩，恶心，第{i}次就诊，怎么办？" for i in range(6)]
+
+    def write(name, answer):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": answer(i)}, ensure_ascii=False)
+                                + "\n" for i, q in enumerate(qs)), encoding="utf-8")
+        return str(path)
+
+    base = write("base", lambda i: "可能与长期熬夜、睡眠不足有关，建议规律作息，测量血压，必要时到神经内科就诊。")
+    tuned = write("tuned", lambda i: "头晕头晕头晕" * 40)  # seed 004's failure: a token loop
+    r = cli("judge", base, tuned, "--no-judge", "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout)
+    assert got["degeneration_verdict"]["flagged"] and "DEGENERATE" in got["verdict"]
+    assert (got["degeneration"]["base"]["degenerate"], got["degeneration"]["tuned"]["looping"]) == (0, 6)
