@@ -113,3 +113,20 @@ def test_a_tracker_not_installed_fails_preflight_with_its_pip_install(tiny_model
 def test_report_to_swanlab_without_its_settings_names_the_fix(tiny_model_dir):
     r = cli("recipe", "show", "tiny-demo", "track.swanlab=null", "track.report_to=[swanlab, tensorboard]")
     assert r.returncode == 2 and "track.swanlab={project: NAME}" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["wandb", "trackio"])
+def test_wandb_and_trackio_log_locally_where_installed(name, tiny_model_dir, tmp_path, monkeypatch):
+    """Not in the dev extra (wandb ships a Go binary, trackio pulls gradio): run where they are installed."""
+    pytest.importorskip(name)
+    from medscale.train.tracking import start_trackers
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    tracking = start_trackers(_recipe(tiny_model_dir, tmp_path / "out", f"track.report_to=[{name}]"), rank=0)
+    assert list(tracking.sinks.sinks) == [name]
+    tracking.sinks.sinks[name].log({"train/loss": 1.5}, 1)
+    tracking.close()
+    assert list(tracking.sinks.sinks) == [name]  # neither failed (a failure drops the tracker with a warning)
+    if name == "wandb":
+        assert list((tmp_path / "out" / "wandb").rglob("*.wandb"))
