@@ -162,3 +162,12 @@ def test_with_vllm_installed_the_job_is_served_with_its_tokenizer_generation_con
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == \
         AutoTokenizer.from_pretrained(job_ref.adapter).chat_template
     assert GenerationConfig.from_pretrained(tmp_path).temperature == job_ref.recipe["generation"]["temperature"]
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = cli("serve", str(tiny_model_dir), "--port", str(taken.getsockname()[1]))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("medscale: error: --host 127.0.0.1 --port ") and "cannot listen there" in r.stderr

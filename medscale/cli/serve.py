@@ -59,7 +59,7 @@ def serve_cmd(model: str = MODEL, *, adapter: Optional[str] = ADAPTER, checkpoin
     """Serve a model the way it was trained, OpenAI-compatible: point `medscale eval --endpoint`, `compare` and `chat`
     at it, or check it with `medscale eval JOB --parity URL`. Ctrl-C stops it."""
     import medscale
-    from medscale.errors import StopRequested
+    from medscale.errors import StopRequested, UserError
     from medscale.eval.asking import job_thinking, local_backend, sampling
     from medscale.generate.serve import Served, make_server
     from medscale.jobs.resolve import resolve
@@ -76,10 +76,14 @@ def serve_cmd(model: str = MODEL, *, adapter: Optional[str] = ADAPTER, checkpoin
                            thinking=thinking)
         typer.echo(f"serving {ref.label} with vLLM at http://{host}:{port}/v1 (Ctrl-C stops)")
         os.execv(cmd[0], cmd)
-    backend = local_backend(ref, dtype=dtype, batch_size=1, mode="padded")
     served = Served(served_name, f"medscale-serve {medscale.__version__}", sampling({}, ref=ref).settings,
                     ref.system_prompt, served_meta(ref, thinking))
-    server = make_server(backend, served, host, port)
+    try:
+        server = make_server(served, host, port)
+    except OSError as e:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror}): pick another port, or "
+                        f"--port 0 for a free one") from None
+    server.backend = local_backend(ref, dtype=dtype, batch_size=1, mode="padded")
     typer.echo(f"serving {ref.label} at http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()

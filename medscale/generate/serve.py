@@ -52,8 +52,9 @@ def request_messages(req: dict, system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def make_server(backend, served: Served, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """An HTTP server over `backend` (a medscale.generate.local.LocalBackend), not yet serving."""
+def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server, bound (a port in use fails before any model loads) and not yet serving: set its `backend` (a
+    medscale.generate.local.LocalBackend), then serve_forever()."""
     lock = threading.Lock()
     listing = {"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "medscale",
                                            "medscale": served.meta or {}}]}
@@ -86,6 +87,7 @@ def make_server(backend, served: Served, host: str = "127.0.0.1", port: int = 0)
                     raise ValueError("stream is not supported by medscale serve: send stream=false")
                 s = request_settings(req, served.defaults)
                 item = Item("request", 0, request_messages(req, served.system_prompt), int(req.get("seed") or 0))
+                backend = self.server.backend
                 thinking = (req.get("chat_template_kwargs") or {}).get("enable_thinking", backend.enable_thinking)
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 return self._send(400, {"error": {"message": f"bad request: {e}"}})
@@ -100,4 +102,6 @@ def make_server(backend, served: Served, host: str = "127.0.0.1", port: int = 0)
                                           "message": {"role": "assistant", "content": text}}],
                              "usage": {"completion_tokens": tokens}})
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.backend = None
+    return server
