@@ -19,8 +19,9 @@ from conftest import cli
 from medscale.registry import Registry
 from test_slurm import _job_info, _log, _wait_job, cluster, slurm_env  # noqa: F401  (the one-node SLURM fixture)
 
-STEPS = {"track.swanlab": None, "train.max_steps": 4, "train.save_steps": 2, "train.logging_steps": 1,
-         "eval.eval_strategy": "no", "data.max_length": 256, "data.system_prompt": None, "train.warmup_ratio": 0}
+STEPS = {"track.swanlab": None, "train.max_steps": 3, "train.save_steps": 2, "train.logging_steps": 1,
+         "eval.eval_strategy": "no", "data.eval_size": 0, "data.max_length": 256, "data.system_prompt": None,
+         "train.warmup_ratio": 0}
 
 
 def _sweep(tmp_path: Path, model: Path, lrs: dict) -> Path:
@@ -30,7 +31,7 @@ def _sweep(tmp_path: Path, model: Path, lrs: dict) -> Path:
         "grid": {"lr": {label: {"train.learning_rate": lr} for label, lr in lrs.items()}},
         "overrides": {**STEPS, "model.path": str(model),
                       "data.sources": [{"path": "${MEDSCALE_DEMO_DATA}/medical_r1_demo.jsonl", "format": "r1-think",
-                                        "limit": 24}]}}))
+                                        "limit": 12}]}}))
     return spec
 
 
@@ -124,7 +125,7 @@ def test_a_sweep_trial_killed_with_sigkill_continues_from_its_verified_checkpoin
     out = tmp_path / "runs" / "oneroad" / "only"
     killed = _wait_job(_array(spec, env={"MEDSCALE_FAILPOINT": "after_manifest@2"}))
     assert killed["JobState"] == "FAILED", _log(killed)
-    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-3").exists()
 
     again = _wait_job(_array(spec))
     assert (again["JobState"], again["ExitCode"]) == ("COMPLETED", "0:0"), _log(again)
@@ -132,7 +133,7 @@ def test_a_sweep_trial_killed_with_sigkill_continues_from_its_verified_checkpoin
     assert job["kind"] == "trial" and job["status"] == "succeeded" and job["launcher"] == "slurm"
     first, second = job["attempt_list"]
     assert (first["status"], second["status"]) == ("lost", "completed")
-    assert second["resumed_from"] == str(out / "checkpoint-2") and second["step"] == 4
+    assert second["resumed_from"] == str(out / "checkpoint-2") and second["step"] == 3
     assert [a["launcher"] for a in job["attempt_list"]] == ["slurm", "slurm"]
     shown = cli("sweep", "show", "oneroad", "--json")
     rows = json.loads(shown.stdout)["rows"]
