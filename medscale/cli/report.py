@@ -20,9 +20,13 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
            steps: Optional[str] = typer.Option(None, "--steps", help="steps for the tables, e.g. 100,200,300,400 "
                                                                    "(default: quarters of the longest run)"),
            as_json: bool = AS_JSON) -> None:
-    """Runs side by side, from the registry: loss and eval loss at chosen steps with each run's change in %, stages,
+    """Runs side by side, from the registry. First the versions table, printed too: bases and fine-tunes ranked by
+    accuracy (with its interval), the judge's win rate against its own base and per criterion (when a judgement of
+    the pair is stored), the degenerate answers (DEGENERATE: significantly more than its base), the forgetting
+    guard's change and one verdict line. Then loss and eval loss at chosen steps with each run's change in %, stages,
     grad-norm range and variation, the lr schedule, benchmark deltas against the base, the forgetting verdict, and
     the curves (report.md, report.html, report.json)."""
+    import json
     import re
 
     from medscale import medscale_home
@@ -43,6 +47,9 @@ def report(refs: list[str] = typer.Argument(..., help="jobs (id, name or output 
     if as_json:
         echo_json({"folder": str(folder), "notes": notes, "files": {name: str(p) for name, p in paths.items()}})
         return
+    from medscale.report.versions import table_markdown
+
+    typer.echo(table_markdown(json.loads(paths["report.json"].read_text(encoding="utf-8"))["versions"]))
     for note in notes:
         typer.echo(f"medscale: {note}")
     typer.echo(f"medscale: report written to {folder}")

@@ -29,6 +29,7 @@ from medscale.html import render
 from medscale.jobs.record import RunSummary, write_bytes_atomic, write_text_atomic
 from medscale.markdown import md_cell, md_text
 from medscale.registry import MetricRow, Registry
+from medscale.report import versions
 
 FIGURES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"),
            ("grad_norm", "gradient norm"))
@@ -76,6 +77,7 @@ class Report:
     overview: list[dict] = field(default_factory=list)  # per run
     benchmarks: list[dict] = field(default_factory=list)  # per run and benchmark
     forgetting: list[dict] = field(default_factory=list)  # per run
+    versions: list[dict] = field(default_factory=list)  # seed 004's table: bases and fine-tunes ranked (versions.py)
     notes: list[str] = field(default_factory=list)  # runs that stopped before a chosen step
     figures: dict[str, str] = field(default_factory=dict)  # metric -> PNG file name
 
@@ -227,10 +229,12 @@ def _unreached(runs: list[Run], steps: list[int]) -> list[str]:
 def build(reg: Registry, refs: list[str], steps: list[int] | None = None) -> tuple[Report, list[Run]]:
     title, runs = collect(reg, refs)
     steps = sorted(set(steps)) if steps else default_steps(runs)
+    bases = {b["path"]: b["label"] for ref in refs if (s := _sweep(reg, ref)) is not None for b in s.bases}
     report = Report(title, steps, [r.label for r in runs], _by_step(runs, steps, "loss"),
                     _by_step(runs, steps, "eval_loss"), [row for r in runs for row in _stages(r, steps)],
                     [_overview(r) for r in runs], [row for r in runs for row in _benchmarks(reg, r)],
-                    [_forgetting(r) for r in runs], notes=_unreached(runs, steps))
+                    [_forgetting(r) for r in runs], notes=_unreached(runs, steps),
+                    versions=[v.to_dict() for v in versions.versions(reg, runs, bases)])
     return report, runs
 
 
@@ -281,7 +285,8 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, formatted: the Markdown and the HTML show the same cells."""
     first = report.runs[0]
     others = report.runs[1:]
-    out = []
+    out = [("Versions ranked (bases and fine-tunes, each against its own base)", versions.HEADER,
+            [versions.cells(versions.Version(**v)) for v in report.versions])]
     for title, rows in (("Training loss at chosen steps", report.loss), ("Eval loss at chosen steps",
                                                                           report.eval_loss)):
         out.append((title, ["step", *report.runs, *[f"{o} vs {first}" for o in others]],
