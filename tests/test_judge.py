@@ -339,6 +339,17 @@ def test_compare_judge_counts_a_judge_that_always_prefers_the_second_shown_as_or
     assert (s["overall"]["tie"], s["overall"]["n"], s["order_dependent"], s["position_consistency"]) == (2, 2, 2, 0.0)
     assert s["overall"]["verdict"] == "no detectable difference"
     assert (out / "compare.html").is_file() and (out / "judge.html").is_file()
+    assert json.loads(r.stdout)["judgement"]["warnings"] == []  # the judge is neither of the compared models
+
+
+def test_a_judge_that_is_one_of_the_compared_models_is_named_in_a_warning(tiny_model_dir, tmp_path):
+    from medscale.judge.run import _identity, self_judged
+
+    sides = {"base": _identity(str(tiny_model_dir)), "file": _identity(str(_answers(tmp_path, "a", ["x", "y"])))}
+    (warning,) = self_judged(str(tiny_model_dir), sides)
+    assert "is one of the judged (base)" in warning
+    assert self_judged("http://127.0.0.1:9/v1", sides) == []
+    assert self_judged("http://127.0.0.1:9/v1/", {"served": _identity("http://127.0.0.1:9")}) != []
 
 
 def test_a_side_significantly_more_degenerate_than_the_first_is_flagged_without_a_judge(tmp_path):

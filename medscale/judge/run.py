@@ -46,14 +46,29 @@ def _lang(q: OpenQuestion, rubric_language: str) -> str:
     return guess_language([q.prompt]) if rubric_language == "auto" else rubric_language
 
 
+def _weights(base, adapter) -> str:
+    return f"{Path(base).resolve()}+{Path(adapter).resolve() if adapter else ''}"
+
+
 def _identity(ref: str) -> str:
     """What a reference names, for the judge-is-judged warning (the same endpoint or the same weights)."""
-    if ref.startswith(("http://", "https://")) or is_answer_file(ref):
-        return ref.rstrip("/")
+    if ref.startswith(("http://", "https://")):
+        return ref.rstrip("/").removesuffix("/v1")
+    if is_answer_file(ref):
+        return ref
     from medscale.jobs.resolve import resolve
 
     found = resolve(ref)
-    return f"{Path(found.base).resolve()}+{Path(found.adapter).resolve() if found.adapter else ''}"
+    return _weights(found.base, found.adapter)
+
+
+def self_judged(judge: str, judged: dict[str, str]) -> list[str]:
+    """The warning when the judge is one of the judged (`judged`: each side's name -> its _identity): a model tends
+    to prefer its own answers."""
+    mine = _identity(judge)
+    same = [name for name, identity in judged.items() if identity == mine]
+    return [f"the judge {judge} is one of the judged ({', '.join(same)}): a model tends to prefer its own answers; "
+            f"judge with another model"] if same else []
 
 
 def _ask_judge(judge: str, prompts: list[tuple[str, str]], asking: Asking, cache: Path | None) -> tuple[dict, dict]:
@@ -137,11 +152,7 @@ def run_judgement(models: list[str], *, questions: str | None, mode: str, judge:
     result = judge_answers(sides, qs, mode=mode, judge=judge, asking=asking, judge_asking=judge_asking,
                            rubric_language=rubric_language, cache_dir=cache_dir)
     if judge is not None:
-        mine = _identity(judge)
-        judged = [m for m in models if _identity(m) == mine]
-        if judged:
-            result.warnings.append(f"the judge {judge} is one of the judged ({', '.join(judged)}): a model tends to "
-                                   f"prefer its own answers; judge with another model")
+        result.warnings += self_judged(judge, {m: _identity(m) for m in models})
     for w in result.warnings:
         log.warning("%s", w)
     return result
@@ -155,8 +166,11 @@ def judge_compared(compared, questions: list[OpenQuestion], *, judge: str, judge
     sides = [Answers(m.label, {a.question_id: (f"<think>{a.think}</think>" if a.think else "") + a.answer
                                for a in m.answers}, {"compare": m.backend})
              for m in compared.models[:2]]
-    return judge_answers(sides, questions, mode="pairwise", judge=judge, asking=Asking(), judge_asking=judge_asking,
-                         cache_dir=cache_dir)
+    result = judge_answers(sides, questions, mode="pairwise", judge=judge, asking=Asking(),
+                           judge_asking=judge_asking, cache_dir=cache_dir)
+    result.warnings += self_judged(judge, {m.label: _identity(m.base) if m.base.startswith("http") else
+                                           _weights(m.base, m.adapter) for m in compared.models[:2]})
+    return result
 
 
 def calibration_pairs(labels: str | None) -> tuple[list[OpenQuestion], Answers, Answers]:
