@@ -96,6 +96,9 @@ class Plan:
     recompute_needed: bool           # False: the same tokens fit without gradient checkpointing
     problems: list[str] = field(default_factory=list)
     shape_source: str = ""           # the config.json planned from, or the shipped shape before a download
+    micro_batch: int = 0             # samples per micro-batch and micro-batches per optimizer step, as planned:
+    accumulation: int = 1            # the recipe's, or merged (train.merge_accumulation) where the plan fits them
+    batch_note: str = ""             # the batch decision and why, as `plan`, `check` and the run's log say it
 
     @property
     def allocated_gib(self) -> float:
@@ -241,6 +244,39 @@ def _micro_batch_tokens(recipe: Recipe) -> int:
     return recipe.train.per_device_train_batch_size * recipe.data.max_length
 
 
+def _batch_said(micro: int, accum: int, why: str) -> str:
+    return f"micro-batch {micro} x accumulation {accum} ({why})"
+
+
+def merge_blocker(recipe: Recipe) -> str | None:
+    """Why the recipe's accumulated micro-batches stay as written whatever the memory (None: they may merge)."""
+    t = recipe.train
+    if t.gradient_accumulation_steps == 1:
+        return "no accumulation to merge"
+    if t.merge_accumulation == "off":
+        return "kept: train.merge_accumulation=off"
+    if recipe.data.batching == "packed":
+        return "kept: packed rows keep their own budget"
+    fixed = [k for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+             if isinstance(recipe.dist.deepspeed_config().get(k), int)]
+    if fixed:
+        return f"kept: dist.deepspeed's config sets {fixed[0]}"
+    return None
+
+
+def merged_batch(recipe: Recipe, fits) -> tuple[int, int]:
+    """(micro-batch, accumulation): the largest micro-batch that divides the recipe's samples per optimizer step
+    and for which `fits(samples)` holds, never smaller than the recipe's. The same samples make each step (the
+    sampler's order does not depend on the micro-batch) and the Trainer averages the loss over the step's tokens
+    (num_items_in_batch), so merging changes the number of launches, not the loss."""
+    t = recipe.train
+    b, step = t.per_device_train_batch_size, t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if merge_blocker(recipe) is not None:
+        return b, t.gradient_accumulation_steps
+    micro = next((d for d in range(step, b, -1) if step % d == 0 and fits(d)), b)
+    return micro, step // micro
+
+
 def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = None,
          recompute: int | None = None) -> Plan:
     """The memory plan of `recipe` on GPUs of `gpu_mem_gb` GiB each (`gpus` of them, for ZeRO sharding), for
@@ -269,6 +305,12 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     if recipe.data.batching == "packed":
         budget = recipe.data.pack_tokens or max(recipe.data.max_length, min(PACK_CAP, afford // BLOCK * BLOCK))
     tokens = tokens or budget or _micro_batch_tokens(recipe)
+    t = recipe.train
+    micro, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps
+    if recompute is None and tokens <= afford and budget is None:  # planning a run: merge what fits, with margin
+        micro, accum = merged_batch(recipe, lambda n: n * recipe.data.max_length * per_token(most)
+                                    <= AUTO_HEADROOM * usable)
+        tokens = micro * recipe.data.max_length
     k = most if recompute is None else min(recompute, layers)
     if gc == "auto" and recompute is None:  # the fewest recomputed layers that fit with headroom, else all
         k = next((n for n in range(layers + 1) if tokens * per_token(n) <= AUTO_HEADROOM * usable), layers)
@@ -280,10 +322,31 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     p = Plan(recipe=recipe.name, gpu_mem_gb=gpu_mem_gb, gpus=gpus, shape=shape, batching=recipe.data.batching,
              recompute_layers=k, tokens=tokens, token_budget=budget, components=[*fixed, act, logits],
              per_token_kib={"recompute": round(with_rc / 1024, 1), "no_recompute": round(without_rc / 1024, 1)},
-             recompute_needed=tokens * without_rc > usable, shape_source=source)
+             recompute_needed=tokens * without_rc > usable, shape_source=source, micro_batch=micro,
+             accumulation=accum)
     if tokens > afford:
         p.problems.append(_advice(recipe, p, afford, with_rc, usable))
+    p.batch_note = _batch_said(micro, accum, _merge_why(recipe, p, per_token(most) - per_token(k)))
     return p
+
+
+def _merge_why(recipe: Recipe, p: Plan, extra_per_token: float) -> str:
+    """Why the plan's micro-batch is what it is, with the memory that decided it (`extra_per_token`: the bytes per
+    token the most recompute the recipe allows adds to the plan's)."""
+    t = recipe.train
+    if (micro := t.per_device_train_batch_size) != p.micro_batch:
+        per = "step" if p.accumulation == 1 else "micro-batch"
+        return (f"was {micro} x {t.gradient_accumulation_steps}: the plan fits {p.micro_batch} per {per} in "
+                f"{p.reserved_gib + CONTEXT_GIB:.1f} GB of {p.gpu_mem_gb:g}")
+    if (blocked := merge_blocker(recipe)) is not None:
+        return blocked
+    if p.problems:
+        return "kept: the recipe's micro-batch does not fit either"
+    step = micro * t.gradient_accumulation_steps
+    per_token = (sum(c.gib for c in p.components[-2:]) * GIB / p.tokens + extra_per_token)
+    more = (step * recipe.data.max_length - p.tokens) * per_token / GIB  # merged minus planned activations
+    return (f"kept: {step} per step would need about {(p.allocated_gib + more) * FRAGMENTATION + CONTEXT_GIB:.1f} "
+            f"GB of {p.gpu_mem_gb:g}, over the plan's {AUTO_HEADROOM:.0%} margin")
 
 
 def _advice(recipe: Recipe, p: Plan, afford: int, with_rc: float, usable: float) -> str:
@@ -335,6 +398,9 @@ class Decision:
     token_budget: int | None  # tokens per packed row; None when the recipe does not pack
     problems: list[str]  # why it cannot fit, naming what to change
     plan: Plan | None  # the plan itself, where a GPU is known and the model's shapes could be read
+    micro_batch: int  # samples per micro-batch and micro-batches per step: the recipe's, or merged
+    accumulation: int
+    batch_note: str  # the batch decision and why
 
 
 def decide(recipe: Recipe, gpu_mem_gb: float | None = None) -> Decision:
@@ -356,4 +422,14 @@ def decide(recipe: Recipe, gpu_mem_gb: float | None = None) -> Decision:
     else:
         recompute = 0 if mem is None else p.recompute_layers if p is not None else None
     budget = p.token_budget if p is not None else recipe.pack_budget()
-    return Decision(mem, gpus, recompute, budget, p.problems if p is not None else [], p)
+    t = recipe.train
+    if p is not None:
+        batch = p.micro_batch, p.accumulation, p.batch_note
+    elif mem is None:  # no GPU: memory does not limit the micro-batch
+        micro, accum = merged_batch(recipe, lambda n: True)
+        why = merge_blocker(recipe) or f"was {t.per_device_train_batch_size} x {t.gradient_accumulation_steps}: no GPU here"
+        batch = micro, accum, _batch_said(micro, accum, why)
+    else:
+        batch = (t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                 _batch_said(t.per_device_train_batch_size, t.gradient_accumulation_steps, "kept: no memory plan"))
+    return Decision(mem, gpus, recompute, budget, p.problems if p is not None else [], p, *batch)

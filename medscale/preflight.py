@@ -360,6 +360,7 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
         decision = decide(recipe)  # the memory plan, once, where this host's GPU is known
         for problem in decision.problems:
             report.error("memory", problem)
+        report.info("batch", decision.batch_note)
     budget = decision.token_budget if decision is not None else recipe.pack_budget()
     built, failed = (_tokenized_data(recipe, budget) if tokenize and read_data and model_problem is None
                      else (None, None))
@@ -382,6 +383,8 @@ def _run_plan(recipe: Recipe, decision, built) -> "RunPlan":
 
     memory = MemoryPlan(gpu_mem_gb=decision.gpu_mem_gb, gpus=decision.gpus, recompute_layers=decision.recompute_layers,
                         token_budget=decision.token_budget, problems=decision.problems,
+                        micro_batch=decision.micro_batch, accumulation=decision.accumulation,
+                        batch_note=decision.batch_note,
                         components=decision.plan.to_dict() if decision.plan is not None else None)
     return RunPlan.decided_here(recipe, memory, data_manifest(recipe, built) if built is not None else None)
 

@@ -126,7 +126,8 @@ def test_plan_counts_the_real_models_parameters(real_models):
 def _plan(name, path, gpu, *overrides):
     from medscale.plan import plan
 
-    return plan(load_recipe(name, [f"model.path={path}", *overrides]), gpu)
+    # the recipe's micro-batch as written (merging accumulation is tests/test_speed_merge.py's)
+    return plan(load_recipe(name, [f"model.path={path}", "train.merge_accumulation=off", *overrides]), gpu)
 
 
 def test_plan_components_follow_the_recipe(real_models):

@@ -236,6 +236,7 @@ def plan_cmd(recipe: str = RECIPE,
                    f"({'recompute needed' if p.recompute_needed else 'recompute not needed at these tokens'})")
         typer.echo(f"  micro-batch: {p.tokens} tokens" +
                    (f" (packed row budget {p.token_budget})" if p.token_budget else ""))
+        typer.echo(f"  {p.batch_note}")
         for prob in p.problems:
             typer.echo(f"error: {prob}", err=True)
     if p.problems:

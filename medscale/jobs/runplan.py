@@ -30,11 +30,18 @@ class MemoryPlan(BaseModel):
     recompute_layers: int | None  # the first decoder layers recomputed: None = all, 0 = none
     token_budget: int | None  # tokens per packed row; None when the recipe does not pack
     problems: list[str] = []
+    micro_batch: int | None = None  # samples per micro-batch and micro-batches per step as decided (None: the
+    accumulation: int | None = None  # recipe's); merged where train.merge_accumulation=auto and the plan fits them
+    batch_note: str = ""  # that decision and why, for the run's log
     components: dict | None = None  # the plan, component by component (medscale.plan.Plan.to_dict), where made
 
     @property
     def recompute(self) -> bool:
         return self.recompute_layers != 0
+
+    def batch(self) -> tuple[int, int] | None:
+        """(micro-batch, accumulation) for TrainingArguments; None: the recipe's."""
+        return (self.micro_batch, self.accumulation) if self.micro_batch else None
 
 
 class DataManifest(BaseModel):

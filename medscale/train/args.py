@@ -44,10 +44,12 @@ def recompute_arguments(cls, on: bool) -> dict:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
 
 
-def training_arguments(recipe: Recipe, recompute: bool):
+def training_arguments(recipe: Recipe, recompute: bool, batch: tuple[int, int] | None = None):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed. `recompute`:
-    whether any layer is recomputed, as the run's memory plan decided (RunPlan.memory)."""
+    whether any layer is recomputed, `batch`: (micro-batch, accumulation) when merged, as the run's memory plan
+    decided (RunPlan.memory); None keeps the recipe's."""
     t, e, cuda = recipe.train, recipe.eval, torch.cuda.is_available()
+    micro, accum = batch or (t.per_device_train_batch_size, t.gradient_accumulation_steps)
     if problems := t.trainer_args_problems(TrainingArguments):
         raise RecipeError("; ".join(problems))
     ds = recipe.dist.deepspeed
@@ -65,9 +67,9 @@ def training_arguments(recipe: Recipe, recompute: bool):
             extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=1 if recipe.data.batching == "packed" else t.per_device_train_batch_size,
+        per_device_train_batch_size=1 if recipe.data.batching == "packed" else micro,
         per_device_eval_batch_size=e.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        gradient_accumulation_steps=accum, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself

@@ -55,7 +55,10 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
     decided = worker_plan(recipe, stamp)  # the launcher's pre-flight decisions, else this host's: before any work
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before the first CUDA allocation
     started = time.time()
-    args = training_arguments(recipe, decided.memory.recompute)  # also initialises torch.distributed under a launcher
+    # also initialises torch.distributed under a launcher
+    args = training_arguments(recipe, decided.memory.recompute, decided.memory.batch())
+    if args.process_index == 0 and decided.memory.batch_note:
+        log.info("%s", decided.memory.batch_note)
     with _process_group():
         tok, data = _prepare_data(recipe, args, decided, stamp)
         plan = dist.decided_by_rank0(args.process_index, lambda: plan_start(recipe))

@@ -55,6 +55,11 @@ class TrainSection(Section):
                                                                   "until memory runs out")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step: a larger batch "
                                                                   "without more memory, fewer steps")
+    merge_accumulation: Literal["auto", "off"] = Field(
+        "auto", description="auto: where the memory plan fits them, accumulated micro-batches are merged into fewer, "
+                            "larger ones (e.g. 4 x 2 -> 8 x 1): the same samples per step, the same per-token loss, "
+                            "fewer launches; off: train the recipe's micro-batch x accumulation as written. Packed "
+                            "rows keep their own budget")
     effective_batch_size: int | None = Field(
         None, ge=1, description="if set, must equal per-device batch x accumulation x processes (checked)")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate: LoRA usually 1e-4..2e-4; lower "
