@@ -36,7 +36,7 @@ def _model_spec(spec: str):
 def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models to compare, each "
                                                              "[LABEL=]MODEL[+ADAPTER]: a model folder, a LoRA run's "
                                                              "output dir, or a base + an adapter"),
-                endpoint: Optional[list[str]] = typer.Option(None, "--endpoint", help="an OpenAI-compatible server "
+                *, endpoint: Optional[list[str]] = typer.Option(None, "--endpoint", help="an OpenAI-compatible server "
                                                              "(vLLM, `medscale serve`, a gateway) as one more model, "
                                                              "named by the model it serves; repeatable; the API key "
                                                              "from $OPENAI_API_KEY"),
@@ -87,7 +87,7 @@ def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models 
 @app.command("chat")
 def chat_cmd(model: Optional[str] = typer.Argument(None, help="a job name or id, an output dir, a checkpoint-N "
                                                    "folder, a LoRA adapter or a model folder (or --endpoint)"),
-             endpoint: Optional[str] = typer.Option(None, "--endpoint", help="talk to an OpenAI-compatible server "
+             *, endpoint: Optional[str] = typer.Option(None, "--endpoint", help="talk to an OpenAI-compatible server "
                                                     "instead (the API key from $OPENAI_API_KEY)"),
              adapter: Optional[str] = ADAPTER, checkpoint: Optional[int] = CHECKPOINT,
              prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="answer this one question and exit"),
