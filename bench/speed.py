@@ -1,6 +1,7 @@
 """Side-by-side throughput: medscale's batching/attention/kernel paths vs the seed stack, in one call.
 
     python bench/speed.py --assets .gpu --suite qwen3-1.7b,qwen3-8b [--steps 12] [--warm 3] [--deadline 560]
+    python bench/speed.py --assets .gpu --suite r1-1.5b,r1-7b,r1-14b --dry-run   # CPU: lengths + commands only
 
 For each suite: builds the model folder (random weights in the real shape, real Qwen3 tokenizer), writes
 the exact token lengths medscale trains on (its own data pipeline on the real records) and gives them to
@@ -9,6 +10,10 @@ process under the suite's memory cap. Timing covers the steps after `--warm` for
 table (tokens/s, samples/s, MFU, peak allocated/reserved, the memory plan at the largest micro-batch
 seen, loss at step N, ratio to the seed stack) and writes $OUT/speed_<suite>.json (copy to bench/results/).
 Assets (--assets): qwen3_tokenizer/, model_configs.json, hf_baseline.py and the data files named below.
+The R1 suites (seed 004's grid: R1-Distill-Qwen 1.5B/7B/14B, 4-bit LoRA, 2 x 32 = 64 medical-o1 records per step)
+time fewer, longer steps (their own --steps/--warm) against hf_baseline.py --shape r1-*, as seed 004 ran it; the
+lengths come from the Qwen3 tokenizer (R1-Distill's is Qwen2's, nearly the same vocabulary), the same for both stacks.
+`--dry-run` writes the lengths on CPU and prints each command a GPU call would run, without running them.
 """
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ FLCE_ONLY = {"liger_kernel_config": {"rope": False, "rms_norm": False, "swiglu":
                                      "fused_linear_cross_entropy": True}}  # Liger's fused linear CE alone
 COMPILE = {"torch_compile": True, "torch_compile_backend": "inductor"}  # accelerate compiles the whole model
 NO_CAP_FULL = ["data.batching=packed", "train.gradient_checkpointing=false"]  # 8B: packed, nothing recomputed
+MERGE_OFF = "train.merge_accumulation=off"  # the recipe's micro-batch x accumulation as written (issue 24, lever 1)
+# seed 004's fast runs on the seed stack (../shared/gpu/README.md); max_len and lengths come from the recipe
+R1_SEED = ["--qlora", "--lora_r", "16", "--lora_alpha", "16", "--lora_dropout", "0", "--bs", "2", "--accum", "32",
+           "--optim", "adamw_8bit"]
+R1_ONE = ["train.per_device_train_batch_size=1", "train.gradient_accumulation_steps=64"]
+R1_STEPS = {"steps": 5, "warm": 1}  # a step is 64 records (~45k tokens): 4 timed steps, not 10
 SUITES = {
     "qwen3-1.7b": dict(
         shape="Qwen/Qwen3-1.7B", recipe="qwen3-1.7b-qlora-v1", cap=16,
@@ -73,16 +84,32 @@ SUITES = {
                {"cap": 0, "targs": COMPILE})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
-        data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=None,
+        data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-7b", *R1_SEED],
         runs=[("packed 8192-token rows, 4-bit", ["data.batching=packed", "data.pack_tokens=8192",
                                                  "train.per_device_train_batch_size=1",
                                                  "train.gradient_accumulation_steps=2",
-                                                 "train.effective_batch_size=null"], {})], est=150),
+                                                 "train.effective_batch_size=null"], {}),
+              # 2 x 8192 tokens is over 16 GB in the plan: its fix, the same 64 samples per step
+              ("as shipped, 1 x 64 (the plan's fix on 16 GB)", R1_ONE, {}),
+              ("as shipped, no cap (merged as the plan fits)", [], {"cap": 0}),
+              ("as shipped, no cap, merge off (2 x 32)", [MERGE_OFF], {"cap": 0})], est=240, **R1_STEPS),
+    "r1-1.5b": dict(
+        shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", recipe="r1-distill-1.5b-lora-fast", cap=16,
+        data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-1.5b", *R1_SEED],
+        runs=[("as shipped (merged as the plan fits)", [], {}),
+              ("as shipped, merge off (2 x 32)", [MERGE_OFF], {})], est=120, **R1_STEPS),
+    "r1-14b": dict(  # 2 x 8192 tokens of the 14B do not fit 16 GB even recomputed: measured on the whole card
+        shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", recipe="r1-distill-14b-lora-fast", cap=0,
+        data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-14b", *R1_SEED],
+        runs=[("as shipped, no cap (merged as the plan fits)", [], {}),
+              ("as shipped, no cap, merge off (2 x 32)", [MERGE_OFF], {})], est=300, **R1_STEPS),
 }
 # Most telling first, across suites, so a deadline cuts the least useful runs: (suite, run index or "baseline").
 ORDER = [("qwen3-1.7b", "baseline"), ("qwen3-1.7b", 0), ("qwen3-8b", "baseline"), ("qwen3-8b", 0),
          ("qwen3-1.7b", 1), ("qwen3-8b", 1), ("qwen3-1.7b", 2), ("qwen3-8b", 2), ("qwen3-1.7b", 3),
-         ("qwen3-1.7b", 4), ("qwen3-1.7b", 5), ("qwen3-1.7b", 6), ("r1-7b", 0)]
+         ("qwen3-1.7b", 4), ("qwen3-1.7b", 5), ("qwen3-1.7b", 6), ("r1-7b", "baseline"), ("r1-7b", 1),
+         ("r1-7b", 2), ("r1-7b", 3), ("r1-1.5b", "baseline"), ("r1-1.5b", 0), ("r1-1.5b", 1), ("r1-7b", 0),
+         ("r1-14b", "baseline"), ("r1-14b", 0), ("r1-14b", 1)]
 
 
 def data_overrides(suite: dict, assets: Path) -> list[str]:
@@ -289,19 +316,41 @@ def _baseline_params(suite: dict, assets: Path) -> tuple[int, int]:
     return shape.total_params(), sum(trainable_params(load_recipe(suite["recipe"]), shape))
 
 
-def driver(a: argparse.Namespace) -> None:
+def _baseline_cmd(suite: dict, a: argparse.Namespace, lengths: Path, max_len: int) -> list[str]:
+    """The seed stack on the same token lengths (and max length) as the medscale runs of the suite."""
+    return [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb", str(suite["cap"]),
+            "--steps", str(suite.get("steps", a.steps) - a.profile), "--warm", str(suite.get("warm", a.warm)),
+            "--lengths", str(lengths), "--max_len", str(max_len)]
+
+
+def _child_cmd(name: str, which: int, suite: dict, a: argparse.Namespace) -> list[str]:
+    """One medscale run of the suite, in its own process under its memory cap."""
+    _, overrides, opts = suite["runs"][which]
+    steps, warm = suite.get("steps", a.steps), suite.get("warm", a.warm)
+    return [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
+            "--steps", str(steps), "--cap-gb", str(opts.get("cap", suite["cap"])), "--warm", str(warm),
+            "--targs", json.dumps(opts.get("targs", {})), "--profile", str(a.profile), "--",
+            suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={steps}",
+            f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
+
+
+def _environment() -> tuple[dict, str]:
     import torch
 
-    out = Path(os.environ.get("OUT", "/tmp/bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    log, start = out / "bench.log", time.time()
     versions = {}
     for mod in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "liger_kernel"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - a missing package is reported, not fatal
             versions[mod] = None
-    device = torch.cuda.get_device_name(0)
+    return versions, torch.cuda.get_device_name(0)
+
+
+def driver(a: argparse.Namespace) -> None:
+    out = Path(os.environ.get("OUT", "/tmp/bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    log, start = out / "bench.log", time.time()
+    versions, device = ({}, None) if a.dry_run else _environment()
     commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
     if a.runs:
         order = [(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
@@ -320,12 +369,15 @@ def driver(a: argparse.Namespace) -> None:
             lengths[name], max_len[name] = write_lengths(suite, a.assets, out.parent / f"lengths_{name}.txt")
         left = a.deadline - (time.time() - start)
         est = suite.get("est", a.min_left)
+        if a.dry_run:  # CPU: the lengths are written, the commands printed, nothing run
+            if which != "baseline":
+                print(" ".join(_child_cmd(name, which, suite, a)))
+            elif suite["baseline"]:
+                print(" ".join(_baseline_cmd(suite, a, lengths[name], max_len[name])))
+            continue
         if which == "baseline":
             if suite["baseline"] and left >= est:
-                cmd = [sys.executable, str(a.assets / "hf_baseline.py"), *suite["baseline"], "--cap_gb",
-                       str(suite["cap"]), "--steps", str(a.steps - a.profile), "--warm", str(a.warm),
-                       "--lengths", str(lengths[name]), "--max_len", str(max_len[name])]
-                res = _run(cmd, log, left - 5)
+                res = _run(_baseline_cmd(suite, a, lengths[name], max_len[name]), log, left - 5)
                 if res:
                     res["total_params"], res["trainable_params"] = _baseline_params(suite, a.assets)
                     res.update(name="seed stack (hf_baseline.py)", recipe=None, cap_gb=suite["cap"],
@@ -338,13 +390,7 @@ def driver(a: argparse.Namespace) -> None:
             runs[name].append({"name": title, "skipped": f"{left:.0f}s left of the deadline"})
             continue
         cap = opts.get("cap", suite["cap"])
-        cmd = [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
-               "--steps", str(a.steps), "--cap-gb", str(cap), "--warm", str(a.warm),
-               "--targs", json.dumps(opts.get("targs", {})),
-               "--profile", str(a.profile), "--",
-               suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={a.steps}",
-               f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
-        res = _run(cmd, log, left - 5) or {"failed": "see bench.log"}
+        res = _run(_child_cmd(name, which, suite, a), log, left - 5) or {"failed": "see bench.log"}
         res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
         b = base.get(name)
         if "tokens_per_s" in res:
@@ -352,6 +398,8 @@ def driver(a: argparse.Namespace) -> None:
             res["ratio"] = round(res["tokens_per_s"] / b["tokens_per_s"], 2) if b else None
         runs[name].append(res)
         _write(out, name, runs[name], device, versions, commit, a, max_len[name])
+    if a.dry_run:
+        return
     for name in chosen:
         _write(out, name, runs[name], device, versions, commit, a, max_len.get(name))
     _table(runs, device, commit, a)
@@ -372,7 +420,8 @@ def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_le
             r["loss_vs_padded_pct"] = round(100 * (r["loss_at_n"] / ref["loss_at_n"] - 1), 2)
     doc = {"date": date.today().isoformat(), "device": device, "versions": versions, "commit": commit,
            "command": " ".join(["python3", "bench/speed.py", *sys.argv[1:]]), "suite": name,
-           "steps": a.steps, "warm": a.warm, "max_length": max_len, "runs": runs}
+           "steps": SUITES[name].get("steps", a.steps), "warm": SUITES[name].get("warm", a.warm),
+           "max_length": max_len, "runs": runs}
     (out / f"speed_{name}.json").write_text(json.dumps(doc, indent=1))
 
 
@@ -406,6 +455,8 @@ def main() -> None:
     ap.add_argument("--cap-gb", type=float, default=0)
     ap.add_argument("--targs", default="", help="JSON: TrainingArguments fields set after the recipe's")
     ap.add_argument("--profile", type=int, default=0, help="profile each run's last N steps (not timed)")
+    ap.add_argument("--dry-run", action="store_true", help="CPU: write each suite's token lengths (medscale's "
+                                                           "pipeline) and print the commands, run nothing")
     ap.add_argument("--runs", default=None, help="only these, in this order: suite:index or suite:baseline, "
                                                  "comma-separated (default: every run, most telling first)")
     argv = sys.argv[1:]
