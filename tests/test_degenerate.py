@@ -31,8 +31,8 @@ UNCLOSED = ("<think>\n这位患者28岁，是程序员，经常熬夜，头晕�
 
 EMPTY = "<think>\n头晕伴恶心，考虑睡眠不足和颈椎病，应建议规律作息并就医检查。\n</think>\n\n"
 
-ENGLISH = ("<think>\nThe patient is a 28-year-old programmer.\n</think>\n\nDizziness with nausea in a young programmer who "
-           "often stays up late is most often caused by sleep deprivation, cervical spondylosis or benign paroxysmal "
+ENGLISH = ("<think>\nThe patient is a 28-year-old programmer.\n</think>\n\nDizziness with nausea in a young "
+           "programmer who often stays up late is most often caused by sleep deprivation, cervical spondylosis or benign paroxysmal "
            "positional vertigo. Keep a regular sleep schedule and see a neurologist if it persists.")
 
 
