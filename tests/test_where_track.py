@@ -130,3 +130,16 @@ def test_wandb_and_trackio_log_locally_where_installed(name, tiny_model_dir, tmp
     assert list(tracking.sinks.sinks) == [name]  # neither failed (a failure drops the tracker with a warning)
     if name == "wandb":
         assert list((tmp_path / "out" / "wandb").rglob("*.wandb"))
+
+
+def test_a_resolved_recipe_with_swanlab_off_reloads_the_same(tmp_path):
+    """The default report_to [swanlab] with null SwanLab settings is off; written out and read back (as every job's
+    recipe.resolved.yaml is, on resume, sync and eval) it loads, to the same trackers and fingerprint."""
+    from medscale.recipe import load_recipe
+
+    recipe = load_recipe("tiny-demo", ["track.swanlab=null"])
+    path = tmp_path / "recipe.resolved.yaml"
+    path.write_text(recipe.to_yaml(), encoding="utf-8")
+    again = load_recipe(str(path))
+    assert again.track.trackers() == recipe.track.trackers() == []
+    assert again.fingerprint() == recipe.fingerprint()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 
 from medscale.recipe.base import Section
 
@@ -41,6 +41,11 @@ class TrackSection(Section):
         "offline", description="online uploads as it logs (needs WANDB_API_KEY); offline: `wandb sync` later")
     swanlab: SwanLab | None = Field(None, description="SwanLab's project and mode; SwanLab logs when report_to names "
                                                       "it and this is set (null: off)")
+
+    @field_serializer("report_to")
+    def _as_it_acts(self, value: list[str]) -> list[str]:
+        """SwanLab with null settings is off (the default), and is written so: a resolved recipe reloads the same."""
+        return [t for t in value if t != "swanlab" or self.swanlab is not None]
 
     @model_validator(mode="after")
     def _swanlab_named(self) -> "TrackSection":
