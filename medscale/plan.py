@@ -10,7 +10,8 @@ decoder layer (frozen base, LoRA on the target linears, dropout masks, the fp32 
 k-bit-prepared model). Written here because no library plans LoRA/QLoRA memory from a recipe.
 
 Rows: padded and padding_free micro-batches hold at most per_device_train_batch_size x max_length
-tokens; packed rows get the largest budget that fits (capped at PACK_CAP tokens, past which the GEMMs are
+tokens (with train.merge_accumulation=auto, the larger micro-batch of merged accumulation steps where it
+fits); packed rows get the largest budget that fits (capped at PACK_CAP tokens, past which the GEMMs are
 saturated and bigger rows only cut the number of optimizer steps).
 """
 from __future__ import annotations
@@ -304,10 +305,11 @@ def plan(recipe: Recipe, gpu_mem_gb: float, gpus: int = 1, tokens: int | None = 
     budget = None
     if recipe.data.batching == "packed":
         budget = recipe.data.pack_tokens or max(recipe.data.max_length, min(PACK_CAP, afford // BLOCK * BLOCK))
+    planning = tokens is None and recompute is None  # a run's plan, not one to compare with a measured run
     tokens = tokens or budget or _micro_batch_tokens(recipe)
     t = recipe.train
     micro, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps
-    if recompute is None and tokens <= afford and budget is None:  # planning a run: merge what fits, with margin
+    if planning and tokens <= afford and budget is None:  # merge what fits, with margin
         micro, accum = merged_batch(recipe, lambda n: n * recipe.data.max_length * per_token(most)
                                     <= AUTO_HEADROOM * usable)
         tokens = micro * recipe.data.max_length
@@ -427,7 +429,8 @@ def decide(recipe: Recipe, gpu_mem_gb: float | None = None) -> Decision:
         batch = p.micro_batch, p.accumulation, p.batch_note
     elif mem is None:  # no GPU: memory does not limit the micro-batch
         micro, accum = merged_batch(recipe, lambda n: True)
-        why = merge_blocker(recipe) or f"was {t.per_device_train_batch_size} x {t.gradient_accumulation_steps}: no GPU here"
+        why = (merge_blocker(recipe) or
+               f"was {t.per_device_train_batch_size} x {t.gradient_accumulation_steps}: no GPU here")
         batch = micro, accum, _batch_said(micro, accum, why)
     else:
         batch = (t.per_device_train_batch_size, t.gradient_accumulation_steps,
