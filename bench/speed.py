@@ -66,7 +66,8 @@ SUITES = {
               ("packed, recompute auto", ["data.batching=packed", "train.gradient_checkpointing=auto"], {}),
               ("packed, no Liger", ["data.batching=packed", "train.use_liger_kernel=false"], {}),
               ("packed, no Liger, torch.compile", ["data.batching=packed", "train.use_liger_kernel=false"],
-               {"targs": COMPILE})]),
+               {"targs": COMPILE}),
+              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
@@ -81,7 +82,8 @@ SUITES = {
               # Liger's Triton kernels do not compile under inductor (torch 2.11, liger 0.8.5): compile runs go without
               ("packed, no cap, no recompute, no Liger", [*NO_CAP_FULL, "train.use_liger_kernel=false"], {"cap": 0}),
               ("packed, no cap, no recompute, no Liger, torch.compile", [*NO_CAP_FULL, "train.use_liger_kernel=false"],
-               {"cap": 0, "targs": COMPILE})], est=75),
+               {"cap": 0, "targs": COMPILE}),
+              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-7b", *R1_SEED],
