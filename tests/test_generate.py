@@ -39,6 +39,23 @@ def test_the_recipes_default_values_are_not_choices():
     assert set(r.sources.values()) == {"default"}
 
 
+def test_a_recipe_sets_every_sampling_key_and_its_resolved_copy_chooses_nothing_it_did_not(tmp_path):
+    """generation.{do_sample, n_samples, seed} are recipe keys like the others; a written-out recipe (every key
+    present, do_sample null) still leaves sampling to the model's generation_config.json."""
+    from medscale.recipe import load_recipe
+
+    folder = _model_folder(tmp_path, do_sample=True, temperature=0.6)
+    written = tmp_path / "recipe.resolved.yaml"
+    written.write_text(load_recipe("tiny-demo", ["generation.n_samples=4", "generation.seed=7"]).to_yaml())
+    recipe = load_recipe(str(written))
+    r = resolve(recipe=recipe.generation, model_dir=folder)
+    assert (r.settings.n_samples, r.settings.seed, r.sources["n_samples"], r.sources["seed"]) == (4, 7, "recipe",
+                                                                                                  "recipe")
+    assert r.settings.do_sample and r.sources["do_sample"] == "generation_config.json"
+    greedy = load_recipe("tiny-demo", ["generation.do_sample=false"]).generation
+    assert resolve(recipe=greedy, model_dir=folder).settings.do_sample is False
+
+
 def test_greedy_is_explicit_and_overrides_the_model(tmp_path):
     r = resolve(greedy=True, model_dir=_model_folder(tmp_path, do_sample=True, temperature=0.6))
     assert not r.settings.do_sample and r.sources["do_sample"] == "cli"

@@ -98,6 +98,8 @@ def recipe_values(section) -> dict:
         values = {k: getattr(section, k) for k in section.model_fields_set if k in KEYS}
     else:
         values = {k: v for k, v in section.items() if k in KEYS}
+    if values.get("do_sample", False) is None:  # null: not chosen (the model's own, else sampling)
+        values.pop("do_sample")
     if values.get("temperature") == 0:
         values.pop("temperature")
         values["do_sample"] = False
