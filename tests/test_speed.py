@@ -250,5 +250,8 @@ def test_plan_cli(real_models, tmp_path):
     assert 0 < k < 28 and json.loads(js.output)["recompute"] and f"recompute {k}/28 layers" in text.output
     nogpu = runner.invoke(app, ["plan", "tiny-demo"])
     assert nogpu.exit_code == 2 and "--gpu-mem" in nogpu.output
-    missing = runner.invoke(app, ["plan", "qwen3-8b-lora-huatuo", f"model.path={tmp_path}/none", "--gpu-mem", "80"])
-    assert missing.exit_code == 2 and "config.json is missing" in missing.output
+    shipped = runner.invoke(app, ["plan", "qwen3-8b-lora-huatuo", f"model.path={tmp_path}/none", "--gpu-mem", "80"])
+    assert shipped.exit_code == 0 and "shipped shape of Qwen/Qwen3-8B (no weights on disk)" in shipped.output
+    missing = runner.invoke(app, ["plan", "qwen3-8b-lora-huatuo", f"model.path={tmp_path}/none", "model.hub_id=null",
+                                  "--gpu-mem", "80"])
+    assert missing.exit_code == 2 and "config.json" in missing.output and f"{tmp_path}/none is missing" in missing.output
