@@ -126,3 +126,20 @@ def test_a_stored_judgement_of_a_fine_tune_against_its_base_stands_in_its_row(ti
     rows = {v["label"]: v for v in json.loads((tmp_path / "rep" / "report.json").read_text("utf-8"))["versions"]}
     assert "judge: no pair readable (2 unparseable)" in rows["narrow-high"]["verdict"]
     assert all("judge:" not in rows[x]["verdict"] for x in ("narrow-low", "wide-high", "wide-low"))
+
+
+def test_compare_counts_each_models_degenerate_answers_and_chat_shows_them(tiny_sweep, tiny_model_dir, tmp_path):
+    """The same signals beside compare's table (lengths against the first model's answers) and under a chat reply."""
+    env = {"MEDSCALE_HOME": str(tiny_sweep["home"])}
+    r = cli("compare", f"base={tiny_model_dir}", "loop=seed004-tiny.narrow-high", "--limit", "6",
+            "--max-new-tokens", "32", "--out", str(tmp_path / "cmp"), env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text(encoding="utf-8"))
+    base, loop = (m["degeneration"] for m in result["models"])
+    assert base["length_off"] is None and base["looping"] == 0
+    assert loop["looping"] >= 5 and loop["length_off"] is not None
+    assert "| tokens/s | degenerate |" in r.stdout
+    c = cli("chat", "seed004-tiny.narrow-high", "--prompt", "28岁程序员，常年熬夜，头晕目眩，恶心，怎么办？",
+            "--max-new-tokens", "32", env=env)
+    assert c.returncode == 0, c.stderr
+    assert "(degenerate: looping" in c.stdout, c.stdout

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medscale.data.chat import split_think
+from medscale.eval.degenerate import Signals, signals
 from medscale.generate.engine import Request, generate
 from medscale.generate.settings import SamplingSettings
 
@@ -18,6 +19,7 @@ class Reply:
     think: str | None  # the reasoning inside <think>...</think>; None when the model wrote none
     answer: str
     tokens: int
+    signals: Signals  # its degeneration signals (medscale.eval.degenerate), shown under the answer when any
 
 
 class ChatSession:
@@ -35,7 +37,7 @@ class ChatSession:
         g = generate([Request(f"turn-{turn}", self.system + self.turns + [user])], self.settings,
                      self.backend).generations[0]
         think, answer = split_think(g.text)
-        reply = Reply(think, answer or "", g.tokens)
+        reply = Reply(think, answer or "", g.tokens, signals(text, g.text))
         self.turns += [user, {"role": "assistant", "content": reply.answer}]
         return reply
 
@@ -45,7 +47,8 @@ class ChatSession:
 
 def format_reply(reply: Reply) -> str:
     think = f"[think]\n{reply.think}\n[/think]\n\n" if reply.think else ""
-    return f"{think}{reply.answer or '(no answer: the model ended its turn without one)'}"
+    flagged = f"\n(degenerate: {', '.join(reply.signals.reasons())})" if reply.signals.degenerate else ""
+    return f"{think}{reply.answer or '(no answer: the model ended its turn without one)'}{flagged}"
 
 
 def interactive(session: ChatSession, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> int:

@@ -14,6 +14,7 @@ from rapidfuzz.distance import LCSseq
 from medscale.data.chat import split_think
 from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion
+from medscale.eval.degenerate import Counts, count
 from medscale.eval.result import _Model
 from medscale.generate.settings import Resolved
 from medscale.html import render
@@ -55,6 +56,8 @@ class CompareModel(_Model):
     answers: list[CompareAnswer]
     backend: dict = Field(default_factory=dict, description="the engine's backend: in-process or the endpoint's "
                                                             "served model and server version")
+    degeneration: Counts | None = Field(None, description="its answers' degeneration signals, lengths against the "
+                                                          "first model's (medscale.eval.degenerate)")
 
 
 class CompareQuestion(_Model):
@@ -69,13 +72,13 @@ class CompareResult(_Model):
     settings: dict
 
     def summary_rows(self) -> list[list[str]]:
-        head = ["model", "total time (s)", "avg time (s)", "total tokens", "avg tokens", "tokens/s"]
+        head = ["model", "total time (s)", "avg time (s)", "total tokens", "avg tokens", "tokens/s", "degenerate"]
         has_ref = any(m.rouge_l is not None for m in self.models)
         rows = [head + (["ROUGE-L (ref)"] if has_ref else [])]
         for m in self.models:
             rows.append([m.label, f"{m.total_s:.1f}", f"{m.avg_s:.2f}", f"{m.total_tokens:,}", f"{m.avg_tokens:.1f}",
-                         f"{m.tokens_per_s:.1f}"] + ([f"{m.rouge_l:.3f}" if m.rouge_l is not None else "–"]
-                                                     if has_ref else []))
+                         f"{m.tokens_per_s:.1f}", m.degeneration.cell() if m.degeneration else "–"]
+                        + ([f"{m.rouge_l:.3f}" if m.rouge_l is not None else "–"] if has_ref else []))
         return rows
 
     def summary_markdown(self) -> str:
@@ -135,13 +138,16 @@ def compare(models: list, questions: list[OpenQuestion], settings: Resolved, *, 
                                          rouge_l=round(rouge_l(answer or "", q.reference), 4) if q.reference else None))
         refs = [a.rouge_l for a in answers if a.rouge_l is not None]
         n = len(run.generations)
+        degeneration = count([(q.prompt, g.text) for q, g in zip(questions, run.generations)],
+                             out[0].degeneration.chars if out else None)
         out.append(CompareModel(label=label or run.backend["served_model"],
                                 base=str(ref.base) if ref else run.backend["url"],
                                 adapter=str(ref.adapter) if ref and ref.adapter else None, backend=run.backend,
                                 total_s=round(run.seconds, 3), avg_s=round(run.seconds / n, 3),
                                 total_tokens=run.tokens, avg_tokens=round(run.tokens / n, 1),
                                 tokens_per_s=round(run.tokens_per_s, 2),
-                                rouge_l=round(sum(refs) / len(refs), 4) if refs else None, answers=answers))
+                                rouge_l=round(sum(refs) / len(refs), 4) if refs else None, answers=answers,
+                                degeneration=degeneration))
     shown = settings.settings.model_dump(exclude={"n_samples"})
     return CompareResult(questions=[CompareQuestion(id=q.id, prompt=q.prompt, reference=q.reference)
                                     for q in questions], models=out,
