@@ -12,13 +12,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_serializer, model_validator
 
 from medscale.errors import UserError
 from medscale.generate.settings import Resolved, resolve
+from medscale.recipe.fingerprint import recipe_fingerprint, recipe_yaml
 from medscale.recipe import (BenchmarkSource, DistSection, GenerationSection, Recipe, RecipeError, Section,
                              apply_overrides, load_recipe)
 
@@ -54,7 +55,29 @@ class EndpointSpec(Section):
     timeout: float = Field(600.0, gt=0, description="seconds a request may take before it is retried")
 
 
-class EvalSpec(Section):
+class JobSpec(Section):
+    """A job kind's spec as the file every process of the job reads (what a launcher names as the job's REF): in the
+    job's output dir (`train.output_dir` of a `JobFolder`), as YAML and fingerprinted the way a recipe is."""
+
+    job_file: ClassVar[str]
+
+    def fingerprint(self) -> str:
+        return recipe_fingerprint(self)
+
+    def to_yaml(self) -> str:
+        return recipe_yaml(self)
+
+    def write(self) -> Path:
+        from medscale.jobs.record import write_text_atomic
+
+        out = Path(self.train.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / self.job_file, self.to_yaml())
+        return out / self.job_file
+
+
+class EvalSpec(JobSpec):
+    job_file: ClassVar[str] = JOB_FILE
     kind: Literal["eval"] = "eval"  # marks an evaluation's job file (a recipe has no `kind`)
     name: str
     model: str = Field(description="a job name or id, an output dir, a checkpoint, an adapter or a model folder")
@@ -112,21 +135,6 @@ class EvalSpec(Section):
     def output_dir_as_written(self) -> str:
         return self.train.output_dir
 
-    def fingerprint(self) -> str:
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-    def write(self) -> Path:
-        """The job file every process of the job reads (what a launcher names as the job's REF)."""
-        from medscale.jobs.record import write_text_atomic
-
-        out = Path(self.train.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / JOB_FILE, self.to_yaml())
-        return out / JOB_FILE
 
 
 def _absolute(ref: str | None) -> str | None:

@@ -9,19 +9,20 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError
 
-from medscale.eval.spec import JobFolder, _absolute
+from medscale.eval.spec import JobFolder, JobSpec, _absolute
 from medscale.recipe import DistSection, RecipeError, Section
 
 JOB_FILE = "judge_job.yaml"
 SAMPLING = ("temperature", "top_p", "top_k", "max_new_tokens", "think_budget", "seed")
 
 
-class JudgeSpec(Section):
+class JudgeSpec(JobSpec):
+    job_file: ClassVar[str] = JOB_FILE
     kind: Literal["judge"] = "judge"
     name: str
     models: list[str] = Field(description="the sides: jobs, model folders, endpoints (http...) or answer files")
@@ -43,20 +44,6 @@ class JudgeSpec(Section):
     dist: DistSection = Field(default_factory=DistSection)
     train: JobFolder
 
-    def fingerprint(self) -> str:
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-    def write(self) -> Path:
-        from medscale.jobs.record import write_text_atomic
-
-        out = Path(self.train.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / JOB_FILE, self.to_yaml())
-        return out / JOB_FILE
 
 
 def _validated(data: dict, source: str) -> JudgeSpec:
