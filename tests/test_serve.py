@@ -131,6 +131,8 @@ def test_parity_passes_against_medscale_serve_and_fails_against_another_template
     args = ["eval", job, "--bench", str(eval_data["mcq"]), "--limit", "12", "--max-new-tokens", "3"]
     with served(job) as (_, url):
         ok = cli(*args, "--parity", url, "--json")
+        thinking_said = cli(*args, "--mode", "generate", "--no-think", "--parity", url)  # said to both sides
+    assert thinking_said.returncode == 0 and "identical answers: 100.0%" in thinking_said.stdout, thinking_said.stderr
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
     assert report["questions"] == 12 and report["same_answers"] == report["same_choices"] == 1.0

@@ -137,8 +137,8 @@ def eval_cmd(model: str = MODEL, *,
         report = run_parity(model, refs, parity, adapter=adapter, checkpoint=checkpoint, mode=mode, shots=shots,
                             limit=limit, seed=seed or 0, data_dir=data_dir, skip_bad=skip_bad, max_bad=max_bad,
                             dedupe=dedupe, system_prompt=system_prompt, recipe_file=recipe,
-                            max_new_tokens=max_new_tokens, think_budget=think_budget, batch_size=batch_size,
-                            threshold=parity_threshold)
+                            max_new_tokens=max_new_tokens, think_budget=think_budget, enable_thinking=think,
+                            batch_size=batch_size, threshold=parity_threshold)
         typer.echo(report.to_json() if as_json else report.to_markdown())
         return report.raise_if_failed()
     gen = load_recipe(recipe).generation if recipe else GenerationSection()

@@ -82,13 +82,14 @@ def parity_requests(benches: list[Benchmark], mode: str, shots: int, system_prom
 
 def check_parity(ref, benches: list[Benchmark], url: str, *, mode: str, shots: int = 0,
                  system_prompt: str | None = None, settings: SamplingSettings, threshold: float,
-                 batch_size: int = 8, dtype: str = "auto") -> ParityReport:
+                 enable_thinking: bool | None = None, batch_size: int = 8, dtype: str = "auto") -> ParityReport:
+    """`enable_thinking` (generate mode): decided by the caller and said to both sides; None leaves it to each."""
     from medscale.eval.asking import job_thinking, local_backend, release
     from medscale.generate.endpoint import EndpointBackend
 
     asked = parity_requests(benches, mode, shots, system_prompt)
     requests = [r for r, _ in asked]
-    forced = False if mode != "generate" else None  # letter/option: no thinking, said to both sides
+    forced = False if mode != "generate" else enable_thinking  # letter/option: no thinking, said to both sides
     local = local_backend(ref, enable_thinking=forced, dtype=dtype, batch_size=batch_size)
     thinking = forced if forced is not None else job_thinking(ref)
     opened = [render_prompt(local.tok, r.messages, thinking).rstrip().endswith("<think>") for r in requests]
@@ -116,8 +117,8 @@ def run_parity(model_ref: str, benchmarks: list, url: str, *, adapter: str | Non
                checkpoint: int | None = None, mode: str = "letter", shots: int = 0, limit: int | None = None,
                seed: int = 0, data_dir: str | None = None, skip_bad: bool | None = None, max_bad: float | None = None,
                dedupe: bool = False, system_prompt: str | None = None, recipe_file: str | None = None,
-               max_new_tokens: int | None = None, think_budget: int | None = None, batch_size: int = 8,
-               threshold: float = 0.02) -> ParityReport:
+               max_new_tokens: int | None = None, think_budget: int | None = None,
+               enable_thinking: bool | None = None, batch_size: int = 8, threshold: float = 0.02) -> ParityReport:
     """`medscale eval MODEL --parity URL`: the questions `medscale eval` would score, greedily, both ways."""
     from medscale.eval.asking import sampling
     from medscale.eval.run import load_benchmarks
@@ -129,5 +130,6 @@ def run_parity(model_ref: str, benchmarks: list, url: str, *, adapter: str | Non
     settings = sampling({"max_new_tokens": max_new_tokens, "think_budget": think_budget}, recipe_file=recipe_file,
                         ref=ref, greedy=True).settings
     return check_parity(ref, benches, url, mode=mode, shots=shots, settings=settings, threshold=threshold,
+                        enable_thinking=enable_thinking,
                         system_prompt=system_prompt if system_prompt is not None else ref.system_prompt,
                         batch_size=batch_size)
