@@ -119,6 +119,20 @@ def test_seeded_samples_do_not_depend_on_batch_composition(tiny):
     assert sum(other[k] != full[k] for k in full) > len(full) // 2
 
 
+def test_padded_batches_are_planned_from_the_kv_cache_that_fits(tiny):
+    """The batch the engine takes without --batch-size: KV cache (2 x layers x kv heads x head dim x bytes per token,
+    times the longest request) plus one fp32 logits row per request, in 60% of free memory, at most 256; 8 on CPU."""
+    from medscale.generate.local import fit_batch
+
+    model, _ = tiny
+    c = model.config
+    per_request = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * 1000 + c.vocab_size * 4
+    assert fit_batch(model, 1000, free=int(per_request * 20 / 0.6) + 1) == 20
+    assert fit_batch(model, 2000, free=int(per_request * 20 / 0.6) + 1) == 10  # twice as long, half as many
+    assert fit_batch(model, 1000, free=10 ** 15) == 256 and fit_batch(model, 1000, free=1) == 1
+    assert fit_batch(model, 1000) == 8  # on CPU
+
+
 def test_a_think_budget_closes_the_think_block(tiny):
     run = generate(REQUESTS[:2], SamplingSettings(do_sample=False, max_new_tokens=6, think_budget=4), _local(tiny))
     assert all("</think>" in g.text for g in run.generations) and run.backend["backend"] == "in-process padded"

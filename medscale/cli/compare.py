@@ -44,7 +44,9 @@ def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models 
                                                         ".txt; default: the ten medical questions medscale ships)"),
                 limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
                 greedy: bool = GREEDY, seed: Optional[int] = SEED,
-                batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions answered together"),
+                batch_size: int | None = typer.Option(
+                    None, "--batch-size", min=1,
+                    help="questions answered together (default: as many as free GPU memory holds, 8 on CPU)"),
                 system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="a system prompt before "
                                                             "every question (default: none)"),
                 recipe: Optional[str] = RECIPE_OPT, as_json: bool = AS_JSON,

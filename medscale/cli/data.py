@@ -101,8 +101,8 @@ def data_inspect(file: str = FILE, tokenizer: Optional[Path] = TOKENIZER, format
 
 
 @data_app.command("stats")
-def data_stats(file: str = FILE, tokenizer: Optional[Path] = TOKENIZER,
-               *, max_len: int = typer.Option(2048, "--max-len", help="tokens per sample (data.max_length)"),
+def data_stats(file: str = FILE, tokenizer: Optional[Path] = TOKENIZER, *,
+               max_len: int = typer.Option(2048, "--max-len", help="tokens per sample (data.max_length)"),
                batch_size: int = typer.Option(4, "--batch-size", help="samples per micro-batch"),
                format: str = FORMAT, skip_bad: bool = typer.Option(False, help="skip bad records"),
                as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:

@@ -54,7 +54,10 @@ def eval_cmd(model: str = MODEL, *,
              seed: Optional[int] = typer.Option(None, "--seed", help="seed of the --limit subset and the shot "
                                                 "examples (default 0) and, in generate mode, of the sampled answers "
                                                 "(default: the recipe's, else 0)"),
-             batch_size: int = typer.Option(8, "--batch-size", min=1, help="questions scored together"),
+             batch_size: int | None = typer.Option(
+                 None, "--batch-size", min=1, help="questions scored together (default 8); generate mode: answers "
+                                                   "generated together (default: as many as free GPU memory holds, "
+                                                   "8 on CPU)"),
              data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where built-in benchmarks live "
                                                     "(default: $MEDSCALE_EVAL_DATA, else ${MEDSCALE_DATA:-~/data}/eval)"),
              question_field: Optional[str] = typer.Option(None, "--question-field", help="field with the question"),

@@ -30,7 +30,7 @@ def sampling(cli: dict, *, recipe_file: str | None = None, ref=None, greedy: boo
     return resolve(cli, recipe=section, model_dir=ref.base if ref is not None else None, greedy=greedy)
 
 
-def local_backend(ref, *, enable_thinking: bool | None = None, dtype: str = "auto", batch_size: int = 8,
+def local_backend(ref, *, enable_thinking: bool | None = None, dtype: str = "auto", batch_size: int | None = None,
                   mode: str = "auto"):
     """The in-process backend over `ref` loaded by the shared loader; `enable_thinking` None: the job's own."""
     from medscale.generate.local import LocalBackend

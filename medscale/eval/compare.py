@@ -111,7 +111,7 @@ def _settings_line(s: dict) -> str:
 
 
 def compare(models: list, questions: list[OpenQuestion], settings: Resolved, *, endpoints: list[str] = (),
-            enable_thinking: bool | None = None, batch_size: int = 8, dtype: str = "auto",
+            enable_thinking: bool | None = None, batch_size: int | None = None, dtype: str = "auto",
             system_prompt: str | None = None) -> CompareResult:
     """models: (label, medscale.jobs.resolve.ModelRef) each, loaded one at a time (only one in memory); endpoints:
     OpenAI-compatible servers, each one more column. All answer through the engine with the same settings."""

@@ -82,7 +82,8 @@ def parity_requests(benches: list[Benchmark], mode: str, shots: int, system_prom
 
 def check_parity(ref, benches: list[Benchmark], url: str, *, mode: str, shots: int = 0,
                  system_prompt: str | None = None, settings: SamplingSettings, threshold: float,
-                 enable_thinking: bool | None = None, batch_size: int = 8, dtype: str = "auto") -> ParityReport:
+                 enable_thinking: bool | None = None, batch_size: int | None = None,
+                 dtype: str = "auto") -> ParityReport:
     """`enable_thinking` (generate mode): decided by the caller and said to both sides; None leaves it to each."""
     from medscale.eval.asking import job_thinking, local_backend, release
     from medscale.generate.endpoint import EndpointBackend
@@ -118,7 +119,8 @@ def run_parity(model_ref: str, benchmarks: list, url: str, *, adapter: str | Non
                seed: int = 0, data_dir: str | None = None, skip_bad: bool | None = None, max_bad: float | None = None,
                dedupe: bool = False, system_prompt: str | None = None, recipe_file: str | None = None,
                max_new_tokens: int | None = None, think_budget: int | None = None,
-               enable_thinking: bool | None = None, batch_size: int = 8, threshold: float = 0.02) -> ParityReport:
+               enable_thinking: bool | None = None, batch_size: int | None = None,
+               threshold: float = 0.02) -> ParityReport:
     """`medscale eval MODEL --parity URL`: the questions `medscale eval` would score, greedily, both ways."""
     from medscale.eval.asking import sampling
     from medscale.eval.run import load_benchmarks

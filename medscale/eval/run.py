@@ -19,7 +19,8 @@ from medscale.recipe import BenchmarkSource, GenerationSection
 log = logging.getLogger("medscale.eval")
 
 
-def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *, batch_size: int = 8,
+def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *,
+                       batch_size: int | None = None,
                        system_prompt: str | None = None, generation: GenerationSection | None = None,
                        sampling: Resolved | None = None, backend=None, model_meta: dict | None = None, seed: int = 0,
                        scores_dir: str | None = None) -> BenchResult:
@@ -57,7 +58,7 @@ def evaluate_benchmark(model, tok, bench: Benchmark, mode: str = "letter", shots
     else:
         log_ = ScoreLog(scores_dir, key, rank=process_group_rank()[0]) if scores_dir is not None else None
         try:
-            outcomes, seconds = score(model, tok, bench, mode=mode, shots=shots, batch_size=batch_size,
+            outcomes, seconds = score(model, tok, bench, mode=mode, shots=shots, batch_size=batch_size or 8,
                                       system_prompt=system_prompt, log=log_)
         finally:
             if log_ is not None:

@@ -90,7 +90,9 @@ class EvalSpec(JobSpec):
     limit: int | None = Field(None, ge=1)
     seed: int = 0
     data_dir: str | None = None
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="questions scored together (null: 8); generate mode: "
+                                                          "answers generated together (null: planned from free GPU "
+                                                          "memory)")
     skip_bad: bool | None = None
     max_bad: float | None = Field(None, ge=0, le=1)
     dedupe: bool = False

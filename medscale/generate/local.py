@@ -198,18 +198,19 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
     return any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
 
 
-def fit_batch(model, max_len: int, cap: int = 256, share: float = 0.6) -> int:
-    """Padded requests per batch: as many as a KV cache of `max_len` tokens each fits in `share` of the GPU's free
-    memory, at most `cap` (decoding is launch-bound: a step of 256 rows costs little more than one of 8); 8 on CPU."""
+def fit_batch(model, max_len: int, *, free: int | None = None, cap: int = 256, share: float = 0.6) -> int:
+    """Padded requests per batch: as many as a KV cache of `max_len` tokens each fits in `share` of the GPU's `free`
+    memory (default: what CUDA reports), at most `cap` (decoding is launch-bound: a step of 256 rows costs little more
+    than one of 8); 8 on CPU."""
     param = next(model.parameters())
-    if param.device.type != "cuda":
+    if free is None and param.device.type != "cuda":
         return 8
     cfg = model.config.get_text_config()
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     per_token = 2 * cfg.num_hidden_layers * (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
     per_request = per_token * param.element_size() * max_len + cfg.vocab_size * 4  # KV cache + fp32 logits row
-    free = torch.cuda.mem_get_info(param.device)[0]
+    free = torch.cuda.mem_get_info(param.device)[0] if free is None else free
     return max(1, min(cap, int(free * share // per_request)))
 
 

@@ -29,7 +29,6 @@ STOP_WAIT_S = 300.0
 FORWARDED = {AttemptStatus.PREEMPTED: signal.SIGTERM, AttemptStatus.CANCELLED: signal.SIGINT}
 
 
-
 def run_trial(recipe: Recipe, launch=None, callbacks: Sequence = ()):
     """Train, then evaluate what is missing; returns the run summary on rank 0 (None on other ranks)."""
     from medscale.train.run import run
