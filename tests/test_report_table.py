@@ -4,6 +4,7 @@ flagged DEGENERATE against its base; its base is not; `medscale report SWEEP` ra
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,7 +57,10 @@ def tiny_sweep(tiny_model_dir, eval_data, tmp_path_factory):
                           "eval.benchmarks": [str(mcq)], "eval.benchmark_mode": "generate",
                           "eval.benchmark_limit": 8, "eval.per_device_eval_batch_size": QUESTIONS,
                           "eval.control": str(eval_data["control"]), "generation.max_new_tokens": 32,
-                          "generation.temperature": 0.7}}
+                          "generation.temperature": 0.7},
+            # what `medscale sweep judge` (and `sweep run` after its trials) judges: every fine-tune against its base
+            "judge": {"questions": "seed004", "judge": str(tiny_model_dir), "limit": 2, "greedy": True,
+                      "max_new_tokens": 8, "judge_max_new_tokens": 8}}
     spec_path = root / "seed004.yaml"
     spec_path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
     with own_home(root):
@@ -64,7 +68,7 @@ def tiny_sweep(tiny_model_dir, eval_data, tmp_path_factory):
         with Registry() as reg:
             register(reg, plan)
         summaries = {t.label: run_trial(t.recipe) for t in plan.trials}
-    return {"home": root / "home", "plan": plan, "summaries": summaries}
+    return {"home": root / "home", "plan": plan, "summaries": summaries, "spec": spec_path}
 
 
 def test_the_fine_tune_that_loops_is_degenerate_against_its_base_and_the_base_is_not(tiny_sweep):
@@ -143,3 +147,35 @@ def test_compare_counts_each_models_degenerate_answers_and_chat_shows_them(tiny_
             "--max-new-tokens", "32", env=env)
     assert c.returncode == 0, c.stderr
     assert "(degenerate: looping" in c.stdout, c.stdout
+
+
+def test_the_sweep_files_judge_judges_every_fine_tune_against_its_own_base(tiny_sweep, tmp_path):
+    """Last in this file: it stores a judgement for every fine-tune. The sweep file's `judge` section makes one judge
+    job per finished trial (its base as A, the trial as B), and the report shows each in its own row."""
+    env = {"MEDSCALE_HOME": str(tiny_sweep["home"])}
+    j = cli("sweep", "judge", str(tiny_sweep["spec"]), env=env)
+    assert j.returncode == 0, j.stderr
+    for label in ("narrow-high", "narrow-low", "wide-high", "wide-low"):
+        assert f"medscale: {label} against its base: " in j.stdout
+        trial = tiny_sweep["plan"].trial(label)
+        judged = json.loads((Path(trial.output_dir) / "judge" / "judge.json").read_text(encoding="utf-8"))
+        assert judged["pairwise"]["overall"]["unparseable"] == 2  # a random tiny judge writes no verdict line
+    r = cli("report", "seed004-tiny", "--out", str(tmp_path / "rep"), env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {v["label"]: v for v in json.loads((tmp_path / "rep" / "report.json").read_text("utf-8"))["versions"]}
+    for label in ("narrow-high", "narrow-low", "wide-high", "wide-low"):
+        assert "judge: no pair readable (2 unparseable)" in rows[label]["verdict"], rows[label]["verdict"]
+    assert all("judge:" not in rows[b]["verdict"] for b in ("narrow", "wide"))
+
+
+def test_a_sweep_file_without_a_judge_section_or_with_two_judges_is_one_line(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"name": "bare", "recipes": [{"recipe": "tiny-demo"}]}), encoding="utf-8")
+    r = cli("sweep", "judge", str(bare), env={"MEDSCALE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "no `judge` section" in r.stderr
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({"name": "both", "recipes": [{"recipe": "tiny-demo"}],
+                                    "judge": {"questions": "seed004", "judge": "x", "judge_endpoint": "http://h"}}),
+                    encoding="utf-8")
+    r = cli("sweep", "judge", str(both), env={"MEDSCALE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "name one judge" in r.stderr

@@ -102,6 +102,8 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
     on_ray = OnRay(partial(LocalLauncher, in_process=False), address, Resources(cpus, gpu), max_concurrent, asha,
                    verbose)
     outcome = run_sweep(plan, on_ray, echo=lambda s: typer.echo(s, err=as_json))
+    if plan.spec.judge is not None:
+        _judge_trials(plan, echo=lambda s: typer.echo(s, err=as_json))
     with Registry() as reg:
         board = leaderboard(reg, plan.name)
     if as_json:
@@ -112,6 +114,53 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
         typer.echo(f"medscale: trial {t.label} {t.status}: {t.reason or 'see medscale jobs show ' + str(t.job_id)}",
                    err=True)
     raise typer.Exit(1 if outcome.failed else 0)
+
+
+@sweep_app.command("judge")
+def judge(spec: str = typer.Argument(..., help="a sweep file or built-in sweep whose `judge` section says how"),
+          overrides: Optional[list[str]] = OVERRIDES, *,
+          name: Optional[str] = typer.Option(None, "--name", help="the sweep's name, where the run gave one")) -> None:
+    """Judge each finished fine-tune of a sweep against its own base on open questions, as the sweep file's `judge`
+    section says (`sweep run` does it after the trials; run this after a SLURM array or to judge again)."""
+    from medscale.sweep.spec import SweepError
+
+    plan = _plan(spec, overrides or [], [], None, None, name, None)
+    if plan.spec.judge is None:
+        raise SweepError(f"{spec}: no `judge` section (questions, and judge or judge_endpoint): add one to judge "
+                         f"its fine-tunes, or run `medscale judge BASE TRIAL` yourself")
+    setup_logging()
+    raise typer.Exit(1 if _judge_trials(plan, echo=typer.echo) else 0)
+
+
+def _judge_trials(plan, echo) -> int:
+    """Each trial that succeeded judged (B) against its base (A) as a judge job in `<trial>/judge`: the report finds
+    it by its sides; a rerun continues from what the engine kept. Returns how many judgements failed."""
+    from medscale.cli.eval import launch_eval
+    from medscale.judge.result import JudgeResult
+    from medscale.judge.spec import new_judge_spec
+    from medscale.registry import Registry
+    from medscale.status import JobStatus
+
+    j = plan.spec.judge
+    with Registry() as reg:
+        finished = {job.name for job in reg.jobs(JobStatus.SUCCEEDED.value)}
+    failed = 0
+    for t in plan.trials:
+        if t.name not in finished:
+            echo(f"medscale: {t.label} not judged: the trial has not succeeded")
+            continue
+        spec = new_judge_spec(dict(
+            models=[t.base, t.name], questions=j.questions, mode="pairwise", judge=j.judge or j.judge_endpoint,
+            limit=j.limit, greedy=j.greedy, api_key_env=j.api_key_env,
+            sampling={"max_new_tokens": j.max_new_tokens} if j.max_new_tokens else {},
+            judge_sampling={"max_new_tokens": j.judge_max_new_tokens}), Path(t.output_dir) / "judge")
+        if launch_eval(spec, "local", {}, dry_run=False):
+            failed += 1
+            echo(f"medscale: judging {t.label} against its base failed: see {spec.train.output_dir}")
+            continue
+        result = JudgeResult.model_validate_json((Path(spec.train.output_dir) / "judge.json").read_text("utf-8"))
+        echo(f"medscale: {t.label} against its base: {result.verdict}")
+    return failed
 
 
 def _on_slurm(plan, launch_opt: list[str], dry_run: bool, as_json: bool) -> None:

@@ -82,6 +82,28 @@ class Asha(_Strict):
     reduction_factor: float = Field(2, gt=1, description="keep the best 1/reduction_factor at each rung")
 
 
+class SweepJudge(_Strict):
+    """The judge of every finished fine-tune against its own base on open questions (`medscale judge BASE TRIAL`),
+    made after the trials; `medscale report SWEEP` shows each judgement in its fine-tune's row."""
+
+    questions: str = Field(description="a question file or a built-in open set (seed004, cmb-clin, huatuo100)")
+    judge: str | None = Field(None, description="the judge: a job or a model folder")
+    judge_endpoint: str | None = Field(None, description="the judge: an OpenAI-compatible server (its key from "
+                                                         "api_key_env)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding the endpoint's key")
+    limit: int | None = Field(None, ge=1, description="only the first N questions")
+    max_new_tokens: int | None = Field(None, ge=1, description="the sides' answer tokens (default: their "
+                                                               "generation settings)")
+    judge_max_new_tokens: int = Field(512, ge=1, description="the longest verdict the judge may write")
+    greedy: bool = Field(False, description="greedy decoding for the sides and the judge")
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> "SweepJudge":
+        if bool(self.judge) == bool(self.judge_endpoint):
+            raise ValueError("judge: name one judge, judge (a job or model folder) or judge_endpoint (a URL)")
+        return self
+
+
 class SweepSpec(_Strict):
     name: str = Field(description="the sweep's name (a registry key; trials are named <name>.<label>)")
     description: str = ""
@@ -96,6 +118,8 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     output_root: str | None = Field(None, description="where trials write; default $MEDSCALE_HOME/runs/sweeps")
     metric: str = "eval_loss"
+    judge: SweepJudge | None = Field(None, description="judge each finished fine-tune against its base after the "
+                                                       "trials (`medscale sweep judge`)")
 
     @field_validator("recipes", mode="before")
     @classmethod
