@@ -115,7 +115,10 @@ def eval_cmd(model: str = MODEL, *,
                                                         "(default: the first it lists)"),
              concurrency: int = typer.Option(8, "--concurrency", min=1, help="endpoint requests in flight"),
              timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="seconds an endpoint request may take "
-                                           "before it is retried (with backoff)")) -> None:
+                                           "before it is retried (with backoff)"),
+             retries: int = typer.Option(4, "--retries", min=0, help="retries of a failed endpoint request, "
+                                         "waiting 1, 2, 4... s between them, before the evaluation stops (what "
+                                         "finished is kept)")) -> None:
     """Multiple-choice benchmarks: accuracy with 95% intervals, per subject; with --against, the paired verdict. The
     evaluation is a job (kind eval): each run is an attempt in `medscale jobs show`, and the same evaluation asked
     again continues a stopped or killed one from the questions it had scored (generate mode: the answers it had
@@ -151,7 +154,7 @@ def eval_cmd(model: str = MODEL, *,
                 "seed": seed if mode == "generate" else None, "max_new_tokens": max_new_tokens,
                 "think_budget": think_budget}
     served = {"url": endpoint, "api_key_env": api_key_env, "served_model": served_model,
-              "concurrency": concurrency, "timeout": timeout} if endpoint else None
+              "concurrency": concurrency, "timeout": timeout, "retries": retries} if endpoint else None
     spec = new_eval_spec(dict(
         model=model, adapter=adapter, checkpoint=checkpoint, against=against, benchmarks=refs, mode=mode, shots=shots,
         limit=limit, seed=seed or 0, data_dir=data_dir, batch_size=batch_size, skip_bad=skip_bad, max_bad=max_bad,

@@ -141,7 +141,7 @@ def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | Non
         e = spec.endpoint
         tok = load_tokenizer_for(ref.base, ref.adapter)  # the template the job trained with, as in-process
         backend = EndpointBackend(e.url, model=e.served_model, concurrency=e.concurrency, timeout=e.timeout,
-                                  api_key_env=e.api_key_env)
+                                  retries=e.retries, api_key_env=e.api_key_env)
     else:
         model, tok = load_for_inference(ref.base, ref.adapter, "auto", model_section=ref.recipe.get("model"))
     results = [evaluate_benchmark(model, tok, b, mode=spec.mode, shots=spec.shots, batch_size=spec.batch_size,

@@ -53,6 +53,7 @@ class EndpointSpec(Section):
     served_model: str | None = Field(None, description="the served model's name; default: the first of /v1/models")
     concurrency: int = Field(8, ge=1, description="requests in flight")
     timeout: float = Field(600.0, gt=0, description="seconds a request may take before it is retried")
+    retries: int = Field(4, ge=0, description="retries of a failed request, waiting 1, 2, 4... s between them")
 
 
 class JobSpec(Section):
@@ -154,7 +155,7 @@ def new_eval_spec(what: dict, out: str | os.PathLike | None = None) -> EvalSpec:
     what["benchmarks"] = [_absolute(b) if isinstance(b, str) else b for b in what["benchmarks"]]
     draft = _validated({**what, "name": "eval", "train": {"output_dir": "-"}}, "medscale eval options")
     measured = draft.model_dump(mode="json", exclude={"name": True, "train": True,  # how fast is not what
-                                                      "endpoint": {"concurrency", "timeout"}})
+                                                      "endpoint": {"concurrency", "timeout", "retries"}})
     digest = hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:10]
     label = re.sub(r"[^\w.+-]+", "-", Path(draft.model.rstrip("/")).name).strip("-.")[:60] or "model"
     name = f"eval-{label}-{digest}"
