@@ -76,6 +76,24 @@ class JobSpec(Section):
         write_text_atomic(out / self.job_file, self.to_yaml())
         return out / self.job_file
 
+    @classmethod
+    def validated(cls, data: dict, source: str):
+        """The spec from a job file or a command's options; a bad value is one line naming `source` and the key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise RecipeError(f"{source}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+
+    def placed(self, name: str, measured: dict, out: str | os.PathLike | None):
+        """Named `<name>-<hash of what is measured>`, so the same job asked again is the same job and its rerun
+        continues it; its folder is `out`, else `$MEDSCALE_HOME/runs/<that name>`."""
+        from medscale import medscale_home
+
+        name += "-" + hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:10]
+        folder = os.path.abspath(os.path.expanduser(out)) if out else str(medscale_home() / "runs" / name)
+        return self.model_copy(update={"name": name, "train": JobFolder(output_dir=folder)})
+
 
 class EvalSpec(JobSpec):
     job_file: ClassVar[str] = JOB_FILE
@@ -149,18 +167,13 @@ def new_eval_spec(what: dict, out: str | os.PathLike | None = None) -> EvalSpec:
     """An evaluation job from the `medscale eval` options (`what`: EvalSpec fields but name and folder). The same
     evaluation asked again is the same job, so its rerun continues it: named for the model and a hash of what is
     measured; its folder is `out`, else `$MEDSCALE_HOME/runs/<name>`."""
-    from medscale import medscale_home
-
     what = {**what, **{k: _absolute(what.get(k)) for k in ("model", "adapter", "against", "data_dir")}}
     what["benchmarks"] = [_absolute(b) if isinstance(b, str) else b for b in what["benchmarks"]]
-    draft = _validated({**what, "name": "eval", "train": {"output_dir": "-"}}, "medscale eval options")
+    draft = EvalSpec.validated({**what, "name": "eval", "train": {"output_dir": "-"}}, "medscale eval options")
     measured = draft.model_dump(mode="json", exclude={"name": True, "train": True,  # how fast is not what
                                                       "endpoint": {"concurrency", "timeout", "retries"}})
-    digest = hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:10]
     label = re.sub(r"[^\w.+-]+", "-", Path(draft.model.rstrip("/")).name).strip("-.")[:60] or "model"
-    name = f"eval-{label}-{digest}"
-    folder = os.path.abspath(os.path.expanduser(out)) if out else str(medscale_home() / "runs" / name)
-    return draft.model_copy(update={"name": name, "train": JobFolder(output_dir=folder)})
+    return draft.placed(f"eval-{label}", measured, out)
 
 
 def from_recipe(recipe: Recipe) -> EvalSpec:
@@ -183,15 +196,6 @@ def as_eval_spec(spec: EvalSpec | Recipe) -> EvalSpec:
     return spec if isinstance(spec, EvalSpec) else from_recipe(spec)
 
 
-def _validated(data: dict, source: str) -> EvalSpec:
-    try:
-        return EvalSpec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise RecipeError(f"{source}: {where}: {first['msg']}") from None
-
-
 def load_eval_spec(ref: str, overrides: list[str] | None = None) -> EvalSpec:
     """An evaluation's job file (`kind: eval`) with `key=value` overrides, or a recipe (built-in name or YAML) whose
     trained model is evaluated (`from_recipe`)."""
@@ -199,5 +203,5 @@ def load_eval_spec(ref: str, overrides: list[str] | None = None) -> EvalSpec:
     if path.suffix in (".yaml", ".yml") and path.is_file():
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and data.get("kind") == "eval":
-            return _validated(apply_overrides(data, list(overrides or [])), str(path))
+            return EvalSpec.validated(apply_overrides(data, list(overrides or [])), str(path))
     return from_recipe(load_recipe(ref, list(overrides or [])))

@@ -4,15 +4,13 @@ and the judge's replies already generated are read from the engine's caches in t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from medscale.eval.spec import JobFolder, JobSpec, _absolute
 from medscale.recipe import DistSection, RecipeError, Section
@@ -46,28 +44,15 @@ class JudgeSpec(JobSpec):
 
 
 
-def _validated(data: dict, source: str) -> JudgeSpec:
-    try:
-        return JudgeSpec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise RecipeError(f"{source}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
-
-
 def new_judge_spec(what: dict, out: str | os.PathLike | None = None) -> JudgeSpec:
     """A judge job from `medscale judge`'s options: named for its sides and a hash of what is judged, in `out`, else
     `$MEDSCALE_HOME/runs/<name>`."""
-    from medscale import medscale_home
-
     what = {**what, "models": [_absolute(m) for m in what["models"]], "judge": _absolute(what.get("judge")),
             "questions": _absolute(what.get("questions")), "labels": _absolute(what.get("labels"))}
-    draft = _validated({**what, "name": "judge", "train": {"output_dir": "-"}}, "medscale judge options")
-    digest = hashlib.sha256(json.dumps(draft.model_dump(mode="json", exclude={"name", "train"}),
-                                       sort_keys=True).encode()).hexdigest()[:10]
+    draft = JudgeSpec.validated({**what, "name": "judge", "train": {"output_dir": "-"}}, "medscale judge options")
     sides = "-vs-".join(Path(m.rstrip("/")).stem for m in draft.models) or "calibration"
-    name = "judge-" + (re.sub(r"[^\w.+-]+", "-", sides).strip("-.")[:60] or "models") + f"-{digest}"
-    folder = os.path.abspath(os.path.expanduser(out)) if out else str(medscale_home() / "runs" / name)
-    return draft.model_copy(update={"name": name, "train": JobFolder(output_dir=folder)})
+    label = re.sub(r"[^\w.+-]+", "-", sides).strip("-.")[:60] or "models"
+    return draft.placed(f"judge-{label}", draft.model_dump(mode="json", exclude={"name", "train"}), out)
 
 
 def load_judge_spec(ref: str, overrides: list[str] | None = None) -> JudgeSpec:
@@ -81,7 +66,7 @@ def load_judge_spec(ref: str, overrides: list[str] | None = None) -> JudgeSpec:
         raise RecipeError(f"{ref}: not a judge job file ({type(e).__name__}): pass {JOB_FILE} of a judge job") from None
     if not isinstance(data, dict) or data.get("kind") != "judge":
         raise RecipeError(f"{ref}: not a judge job file (no `kind: judge`): pass {JOB_FILE} of a judge job")
-    return _validated(apply_overrides(data, list(overrides or [])), str(path))
+    return JudgeSpec.validated(apply_overrides(data, list(overrides or [])), str(path))
 
 
 def check_judge_launch(spec: JudgeSpec, *, devices: bool, paths_must_exist: bool = True):
