@@ -177,13 +177,7 @@ def test_a_sigkilled_generation_resumes_from_its_cache_with_the_same_result(tiny
 
 # --------------------------------------------------------------------------- the endpoint backend, a real server
 
-
-def _serve(model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(model_dir), "--port", "0",
-                             "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("serving"), line
-    return proc, line.split(" at ")[1].split()[0]
+from test_serve import served  # noqa: E402 - `medscale serve` as its own process
 
 
 def test_the_endpoint_backend_gets_the_in_process_samples_from_a_served_model(tiny, tiny_model_dir, monkeypatch,
@@ -191,12 +185,8 @@ def test_the_endpoint_backend_gets_the_in_process_samples_from_a_served_model(ti
     from medscale.generate.endpoint import EndpointBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-shown")
-    proc, url = _serve(tiny_model_dir)
-    try:
+    with served(tiny_model_dir, "--name", "tiny") as (_, url):
         run = generate(REQUESTS, SAMPLED, EndpointBackend(url, concurrency=3))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
     assert run.backend["served_model"] == "tiny" and run.backend["server_version"].startswith("medscale-serve")
     assert _texts(run) == _texts(generate(REQUESTS, SAMPLED, _local(tiny, batch_size=4)))
     assert "sk-never-shown" not in caplog.text + str(run.backend)
@@ -208,29 +198,23 @@ def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_conti
 
     cache = tmp_path / "generations.jsonl"
     many = [Request(f"q{i}", r.messages) for i, r in enumerate(REQUESTS * 2)]
-    proc, url = _serve(tiny_model_dir)
+    with served(tiny_model_dir, "--name", "tiny") as (proc, url):
+        def kill_after_first_answers():
+            while not cache.exists() or cache.read_text().count("\n") < 2:
+                threading.Event().wait(0.02)
+            proc.kill()
 
-    def kill_after_first_answers():
-        while not cache.exists() or cache.read_text().count("\n") < 2:
-            threading.Event().wait(0.02)
-        proc.kill()
-
-    killer = threading.Thread(target=kill_after_first_answers)
-    killer.start()
-    with pytest.raises(EndpointError) as err:
-        generate(many, SAMPLED, EndpointBackend(url, concurrency=1, retries=2, backoff=0.05), cache=cache)
-    killer.join()
-    proc.wait()
+        killer = threading.Thread(target=kill_after_first_answers)
+        killer.start()
+        with pytest.raises(EndpointError) as err:
+            generate(many, SAMPLED, EndpointBackend(url, concurrency=1, retries=2, backoff=0.05), cache=cache)
+        killer.join()
     message = str(err.value)
     assert "\n" not in message and "failed 3 times" in message and url.removesuffix("/v1") in message
     assert "retry 1/2" in caplog.text and "retry 2/2" in caplog.text
     kept = cache.read_text().count("\n")
-    proc, url2 = _serve(tiny_model_dir)
-    try:
+    with served(tiny_model_dir, "--name", "tiny") as (_, url2):
         rerun = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2), cache=cache)
         whole = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
     assert _texts(rerun) == _texts(whole)
     assert rerun.cached == kept > 0
