@@ -78,8 +78,7 @@ def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs
     verdict), scores per side, or the judge's own calibration."""
     from medscale.cli.eval import launch_eval
     from medscale.errors import UserError
-    from medscale.judge.result import JudgeResult
-    from medscale.judge.spec import new_judge_spec
+    from medscale.judge.spec import new_judge_spec, read_judgement
 
     ref = judge_ref(judge, judge_endpoint, no_judge)
     models = list(models or [])
@@ -102,7 +101,7 @@ def judge_cmd(models: Optional[list[str]] = typer.Argument(None, help="A B: jobs
     if code:
         raise typer.Exit(code)
     folder = Path(spec.train.output_dir)
-    result = JudgeResult.model_validate_json((folder / "judge.json").read_text(encoding="utf-8"))
+    result = read_judgement(folder)
     if as_json:
         typer.echo(result.to_json())
         return

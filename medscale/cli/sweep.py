@@ -136,8 +136,7 @@ def _judge_trials(plan, echo) -> int:
     """Each trial that succeeded judged (B) against its base (A) as a judge job in `<trial>/judge`: the report finds
     it by its sides; a rerun continues from what the engine kept. Returns how many judgements failed."""
     from medscale.cli.eval import launch_eval
-    from medscale.judge.result import JudgeResult
-    from medscale.judge.spec import new_judge_spec
+    from medscale.judge.spec import new_judge_spec, read_judgement
     from medscale.registry import Registry
     from medscale.status import JobStatus
 
@@ -158,8 +157,7 @@ def _judge_trials(plan, echo) -> int:
             failed += 1
             echo(f"medscale: judging {t.label} against its base failed: see {spec.train.output_dir}")
             continue
-        result = JudgeResult.model_validate_json((Path(spec.train.output_dir) / "judge.json").read_text("utf-8"))
-        echo(f"medscale: {t.label} against its base: {result.verdict}")
+        echo(f"medscale: {t.label} against its base: {read_judgement(spec.train.output_dir).verdict}")
     return failed
 
 

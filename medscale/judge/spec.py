@@ -130,11 +130,21 @@ def run_judge_job(spec: JudgeSpec, launch=None, callbacks=()):
     return result
 
 
+JUDGEMENT = "judge.json"  # the judgement in its folder (judge.md and judge.html beside it are for people)
+
+
 def write_judgement(result, out: Path) -> dict[str, Path]:
     from medscale.jobs.record import write_text_atomic
 
-    paths = {"json": out / "judge.json", "markdown": out / "judge.md", "html": out / "judge.html"}
+    paths = {"json": out / JUDGEMENT, "markdown": out / "judge.md", "html": out / "judge.html"}
     write_text_atomic(paths["json"], result.to_json(indent=1))
     write_text_atomic(paths["markdown"], result.to_markdown())
     write_text_atomic(paths["html"], result.to_html())
     return paths
+
+
+def read_judgement(out: str | os.PathLike):
+    """The JudgeResult a judge job (or `compare --judge`) wrote into `out`."""
+    from medscale.judge.result import JudgeResult
+
+    return JudgeResult.model_validate_json((Path(out) / JUDGEMENT).read_text(encoding="utf-8"))

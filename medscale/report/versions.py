@@ -18,7 +18,6 @@ from medscale.markdown import md_cell
 from medscale.registry import Registry, ResultView
 
 _AGAINST = {"better": "better than", "worse": "WORSE than", "no detectable difference": "no detectable difference from"}
-JUDGEMENT = "judge.json"  # what a judge job writes in its folder (medscale.judge.result.JudgeResult)
 
 
 @dataclass
@@ -148,6 +147,8 @@ def _key(path: str) -> str:
 
 def _judgements(reg: Registry) -> dict:
     """(base folder, fine-tune job id) -> the newest pairwise judgement of that fine-tune (B) against that base (A)."""
+    from medscale.judge.spec import JUDGEMENT
+
     out = {}
     for job in reg.jobs():
         folder = Path(job.output_dir)
@@ -159,8 +160,7 @@ def _judgements(reg: Registry) -> dict:
 def _judgement(folder: Path) -> dict:
     from medscale.errors import UserError
     from medscale.jobs.resolve import resolve
-    from medscale.judge.result import JudgeResult
-    from medscale.judge.spec import JOB_FILE, load_judge_spec
+    from medscale.judge.spec import JOB_FILE, load_judge_spec, read_judgement
 
     spec = load_judge_spec(str(folder / JOB_FILE))
     if spec.mode != "pairwise" or len(spec.models) != 2:
@@ -171,7 +171,7 @@ def _judgement(folder: Path) -> dict:
         return {}
     if a.adapter is not None or b.job_id is None:
         return {}
-    return {(_key(str(a.base)), b.job_id): JudgeResult.model_validate_json((folder / JUDGEMENT).read_text("utf-8"))}
+    return {(_key(str(a.base)), b.job_id): read_judgement(folder)}
 
 
 def cells(v: Version) -> list[str]:
