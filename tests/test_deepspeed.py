@@ -406,7 +406,6 @@ def test_one_process_deepspeed_runs_in_process(tmp_path, tiny_model_dir):
     assert (out / "checkpoint-3" / "global_step3").is_dir() and (out / "checkpoint-3" / "manifest.json").is_file()
 
 
-
 class _Planted:
     """What an attacker pickles into a checkpoint folder: unpickling it runs a command."""
 

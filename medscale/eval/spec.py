@@ -157,7 +157,6 @@ class EvalSpec(JobSpec):
         return self.train.output_dir
 
 
-
 def _absolute(ref: str | None) -> str | None:
     """A path that exists here, made absolute (the job's processes may start elsewhere); a job name stays a name."""
     return os.path.abspath(os.path.expanduser(ref)) if ref and os.path.exists(os.path.expanduser(ref)) else ref

@@ -43,7 +43,6 @@ class JudgeSpec(JobSpec):
     train: JobFolder
 
 
-
 def new_judge_spec(what: dict, out: str | os.PathLike | None = None) -> JudgeSpec:
     """A judge job from `medscale judge`'s options: named for its sides and a hash of what is judged, in `out`, else
     `$MEDSCALE_HOME/runs/<name>`."""
