@@ -8,8 +8,8 @@ batch-token budget, torch.compile of the decode step), on the same prompts, ever
     python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16     # CPU smoke run
 
 Prompts are CMMLU-medical questions (the shipped eval sets) rendered as R1-style generate-mode prompts. A padded
-variant at batch B times `--padded-batches` batches (its tok/s is steady from the first), continuous batching all
---prompts. Prints output tok/s per variant, a table, and writes $OUT/gen_speed.json (or --out).
+variant runs B x `--padded-batches` prompts (the planned batch: --prompts per batch), continuous batching
+--prompts; `steady_tok_s` leaves out the first padded call, which pays for compilation (compiled-* variants). Prints output tok/s per variant, a table, and writes $OUT/gen_speed.json (or --out).
 """
 from __future__ import annotations
 
@@ -23,13 +23,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-# variant -> (backend mode, batch size, continuous-batching config); any name may end in "@ATTN" to run with that
+# variant -> (backend mode, batch size, continuous-batching config or padded decoding); any name may end in "@ATTN" to run with that
 # attention implementation (e.g. cb-graphs@flex_attention), the model's own otherwise
 VARIANTS = {
-    "padded-b8": ("padded", 8, {}),
+    "padded-b8": ("padded", 8, {}),  # today's generate(): eager decoding, batch 8
     "padded-b64": ("padded", 64, {}),
     "padded-b256": ("padded", 256, {}),
-    "padded-auto": ("padded", None, {}),  # the engine's default: the batch the free GPU memory holds (fit_batch)
+    "padded-auto": ("padded", None, {}),  # the batch the free GPU memory holds (fit_batch), eager decoding
+    "static-auto": ("padded", None, {"decode": "static"}),  # static cache, decode step not compiled
+    "compiled-b8": ("padded", 8, {"decode": "compiled"}),  # static cache + compiled decode step (CUDA graphs)
+    "compiled-b64": ("padded", 64, {"decode": "compiled"}),
+    "compiled-auto": ("padded", None, {"decode": "compiled"}),  # the engine's default on CUDA
     "cb-default": ("cb", 0, {}),
     "cb-no-graphs": ("cb", 0, {"use_cuda_graph": False}),
     "cb-graphs": ("cb", 0, {"use_cuda_graph": True}),
@@ -96,14 +100,31 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
     mode, batch, cb = VARIANTS[preset]
     if attn:
         model.set_attn_implementation(attn)
-    todo = reqs[:batch * padded_batches] if mode == "padded" and batch else reqs
-    backend = LocalBackend(model, tok, mode=mode, batch_size=batch, cb_config=cb, ignore_eos=True,
-                           chunk=len(todo))
+    if mode == "padded":  # B x --padded-batches prompts; the planned batch (auto) takes --prompts per batch
+        todo = reqs[:(batch or len(reqs) // padded_batches) * padded_batches]
+    else:
+        todo = reqs[:len(reqs) // padded_batches]
+    decode = cb.get("decode", "eager") if mode == "padded" else "auto"
+    backend = LocalBackend(model, tok, mode=mode, batch_size=batch, cb_config=cb if mode == "cb" else None,
+                           ignore_eos=True, chunk=len(todo), decode=decode)
     s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    calls, plain = [], backend._generate
+
+    def timed(args):  # each padded generate call's seconds and new tokens: the first pays for compilation
+        t = time.perf_counter()
+        out = plain(args)
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        calls.append((time.perf_counter() - t, out.shape[0] * (out.shape[1] - args["input_ids"].shape[1])))
+        return out
+
+    backend._generate = timed
     run = generate(todo, s, backend)
+    later = calls[1:]
+    steady = round(sum(n for _, n in later) / sum(t for t, _ in later), 1) if later else None
     return {"variant": name, "prompts": len(todo), "tokens": run.tokens, "seconds": round(run.seconds, 2),
+            "first_call_s": round(calls[0][0], 1) if calls else None, "steady_tok_s": steady,
             "tok_s": round(run.tokens_per_s, 1), "backend": run.backend["backend"], "fallback": run.backend["fallback"],
             "mean_new_tokens": round(run.tokens / max(1, len(todo)), 1),
             "attn": model.config._attn_implementation}
@@ -137,7 +158,7 @@ def main() -> None:
         say(f"building {shape}")
         model, tok = tiny() if a.tiny else build(shape, a.configs, a.tokenizer, device)
         default_attn = model.config._attn_implementation
-        reqs = prompts(a.eval_data, a.prompts)
+        reqs = prompts(a.eval_data, a.prompts * a.padded_batches)
         say(f"{len(reqs)} prompts ready")
         for name in a.variants.split(","):
             say(f"{shape} {name}")
@@ -155,10 +176,12 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     a.out.write_text(json.dumps({"new_tokens": a.new_tokens, "prompts": a.prompts, "rows": rows}, indent=1))
-    print("\n| shape | variant | prompts | new tokens each | output tok/s | backend | attention |\n|---|---|---:|---:|---:|---|---|")
+    print("\n| shape | variant | prompts | new tokens each | output tok/s | steady tok/s | first call s | backend "
+          "| attention |\n|---|---|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['shape'].split('/')[-1]} | {r['variant']} | {r.get('prompts', '–')} | "
-              f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('backend', '')} | {r.get('attn', '')} |")
+              f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('steady_tok_s', '')} | "
+              f"{r.get('first_call_s', '')} | {r.get('backend', '')} | {r.get('attn', '')} |")
 
 
 if __name__ == "__main__":

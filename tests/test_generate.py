@@ -218,3 +218,17 @@ def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_conti
         whole = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2))
     assert _texts(rerun) == _texts(whole)
     assert rerun.cached == kept > 0
+
+
+def test_static_cache_decoding_gives_the_eager_texts_greedy_and_sampled(tiny):
+    """Static decoding (prompt widths rounded up to one shape, a preallocated cache: what the compiled GPU path runs)
+    answers exactly as the growing cache does, greedy and seeded-sampled; an unknown decode is refused."""
+    from medscale.generate.local import LocalBackend
+
+    for s in (SAMPLED.model_copy(update={"do_sample": False}), SAMPLED):
+        eager = generate(REQUESTS, s, _local(tiny, batch_size=3, decode="eager"))
+        static = generate(REQUESTS, s, _local(tiny, batch_size=3, decode="static"))
+        assert _texts(static) == _texts(eager)
+        assert static.backend["backend"] == "in-process padded (static decode)"
+    with pytest.raises(ValueError, match="decode must be"):
+        LocalBackend(*tiny, decode="graphs")

@@ -10,6 +10,12 @@ key, its step and the token id (Gumbel-max), never a draw from a shared generato
 composition, order or size. Continuous batching samples with its own seeded generator (one seed per run), which
 transformers gives no per-request hook for: the backend records that as `sampler`.
 
+Padded batches decode `eager` (a growing cache), `static` (a preallocated cache, the prompt width rounded up to a
+multiple of WIDTH_BUCKET so batches share one shape) or `compiled` (static, and the decode step compiled by
+transformers' generate with CUDA graphs: decoding is launch-bound, and graphs replay a step's ~400 kernels as one
+launch). `decode="auto"` is `compiled` on CUDA and `eager` elsewhere; a compiled batch that fails is redone eagerly,
+said aloud.
+
 A think budget is enforced in two phases for both: generate up to the budget; a request that hit it without closing
 its think block gets </think> appended; every unfinished request then continues for max_new_tokens more.
 """
@@ -24,6 +30,8 @@ from medscale.data.chat import render_prompt
 from medscale.generate.settings import SamplingSettings
 
 THINK_CLOSE = "</think>"
+WIDTH_BUCKET = 256  # static and compiled decoding: prompt widths rounded up to this, so batches reuse one graph
+DECODES = ("eager", "static", "compiled")
 _MIX = (0xBF58476D1CE4E5B9 - 2 ** 64, 0x94D049BB133111EB - 2 ** 64)  # splitmix64 multipliers as signed int64
 log = logging.getLogger(__name__)
 
@@ -84,21 +92,27 @@ class LocalBackend:
     that ends (end-of-turn or limit). `mode`: auto (continuous batching on CUDA, else padded), cb, or padded."""
 
     def __init__(self, model, tok, *, mode: str = "auto", batch_size: int | None = None, cb_config: dict | None = None,
-                 ignore_eos: bool = False, enable_thinking: bool | None = None, chunk: int = 256):
-        """`batch_size`: padded requests per `generate` call; None plans it per call (`fit_batch`)."""
+                 ignore_eos: bool = False, enable_thinking: bool | None = None, chunk: int = 256,
+                 decode: str = "auto"):
+        """`batch_size`: padded requests per `generate` call; None plans it per call (`fit_batch`). `decode`: how
+        padded batches decode (module docstring)."""
         self.model, self.tok, self.batch_size, self.cb_config = model, tok, batch_size, cb_config or {}
         self.enable_thinking = enable_thinking  # the chat template's switch (Qwen3); None: the template's default
         self.chunk = chunk  # continuous batching: requests per call, written to the cache when the call ends
         self.ignore_eos = ignore_eos  # benchmarks: every request runs to its limit
         on_gpu = next(model.parameters()).device.type == "cuda"
         self.mode = mode if mode != "auto" else ("cb" if on_gpu and _flash_attention(model) else "padded")
+        if decode not in ("auto", *DECODES):
+            raise ValueError(f"decode must be auto or one of {', '.join(DECODES)}, not {decode!r}")
+        self.decode = decode if decode != "auto" else ("compiled" if on_gpu else "eager")
         self.fallback: str | None = None
         self.close_ids = tok.encode(THINK_CLOSE, add_special_tokens=False)
 
     @property
     def info(self) -> dict:
         sampler = "per-sample seed (exact)" if self.mode == "padded" else "continuous batching's run seed"
-        return {"backend": f"in-process {self.mode}", "fallback": self.fallback, "sampler": sampler}
+        backend = f"in-process padded ({self.decode} decode)" if self.mode == "padded" else "in-process cb"
+        return {"backend": backend, "fallback": self.fallback, "sampler": sampler}
 
     def identity(self) -> str:
         return str(getattr(self.model, "name_or_path", "") or type(self.model).__name__)
@@ -127,15 +141,31 @@ class LocalBackend:
             batch = order[start:start + size]
             seqs = [j.ids + j.out for j in batch]
             width = max(map(len, seqs))
+            if self.decode != "eager":
+                width = -(-width // WIDTH_BUCKET) * WIDTH_BUCKET
             ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=device)
             mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=device)
             sampler = SeededSampler(s, [j.key for j in batch], [len(j.out) for j in batch], width)
-            gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=limit, do_sample=False,
-                                      temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                                      eos_token_id=self.eos(), logits_processor=[sampler],
-                                      min_new_tokens=limit if self.ignore_eos else None)
+            args = dict(input_ids=ids, attention_mask=mask, max_new_tokens=limit, do_sample=False, temperature=None,
+                        top_p=None, top_k=None, pad_token_id=pad, eos_token_id=self.eos(), logits_processor=[sampler],
+                        min_new_tokens=limit if self.ignore_eos else None)
+            gen = self._generate(args)
             for row, j in enumerate(batch):
                 self._take(j, gen[row, width:].tolist())
+
+    def _generate(self, args: dict) -> torch.Tensor:
+        """One padded batch in the backend's decode; a compiled one that fails is redone eagerly, said aloud."""
+        if self.decode == "eager":
+            return self.model.generate(**args)
+        try:
+            return self.model.generate(**args, cache_implementation="static",
+                                       disable_compile=self.decode != "compiled")
+        except Exception as e:  # noqa: BLE001 - the optional fast path fails over to the plain one, said aloud
+            if self.decode != "compiled":
+                raise
+            self.decode, self.fallback = "eager", f"compiled decoding failed ({type(e).__name__}: {e})"
+            log.warning("%s; decoding eagerly", self.fallback)
+            return self.model.generate(**args)
 
     def _take(self, j: Job, new: list[int]) -> None:
         eos = self.tok.eos_token_id
