@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,10 @@ VARIANTS = {
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "head_dim", "vocab_size", "rope_theta", "tie_word_embeddings", "max_position_embeddings", "rms_norm_eps",
               "bos_token_id", "eos_token_id")
+
+
+class VariantTimeout(BaseException):
+    """Past --variant-timeout: a BaseException, so the engine's fallbacks (which catch Exception) let it through."""
 
 
 def prompts(eval_data: Path | None, n: int) -> list:
@@ -141,9 +146,15 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=2048)
     ap.add_argument("--padded-batches", type=int, default=1)
+    ap.add_argument("--variant-timeout", type=int, default=0, help="seconds a variant may run (0: no limit)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny random Qwen3")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gen_speed.json")
     a = ap.parse_args()
+
+    def too_long(*_):
+        raise VariantTimeout(f"over --variant-timeout {a.variant_timeout}s")
+
+    signal.signal(signal.SIGALRM, too_long)
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,12 +173,15 @@ def main() -> None:
         say(f"{len(reqs)} prompts ready")
         for name in a.variants.split(","):
             say(f"{shape} {name}")
+            signal.alarm(a.variant_timeout)  # a variant that stalls (e.g. a paged cache without flash) is cut short
             try:
                 model.set_attn_implementation(default_attn)
                 row = {"shape": shape, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                        **run_variant(model, tok, name, reqs, a.new_tokens, a.padded_batches)}
-            except Exception as e:  # noqa: BLE001 - one failed variant must not lose the others' numbers
+            except (Exception, VariantTimeout) as e:  # noqa: BLE001 - one failed variant must not lose the others'
                 row = {"shape": shape, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            finally:
+                signal.alarm(0)
             print(json.dumps(row), flush=True)
             with partial.open("a") as f:
                 f.write(json.dumps(row) + "\n")

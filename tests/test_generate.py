@@ -225,9 +225,10 @@ def test_static_cache_decoding_gives_the_eager_texts_greedy_and_sampled(tiny):
     answers exactly as the growing cache does, greedy and seeded-sampled; an unknown decode is refused."""
     from medscale.generate.local import LocalBackend
 
-    for s in (SAMPLED.model_copy(update={"do_sample": False}), SAMPLED):
-        eager = generate(REQUESTS, s, _local(tiny, batch_size=3, decode="eager"))
-        static = generate(REQUESTS, s, _local(tiny, batch_size=3, decode="static"))
+    sampled = SAMPLED.model_copy(update={"n_samples": 1, "max_new_tokens": 6})
+    for s in (sampled.model_copy(update={"do_sample": False}), sampled):
+        eager = generate(REQUESTS[2:5], s, _local(tiny, batch_size=3, decode="eager"))
+        static = generate(REQUESTS[2:5], s, _local(tiny, batch_size=3, decode="static"))
         assert _texts(static) == _texts(eager)
         assert static.backend["backend"] == "in-process padded (static decode)"
     with pytest.raises(ValueError, match="decode must be"):
