@@ -81,7 +81,7 @@ def test_generate_mode_gives_pass_at_1_majority_agreement_and_where_each_setting
     assert (g["settings"]["temperature"], g["settings"]["top_p"], g["settings"]["n_samples"]) == (0.6, 0.95, 2)
     assert g["sources"]["temperature"] == "generation_config.json" and g["sources"]["n_samples"] == "cli"
     assert g["sources"]["seed"] == "default" and "temperature from generation_config.json" in g["line"]
-    assert g["backend"]["backend"] == "in-process padded" and (g["generated"], g["cached"]) == (8, 0)
+    assert g["backend"]["backend"] == "in-process padded (eager decode)" and (g["generated"], g["cached"]) == (8, 0)
     assert g["line"] in stderr  # printed before the model loads
     md = (out / "eval.md").read_text(encoding="utf-8")
     assert "pass@1" in md and "majority vote" in md and "no extractable answer" in md and g["line"] in md
