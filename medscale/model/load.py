@@ -160,6 +160,11 @@ def load_model(recipe: Recipe):
         model = get_peft_model(base, lora_config(recipe.adapter),
                                autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
     keep_lora_inputs_under_autocast(model)
+    # ZeRO-3 gathers a LoRA weight only when its own module runs, which the fused branch skips
+    if recipe.adapter.fused == "auto" and not is_deepspeed_zero3_enabled():
+        from medscale.model.kernels.lora import fuse_lora
+
+        fuse_lora(model)
     return model
 
 

@@ -21,3 +21,8 @@ class AdapterSection(Section):
     use_dora: bool = Field(False, description="DoRA: learn magnitude and direction apart; often a bit better, slower")
     use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases are trained and saved")
+    fused: Literal["auto", "off"] = Field(
+        "off", description="auto: each plain LoRA linear's branch (dropout, A and B matmuls, scale, add) runs as one "
+                           "fused op, Triton kernels on CUDA, the same math in PyTorch elsewhere (not DoRA, not under "
+                           "ZeRO-3); off: peft's own ops. Off until a GPU measurement shows it pays: "
+                           "bench/lora_kernel.py")
