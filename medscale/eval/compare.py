@@ -14,12 +14,13 @@ from rapidfuzz.distance import LCSseq
 from medscale.data.chat import split_think
 from medscale.errors import UserError
 from medscale.eval.bench import OpenQuestion
-from medscale.eval.degenerate import Counts, count
+from medscale.eval.degenerate import count
 from medscale.eval.result import _Model
 from medscale.generate.settings import Resolved
 from medscale.html import render
 from medscale.markdown import md_cell, md_text
 from medscale.paths import folder_problem
+from medscale.verdicts import Counts
 
 
 def rouge_l(candidate: str, reference: str) -> float:

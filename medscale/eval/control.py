@@ -11,7 +11,8 @@ from medscale.data.chat import IGNORE, encode
 from medscale.data.formats import detect
 from medscale.data.sources import expand_sources, load_conversations, read_records
 from medscale.eval.bench import BUILTINS, BenchmarkError, load_benchmark
-from medscale.eval.result import ControlResult, ForgettingVerdict
+from medscale.eval.result import ControlResult
+from medscale.verdicts import ForgettingVerdict
 from medscale.eval.score import process_group_rank, gather_all, progress, score
 
 

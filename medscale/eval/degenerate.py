@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from medscale.data.chat import THINK_OPEN, split_think
+from medscale.eval.result import _Model
+from medscale.eval.stats import mcnemar_exact
+from medscale.verdicts import KINDS, Counts, DegenerationVerdict
 
 NGRAM = 3  # units (a CJK character, a Latin word, a punctuation mark) per n-gram of the repeated-share check
 REPEATED_SHARE = 0.5  # more than half of the 3-grams seen earlier in the same text: it mostly repeats itself (a
@@ -29,12 +32,6 @@ ALPHA = 0.05
 _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[A-Za-z0-9]+|\S")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
-KINDS = ("looping", "unclosed_think", "empty_answer", "wrong_language", "length_off")
-
-
-class _Model(BaseModel):
-    # not eval.result's base: result.py holds Counts in every BenchResult, so it imports this module
-    model_config = ConfigDict(extra="forbid")
 
 
 class Signals(_Model):
@@ -53,54 +50,6 @@ class Signals(_Model):
 
     def reasons(self) -> list[str]:
         return [k for k in KINDS if getattr(self, k)]
-
-
-class Counts(_Model):
-    """One model's answers: how many show each signal, and which answers are degenerate (in question order, so two
-    models' counts on the same questions pair)."""
-
-    n: int
-    looping: int = 0
-    unclosed_think: int = 0
-    empty_answer: int = 0
-    wrong_language: int = 0
-    length_off: int | None = Field(None, description="None when no base lengths were given")
-    degenerate: int = Field(0, description="answers with at least one signal")
-    flags: list[bool] = Field(default_factory=list, description="per answer: degenerate")
-    chars: list[int] = Field(default_factory=list, description="per answer: characters generated")
-
-    def against(self, base_lengths: Sequence[int]) -> "Counts":
-        """These counts with the length check against the base's lengths on the same questions (same order)."""
-        if len(base_lengths) != self.n:
-            raise ValueError(f"{len(base_lengths)} base lengths for {self.n} answers: count the same questions")
-        off = [length_off(c, b) for c, b in zip(self.chars, base_lengths)]
-        flags = [f or o for f, o in zip(self.flags, off)]
-        return self.model_copy(update={"length_off": sum(off), "flags": flags, "degenerate": sum(flags)})
-
-    def kinds(self) -> str:
-        """"1 looping, 1 unclosed think": how many answers show each signal (those that any do)."""
-        return ", ".join(f"{getattr(self, k)} {k.replace('_', ' ')}" for k in KINDS if getattr(self, k))
-
-    def cell(self) -> str:
-        """"2/10 (1 looping, 1 unclosed think)": a table's cell."""
-        return f"{self.degenerate}/{self.n}" + (f" ({self.kinds()})" if self.degenerate else "")
-
-    def line(self) -> str:
-        return f"degenerate {self.cell()}"
-
-
-class DegenerationVerdict(_Model):
-    """The tuned model against its base on the same questions: discordant answers and McNemar's exact p."""
-
-    n: int
-    base: int = Field(description="degenerate answers of the base")
-    tuned: int = Field(description="degenerate answers of the fine-tune")
-    base_only: int
-    tuned_only: int
-    p_mcnemar: float
-    flagged: bool = Field(description="significantly more degenerate answers than the base (DEGENERATE)")
-    line: str
-    counts: Counts = Field(description="the fine-tune's counts, lengths checked against the base's")
 
 
 def units(text: str) -> list[str]:
@@ -156,7 +105,16 @@ def count(pairs: Sequence[tuple[str, str]], base_lengths: Sequence[int] | None =
     counts = Counts(n=len(each), **{k: sum(getattr(s, k) for s in each) for k in KINDS if k != "length_off"},
                     degenerate=sum(s.degenerate for s in each), flags=[s.degenerate for s in each],
                     chars=[s.chars for s in each])
-    return counts if base_lengths is None else counts.against(base_lengths)
+    return counts if base_lengths is None else against(counts, base_lengths)
+
+
+def against(counts: Counts, base_lengths: Sequence[int]) -> Counts:
+    """`counts` with the length check against the base's lengths on the same questions (same order)."""
+    if len(base_lengths) != counts.n:
+        raise ValueError(f"{len(base_lengths)} base lengths for {counts.n} answers: count the same questions")
+    off = [length_off(c, b) for c, b in zip(counts.chars, base_lengths)]
+    flags = [f or o for f, o in zip(counts.flags, off)]
+    return counts.model_copy(update={"length_off": sum(off), "flags": flags, "degenerate": sum(flags)})
 
 
 def of_outcomes(questions: dict[str, str], outcomes: Sequence) -> Counts:
@@ -171,12 +129,10 @@ def of_outcomes(questions: dict[str, str], outcomes: Sequence) -> Counts:
 def versus(base: Counts, tuned: Counts, alpha: float = ALPHA) -> DegenerationVerdict:
     """DEGENERATE when the fine-tune's degenerate answers outnumber the base's on the same questions and McNemar's
     exact p is below `alpha`. The fine-tune's lengths are checked against the base's here when they were not yet."""
-    from medscale.eval.stats import mcnemar_exact  # deferred: stats imports result, which imports this module
-
     if len(base.flags) != len(tuned.flags):
         raise ValueError(f"degeneration counts over {len(base.flags)} and {len(tuned.flags)} answers do not pair")
     if tuned.length_off is None and len(base.chars) == len(tuned.chars) == tuned.n:
-        tuned = tuned.against(base.chars)
+        tuned = against(tuned, base.chars)
     base_only = sum(b and not t for b, t in zip(base.flags, tuned.flags))
     tuned_only = sum(t and not b for b, t in zip(base.flags, tuned.flags))
     p = mcnemar_exact(base_only, tuned_only)

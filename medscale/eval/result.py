@@ -10,12 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medscale.eval.degenerate import Counts, DegenerationVerdict
 from medscale.generate.settings import SamplingSettings, Source
 from medscale.markdown import md_cell, md_text
+from medscale.verdicts import Counts, Verdict
+from medscale.verdicts import percent as _pct
 
 Mode = Literal["letter", "option", "generate"]
-VerdictWord = Literal["better", "worse", "no detectable difference"]
 
 
 class _Model(BaseModel):
@@ -31,10 +31,6 @@ class _Model(BaseModel):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
 
 
 class Sample(_Model):
@@ -185,56 +181,6 @@ class BenchResult(_Model):
         return "\n".join(lines).rstrip() + "\n"
 
 
-class Contamination(_Model):
-    """Share of benchmark questions whose text overlaps the training data."""
-
-    n_questions: int
-    overlapping: int
-    share: float
-    ngram: int = Field(description="characters per n-gram of the normalised text")
-    threshold: float = Field(description="a question overlaps when at least this share of its n-grams occur in the "
-                                         "training texts")
-    examples: list[str] = Field(default_factory=list, description="ids of up to 20 overlapping questions")
-
-    def line(self) -> str:
-        return (f"contamination: {self.overlapping}/{self.n_questions} questions ({_pct(self.share)}%) share >= "
-                f"{self.threshold:.0%} of their {self.ngram}-character n-grams with the training data")
-
-
-class Verdict(_Model):
-    """B against A on the same questions: paired bootstrap interval of acc(B) - acc(A), McNemar's p, one word."""
-
-    benchmark: str
-    a: str
-    b: str
-    n: int
-    acc_a: float
-    acc_b: float
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_mcnemar: float
-    a_only: int = Field(description="questions A got right and B wrong")
-    b_only: int = Field(description="questions B got right and A wrong")
-    resamples: int
-    seed: int
-    verdict: VerdictWord
-    contamination: Contamination | None = None
-    degeneration: DegenerationVerdict | None = Field(None, description="generate mode: B's degenerate answers "
-                                                                       "against A's (DEGENERATE when significant)")
-
-    def line(self) -> str:
-        text = (f"{self.benchmark}: {self.b} vs {self.a}: {_pct(self.acc_b)}% vs {_pct(self.acc_a)}% "
-                f"({100 * self.diff:+.1f} points, 95% CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}; "
-                f"McNemar p={self.p_mcnemar:.3g}; n={self.n}) -> "
-                f"{self.verdict.upper() if self.verdict != 'no detectable difference' else self.verdict + ' at this n'}")
-        if self.contamination is not None:
-            text += f"; {self.contamination.line()}"
-        if self.degeneration is not None:
-            text += f"; {self.degeneration.line}"
-        return text
-
-
 class ControlResult(_Model):
     """The forgetting guard's measurement of one model on the control set."""
 
@@ -244,16 +190,6 @@ class ControlResult(_Model):
     tokens: int = Field(0, description="loss: the answer tokens the mean is over")
     path: str
     model: dict = Field(default_factory=dict)
-
-
-class ForgettingVerdict(_Model):
-    kind: Literal["loss", "accuracy"]
-    before: float
-    after: float
-    regression: float = Field(description="loss: relative rise; accuracy: absolute drop (positive = worse)")
-    threshold: float
-    flagged: bool
-    line: str
 
 
 class EvalReport(_Model):

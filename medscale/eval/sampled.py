@@ -11,7 +11,8 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from medscale.eval.degenerate import versus
-from medscale.eval.result import BenchResult, QuestionScore, SampledScore, Sample, Verdict
+from medscale.eval.result import BenchResult, QuestionScore, SampledScore, Sample
+from medscale.verdicts import Verdict
 from medscale.eval.stats import (RESAMPLES, SEED, PairingError, mcnemar_exact, paired_verdict, verdict_word,
                                  wilson)
 

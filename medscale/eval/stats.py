@@ -13,7 +13,8 @@ from typing import Iterable
 import numpy as np
 
 from medscale.errors import UserError
-from medscale.eval.result import BenchResult, Contamination, Outcome, SubjectScore, Verdict
+from medscale.eval.result import BenchResult, Outcome, SubjectScore
+from medscale.verdicts import Contamination, Verdict
 
 Z95 = 1.959963984540054
 RESAMPLES = 10_000

@@ -8,7 +8,7 @@ from medscale.registry import Registry, ResultView
 
 def as_bench(r: ResultView):
     """A stored result (with its outcomes) as the BenchResult that medscale.eval pairs."""
-    from medscale.eval.degenerate import Counts
+    from medscale.verdicts import Counts
     from medscale.eval.result import BenchResult, GenerationInfo, Outcome, SampledScore
 
     f = r.figures or {}
