@@ -22,11 +22,11 @@ def test_the_run_judges_itself_on_its_benchmarks_and_the_control_set(mcq_job, no
     [name] = summary.benchmarks  # a benchmark given by path is named after its file
     assert name == eval_data["run_mcq"].stem
     verdict = summary.benchmarks[name]
-    assert verdict["verdict"] == "better" and verdict["ci_low"] > 0 and verdict["n"] == 40
-    assert verdict["acc_b"] >= 0.9 and "tuned" in verdict["line"]
-    assert verdict["contamination"]["share"] == 1.0, "the run's own training data holds every question"
-    assert summary.control["flagged"] and summary.control["kind"] == "loss", "fine-tuning on 40 letters forgets"
-    noise = noise_job[1].benchmarks[name]["verdict"]
+    assert verdict.verdict == "better" and verdict.ci_low > 0 and verdict.n == 40
+    assert verdict.acc_b >= 0.9 and "tuned" in verdict.said
+    assert verdict.contamination.share == 1.0, "the run's own training data holds every question"
+    assert summary.control.flagged and summary.control.kind == "loss", "fine-tuning on 40 letters forgets"
+    noise = noise_job[1].benchmarks[name].verdict
     assert noise in ("worse", "no detectable difference"), noise
     # at eval steps: the benchmark and the control loss, logged like any metric (and so kept in checkpoints)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -40,7 +40,7 @@ def test_the_run_judges_itself_on_its_benchmarks_and_the_control_set(mcq_job, no
         assert sorted(r.role for r in rows) == ["base", "tuned"]
         assert all(r.n == 40 and len(r.outcomes) == 40 and r.step == 96 for r in rows)
         tuned = next(r for r in rows if r.role == "tuned")
-        assert tuned.accuracy == pytest.approx(verdict["acc_b"])
+        assert tuned.accuracy == pytest.approx(verdict.acc_b)
     finally:
         reg.close()
 
@@ -71,7 +71,7 @@ def test_forgetting_fails_the_job_when_the_recipe_asks(mcq_job, tmp_path):
         run(recipe)
     last = read_journal(out).last
     assert last.status == "failed" and "FORGETTING" in last.exit_reason
-    assert RunSummary.load(out).control["flagged"]
+    assert RunSummary.load(out).control.flagged
 
 
 def test_an_evaluation_job_runs_through_the_launcher_protocol(mcq_job, eval_data, monkeypatch):

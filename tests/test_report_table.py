@@ -77,17 +77,13 @@ def test_the_fine_tune_that_loops_is_degenerate_against_its_base_and_the_base_is
     for base in ("narrow", "wide"):
         high, low = tiny_sweep["summaries"][f"{base}-high"], tiny_sweep["summaries"][f"{base}-low"]
         (high_v,), (low_v,) = high.benchmarks.values(), low.benchmarks.values()
-        assert "DEGENERATE" in high_v["line"], high_v["line"]
-        d = high_v["degeneration"]
-        assert d["flagged"] and d["counts"]["looping"] >= 6 and d["base"] <= 2, d
+        assert "DEGENERATE" in high_v.said, high_v.said
+        d = high_v.degeneration
+        assert d.flagged and d.counts.looping >= 6 and d.base <= 2, d
         # the base is no degenerate model: the fine-tune that learned nothing (lr 1e-6) answers as it does, and the
         # base held against the looping fine-tune is not flagged either
-        assert "DEGENERATE" not in low_v["line"] and not low_v["degeneration"]["flagged"], low_v["line"]
-        from medscale.eval.degenerate import Counts
-
-        looped = Counts.model_validate(d["counts"])
-        base_counts = Counts.model_validate(low_v["degeneration"]["counts"])
-        assert not versus(looped, base_counts).flagged
+        assert "DEGENERATE" not in low_v.said and not low_v.degeneration.flagged, low_v.said
+        assert not versus(d.counts, low_v.degeneration.counts).flagged
 
 
 def test_report_ranks_the_versions_of_a_sweep_in_one_table(tiny_sweep, tmp_path):

@@ -84,7 +84,8 @@ def render_jobs(rows) -> None:
 
 
 def render_job(detail) -> None:
-    """`jobs show` for people: header, attempts, checkpoints (and any set aside as damaged), latest metrics."""
+    """`jobs show` for people: header, attempts, checkpoints (and any set aside as damaged), latest metrics, and a
+    finished run's verdicts (its summary)."""
     from rich.text import Text
 
     job, out = detail.job, console()
@@ -131,6 +132,10 @@ def render_job(detail) -> None:
         out.print("  (no verified checkpoint yet)")
     for k, v in job.latest_metrics.items():
         out.print(Text(f"  {k:14s} {_num(v) or v}"))
+    if detail.summary is not None:  # the held-out loss, each benchmark against the base, the forgetting guard
+        out.print(Text("run summary", style="bold") + Text(f" (step {detail.summary.global_step})"))
+        for line in [detail.summary.verdict, *detail.summary.lines()]:
+            out.print(Text(f"  {line}"))
 
 
 def render_sync(results: list[dict]) -> None:
@@ -188,7 +193,8 @@ def jobs_list(status: Optional[str] = typer.Option(None, "--status", help="only 
 
 @jobs_app.command("show")
 def jobs_show(job: str = JOB, as_json: bool = AS_JSON) -> None:
-    """A job's attempts (hosts, pids, SLURM/Ray ids, exit reasons), checkpoints and latest metrics."""
+    """A job's attempts (hosts, pids, SLURM/Ray ids, exit reasons), checkpoints, latest metrics and, once it
+    finished, its verdicts (held-out loss, each benchmark against the base, the forgetting guard)."""
     from medscale.jobs import ops
 
     with registry() as reg:

@@ -79,9 +79,9 @@ def print_summary(title: str, s) -> None:
     lines = ["", title,
              f"  loss          {loss} over {s.global_step} steps on {s.world_size} process(es)",
              f"  verdict       {s.verdict}"]
-    lines += [f"  benchmark     {b['line']}" for b in s.benchmarks.values()]
-    if s.control:
-        lines.append(f"  forgetting    {s.control['line']}")
+    lines += [f"  benchmark     {b.said}" for b in s.benchmarks.values()]
+    if s.control is not None:
+        lines.append(f"  forgetting    {s.control.line}")
     for split, stats in s.data.items():  # records data.max_length / data.truncation dropped or cut: said, not hidden
         if isinstance(stats, dict) and (note := truncation_note(stats)) is not None:
             lines.append(f"  data          {split}: {note}")

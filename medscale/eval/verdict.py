@@ -13,25 +13,22 @@ Every process of the run calls this (scoring is sharded across them)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from medscale.eval.result import BenchResult
 from medscale.eval.run import check_contamination, evaluate_benchmark, load_benchmarks
 from medscale.eval.sampled import pair
 from medscale.recipe import Recipe
+from medscale.verdicts import RunBenchmark, RunVerdicts
 
 log = logging.getLogger("medscale.eval")
 
 
-@dataclass
-class RunVerdict:
-    benchmarks: dict = field(default_factory=dict)  # name -> {base, tuned, diff, ci, p, verdict, line, ...}
-    control: dict = field(default_factory=dict)  # the forgetting verdict, when eval.control is set
-    results: list[tuple[BenchResult, str]] = field(default_factory=list)  # (result, role: base | tuned)
-    failure: str | None = None  # why the job must end failed (eval.fail_on_regression)
+class RunVerdict(RunVerdicts):
+    """The verdicts the run's summary keeps, and what the job does with the rest: the results it stores against
+    itself, the failure it ends with."""
 
-    def lines(self) -> list[str]:
-        return [b["line"] for b in self.benchmarks.values()] + ([self.control["line"]] if self.control else [])
+    results: list[tuple[BenchResult, str]] = []  # (result, role: base | tuned)
+    failure: str | None = None  # why the job must end failed (eval.fail_on_regression)
 
 
 def without_adapter(model):
@@ -61,17 +58,7 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
             report.verdicts.append(pair(base, tuned, a_label="base", b_label="tuned"))
             j.results += [(base, "base"), (tuned, "tuned")]
         check_contamination(report, benches, [s.path for s in recipe.data.sources])
-        for bench, v in zip(benches, report.verdicts):
-            word = "WORSE" if v.verdict == "worse" else v.verdict
-            seen = (f"; {100 * v.contamination.share:.0f}% of its questions overlap the training data"
-                    if getattr(v, "contamination", None) else "")
-            seen += f"; {v.degeneration.line}" if v.degeneration is not None else ""
-            j.benchmarks[bench.name] = {
-                **v.model_dump(exclude={"contamination"}), "verdict": v.verdict,
-                "contamination": v.contamination.model_dump() if getattr(v, "contamination", None) else None,
-                "line": f"{bench.name}: base {100 * v.acc_a:.1f}% -> tuned {100 * v.acc_b:.1f}% "
-                        f"({100 * v.diff:+.1f} points, 95% CI {100 * v.ci_low:+.1f} to {100 * v.ci_high:+.1f}, "
-                        f"McNemar p={v.p_mcnemar:.3g}, n={v.n}): {word}{seen}"}
+        j.benchmarks = {bench.name: RunBenchmark.of(bench.name, v) for bench, v in zip(benches, report.verdicts)}
     if e.control:
         limit = e.benchmark_limit
         after = measure_control(model, tok, e.control, limit=limit, max_length=recipe.data.max_length,
@@ -81,10 +68,9 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
             before = measure_control(model, tok, e.control, limit=limit, max_length=recipe.data.max_length,
                                      batch_size=e.per_device_eval_batch_size, system_prompt=system,
                                      data_dir=e.data_dir, seed=recipe.train.seed)
-        v = forgetting_verdict(before, after, e.max_control_regression)
-        j.control = v.model_dump()
-        if v.flagged and e.fail_on_regression:
-            j.failure = f"{v.line} (eval.fail_on_regression=true)"
+        j.control = forgetting_verdict(before, after, e.max_control_regression)
+        if j.control.flagged and e.fail_on_regression:
+            j.failure = f"{j.control.line} (eval.fail_on_regression=true)"
     for line in j.lines():
         (log.warning if any(w in line for w in ("WORSE", "FORGETTING", "DEGENERATE")) else log.info)("%s", line)
     return j

@@ -19,7 +19,7 @@ from medscale.jobs.errors import JobStateError
 from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.leftovers import run_leftovers
-from medscale.jobs.record import JOURNAL, PRIVATE, find_output_dirs, read_journal, write_text_atomic
+from medscale.jobs.record import JOURNAL, PRIVATE, RunSummary, find_output_dirs, read_journal, write_text_atomic
 from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, ResultView, heartbeat_interval
 from medscale.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 
@@ -42,19 +42,22 @@ class JobDetail:
     job: JobView
     damaged: list[str] = field(default_factory=list)  # checkpoints set aside because they did not verify
     results: list[ResultView] = field(default_factory=list)  # benchmark / control measurements of this job
+    summary: RunSummary | None = None  # run_summary.json: a finished run's verdicts (None before it finished)
 
     def to_dict(self) -> dict:
         return {**self.job.to_dict(), "damaged_checkpoints": self.damaged,
-                "results": [r.to_dict() for r in self.results]}
+                "results": [r.to_dict() for r in self.results],
+                "summary": self.summary.model_dump(mode="json") if self.summary else None}
 
 
 def show_job(reg: Registry, ref: str) -> JobDetail:
-    """One job with its attempts, checkpoints, results and recorded recipe, found by id, (unambiguous) name or
-    output dir."""
+    """One job with its attempts, checkpoints, results, recorded recipe and run summary, found by id, (unambiguous)
+    name or output dir."""
     job = reg.job(reg.find(ref))
     if reconcile(reg, [job]):
         job = reg.job(job.id)
-    return JobDetail(job, [str(p) for p in damaged_dirs(job.output_dir)], reg.results(job_id=job.id))
+    return JobDetail(job, [str(p) for p in damaged_dirs(job.output_dir)], reg.results(job_id=job.id),
+                     RunSummary.load(job.output_dir))
 
 
 def _running(job: JobView):

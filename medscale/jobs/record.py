@@ -18,12 +18,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, ValidationError
 
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.kinds import JobKind
 from medscale.paths import PRIVATE, plain_mode  # noqa: F401  (PRIVATE: the record's writers import it here)
 from medscale.registry.records import AttemptInfo, JobSpec
+from medscale.verdicts import RunVerdicts
 
 JOURNAL = "medscale_job.json"
 RECIPE_FILE = "recipe.resolved.yaml"
@@ -161,9 +162,10 @@ def trainer_log(output_dir: str | Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- the run summary
 
-class RunSummary(BaseModel):
-    """`run_summary.json`: what a finished run tells its user, typed so every reader sees the same fields.
-    Throughput fields are absent on CPU where they cannot be measured (peak memory, MFU)."""
+class RunSummary(RunVerdicts):
+    """`run_summary.json`: what a finished run tells its user, typed so every reader sees the same fields: its
+    benchmark verdicts and forgetting guard (`benchmarks`, `control`) are RunVerdicts'. Throughput fields are absent
+    on CPU where they cannot be measured (peak memory, MFU)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -197,8 +199,6 @@ class RunSummary(BaseModel):
     mfu: float | None = None
     first_step_s: float | None = None
     finished_from_checkpoint: str | None = None  # a run killed after its last save was finished from it
-    benchmarks: dict = {}  # eval.benchmarks: per benchmark, the paired verdict against the base
-    control: dict = {}  # eval.control: the forgetting guard
     paths: dict
 
     def save(self, output_dir: Path) -> None:
@@ -206,7 +206,17 @@ class RunSummary(BaseModel):
 
     @classmethod
     def load(cls, output_dir: str | Path) -> "RunSummary | None":
+        """The summary of a finished run (this version's or the previous one's); None before it finished, or for a
+        job of no output dir ("")."""
         path = Path(output_dir) / SUMMARY
-        if not path.is_file():
+        if not output_dir or not path.is_file():
             return None
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as e:
+            first = e.errors()[0]
+            why = ".".join(map(str, first["loc"])) + (": " if first["loc"] else "") + first["msg"]
+            why += f" and {e.error_count() - 1} more" if e.error_count() > 1 else ""
+            raise JobStateError(f"{path} is not a readable run summary ({why}): restore it, or move it aside "
+                                f"(mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}); nothing else "
+                                f"of the job depends on it") from None

@@ -25,7 +25,7 @@ import yaml
 from medscale.jobs.attempt import refuse_if_running
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
                                       latest_verified, problem, set_aside)
-from medscale.jobs.errors import CheckpointError
+from medscale.jobs.errors import CheckpointError, JobStateError
 from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, RunSummary, read_journal
 
@@ -157,7 +157,7 @@ def plan_start(recipe) -> StartPlan:
     if plan.finished:
         try:
             summary = RunSummary.load(out)
-        except ValueError:  # a summary from another version or damaged: write it again
+        except JobStateError:  # a damaged summary (or one of no version's layout): write it again
             summary = None
         plan.summary = summary if summary is not None and summary.global_step == checkpoint_step(start) else None
     return plan

@@ -120,7 +120,7 @@ def _run(reg: Registry, job_id: int, label: str | None, base: str | None) -> Run
     job = reg.job(job_id)
     recipe = yaml.safe_load(job.recipe_yaml or "") or {}
     base = base or os.path.abspath((recipe.get("model") or {}).get("path", ""))
-    summary = RunSummary.load(job.output_dir) if Path(job.output_dir).is_dir() else None
+    summary = RunSummary.load(job.output_dir)
     reached = max(job.step or 0, summary.global_step if summary else 0)
     return Run(label or job.name, job_id, job.name, job.status, job.output_dir, base, reg.metrics(job_id), summary,
                reached, str(recipe.get("description") or ""))
@@ -209,10 +209,10 @@ def _benchmarks(reg: Registry, run: Run) -> list[dict]:
 
 
 def _forgetting(run: Run) -> dict:
-    control = run.summary.control if run.summary else {}
-    if not control:
+    control = run.summary.control if run.summary else None
+    if control is None:
         return {"run": run.label, "flagged": None, "line": "not measured (set eval.control: a general-domain set)"}
-    return {"run": run.label, "flagged": control.get("flagged"), "line": control.get("line", "")}
+    return {"run": run.label, "flagged": control.flagged, "line": control.line}
 
 
 def _unreached(runs: list[Run], steps: list[int]) -> list[str]:

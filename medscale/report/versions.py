@@ -12,10 +12,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medscale.eval.degenerate import Counts, versus
+from medscale.eval.degenerate import versus
 from medscale.eval.stored import base_result, final_results, paired
 from medscale.markdown import md_cell
 from medscale.registry import Registry, ResultView
+from medscale.verdicts import Counts
 
 _AGAINST = {"better": "better than", "worse": "WORSE than", "no detectable difference": "no detectable difference from"}
 
@@ -101,10 +102,10 @@ def _fine_tune(reg: Registry, run, base_label: str, bench: str | None, judged: d
                 words.append("DEGENERATE")
     else:
         row.degeneration = "not generated (benchmark_mode: generate counts them)"
-    control = run.summary.control if run.summary else {}
-    if control:
-        row.forgetting = _delta(control)
-        if control.get("flagged"):
+    control = run.summary.control if run.summary else None
+    if control is not None:
+        row.forgetting = control.change()
+        if control.flagged:
             words.append("FORGETTING")
     judgement = judged.get((_key(run.base_path), run.job_id))
     if judgement is not None and judgement.pairwise is not None:
@@ -115,12 +116,6 @@ def _fine_tune(reg: Registry, run, base_label: str, bench: str | None, judged: d
         words.append(f"judge: {o.verdict}" if o.n else f"judge: no pair readable ({o.unparseable} unparseable)")
     row.verdict = "; ".join(words)
     return row, base
-
-
-def _delta(control: dict) -> str:
-    if control.get("kind") == "accuracy":
-        return f"{-100 * control['regression']:+.1f} pts"
-    return f"loss {100 * control['regression']:+.1f}%" + (" FORGETTING" if control.get("flagged") else "")
 
 
 def _base_row(label: str, result: ResultView | None) -> Version:

@@ -165,13 +165,11 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
                 word = "worse" if row.worse_than_base else "better" if row.value < start else "no change"
                 row.versus = f"{start:.4f} -> {row.value:.4f} ({100 * change:+.1f}%): {word}"
     elif metric == "control":
-        summary = RunSummary.load(job.output_dir) if Path(job.output_dir).is_dir() else None
-        control = summary.control if summary else {}
-        if control:
-            row.value = control.get("regression")
-            row.base_value = 0.0
-            row.worse_than_base = bool(control.get("flagged"))
-            row.versus = control.get("line", "")
+        summary = RunSummary.load(job.output_dir)
+        control = summary.control if summary else None
+        if control is not None:
+            row.value, row.base_value = control.regression, 0.0
+            row.worse_than_base, row.versus = control.flagged, control.line
     else:
         tuned = next((r for r in final_results(reg, job.id) if _is(r, metric)), None)
         if tuned is not None:

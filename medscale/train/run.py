@@ -280,7 +280,7 @@ def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: Sta
         **eval_verdict(history, final_eval.get("eval_loss")), trainable_params=session.trainable,
         total_params=session.total, data=data.stats, **{k: round(v, 4) for k, v in session.meter.summary().items()},
         finished_from_checkpoint=str(finished_from) if finished_from else None,
-        benchmarks=verdict.benchmarks if verdict else {}, control=verdict.control if verdict else {},
+        benchmarks=verdict.benchmarks if verdict else {}, control=verdict.control if verdict else None,
         paths={"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
                "trainer_state": str(out / TRAINER_STATE), "loss_plot": str(out / LOSS_PLOT),
                "swanlab": session.swanlab_dir})
