@@ -158,9 +158,9 @@ def test_the_triton_path_matches_peft_in_bf16_on_cuda(base_kind, p):
         if base_kind == "nf4":
             import bitsandbytes as bnb
 
-            base = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+            base = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
         else:
-            base = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+            base = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
         return _peft_layer(base, p, r=16)
 
     (model, peft_linear), (fused_model, _) = layer(), layer()
