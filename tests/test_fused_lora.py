@@ -70,6 +70,21 @@ def test_the_pytorch_path_equals_peft_for_one_layer_output_and_gradients(p):
         assert not torch.equal(_step(fused_model, x, seed=12)[0], f_out)
 
 
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_fused_layer_merges_and_unmerges_as_plain_lora(safe):
+    """peft hands merging to the variant too: a fused layer merged gives its own output, unmerged its base back."""
+    model, layer = _peft_layer(torch.nn.Linear(32, 24), 0.0)
+    fuse_lora(model)
+    x, base = torch.randn(5, 32), layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        want = model(x)
+        layer.merge(safe_merge=safe)
+        assert layer.merged and not torch.allclose(layer.base_layer.weight, base)
+        torch.testing.assert_close(model(x), want)
+        layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, base)
+
+
 def test_dora_and_lora_bias_layers_keep_peft_s_path():
     from peft import LoraConfig, get_peft_model
 

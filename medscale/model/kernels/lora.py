@@ -52,8 +52,9 @@ class _LoraBranch(torch.autograd.Function):
     def backward(ctx, grad):
         x, a, b, h, mask = ctx.saved_tensors
         need_x, _, need_a, need_b = ctx.needs_input_grad[:4]
-        dh = (grad @ b).mul_(ctx.scale)
-        db = (grad.t() @ h).mul_(ctx.scale) if need_b else None
+        # the scale in the GEMM's epilogue, not a kernel of its own; beta=0: the first argument only gives the shape
+        dh = torch.addmm(h, grad, b, beta=0, alpha=ctx.scale)
+        db = torch.addmm(b, grad.t(), h, beta=0, alpha=ctx.scale) if need_b else None
         dx = da = None
         if ctx.seed is not None:
             from medscale.model.kernels.lora_triton import dropout_grad_a, dropout_grad_x
