@@ -40,9 +40,8 @@ def test_inference_loads_a_qlora_base_with_the_config_training_built(monkeypatch
     recipe = load_recipe("tiny-demo", QLORA)
     with pytest.raises(Loaded):
         load_base_model(recipe.model)
-    with pytest.raises(Loaded):  # the job's resolved recipe, as a model reference hands it over
-        load_for_inference(tiny_model_dir, model_section=recipe.model.model_dump(mode="json"),
-                           device=torch.device("cuda", 0))
+    with pytest.raises(Loaded):  # the job's model section, as a model reference hands it over
+        load_for_inference(tiny_model_dir, trained=recipe.model, device=torch.device("cuda", 0))
     trained, inferred = (kwargs["quantization_config"].to_dict() for kwargs in seen)
     assert inferred == trained
     assert (trained["bnb_4bit_compute_dtype"], trained["bnb_4bit_quant_storage"]) == ("float16", "float16")
@@ -55,8 +54,7 @@ def test_inference_loads_a_qlora_base_with_the_config_training_built(monkeypatch
 def test_a_qlora_base_loaded_for_inference_computes_and_stores_in_the_recipes_dtypes(tiny_model_dir):
     from medscale.model.infer import load_for_inference
 
-    section = load_recipe("tiny-demo", QLORA).model.model_dump(mode="json")
-    model, _ = load_for_inference(tiny_model_dir, model_section=section)
+    model, _ = load_for_inference(tiny_model_dir, trained=load_recipe("tiny-demo", QLORA).model)
     proj = model.model.layers[0].self_attn.q_proj
     assert type(proj).__name__ == "Linear4bit" and proj.weight.quant_type == "fp4"
     assert proj.compute_dtype == torch.float16 and proj.weight.dtype == torch.float16  # compute dtype, quant storage

@@ -8,14 +8,9 @@ from __future__ import annotations
 from medscale.generate.settings import Resolved, resolve
 
 
-def job_generation(ref) -> dict:
-    """The `generation` section the job was trained (and compared, and exported) with; {} for a plain folder."""
-    return ref.recipe.get("generation") or {}
-
-
 def job_thinking(ref) -> bool | None:
     """The job's think handling: generation.enable_thinking of its recipe (None: the chat template's default)."""
-    return job_generation(ref).get("enable_thinking")
+    return ref.generation.enable_thinking
 
 
 def sampling(cli: dict, *, recipe_file: str | None = None, ref=None, greedy: bool = False) -> Resolved:
@@ -26,7 +21,7 @@ def sampling(cli: dict, *, recipe_file: str | None = None, ref=None, greedy: boo
 
         section = load_recipe(recipe_file).generation
     else:
-        section = job_generation(ref) if ref is not None else None
+        section = ref.generation if ref is not None else None
     return resolve(cli, recipe=section, model_dir=ref.base if ref is not None else None, greedy=greedy)
 
 
@@ -36,7 +31,7 @@ def local_backend(ref, *, enable_thinking: bool | None = None, dtype: str = "aut
     from medscale.generate.local import LocalBackend
     from medscale.model.infer import load_for_inference
 
-    model, tok = load_for_inference(ref.base, ref.adapter, dtype, model_section=ref.recipe.get("model"))
+    model, tok = load_for_inference(ref.base, ref.adapter, dtype, trained=ref.model)
     thinking = enable_thinking if enable_thinking is not None else job_thinking(ref)
     return LocalBackend(model, tok, mode=mode, batch_size=batch_size, enable_thinking=thinking)
 

@@ -143,7 +143,7 @@ def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | Non
         backend = EndpointBackend(e.url, model=e.served_model, concurrency=e.concurrency, timeout=e.timeout,
                                   retries=e.retries, api_key_env=e.api_key_env)
     else:
-        model, tok = load_for_inference(ref.base, ref.adapter, "auto", model_section=ref.recipe.get("model"))
+        model, tok = load_for_inference(ref.base, ref.adapter, "auto", trained=ref.model)
     results = [evaluate_benchmark(model, tok, b, mode=spec.mode, shots=spec.shots, batch_size=spec.batch_size,
                                   system_prompt=prompt, generation=spec.generation, sampling=sampling,
                                   backend=backend, model_meta=ref.to_dict(), seed=spec.seed, scores_dir=scores_dir)

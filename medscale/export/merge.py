@@ -159,7 +159,7 @@ def _default_out(target: ModelRef, mode: str) -> Path:
 def _export_dtype(target: ModelRef) -> str:
     """The base's own dtype (a QLoRA job's base is its bf16 weights), as its config says, else the recipe's."""
     cfg = json.loads((target.base / "config.json").read_text(encoding="utf-8"))
-    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or (target.recipe.get("model") or {}).get("dtype", "bfloat16")
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or (target.model.dtype if target.model else "bfloat16")
     return dtype if dtype in TOLERANCE else "bfloat16"
 
 
@@ -169,17 +169,16 @@ def _reference(target: ModelRef):
 
     from medscale.model.infer import load_for_inference
 
-    trust = {"trust_remote_code": target.trust_remote_code}
-    return load_for_inference(target.base, target.adapter, "float32", trust, device=torch.device("cpu"))
+    return load_for_inference(target.base, target.adapter, "float32", trained=target.model, device=torch.device("cpu"))
 
 
 def _prompts(tok, target: ModelRef, n: int) -> list[str]:
     from medscale.data.chat import render_prompt
     from medscale.eval.bench import default_questions, load_questions
 
-    gen = target.recipe.get("generation") or {}
     system = [{"role": "system", "content": target.system_prompt}] if target.system_prompt else []
-    return [render_prompt(tok, system + [{"role": "user", "content": q.prompt}], gen.get("enable_thinking"))
+    return [render_prompt(tok, system + [{"role": "user", "content": q.prompt}],
+                          target.generation.enable_thinking)
             for q in load_questions(default_questions())[:n]]
 
 
@@ -246,11 +245,9 @@ def _write_tokenizer_and_generation(target: ModelRef, folder: Path) -> None:
         gen = GenerationConfig.from_pretrained(target.base)
     except OSError:
         gen = GenerationConfig()
-    g = target.recipe.get("generation") or {}
-    temperature = g.get("temperature", 0.7)
-    gen.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-               top_p=g.get("top_p", 0.9) if temperature > 0 else None, top_k=g.get("top_k"),
-               max_new_tokens=g.get("max_new_tokens", 512))
+    g = target.generation
+    gen.update(do_sample=g.temperature > 0, temperature=g.temperature if g.temperature > 0 else None,
+               top_p=g.top_p if g.temperature > 0 else None, top_k=g.top_k, max_new_tokens=g.max_new_tokens)
     gen.save_pretrained(folder)
 
 
@@ -259,11 +256,10 @@ def _load_exported(target: ModelRef, folder: Path, merged: bool):
 
     from medscale.model.infer import load_for_inference
 
-    trust = {"trust_remote_code": target.trust_remote_code}
     cpu = torch.device("cpu")
     if merged:
-        return load_for_inference(folder, None, "float32", trust, device=cpu)[0]
-    return load_for_inference(target.base, folder, "float32", trust, device=cpu)[0]
+        return load_for_inference(folder, None, "float32", trained=target.model, device=cpu)[0]
+    return load_for_inference(target.base, folder, "float32", trained=target.model, device=cpu)[0]
 
 
 def _check(exported, reference: list[dict], merged: list, written: list, dtype: str, exact: float,
@@ -296,7 +292,7 @@ def _nf4_difference(target: ModelRef, reference: list[dict]) -> dict:
         return {"measured": False, "why": "needs CUDA (bitsandbytes 4-bit inference)"}
     from medscale.model.infer import load_for_inference
 
-    model, _ = load_for_inference(target.base, target.adapter, "bfloat16", target.recipe.get("model") or {})
+    model, _ = load_for_inference(target.base, target.adapter, "bfloat16", trained=target.model)
     nf4 = _logits(model, reference)
     del model
     _free()

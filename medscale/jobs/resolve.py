@@ -16,14 +16,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-
-import yaml
 
 from medscale.errors import UserError
 from medscale.jobs.checkpoint import MANIFEST, checkpoint_dirs, problem
 from medscale.jobs.record import JOURNAL, RECIPE_FILE, read_journal
 from medscale.model.resolve import find_model, hub_id, model_source
+from medscale.recipe import GenerationSection, ModelSection, Recipe, load_saved
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -43,33 +41,40 @@ class ModelRef:
     job_name: str | None = None
     output_dir: Path | None = None
     checkpoint: Path | None = None  # the checkpoint the adapter is, when it is one
-    recipe_yaml: str | None = None  # the job's resolved recipe (chat template options, generation, 4-bit)
+    recipe: Recipe | None = None  # the job's resolved recipe (chat template options, generation, 4-bit); None: a folder
 
     @property
-    def recipe(self) -> dict:
-        return yaml.safe_load(self.recipe_yaml) if self.recipe_yaml else {}
+    def model(self) -> ModelSection | None:
+        """The `model` section the job trained with (4-bit, trust_remote_code), which inference loads it with."""
+        return self.recipe.model if self.recipe else None
+
+    @property
+    def generation(self) -> GenerationSection:
+        """The `generation` section the job was trained (and compared, and exported) with; a plain folder's sets
+        no key (the defaults, each taken from a later source where one says it)."""
+        return self.recipe.generation if self.recipe else GenerationSection()
 
     @property
     def load_in_4bit(self) -> bool:
-        return bool((self.recipe.get("model") or {}).get("load_in_4bit"))
+        return bool(self.recipe and self.recipe.model.load_in_4bit)
 
     @property
     def trust_remote_code(self) -> bool:
-        return bool((self.recipe.get("model") or {}).get("trust_remote_code"))
+        return bool(self.recipe and self.recipe.model.trust_remote_code)
 
     @property
     def system_prompt(self) -> str | None:
         """The prompt the job was trained with: a tuned model is asked the way it was taught."""
-        return (self.recipe.get("data") or {}).get("system_prompt")
+        return self.recipe.data.system_prompt if self.recipe else None
 
     @property
     def training_data(self) -> list[str]:
         """The job's training data paths (the contamination check reads them)."""
-        return [src["path"] for src in (self.recipe.get("data") or {}).get("sources") or []]
+        return [src.path for src in self.recipe.data.sources] if self.recipe else []
 
     def base_only(self) -> "ModelRef":
         """The base this model was tuned from, as its own reference (`--against base`)."""
-        return ModelRef(self.base, None, f"{self.job_name or self.label} (base)", recipe_yaml=self.recipe_yaml)
+        return ModelRef(self.base, None, f"{self.job_name or self.label} (base)", recipe=self.recipe)
 
     def to_dict(self) -> dict:
         """What a result records of the model it measured."""
@@ -84,13 +89,12 @@ def _is_model_folder(p: Path) -> bool:
     return (p / "config.json").is_file()
 
 
-def _base_of_recipe(recipe_yaml: str, where: Path) -> Path:
+def _base_of_recipe(recipe: Recipe, where: Path) -> Path:
     """The job's base model: its model.path, a hub id's local copy, or model.hub_id's where the folder is gone."""
-    model = (yaml.safe_load(recipe_yaml) or {}).get("model") or {}
-    if not model.get("path"):
+    if not recipe.model.path:
         raise ModelRefError(f"{where}: its recipe names no model.path")
-    found = model_source(SimpleNamespace(path=model["path"], hub_id=model.get("hub_id")))
-    return found.path if found is not None else Path(model["path"])
+    found = model_source(recipe.model)
+    return found.path if found is not None else Path(recipe.model.path)
 
 
 def _checkpoint_of(out: Path, step: int) -> Path:
@@ -107,7 +111,6 @@ def _from_output_dir(out: Path, step: int | None, job_id: int | None = None) -> 
     recipe_file = out / RECIPE_FILE
     if not recipe_file.is_file():
         raise ModelRefError(f"{out}: no {RECIPE_FILE}: the job never started an attempt, nothing to load")
-    recipe_yaml = recipe_file.read_text(encoding="utf-8")
     if step is not None:
         ckpt = _checkpoint_of(out, step)
         adapter, label = ckpt, f"{name}@{ckpt.name}"
@@ -119,7 +122,8 @@ def _from_output_dir(out: Path, step: int | None, job_id: int | None = None) -> 
             raise ModelRefError(f"job {name} ({out}) has no final adapter and no verified checkpoint yet")
         adapter = ckpt = verified[0]
         label = f"{name}@{ckpt.name}"
-    return ModelRef(_base_of_recipe(recipe_yaml, out), adapter, label, job_id, name, out, ckpt, recipe_yaml)
+    recipe = load_saved(recipe_file)
+    return ModelRef(_base_of_recipe(recipe, out), adapter, label, job_id, name, out, ckpt, recipe)
 
 
 def _from_folder(p: Path, step: int | None, adapter: str | None, base: str | None) -> ModelRef:
@@ -129,11 +133,11 @@ def _from_folder(p: Path, step: int | None, adapter: str | None, base: str | Non
         raise ModelRefError(f"--checkpoint {step}: {p} is not a job's output dir (no {JOURNAL})")
     if (p / ADAPTER_CONFIG).is_file():  # a checkpoint or a bare adapter folder
         recipe_file = p / RECIPE_FILE
-        recipe_yaml = recipe_file.read_text(encoding="utf-8") if recipe_file.is_file() else None
+        recipe = load_saved(recipe_file) if recipe_file.is_file() else None
         if base:
             base_path = Path(base)
-        elif recipe_yaml:
-            base_path = _base_of_recipe(recipe_yaml, p)
+        elif recipe:
+            base_path = _base_of_recipe(recipe, p)
         else:
             named = json.loads((p / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
             if not named or not Path(named).is_dir():
@@ -142,7 +146,7 @@ def _from_folder(p: Path, step: int | None, adapter: str | None, base: str | Non
             base_path = Path(named)
         is_ckpt = (p / MANIFEST).is_file()
         label = f"{p.parent.name}@{p.name}" if is_ckpt else p.name
-        return ModelRef(base_path, p, label, checkpoint=p if is_ckpt else None, recipe_yaml=recipe_yaml)
+        return ModelRef(base_path, p, label, checkpoint=p if is_ckpt else None, recipe=recipe)
     if _is_model_folder(p):
         return ModelRef(p, Path(adapter) if adapter else None, p.name if not adapter else f"{p.name}+{Path(adapter).name}")
     raise ModelRefError(f"{p} holds no model (config.json), LoRA adapter ({ADAPTER_CONFIG}) or medscale job "

@@ -1,7 +1,7 @@
 """A model for inference (eval, compare, chat): a base folder, optionally with a LoRA adapter folder on top.
 
 Checks the folders before any heavy import, so a wrong path is one clear line. 4-bit when the adapter was trained
-as QLoRA (its recipe.resolved.yaml says model.load_in_4bit) and CUDA is present; bf16 on GPU, fp32 on CPU.
+as QLoRA (its recipe's model.load_in_4bit) and CUDA is present; bf16 on GPU, fp32 on CPU.
 `trust_remote_code` stays off unless the caller (the recipe) turns it on.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medscale.dist import DistContext
 from medscale.errors import UserError
+from medscale.recipe import ModelSection
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -69,30 +70,28 @@ def load_tokenizer_for(base: str | Path, adapter: str | Path | None = None, trus
     return tok
 
 
-def inference_section(base: Path, trained: dict, dtype: str, cuda: bool):
-    """The `model` section of the recipe a job was trained with, as inference loads it: from `base`, in the caller's
-    dtype (auto: bf16 on GPU, fp32 on CPU), 4 bit only where CUDA is (bitsandbytes). Keys this version no longer
-    knows are left out, so an older job still loads."""
-    from medscale.recipe import ModelSection
-
-    known = {k: v for k, v in trained.items() if k in ModelSection.model_fields}
-    return ModelSection(**{**known, "path": str(base), "load_in_4bit": bool(known.get("load_in_4bit")) and cuda,
-                           "dtype": ("bfloat16" if cuda else "float32") if dtype == "auto" else dtype})
+def inference_section(base: Path, trained: ModelSection | None, dtype: str, cuda: bool) -> ModelSection:
+    """The `model` section of the recipe a job was trained with (None: a plain model folder's defaults), as
+    inference loads it: from `base`, in the caller's dtype (auto: bf16 on GPU, fp32 on CPU), 4 bit only where CUDA
+    is (bitsandbytes)."""
+    trained = trained or ModelSection(path=str(base))
+    return trained.model_copy(update={"path": str(base), "load_in_4bit": trained.load_in_4bit and cuda,
+                                      "dtype": ("bfloat16" if cuda else "float32") if dtype == "auto" else dtype})
 
 
-def load_for_inference(base: str | Path, adapter: str | Path | None = None, dtype: str = "auto",
-                       model_section: dict | None = None, device=None):
+def load_for_inference(base: str | Path, adapter: str | Path | None = None, dtype: str = "auto", *,
+                       trained: ModelSection | None = None, device=None):
     """(model in eval mode, tokenizer). dtype: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.
-    `model_section`: the `model` section of the recipe the adapter was trained with: a QLoRA job's model is loaded
-    in 4 bit again when CUDA is present, with training's loader and quantization config, and `trust_remote_code`
-    follows the recipe."""
+    `trained`: the `model` section of the recipe the adapter was trained with (a ModelRef's `model`): a QLoRA job's
+    model is loaded in 4 bit again when CUDA is present, with training's loader and quantization config, and
+    `trust_remote_code` follows the recipe."""
     from medscale.model.load import load_pretrained
 
     base = check_base_folder(base)
     adapter = check_adapter_folder(adapter) if adapter is not None else None
     device = device or inference_device()
     cuda = device.type == "cuda"
-    section = inference_section(base, model_section or {}, dtype, cuda)
+    section = inference_section(base, trained, dtype, cuda)
     tok = load_tokenizer_for(base, adapter, section.trust_remote_code)
     model = load_pretrained(section, (device.index or 0) if cuda else None, recipe_attention=False)
     if not cuda:

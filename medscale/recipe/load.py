@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 from importlib import resources
@@ -14,9 +15,11 @@ import yaml
 from pydantic import ValidationError
 
 from medscale import medscale_home, settings
-from medscale.recipe.base import RecipeError
+from medscale.recipe.base import SAVED, RecipeError
 from medscale.recipe.explain import explain
 from medscale.recipe.schema import Recipe
+
+log = logging.getLogger(__name__)
 
 
 class _Loader(yaml.SafeLoader):
@@ -178,6 +181,38 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     recipe = validate(data, path, overrides or [])
     recipe._output_dir_as_written = written
     return recipe
+
+
+def load_saved(path: Path) -> Recipe:
+    """The recipe a job saved (recipe.resolved.yaml), read to evaluate, export or serve its model. A job trained by
+    another medscale version or on another machine still loads: keys this version does not know are left out (and
+    logged), and files the recipe names (dist.deepspeed) are not looked for again; anything else wrong is a
+    RecipeError at the file:line."""
+    data, dropped = _read_yaml(path), []
+    while True:
+        try:
+            recipe = Recipe.model_validate(data, context=SAVED)
+            break
+        except ValidationError as e:
+            unknown = [err["loc"] for err in e.errors() if err["type"] == "extra_forbidden"]
+            if not unknown or not all(_drop(data, loc) for loc in unknown):
+                raise RecipeError(explain(e, path)) from None
+            dropped += [".".join(map(str, loc)) for loc in unknown]
+    if dropped:
+        log.warning("%s: left out keys this medscale does not know: %s", path, ", ".join(dropped))
+    return recipe
+
+
+def _drop(data: dict, loc: tuple) -> bool:
+    """Remove the key at a validation error's `loc` (parts that name a validator rather than a key are passed by)."""
+    node = data
+    for part in loc[:-1]:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+            node = node[part]
+    if not isinstance(node, dict) or loc[-1] not in node:
+        return False
+    del node[loc[-1]]
+    return True
 
 
 def _absolute_output_dir(data: dict) -> str | None:

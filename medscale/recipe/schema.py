@@ -4,10 +4,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from medscale.dist import DistContext
-from medscale.recipe.base import Section
+from medscale.recipe.base import Section, is_saved
 from medscale.recipe.fingerprint import recipe_fingerprint, recipe_yaml
 from medscale.recipe.sections.adapter import AdapterSection
 from medscale.recipe.sections.data import DataSection
@@ -103,8 +103,8 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def _deepspeed_fits(self) -> "Recipe":
-        if not self.dist.deepspeed:
+    def _deepspeed_fits(self, info: ValidationInfo) -> "Recipe":
+        if not self.dist.deepspeed or is_saved(info):  # a saved recipe's DeepSpeed file was read where its job ran
             return self
         m, stage, offloads = self.model, self.dist.zero_stage(), self.dist.offloads()
         name = Path(self.dist.deepspeed).stem

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from medscale.paths import shipped
-from medscale.recipe.base import Section
+from medscale.recipe.base import Section, is_saved
 
 
 class DistSection(Section):
@@ -25,9 +25,9 @@ class DistSection(Section):
 
     @field_validator("deepspeed")
     @classmethod
-    def _resolve_deepspeed(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
+    def _resolve_deepspeed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or is_saved(info):
+            return v
         builtins = sorted(p.stem for p in cls.DS_CONFIG_DIR.glob("*.json"))
         path = Path(os.path.expanduser(v))
         if path.suffix != ".json":
