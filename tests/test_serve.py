@@ -3,41 +3,23 @@ adapter, chat template and think handling), stops cleanly on Ctrl-C, and `medsca
 against it and fails against a server of the same weights with another chat template."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 from conftest import cli
 
 from medscale.generate.engine import Request, generate
+from medscale.generate.serve import serving as served  # other tests import `served` from here
 from medscale.generate.settings import SamplingSettings
 
 QUESTIONS = [Request(f"q{i}", [{"role": "user", "content": f"病例{i}：高血压患者需要注意什么？"}]) for i in range(4)]
 GREEDY = SamplingSettings(do_sample=False, max_new_tokens=8)
 SAMPLED = SamplingSettings(n_samples=2, max_new_tokens=8, seed=5, temperature=0.9, top_k=40)
-
-
-@contextlib.contextmanager
-def served(ref, *extra: str, port: int = 0, env: dict | None = None):
-    """`medscale serve REF --port PORT` (0: a free one) as its own process: yields (process, URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(ref), "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving "), line + proc.stderr.read()
-        yield proc, line.split(" at ")[1].split()[0]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        proc.wait()
 
 
 def _stop(proc) -> str:
@@ -57,22 +39,40 @@ def job_ref(mcq_job):
     return resolve(str(mcq_job[0]))
 
 
-def test_serve_answers_as_the_job_in_process_and_stops_on_ctrl_c(job_ref):
+def test_serve_answers_as_the_job_in_process_alone_or_batched_and_stops_on_ctrl_c(job_ref):
     """The served job (base + adapter through the shared loader, the job's tokenizer and template) gives the
-    in-process engine's greedy answers and its seeded samples; /v1/models names the job and its adapter; Ctrl-C
-    exits 0 and frees the port."""
+    in-process engine's greedy answers and its seeded samples, whether its requests come one at a time or at once:
+    concurrent greedy and sampled requests are generated in batches (the server's log says their sizes), one per
+    group of settings; `ignore_eos` runs every request to max_tokens, as the in-process backend's; /v1/models names
+    the job and its adapter; Ctrl-C exits 0 and frees the port."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from medscale.eval.asking import local_backend
     from medscale.generate.endpoint import EndpointBackend
 
     local = local_backend(job_ref, batch_size=4, mode="padded")
-    with served(job_ref.output_dir) as (proc, url):
-        endpoint = EndpointBackend(url, concurrency=2)
-        for settings in (GREEDY, SAMPLED):
-            assert _texts(generate(QUESTIONS, settings, endpoint)) == _texts(generate(QUESTIONS, settings, local))
+    want = [_texts(generate(QUESTIONS, settings, local)) for settings in (GREEDY, SAMPLED)]
+    with served(job_ref.output_dir, "--batch-wait-ms", "100") as (proc, url):
+        def ask(settings, concurrency=8, **kw):
+            return generate(QUESTIONS, settings, EndpointBackend(url, concurrency=concurrency, **kw))
+
+        alone = [_texts(ask(settings, concurrency=1)) for settings in (GREEDY, SAMPLED)]
+        with ThreadPoolExecutor(2) as pool:  # greedy and sampled requests in flight together
+            together = [_texts(run) for run in pool.map(ask, (GREEDY, SAMPLED))]
+        forced, unforced = ask(GREEDY, ignore_eos=True), ask(GREEDY)
+        endpoint = EndpointBackend(url)
         with urllib.request.urlopen(url + "/models") as r:
             listed = json.loads(r.read())["data"][0]
         err = _stop(proc)
         port = int(url.rsplit(":", 1)[1].split("/")[0])
+    assert together == alone == want
+    batches = [int(n) for n in re.findall(r"served a batch: (\d+) requests", err)]
+    one_by_one = len(QUESTIONS) * (1 + SAMPLED.n_samples)
+    assert batches[:one_by_one] == [1] * one_by_one and max(batches[one_by_one:]) > 1, batches
+    assert any(g.finish == "stop" for g in unforced.generations), "no answer ends: the test cannot tell"
+    local.ignore_eos = True
+    assert _texts(forced) == _texts(generate(QUESTIONS, GREEDY, local))
+    assert {(g.tokens, g.finish) for g in forced.generations} == {(GREEDY.max_new_tokens, "length")}
     assert proc.returncode == 0 and "stopped: interrupted (Ctrl-C)" in err and "Traceback" not in err
     assert endpoint.info["served_model"] == job_ref.label and endpoint.info["server_version"].startswith(
         "medscale-serve")

@@ -17,6 +17,7 @@ import typer
 
 from medscale.cli.app import App
 from medscale.cli.eval import ADAPTER, CHECKPOINT, MODEL
+from medscale.generate.serve import BATCH_WAIT_S
 
 app = App()
 
@@ -55,15 +56,24 @@ def serve_cmd(model: str = MODEL, *, adapter: Optional[str] = ADAPTER, checkpoin
               name: Optional[str] = typer.Option(None, "--name", help="the model name clients see (default: the job's "
                                                  "or folder's name)"),
               dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 "
-                                        "| float32")) -> None:
+                                        "| float32"),
+              max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="medscale's own server: most "
+                                                      "concurrent requests generated together (default: up to 256, in "
+                                                      "padded batches as large as free GPU memory holds; 8 at a time "
+                                                      "on CPU)"),
+              batch_wait_ms: float = typer.Option(BATCH_WAIT_S * 1000, "--batch-wait-ms", min=0,
+                                                  help="a batch starts once --max-batch requests wait or none came "
+                                                  "for this long")) -> None:
     """Serve a model the way it was trained, OpenAI-compatible: point `medscale eval --endpoint`, `compare` and `chat`
-    at it, or check it with `medscale eval JOB --parity URL`. Ctrl-C stops it."""
+    at it, or check it with `medscale eval JOB --parity URL`. Without vLLM, concurrent requests are answered in
+    batches (each answer the same as alone: sampling is seeded per request). Ctrl-C stops it."""
     import medscale
     from medscale.errors import StopRequested, UserError
     from medscale.eval.asking import job_thinking, local_backend, sampling
     from medscale.generate.serve import Served, make_server
     from medscale.jobs.resolve import resolve
 
+    medscale.setup_logging()  # the line each batch logs
     ref = resolve(model, checkpoint=checkpoint, adapter=adapter)
     served_name, thinking = name or ref.label, job_thinking(ref)
     if importlib.util.find_spec("vllm") is not None:
@@ -79,11 +89,11 @@ def serve_cmd(model: str = MODEL, *, adapter: Optional[str] = ADAPTER, checkpoin
     served = Served(served_name, f"medscale-serve {medscale.__version__}", sampling({}, ref=ref).settings,
                     ref.system_prompt, served_meta(ref, thinking))
     try:
-        server = make_server(served, host, port)
+        server = make_server(served, host, port, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
     except OSError as e:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror}): pick another port, or "
                         f"--port 0 for a free one") from None
-    server.backend = local_backend(ref, dtype=dtype, batch_size=1, mode="padded")
+    server.backend = local_backend(ref, dtype=dtype, batch_size=max_batch, mode="padded")
     typer.echo(f"serving {ref.label} at http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()

@@ -37,8 +37,9 @@ class _Retryable(Exception):
 class EndpointBackend:
     def __init__(self, url: str, model: str | None = None, *, concurrency: int = 8, timeout: float = 600.0,
                  retries: int = 4, backoff: float = 1.0, api_key_env: str = "OPENAI_API_KEY",
-                 enable_thinking: bool | None = None):
+                 enable_thinking: bool | None = None, ignore_eos: bool = False):
         self.enable_thinking = enable_thinking
+        self.ignore_eos = ignore_eos  # benchmarks: every request runs to max_tokens (vLLM and medscale serve take it)
         self.base = url.rstrip("/").removesuffix("/chat/completions")
         self.base = self.base if self.base.endswith("/v1") else self.base + "/v1"
         self.concurrency, self.timeout, self.retries, self.backoff = concurrency, timeout, retries, backoff
@@ -114,6 +115,8 @@ class EndpointBackend:
             body["temperature"] = 0.0
         if s.think_budget:
             body["think_budget"] = s.think_budget
+        if self.ignore_eos:
+            body["ignore_eos"] = True
         if self.enable_thinking is not None:
             body["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
         return body

@@ -5,19 +5,39 @@ It answers /v1/models, /version and /v1/chat/completions with what the job train
 request's `chat_template_kwargs` may override), its system prompt when a request brings none, and its generation
 settings for every key a request leaves out. A request's `seed` is its sample key, so a sample served here is the
 sample the in-process padded backend draws for the same key; `think_budget` (medscale's own field) splits
-`max_tokens` as the in-process engine does. Requests are answered one at a time: this is for parity checks, tests
-and small teams, not a throughput server (install vLLM for that).
+`max_tokens` as the in-process engine does; `ignore_eos` (as vLLM takes it) runs a request to `max_tokens`, for
+benchmarks.
+
+Concurrent requests are answered in batches: one worker thread takes what is queued, waits until `max_batch` requests
+are there or none came for `wait_s` (clients send in bursts: a batch cut at the first request would leave the rest to
+a second full-length one), and answers each group of identical settings and think handling with one backend call,
+padded batches whose sampling is exact per seed, so an answer does not depend on what it was batched with. No
+streaming and no joining a batch mid-way (install vLLM for a throughput server).
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+from medscale.errors import RunFailed
 from medscale.generate.engine import Item
 from medscale.generate.settings import SamplingSettings
+
+BATCH_WAIT_S = 0.05  # against a generation of seconds, 50 ms more is nothing
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,10 +72,66 @@ def request_messages(req: dict, system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+class Batcher:
+    """The one worker thread that generates: requests queue here with their group (settings, think handling,
+    ignore_eos) and each handler waits for its own answer."""
+
+    def __init__(self, server: ThreadingHTTPServer, max_batch: int | None, wait_s: float):
+        self.server, self.max_batch, self.wait_s = server, max_batch, wait_s
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.ids = itertools.count()
+        threading.Thread(target=self._loop, name="medscale-serve-batcher", daemon=True).start()
+
+    def answer(self, messages: list[dict], seed: int, group: tuple) -> tuple[str, int, str, int]:
+        """(text, tokens, finish, batch size) once the worker has generated this request."""
+        done: Future = Future()
+        self.queue.put((group, Item(f"request-{next(self.ids)}", 0, messages, seed), done))
+        return done.result()
+
+    def _gather(self) -> list[tuple]:
+        taken = [self.queue.get()]
+        cap = self.max_batch or self.server.backend.chunk  # None: the backend plans its padded batches (fit_batch)
+        while len(taken) < cap:
+            try:
+                taken.append(self.queue.get(timeout=self.wait_s))
+            except queue.Empty:
+                break
+        return taken
+
+    def _loop(self) -> None:
+        while True:
+            groups: dict[tuple, list] = {}
+            for group, item, done in self._gather():
+                groups.setdefault(group, []).append((item, done))
+            for group, members in groups.items():
+                self._run(group, members)
+
+    def _run(self, group: tuple, members: list[tuple[Item, Future]]) -> None:
+        settings, thinking, ignore_eos = group
+        backend, t0 = self.server.backend, time.perf_counter()
+        default = backend.enable_thinking, backend.ignore_eos
+        backend.enable_thinking = default[0] if thinking is None else thinking
+        backend.ignore_eos = ignore_eos
+        try:
+            answers = {it.id: rest for it, *rest in backend.complete([it for it, _ in members], settings)}
+        except Exception as e:  # noqa: BLE001 - a failed batch answers each request with its error; serving goes on
+            log.exception("a batch of %d requests failed", len(members))
+            for _, done in members:
+                done.set_exception(e)
+            return
+        finally:
+            backend.enable_thinking, backend.ignore_eos = default
+        tokens = sum(n for _, n, _ in answers.values())
+        log.info("served a batch: %d requests, %d tokens in %.1f s", len(members), tokens, time.perf_counter() - t0)
+        for it, done in members:
+            done.set_result((*answers[it.id], len(members)))
+
+
+def make_server(served: Served, host: str = "127.0.0.1", port: int = 0, *, max_batch: int | None = None,
+                wait_s: float = BATCH_WAIT_S) -> ThreadingHTTPServer:
     """An HTTP server, bound (a port in use fails before any model loads) and not yet serving: set its `backend` (a
-    medscale.generate.local.LocalBackend), then serve_forever()."""
-    lock = threading.Lock()
+    medscale.generate.local.LocalBackend in padded mode), then serve_forever(). `max_batch`: most requests a batch
+    takes (None: the backend's chunk, in padded batches it plans)."""
     listing = {"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "medscale",
                                            "medscale": served.meta or {}}]}
 
@@ -86,22 +162,50 @@ def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> Threa
                 if req.get("stream"):
                     raise ValueError("stream is not supported by medscale serve: send stream=false")
                 s = request_settings(req, served.defaults)
-                item = Item("request", 0, request_messages(req, served.system_prompt), int(req.get("seed") or 0))
-                backend = self.server.backend
-                thinking = (req.get("chat_template_kwargs") or {}).get("enable_thinking", backend.enable_thinking)
+                messages, seed = request_messages(req, served.system_prompt), int(req.get("seed") or 0)
+                thinking = (req.get("chat_template_kwargs") or {}).get("enable_thinking")  # None: the server's
+                if thinking not in (None, True, False):
+                    raise ValueError("chat_template_kwargs.enable_thinking must be true or false")
+                group = (s, thinking, bool(req.get("ignore_eos")))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 return self._send(400, {"error": {"message": f"bad request: {e}"}})
-            with lock:
-                default_thinking, backend.enable_thinking = backend.enable_thinking, thinking
-                try:
-                    _, text, tokens, finish = next(backend.complete([item], s))
-                finally:
-                    backend.enable_thinking = default_thinking
+            try:
+                text, tokens, finish, batch = self.server.batcher.answer(messages, seed, group)
+            except Exception as e:  # noqa: BLE001 - the batch failed (e.g. out of memory): a retryable server error
+                return self._send(500, {"error": {"message": f"generation failed: {type(e).__name__}: {e}"}})
             self._send(200, {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "model": served.name,
                              "choices": [{"index": 0, "finish_reason": finish,
                                           "message": {"role": "assistant", "content": text}}],
-                             "usage": {"completion_tokens": tokens}})
+                             "usage": {"completion_tokens": tokens}, "medscale": {"batch": batch}})
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 1024  # a client's burst of concurrent requests must not overflow the listen backlog
+
+    server = Server((host, port), Handler)
     server.backend = None
+    server.batcher = Batcher(server, max_batch, wait_s)
     return server
+
+
+@contextlib.contextmanager
+def serving(ref, *extra: str, port: int = 0, env: dict | None = None, log_file: Path | None = None):
+    """`medscale serve REF --port PORT` (0: a free one) as its own process of this Python, stopped with Ctrl-C at the
+    end: yields (process, URL). Its stderr is a pipe the caller may read, or `log_file` (a long run writes more than
+    a pipe holds)."""
+    err = open(log_file, "w", encoding="utf-8") if log_file else subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, "-m", "medscale.cli", "serve", str(ref), "--port", str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("serving "):
+            if log_file:
+                proc.wait()
+            said = Path(log_file).read_text(encoding="utf-8") if log_file else proc.stderr.read()
+            raise RunFailed(f"medscale serve {ref} did not start (exit {proc.returncode}): {line}{said}")
+        yield proc, line.split(" at ")[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait()
+        if log_file:
+            err.close()
