@@ -6,10 +6,15 @@ batch-token budget, torch.compile of the decode step), on the same prompts, ever
     CUDA_VISIBLE_DEVICES=0 python bench/gen_speed.py --configs .gpu/model_configs.json --tokenizer .gpu/tok \
         --eval-data .gpu/eval --shapes deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --new-tokens 2048 --prompts 256
     python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16     # CPU smoke run
+    python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16 --variants padded-b8,endpoint
 
 Prompts are CMMLU-medical questions (the shipped eval sets) rendered as R1-style generate-mode prompts. A padded
 variant runs B x `--padded-batches` prompts (the planned batch: --prompts per batch), continuous batching
---prompts; `steady_tok_s` leaves out the first padded call, which pays for compilation (compiled-* variants). Prints output tok/s per variant, a table, and writes $OUT/gen_speed.json (or --out).
+--prompts; `steady_tok_s` leaves out the first padded call, which pays for compilation (compiled-* variants).
+The `endpoint` variant saves the model and tokenizer to a temporary folder, starts `medscale serve` on it as a process
+of this Python and sends --prompts through the endpoint backend, --concurrency at a time (default: all), end-of-turn
+ignored (`ignore_eos`), and says the batches the server ran. Prints output tok/s per variant, a table, and writes
+$OUT/gen_speed.json (or --out).
 """
 from __future__ import annotations
 
@@ -135,6 +140,37 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
             "attn": model.config._attn_implementation}
 
 
+def run_endpoint(model, tok, reqs: list, new_tokens: int, *, concurrency: int | None, timeout: int) -> dict:
+    """The prompts through `medscale serve` (its own process, the model saved first) and the endpoint backend."""
+    import re
+    import tempfile
+
+    import torch
+
+    from medscale.generate.endpoint import EndpointBackend
+    from medscale.generate.engine import generate
+    from medscale.generate.serve import serving
+    from medscale.generate.settings import SamplingSettings
+
+    s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
+    with tempfile.TemporaryDirectory(prefix="gen-speed-serve-") as d:
+        model.save_pretrained(Path(d) / "model")
+        tok.save_pretrained(Path(d) / "model")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the server plans its batches from the free GPU memory
+        log = Path(d) / "serve.log"
+        wait = ["--batch-wait-ms", "500"]  # one client's burst of --concurrency requests: let it arrive whole
+        with serving(Path(d) / "model", "--name", "gen-speed", *wait, log_file=log) as (_, url):
+            backend = EndpointBackend(url, concurrency=concurrency or len(reqs), timeout=timeout or 24 * 3600,
+                                      retries=0, ignore_eos=True)
+            generate(reqs[:1], s.model_copy(update={"max_new_tokens": 1}), backend)  # the server's first-call set-up
+            run = generate(reqs, s, backend)
+        batches = [int(n) for n in re.findall(r"served a batch: (\d+) requests", log.read_text(encoding="utf-8"))]
+    return {"variant": "endpoint", "prompts": len(reqs), "tokens": run.tokens, "seconds": round(run.seconds, 2),
+            "tok_s": round(run.tokens_per_s, 1), "backend": f"medscale serve {' '.join(wait)}, batches {batches[1:]}",
+            "fallback": None, "mean_new_tokens": round(run.tokens / max(1, len(reqs)), 1), "attn": "server's"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", type=Path, default=Path("/work/shared/realdata/model_configs.json"))
@@ -146,6 +182,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=2048)
     ap.add_argument("--padded-batches", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, default=None, help="endpoint: requests in flight (default: all)")
     ap.add_argument("--variant-timeout", type=int, default=0, help="seconds a variant may run (0: no limit)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny random Qwen3")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gen_speed.json")
@@ -176,8 +213,11 @@ def main() -> None:
             signal.alarm(a.variant_timeout)  # a variant that stalls (e.g. a paged cache without flash) is cut short
             try:
                 model.set_attn_implementation(default_attn)
+                measured = run_endpoint(model, tok, reqs[:a.prompts], a.new_tokens, concurrency=a.concurrency,
+                                        timeout=a.variant_timeout) if name == "endpoint" else \
+                    run_variant(model, tok, name, reqs, a.new_tokens, a.padded_batches)
                 row = {"shape": shape, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                       **run_variant(model, tok, name, reqs, a.new_tokens, a.padded_batches)}
+                       **measured}
             except (Exception, VariantTimeout) as e:  # noqa: BLE001 - one failed variant must not lose the others'
                 row = {"shape": shape, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
             finally:
