@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from conftest import REPO, cli
+from medscale.jobkind import JobKind
 from medscale.status import AttemptStatus, JobStatus
 
 MAX_POSITIONAL = 5
@@ -86,41 +87,66 @@ def outer():
 # --------------------------------------------------------------------------- statuses are one enum
 
 STATUS_VALUES = {s.value for s in (*JobStatus, *AttemptStatus)}
+KIND_VALUES = {k.value for k in JobKind}
 
 
-def bare_statuses(source: str) -> list[tuple[int, str]]:
-    """(line, value) of each status written as a bare string where it is compared (`==`, `in (...)`), assigned to a
-    name ending in `status` (a default included) or passed as `status=`: each must be a medscale.status member."""
+def bare_literals(source: str, values: set[str], name: str, *, named_compare: bool) -> list[tuple[int, str]]:
+    """(line, value) of each of `values` written as a bare string where it is compared (`==`, `in (...)`; with
+    `named_compare` only against something whose name ends in `name`), assigned to a name ending in `name` (a
+    default included) or passed as `name=`: each must be the enum's member."""
     def literals(node):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in STATUS_VALUES:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in values:
             yield node
         elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             for e in node.elts:
                 yield from literals(e)
 
-    def named_status(target) -> bool:
-        name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
-        return name.endswith("status")
+    def named(target) -> bool:
+        """`kind`, `job.kind`, `data["kind"]` and `data.get("kind")` are named `kind`."""
+        if isinstance(target, ast.Subscript):
+            target = target.slice
+        elif isinstance(target, ast.Call) and getattr(target.func, "attr", "") == "get" and target.args:
+            target = target.args[0]
+        if isinstance(target, ast.Constant):
+            return isinstance(target.value, str) and target.value.endswith(name)
+        return (target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")).endswith(name)
 
     found = []
     for node in ast.walk(ast.parse(source)):
-        values = []
-        if isinstance(node, ast.Compare):
-            values = [node.left, *node.comparators]
-        elif isinstance(node, ast.Assign) and any(named_status(t) for t in node.targets):
-            values = [node.value]
-        elif isinstance(node, ast.AnnAssign) and node.value is not None and named_status(node.target):
-            values = [node.value]
-        elif isinstance(node, ast.keyword) and node.arg == "status":
-            values = [node.value]
-        found += [(n.lineno, n.value) for v in values for n in literals(v)]
+        values_at = []
+        if isinstance(node, ast.Compare) and (not named_compare or any(map(named, [node.left, *node.comparators]))):
+            values_at = [node.left, *node.comparators]
+        elif isinstance(node, ast.Assign) and any(named(t) for t in node.targets):
+            values_at = [node.value]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and named(node.target):
+            values_at = [node.value]
+        elif isinstance(node, ast.keyword) and node.arg == name:
+            values_at = [node.value]
+        found += [(n.lineno, n.value) for v in values_at for n in literals(v)]
     return sorted(found)
+
+
+def bare_statuses(source: str) -> list[tuple[int, str]]:
+    """Statuses: their values are no other word, so every comparison counts."""
+    return bare_literals(source, STATUS_VALUES, "status", named_compare=False)
+
+
+def bare_kinds(source: str) -> list[tuple[int, str]]:
+    """Job kinds: "train" and "eval" are ordinary words too (a split, a mode), so only comparisons with a kind."""
+    return bare_literals(source, KIND_VALUES, "kind", named_compare=True)
 
 
 def test_no_module_compares_or_assigns_a_bare_status_string():
     bad = [f"{p.relative_to(REPO)}:{line}: {value!r}: use medscale.status's member"
            for p in _sources() if p != REPO / "medscale" / "status.py"
            for line, value in bare_statuses(p.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_compares_or_assigns_a_bare_job_kind_string():
+    bad = [f"{p.relative_to(REPO)}:{line}: {value!r}: use medscale.jobkind.JobKind's member"
+           for p in _sources() if p != REPO / "medscale" / "jobkind.py"
+           for line, value in bare_kinds(p.read_text(encoding="utf-8"))]
     assert not bad, "\n".join(bad)
 
 
@@ -133,6 +159,18 @@ journal = {"stopped_early": why}
 if kind == "train": ...
 """
     assert bare_statuses(source) == [(2, "cancelled"), (2, "failed"), (3, "running"), (4, "preempted")]
+
+
+def test_the_kind_check_finds_kinds_compared_assigned_and_passed_but_not_other_words():
+    source = """
+if job.kind == "judge": ...
+kind: str = "train"
+Attempt(spec, kind="eval")
+if split == "train" or mode in ("eval", "trial"): ...
+if r.kind == "base": ...
+if data.get("kind") == "eval" or row["kind"] in ("trial",): ...
+"""
+    assert bare_kinds(source) == [(2, "judge"), (3, "train"), (4, "eval"), (7, "eval"), (7, "trial")]
 
 
 def test_preempted_is_one_value_from_the_stop_flag_to_the_exit_code(tmp_path):

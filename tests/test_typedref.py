@@ -113,3 +113,29 @@ def test_a_saved_recipe_leaves_out_keys_this_version_does_not_know_and_says_whic
     saved.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     with pytest.raises(RecipeError, match=r"recipe.resolved.yaml:\d+: train.max_steps: expected an integer"):
         load_saved(saved)
+
+
+def test_a_job_kind_is_the_enum_from_spec_to_registry_row_and_old_rows_read_back_as_it(tmp_path):
+    """The registry stores the kind's plain value (no migration): a row the previous version wrote (its kind a bare
+    string) reads back as the JobKind, in the job's view and its spec; the view's statuses are medscale.status
+    members."""
+    import sqlite3
+
+    from medscale.jobkind import JobKind
+    from medscale.registry import JobSpec, Registry
+    from medscale.status import JobStatus
+
+    db = tmp_path / "registry.db"
+    with Registry(f"sqlite:///{db}") as reg:
+        new = reg.register(JobSpec("new", "/runs/new", "slurm", "name: new\n", "fp", JobKind.EVAL))
+        old = reg.register(JobSpec("old", "/runs/old", "slurm", "name: old\n", "fp", "trial"))  # as a string
+        with sqlite3.connect(db) as raw:  # a row written before the kind was an enum: the same plain value
+            raw.execute("UPDATE jobs SET kind = 'judge' WHERE id = ?", (old,))
+        assert [(j.kind, j.status) for j in reg.jobs()] == [(JobKind.EVAL, JobStatus.QUEUED),
+                                                           (JobKind.JUDGE, JobStatus.QUEUED)]
+        assert all(type(j.kind) is JobKind and type(j.status) is JobStatus for j in reg.jobs())
+        assert type(reg.job_spec(old).kind) is JobKind and reg.job_spec(new).kind is JobKind.EVAL
+    with sqlite3.connect(db) as raw:
+        assert sorted(raw.execute("SELECT kind FROM jobs")) == [("eval",), ("judge",)]
+    with pytest.raises(ValueError, match="'bake' is not a valid JobKind"):
+        JobSpec("x", "/runs/x", "slurm", "", "fp", "bake")

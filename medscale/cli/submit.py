@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from medscale.cli.app import OVERRIDES, App
-from medscale.jobs.kinds import JobKind
+from medscale.jobs.kinds import ROADS, JobKind
 
 submit_app = App(no_args_is_help=True,
                  help="Submit a recipe to a cluster: SLURM (sbatch) or Ray (ray job submit).")
@@ -18,7 +18,7 @@ ENTRY_WORDS = {JobKind.TRAIN: "the recipe", JobKind.EVAL: "its trained model aga
                JobKind.TRIAL: "one cell of a sweep, train then eval", JobKind.JUDGE: "a judge job file's open answers "
                "judged", JobKind.SERVE: "a model served"}
 ENTRY = typer.Option("train", "--entry", help="what the job runs: " + "; ".join(
-    f"{k} ({ENTRY_WORDS[k]})" for k in JobKind if k.road is not None))
+    f"{k} ({ENTRY_WORDS[k]})" for k in ROADS))
 
 
 def _request(recipe: str, overrides: list[str], entry: str, options: dict):

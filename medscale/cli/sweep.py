@@ -225,6 +225,8 @@ def _render(board) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from medscale.sweep.board import RowKind
+
     t = Table(title=Text(f"{board.sweep} ranked by {board.metric} ({'lower' if board.lower_is_better else 'higher'} "
                          f"is better)"))
     for h in board.header():
@@ -233,7 +235,7 @@ def _render(board) -> None:
         cells = [Text(c) for c in board.cells(r)]  # Text: a label with [brackets] is not rich markup
         if r.worse_than_base:
             cells[board.VERSUS].stylize("bold red")
-        t.add_row(*cells, style="dim" if r.kind == "base" else None)
+        t.add_row(*cells, style="dim" if r.kind is RowKind.BASE else None)
     console = Console(width=200)
     console.print(t)
     if line := board.worse_line():

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_serializer, model_validator
 
 from medscale.errors import UserError
 from medscale.generate.settings import Resolved, resolve
+from medscale.jobkind import JobKind
 from medscale.recipe.fingerprint import recipe_fingerprint, recipe_yaml
 from medscale.recipe import (BenchmarkSource, DistSection, GenerationSection, Recipe, RecipeError, Section,
                              apply_overrides, load_recipe)
@@ -97,7 +98,7 @@ class JobSpec(Section):
 
 class EvalSpec(JobSpec):
     job_file: ClassVar[str] = JOB_FILE
-    kind: Literal["eval"] = "eval"  # marks an evaluation's job file (a recipe has no `kind`)
+    kind: Literal[JobKind.EVAL] = JobKind.EVAL  # marks an evaluation's job file (a recipe has no `kind`)
     name: str
     model: str = Field(description="a job name or id, an output dir, a checkpoint, an adapter or a model folder")
     adapter: str | None = None
@@ -201,6 +202,6 @@ def load_eval_spec(ref: str, overrides: list[str] | None = None) -> EvalSpec:
     path = Path(ref).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and data.get("kind") == "eval":
+        if isinstance(data, dict) and data.get("kind") == JobKind.EVAL:
             return EvalSpec.validated(apply_overrides(data, list(overrides or [])), str(path))
     return from_recipe(load_recipe(ref, list(overrides or [])))

@@ -1,5 +1,6 @@
-"""The kinds of job, one enum: what a job row's `kind` holds, what `python -m medscale.jobs KIND` dispatches on, and
-where each kind's code lives (imported only when a job of that kind runs, so this module stays torch-free).
+"""Where each kind of job (`medscale.jobkind.JobKind`, the enum a job row's `kind` holds, re-exported here) has its
+code: what `python -m medscale.jobs KIND` dispatches on (imported only when a job of that kind runs, so this module
+stays torch-free).
 
 A kind is a road: `load(ref, overrides) -> spec` (the typed spec a launcher carries, re-read on every node),
 `check(spec, devices=...) -> preflight Report` (what a launcher's prepare records), and `run(spec, launch,
@@ -10,22 +11,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from enum import Enum
 
-
-class JobKind(str, Enum):
-    TRAIN = "train"
-    EVAL = "eval"
-    TRIAL = "trial"  # a sweep's cell: train, then eval
-    JUDGE = "judge"  # open answers judged
-    SERVE = "serve"  # a model served (no road yet)
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def road(self) -> "Road | None":
-        return ROADS.get(self)
+from medscale.jobkind import JobKind
 
 
 def _load(path: str):

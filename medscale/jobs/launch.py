@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medscale import settings
-from medscale.jobs.kinds import JobKind
+from medscale.jobs.kinds import ROADS, JobKind
 from medscale.registry.records import utcnow
 
 if TYPE_CHECKING:
@@ -36,21 +36,21 @@ class Entry:
 
     @property
     def module(self) -> str:
-        return self.kind.road.alias
+        return ROADS[self.kind].alias
 
     def load(self):
         """The kind's run function (imported now: torch may come with it)."""
-        return self.kind.road.runner()
+        return ROADS[self.kind].runner()
 
     def load_spec(self, ref: str, overrides: list[str] | None = None):
-        return self.kind.road.loader()(ref, list(overrides or []))
+        return ROADS[self.kind].loader()(ref, list(overrides or []))
 
     def check(self, spec, *, devices: bool, paths_must_exist: bool = True):
         """The kind's pre-flight report for a launcher's prepare (medscale.preflight.Report)."""
-        return self.kind.road.checker()(spec, devices=devices, paths_must_exist=paths_must_exist)
+        return ROADS[self.kind].checker()(spec, devices=devices, paths_must_exist=paths_must_exist)
 
 
-ENTRIES = {kind.value: Entry(kind) for kind in JobKind if kind.road is not None}
+ENTRIES = {kind.value: Entry(kind) for kind in ROADS}
 
 
 def entry_for(kind: str | JobKind) -> Entry:
@@ -58,7 +58,7 @@ def entry_for(kind: str | JobKind) -> Entry:
         from medscale.errors import UserError
 
         raise UserError(f"--entry {kind}: unknown entry (known: {', '.join(ENTRIES)}; "
-                        f"{', '.join(k.value for k in JobKind if k.road is None)} have none yet)")
+                        f"{', '.join(k.value for k in JobKind if k not in ROADS)} have none yet)")
     return ENTRIES[str(kind)]
 
 
@@ -148,7 +148,7 @@ def register_submitted(request: LaunchRequest, launcher: str) -> None:
 
     r = request.recipe
     spec = JobSpec(r.name, os.path.abspath(r.train.output_dir), launcher, r.to_yaml(), r.fingerprint(),
-                   request.entry.kind.value, request.options)
+                   request.entry.kind, request.options)
     try:
         with Registry() as reg:
             reg.register(spec)

@@ -93,7 +93,7 @@ class Journal:
         return self.attempts[-1] if self.attempts else None
 
     def spec(self, recipe_yaml: str) -> JobSpec:
-        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind.value,
+        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind,
                        self.launcher_options)
 
     def to_json(self) -> dict:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field
 
 from medscale.eval.spec import JobFolder, JobSpec, _absolute
+from medscale.jobkind import JobKind
 from medscale.recipe import DistSection, RecipeError, Section
 
 JOB_FILE = "judge_job.yaml"
@@ -21,7 +22,7 @@ SAMPLING = ("temperature", "top_p", "top_k", "max_new_tokens", "think_budget", "
 
 class JudgeSpec(JobSpec):
     job_file: ClassVar[str] = JOB_FILE
-    kind: Literal["judge"] = "judge"
+    kind: Literal[JobKind.JUDGE] = JobKind.JUDGE
     name: str
     models: list[str] = Field(description="the sides: jobs, model folders, endpoints (http...) or answer files")
     questions: str | None = Field(None, description="a question file or a built-in open set")
@@ -63,7 +64,7 @@ def load_judge_spec(ref: str, overrides: list[str] | None = None) -> JudgeSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise RecipeError(f"{ref}: not a judge job file ({type(e).__name__}): pass {JOB_FILE} of a judge job") from None
-    if not isinstance(data, dict) or data.get("kind") != "judge":
+    if not isinstance(data, dict) or data.get("kind") != JobKind.JUDGE:
         raise RecipeError(f"{ref}: not a judge job file (no `kind: judge`): pass {JOB_FILE} of a judge job")
     return JudgeSpec.validated(apply_overrides(data, list(overrides or [])), str(path))
 

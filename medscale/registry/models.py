@@ -12,6 +12,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, I
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from medscale.registry.records import utcnow
+from medscale.jobkind import JobKind
 from medscale.status import AttemptStatus, JobStatus
 
 
@@ -25,7 +26,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16), default="train")
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.TRAIN.value)
     output_dir: Mapped[str] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     launcher: Mapped[str] = mapped_column(String(32))

@@ -8,7 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from medscale.status import AttemptStatus
+from medscale.jobkind import JobKind
+from medscale.status import AttemptStatus, JobStatus
 
 
 def utcnow() -> datetime:
@@ -29,8 +30,11 @@ class JobSpec:
     launcher: str
     recipe_yaml: str
     fingerprint: str
-    kind: str = "train"  # train | eval | trial
+    kind: JobKind = JobKind.TRAIN
     launcher_options: dict = field(default_factory=dict)  # what `jobs resume` asks the launcher for again
+
+    def __post_init__(self):
+        self.kind = JobKind(self.kind)  # from a journal, a registry row or a caller: the enum, or an error
 
 
 @dataclass
@@ -89,7 +93,7 @@ class CheckpointInfo:
 @dataclass
 class AttemptView:
     number: int
-    status: str  # `lost` when a running attempt stopped beating or its process is gone
+    status: AttemptStatus  # LOST when a running attempt stopped beating or its process is gone
     launcher: str
     host: str
     pid: int
@@ -127,9 +131,9 @@ class CheckpointView:
 class JobView:
     id: int
     name: str
-    kind: str
+    kind: JobKind
     output_dir: str
-    status: str  # a JobStatus value, or `lost`
+    status: JobStatus | AttemptStatus  # AttemptStatus.LOST: running, but its attempt went silent
     launcher: str
     launcher_options: dict
     fingerprint: str

@@ -24,6 +24,7 @@ from medscale.registry.models import Attempt, Checkpoint, Job, Metric, Result, S
 from medscale.registry.records import (METRIC_COLUMNS, AttemptInfo, AttemptView, CheckpointInfo, CheckpointView,
                                        JobSpec, JobView, MetricRow, ResultInfo, ResultView, SweepInfo, SweepView,
                                        TrialView, iso, utcnow)
+from medscale.jobkind import JobKind
 from medscale.status import AttemptStatus, JobStatus
 
 
@@ -80,7 +81,7 @@ class Registry:
         job = s.scalar(select(Job).filter_by(**keys))
         if job is None or refresh:
             job = _upsert(s, Job, keys, {"launcher": spec.launcher, "recipe_yaml": spec.recipe_yaml,
-                                         "fingerprint": spec.fingerprint, "kind": spec.kind,
+                                         "fingerprint": spec.fingerprint, "kind": spec.kind.value,
                                          "launcher_options": spec.launcher_options})
         return job
 
@@ -383,16 +384,16 @@ def attempt_state(a: Attempt, now: datetime | None = None) -> AttemptStatus:
 
 
 def _view(j: Job, brief: bool) -> JobView:
-    attempts = [AttemptView(a.number, attempt_state(a).value, a.launcher, a.host, a.pid, a.world_size,
+    attempts = [AttemptView(a.number, attempt_state(a), a.launcher, a.host, a.pid, a.world_size,
                             dict(a.launcher_ids or {}), a.resumed_from, a.step, a.fingerprint, a.exit_reason,
                             list(a.recipe_changes or []), iso(a.started_at), iso(a.heartbeat_at), iso(a.ended_at))
                 for a in j.attempts]
     verified = [c for c in j.checkpoints if c.deleted_at is None and c.verified]
-    status = j.status
-    if status == JobStatus.RUNNING and attempts and attempts[-1].status == AttemptStatus.LOST:
-        status = AttemptStatus.LOST.value
+    status = JobStatus(j.status)
+    if status is JobStatus.RUNNING and attempts and attempts[-1].status is AttemptStatus.LOST:
+        status = AttemptStatus.LOST
     latest = verified[-1] if verified else None
-    view = JobView(j.id, j.name, j.kind, j.output_dir, status, j.launcher, dict(j.launcher_options or {}),
+    view = JobView(j.id, j.name, JobKind(j.kind), j.output_dir, status, j.launcher, dict(j.launcher_options or {}),
                    j.fingerprint, len(attempts), max((a.step for a in attempts), default=0),
                    latest.path if latest else None, dict(latest.metrics) if latest else {}, j.cancel_requested,
                    iso(j.created_at), iso(j.updated_at))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medscale.eval.degenerate import versus
 from medscale.eval.stored import base_result, final_results, paired
+from medscale.jobkind import JobKind
 from medscale.markdown import md_cell
 from medscale.registry import Registry, ResultView
 from medscale.verdicts import Counts
@@ -147,7 +148,7 @@ def _judgements(reg: Registry) -> dict:
     out = {}
     for job in reg.jobs():
         folder = Path(job.output_dir)
-        if job.kind == "judge" and (folder / JUDGEMENT).is_file():
+        if job.kind is JobKind.JUDGE and (folder / JUDGEMENT).is_file():
             out.update(_judgement(folder))
     return out
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from medscale.errors import UserError
+from medscale.jobkind import JobKind
 from medscale.eval.stored import base_result, final_results, paired
 from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
@@ -31,10 +33,21 @@ class BoardError(UserError):
     """A leaderboard that cannot be built as asked (an unknown metric)."""
 
 
+class RowKind(str, Enum):
+    """What a leaderboard row is: a trial of the sweep (a job of kind trial), or a base model they are measured
+    against (no job)."""
+
+    TRIAL = JobKind.TRIAL.value
+    BASE = "base"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Row:
     label: str
-    kind: str  # trial | base
+    kind: RowKind
     base: str  # the base model's label (a base row: itself)
     status: str
     value: float | None = None
@@ -84,7 +97,7 @@ class Leaderboard:
     def worse_line(self) -> str | None:
         """"1 of 3 measured fine-tunes are worse than their own base: ..." (None: no fine-tune measured yet)."""
         worse = [r.label for r in self.rows if r.worse_than_base]
-        measured = [r for r in self.rows if r.kind == "trial" and r.worse_than_base is not None]
+        measured = [r for r in self.rows if r.kind is RowKind.TRIAL and r.worse_than_base is not None]
         if not measured:
             return None
         return (f"{len(worse)} of {len(measured)} measured fine-tunes are worse than their own base"
@@ -152,7 +165,7 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
     base_path = t.cell.get("base", "")
     status = JobStatus.FAILED.value if t.error and job.status == JobStatus.SUCCEEDED else job.status
     note = "; ".join(x for x in (t.cell.get("note"), t.error or _failure(job)) if x)
-    row = Row(t.label, "trial", bases.get(base_path, Path(base_path).name), status, note=note, job_id=job.id,
+    row = Row(t.label, RowKind.TRIAL, bases.get(base_path, Path(base_path).name), status, note=note, job_id=job.id,
               steps=job.step or None)
     if metric == "eval_loss":
         evals = [m for m in reg.metrics(job.id) if m.eval_loss is not None]
@@ -208,7 +221,7 @@ def _base_results(reg: Registry, paths: list[str], metric: str) -> list[ResultVi
 
 
 def _base_row(reg: Registry, path: str, label: str, metric: str, trials: list[Row], view: SweepView) -> Row:
-    row = Row(label, "base", label, "base")
+    row = Row(label, RowKind.BASE, label, "base")
     mine = [r for r, t in zip(trials, view.trials) if t.cell.get("base") == path]
     if metric == "eval_loss":
         starts = {round(r.base_value, 6) for r in mine if r.base_value is not None}
