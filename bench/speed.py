@@ -14,6 +14,12 @@ The R1 suites (seed 004's grid: R1-Distill-Qwen 1.5B/7B/14B, 4-bit LoRA, 2 x 32 
 time fewer, longer steps (their own --steps/--warm) against hf_baseline.py --shape r1-*, as seed 004 ran it; the
 lengths come from the Qwen3 tokenizer (R1-Distill's is Qwen2's, nearly the same vocabulary), the same for both stacks.
 `--dry-run` writes the lengths on CPU and prints each command a GPU call would run, without running them.
+`--semantics seed|packed` (issue 24) runs only the variants of that step semantics, every one of the suite, after its
+baseline: `seed` = the recipe as shipped (its samples per optimizer step, its logging steps, 50 steps unless --steps;
+every variant not packed), `packed` = packed rows (fewer, fuller steps). The loss match (dloss%: mean loss over the
+steps, step-weighted over the log windows) is against the seed stack reproduced on the same batches (padded, SDPA, the
+k-bit fp32 upcast, no Liger, the recipe's micro-batch x accumulation): hf_baseline.py trains on random token ids of
+the same lengths, so its loss is shown for reference only. JSON: speed_<suite>[_<semantics>].json.
 """
 from __future__ import annotations
 
@@ -32,13 +38,18 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 COMMON = ["eval.eval_strategy=no", "eval.benchmarks=[]", "eval.control=null", "data.eval_sources=[]", "data.eval_size=0",
-          "track.swanlab=null", "train.save_steps=100000", "train.logging_steps=1", "train.resume=never"]
+          "track.swanlab=null", "train.save_steps=100000", "train.resume=never"]
+EVERY_STEP = "train.logging_steps=1"  # a loss per step; --semantics seed keeps the recipe's (a log line syncs)
 # TrainingArguments fields a run sets after the recipe's (levers with no recipe key: measured before adding one)
 FLCE_ONLY = {"liger_kernel_config": {"rope": False, "rms_norm": False, "swiglu": False,
                                      "fused_linear_cross_entropy": True}}  # Liger's fused linear CE alone
 COMPILE = {"torch_compile": True, "torch_compile_backend": "inductor"}  # accelerate compiles the whole model
 NO_CAP_FULL = ["data.batching=packed", "train.gradient_checkpointing=false"]  # 8B: packed, nothing recomputed
 MERGE_OFF = "train.merge_accumulation=off"  # the recipe's micro-batch x accumulation as written (issue 24, lever 1)
+FUSED_ADAM = "train.optim=adamw_torch_fused"  # one fused kernel per step instead of paged 8-bit / foreach (lever 5)
+# the seed stack inside medscale, on medscale's batches: the loss reference of --semantics seed (fp32 upcast: QLoRA only)
+SEED_REF = ["data.batching=padded", "model.attn_implementation=sdpa", "train.use_liger_kernel=false", MERGE_OFF]
+SEED_REF_4BIT = [*SEED_REF, "model.fp32_frozen_weights=true"]
 # seed 004's fast runs on the seed stack (../shared/gpu/README.md); max_len and lengths come from the recipe
 R1_SEED = ["--qlora", "--lora_r", "16", "--lora_alpha", "16", "--lora_dropout", "0", "--bs", "2", "--accum", "32",
            "--optim", "adamw_8bit"]
@@ -67,7 +78,10 @@ SUITES = {
               ("packed, no Liger", ["data.batching=packed", "train.use_liger_kernel=false"], {}),
               ("packed, no Liger, torch.compile", ["data.batching=packed", "train.use_liger_kernel=false"],
                {"targs": COMPILE}),
-              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {})]),
+              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
+              ("seed stack on these batches (loss reference)", SEED_REF_4BIT, {"loss_ref": True}),
+              ("padding_free, fused AdamW (not paged 8-bit)", [FUSED_ADAM], {}),
+              ("packed, no cap, no recompute", NO_CAP_FULL, {"cap": 0})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
@@ -83,7 +97,9 @@ SUITES = {
               ("packed, no cap, no recompute, no Liger", [*NO_CAP_FULL, "train.use_liger_kernel=false"], {"cap": 0}),
               ("packed, no cap, no recompute, no Liger, torch.compile", [*NO_CAP_FULL, "train.use_liger_kernel=false"],
                {"cap": 0, "targs": COMPILE}),
-              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {})], est=75),
+              ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
+              ("seed stack on these batches (loss reference)", SEED_REF, {"loss_ref": True}),
+              ("padding_free, fused AdamW", [FUSED_ADAM], {})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-7b", *R1_SEED],
@@ -94,12 +110,16 @@ SUITES = {
               # 2 x 8192 tokens is over 16 GB in the plan: its fix, the same 64 samples per step
               ("as shipped, 1 x 64 (the plan's fix on 16 GB)", R1_ONE, {}),
               ("as shipped, no cap (merged as the plan fits)", [], {"cap": 0}),
-              ("as shipped, no cap, merge off (2 x 32)", [MERGE_OFF], {"cap": 0})], est=240, **R1_STEPS),
+              ("as shipped, no cap, merge off (2 x 32)", [MERGE_OFF], {"cap": 0}),
+              ("as shipped, no cap, fused AdamW (not 8-bit)", [FUSED_ADAM], {"cap": 0}),
+              ("seed stack on these batches (loss reference), no cap", SEED_REF_4BIT, {"cap": 0, "loss_ref": True})],
+        est=240, **R1_STEPS),
     "r1-1.5b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", recipe="r1-distill-1.5b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-1.5b", *R1_SEED],
         runs=[("as shipped (merged as the plan fits)", [], {}),
-              ("as shipped, merge off (2 x 32)", [MERGE_OFF], {})], est=120, **R1_STEPS),
+              ("as shipped, merge off (2 x 32)", [MERGE_OFF], {}),
+              ("as shipped, fused AdamW (not 8-bit)", [FUSED_ADAM], {})], est=120, **R1_STEPS),
     "r1-14b": dict(  # 2 x 8192 tokens of the 14B do not fit 16 GB even recomputed: measured on the whole card
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", recipe="r1-distill-14b-lora-fast", cap=0,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-14b", *R1_SEED],
@@ -112,6 +132,27 @@ ORDER = [("qwen3-1.7b", "baseline"), ("qwen3-1.7b", 0), ("qwen3-8b", "baseline")
          ("qwen3-1.7b", 4), ("qwen3-1.7b", 5), ("qwen3-1.7b", 6), ("r1-7b", "baseline"), ("r1-7b", 1),
          ("r1-7b", 2), ("r1-7b", 3), ("r1-1.5b", "baseline"), ("r1-1.5b", 0), ("r1-1.5b", 1), ("r1-7b", 0),
          ("r1-14b", "baseline"), ("r1-14b", 0), ("r1-14b", 1)]
+
+
+def semantics(run: tuple) -> str:
+    """`packed` for a variant that packs rows (fewer, fuller optimizer steps than the recipe's), else `seed`."""
+    return "packed" if "data.batching=packed" in run[1] else "seed"
+
+
+def run_order(a: argparse.Namespace) -> list[tuple[str, int | str]]:
+    """(suite, run index or "baseline") to run, in order: --runs as given; under --semantics every variant of those
+    semantics after each suite's baseline; else ORDER (most telling first) for the chosen suites."""
+    if a.runs:
+        order = [(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
+    elif a.semantics:  # the baseline, the recipe as shipped, the loss reference, then the levers
+        order = [(n, w) for n in a.suite.split(",") for w in sorted(
+            ["baseline", *range(len(SUITES[n]["runs"]))],
+            key=lambda w: (w != "baseline", w != 0, not (w != "baseline" and SUITES[n]["runs"][w][2].get("loss_ref")),
+                           -1 if w == "baseline" else w))]
+    else:
+        order = [o for o in ORDER if o[0] in a.suite.split(",")]
+    wanted = a.semantics.split(",") if a.semantics else None
+    return [(n, w) for n, w in order if w == "baseline" or not wanted or semantics(SUITES[n]["runs"][w]) in wanted]
 
 
 def data_overrides(suite: dict, assets: Path) -> list[str]:
@@ -214,6 +255,8 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     sps = tps / stats["mean_tokens"] if recipe.data.batching == "packed" else timed * per_step / el
     history = json.loads(Path(s.paths["trainer_state"]).read_text())["log_history"]
     losses = {h["step"]: h["loss"] for h in history if "loss" in h}
+    marks = sorted(losses)  # each logged loss is the mean over the steps since the previous one
+    loss_mean = sum(losses[s] * (s - p) for p, s in zip([0, *marks], marks)) / marks[-1] if marks else None
     p = plan(recipe, a.cap_gb or torch.cuda.get_device_properties(0).total_memory / 2**30, 1,
              tokens=seen["max_tokens"], recompute=recomputed)
     print("RESULT " + json.dumps({
@@ -222,7 +265,8 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2),
         "plan_alloc_gb": round(p.allocated_gib, 2), "plan_reserved_gb": round(p.reserved_gib, 2),
         "max_micro_batch_tokens": seen["max_tokens"], "pack_tokens": stats.get("pack_tokens"),
-        "loss_first": losses.get(1), "loss_at_n": losses.get(s.global_step), "steps": s.global_step,
+        "loss_first": losses.get(1), "loss_at_n": losses.get(s.global_step), "loss_mean": loss_mean,
+        "steps": s.global_step,
         "first_step_s": s.first_step_s, "gradient_checkpointing": recipe.train.gradient_checkpointing,
         "recompute_layers": f"{recomputed}/{layers}", "recompute_share": recomputed / layers,
         "total_params": s.total_params, "trainable_params": s.trainable_params,
@@ -326,13 +370,15 @@ def _baseline_cmd(suite: dict, a: argparse.Namespace, lengths: Path, max_len: in
 
 
 def _child_cmd(name: str, which: int, suite: dict, a: argparse.Namespace) -> list[str]:
-    """One medscale run of the suite, in its own process under its memory cap."""
+    """One medscale run of the suite, in its own process under its memory cap; a loss every step, or under
+    --semantics seed the recipe's own log lines (each one a host-device sync)."""
     _, overrides, opts = suite["runs"][which]
+    every = [] if a.semantics == "seed" else [EVERY_STEP]
     steps, warm = suite.get("steps", a.steps), suite.get("warm", a.warm)
     return [sys.executable, __file__, "child", "--assets", str(a.assets), "--shape", suite["shape"],
             "--steps", str(steps), "--cap-gb", str(opts.get("cap", suite["cap"])), "--warm", str(warm),
             "--targs", json.dumps(opts.get("targs", {})), "--profile", str(a.profile), "--",
-            suite["recipe"], *data_overrides(suite, a.assets), f"train.max_steps={steps}",
+            suite["recipe"], *data_overrides(suite, a.assets), *every, f"train.max_steps={steps}",
             f"train.output_dir=/tmp/bench-runs/{name}-{which}-{int(time.time())}", *overrides]
 
 
@@ -354,12 +400,8 @@ def driver(a: argparse.Namespace) -> None:
     log, start = out / "bench.log", time.time()
     versions, device = ({}, None) if a.dry_run else _environment()
     commit = (HERE.parent / "COMMIT").read_text().strip() if (HERE.parent / "COMMIT").exists() else None
-    if a.runs:
-        order = [(n, w if w == "baseline" else int(w)) for n, w in (x.split(":") for x in a.runs.split(","))]
-        chosen = list(dict.fromkeys(n for n, _ in order))
-    else:
-        chosen = a.suite.split(",")
-        order = [o for o in ORDER if o[0] in chosen]
+    order = run_order(a)
+    chosen = list(dict.fromkeys(n for n, _ in order))
     runs: dict[str, list] = {n: [] for n in chosen}
     base: dict[str, dict | None] = {}
     max_len: dict[str, int] = {}
@@ -393,7 +435,8 @@ def driver(a: argparse.Namespace) -> None:
             continue
         cap = opts.get("cap", suite["cap"])
         res = _run(_child_cmd(name, which, suite, a), log, left - 5) or {"failed": "see bench.log"}
-        res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap)
+        res.update(name=title, recipe=suite["recipe"], overrides=overrides, cap_gb=cap,
+                   semantics=semantics(suite["runs"][which]), loss_ref=bool(opts.get("loss_ref")))
         b = base.get(name)
         if "tokens_per_s" in res:
             res["mfu"] = _mfu(res, res["recompute_share"])
@@ -416,32 +459,37 @@ def driver(a: argparse.Namespace) -> None:
 
 
 def _write(out: Path, name: str, runs: list, device, versions, commit, a, max_len) -> None:
-    ref = next((r for r in runs if r.get("name", "").startswith("padded") and r.get("loss_at_n")), None)
+    ref = next((r for r in runs if r.get("loss_ref") and r.get("loss_mean")), None)  # the seed stack, same batches
+    if ref is None:
+        ref = next((r for r in runs if r.get("name", "").startswith("padded") and r.get("loss_at_n")), None)
+    key = "loss_mean" if ref and ref.get("loss_ref") else "loss_at_n"
     for r in runs:
-        if ref and r.get("loss_at_n") and r.get("recipe"):
-            r["loss_vs_padded_pct"] = round(100 * (r["loss_at_n"] / ref["loss_at_n"] - 1), 2)
+        if ref and r.get(key) and r.get("recipe") and r.get("semantics", "seed") == "seed":
+            r["loss_vs_ref_pct"] = round(100 * (r[key] / ref[key] - 1), 2)
     doc = {"date": date.today().isoformat(), "device": device, "versions": versions, "commit": commit,
            "command": " ".join(["python3", "bench/speed.py", *sys.argv[1:]]), "suite": name,
            "steps": SUITES[name].get("steps", a.steps), "warm": SUITES[name].get("warm", a.warm),
-           "max_length": max_len, "runs": runs}
-    (out / f"speed_{name}.json").write_text(json.dumps(doc, indent=1))
+           "max_length": max_len, "semantics": a.semantics, "loss_ref": ref and {"run": ref["name"], "of": key},
+           "runs": runs}
+    tag = f"_{a.semantics.replace(',', '_')}" if a.semantics else ""
+    (out / f"speed_{name}{tag}.json").write_text(json.dumps(doc, indent=1))
 
 
 def _table(runs: dict, device: str, commit, a) -> None:
     print(f"\n{device}; {a.steps} steps, timed after {a.warm}; commit {commit}")
-    print(f"{'suite':10s} {'run':36s} {'cap':>4s} {'tok/s':>7s} {'smp/s':>6s} {'MFU':>5s} {'alloc':>6s} {'resv':>6s} "
+    print(f"{'suite':10s} {'sem':6s} {'run':36s} {'cap':>4s} {'tok/s':>7s} {'smp/s':>6s} {'MFU':>5s} {'alloc':>6s} {'resv':>6s} "
           f"{'plan':>6s} {'maxtok':>6s} {'rc':>5s} {'loss@N':>7s} {'dloss%':>6s} {'ratio':>5s}")
     for name, rs in runs.items():
         for r in rs:
             if "tokens_per_s" not in r:
-                print(f"{name:10s} {r['name'][:36]:36s} {r.get('skipped') or r.get('failed')}")
+                print(f"{name:10s} {r.get('semantics', '-'):6s} {r['name'][:36]:36s} {r.get('skipped') or r.get('failed')}")
                 continue
             f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
-            print(f"{name:10s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
+            print(f"{name:10s} {r.get('semantics', 'seed'):6s} {r['name'][:36]:36s} {r.get('cap_gb') or '-':>4} {f('tokens_per_s', '7d')} "
                   f"{f('samples_per_s', '6.2f')} {f('mfu', '5.3f')} {f('peak_alloc_gb', '6.2f')} "
                   f"{f('peak_reserved_gb', '6.2f')} {f('plan_alloc_gb', '6.2f')} {f('max_micro_batch_tokens', '6d')} "
                   f"{r.get('recompute_layers', '-'):>5s} "
-                  f"{f('loss_at_n', '7.4f')} {f('loss_vs_padded_pct', '6.2f')} {f('ratio', '5.2f')}")
+                  f"{f('loss_at_n', '7.4f')} {f('loss_vs_ref_pct', '6.2f')} {f('ratio', '5.2f')}")
 
 
 def main() -> None:
@@ -449,7 +497,8 @@ def main() -> None:
     ap.add_argument("mode", nargs="?", default="driver", choices=["driver", "child"])
     ap.add_argument("--assets", type=Path, default=Path(".gpu"))
     ap.add_argument("--suite", default="qwen3-1.7b")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps a run takes (default 12; 50 under "
+                                                              "--semantics seed: the loss match's window)")
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--deadline", type=float, default=540, help="seconds for the whole driver")
     ap.add_argument("--min-left", type=float, default=45, help="do not start a run with less time left")
@@ -459,12 +508,16 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile each run's last N steps (not timed)")
     ap.add_argument("--dry-run", action="store_true", help="CPU: write each suite's token lengths (medscale's "
                                                            "pipeline) and print the commands, run nothing")
+    ap.add_argument("--semantics", default=None, choices=["seed", "packed", "seed,packed"],
+                    help="only the variants of these step semantics (see the top of this file); default: all")
     ap.add_argument("--runs", default=None, help="only these, in this order: suite:index or suite:baseline, "
                                                  "comma-separated (default: every run, most telling first)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # the child's recipe and overrides follow `--`
     a = ap.parse_args(argv[:cut])
     a.assets = a.assets.resolve()
+    if a.steps is None:
+        a.steps = 50 if a.mode == "driver" and a.semantics == "seed" else 12
     if a.mode == "child":
         child(a, argv[cut + 1:])
     else:
