@@ -65,6 +65,9 @@ def training_arguments(recipe: Recipe, recompute: bool, batch: tuple[int, int] |
             os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
             PartialState(backend="gloo", timeout=timedelta(seconds=extra["ddp_timeout"]))
             extra["accelerator_config"] = {"use_configured_state": True}
+    pinned = t.dataloader_pin_memory and cuda
+    if pinned:  # a copy from pageable memory makes the host wait for the GPU, one from pinned memory does not
+        extra["accelerator_config"] = {**extra.get("accelerator_config", {}), "non_blocking": True}
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         per_device_train_batch_size=1 if recipe.data.batching == "packed" else micro,
@@ -84,5 +87,6 @@ def training_arguments(recipe: Recipe, recompute: bool, batch: tuple[int, int] |
         logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding", report_to="none",  # medscale's trackers: train/tracking.py
         run_name=recipe.track.run_name or recipe.name, remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=t.dataloader_num_workers, ddp_find_unused_parameters=False, **extra,
+        dataloader_num_workers=t.dataloader_num_workers, dataloader_pin_memory=pinned,
+        dataloader_persistent_workers=t.dataloader_num_workers > 0, ddp_find_unused_parameters=False, **extra,
     )

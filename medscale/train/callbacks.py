@@ -23,7 +23,7 @@ from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import delete_checkpoint, retention_plan, write_manifest
 from medscale.jobs.record import PRIVATE, RECIPE_FILE, write_text_atomic
 from medscale.registry import utcnow
-from medscale.train.dist import agree_max, barrier
+from medscale.train.dist import agree_max, barrier, is_distributed
 
 log = logging.getLogger("medscale.train")
 
@@ -198,20 +198,43 @@ NONFINITE = 3  # above every stop code: a diverged step fails the attempt on eve
 
 
 class StepHealth:
-    """Whether every loss and gradient norm of the current optimizer step was finite, kept on the device so the
-    check costs one sync per step (inside the stop agreement), not one per micro-batch."""
+    """The first optimizer step whose loss or gradient norm was not finite, kept on the device: reading it is a
+    host-device sync (the host waits for the GPU to finish the step), so the run reads it only where it must,
+    before anything is saved, logged or evaluated (AttemptCallback.on_step_end)."""
 
     def __init__(self):
-        self._finite = None
+        self._finite = None          # this step's flag, on the device
+        self._first_bad = None       # device: the first bad step, 0 for none
+        self._host_bad: int | None = None  # a value that reached the host already (DeepSpeed's float grad norm)
+        self._host_ok = True
 
     def observe(self, value) -> None:
-        ok = torch.isfinite(value.detach() if torch.is_tensor(value) else torch.tensor(float(value))).all()
-        self._finite = ok if self._finite is None else self._finite & ok.to(self._finite.device)
+        if not torch.is_tensor(value):
+            self._host_ok = self._host_ok and bool(np.isfinite(value))
+            return
+        ok = torch.isfinite(value.detach()).all()
+        self._finite = ok if self._finite is None else self._finite & ok
 
-    def pop(self) -> bool:
-        ok = True if self._finite is None else bool(self._finite.item())
-        self._finite = None
-        return ok
+    def end_step(self, step: int) -> None:
+        """Fold the step's flag into the first bad step, on the device: no sync."""
+        if not self._host_ok and self._host_bad is None:
+            self._host_bad = step
+        self._host_ok = True
+        if self._finite is not None:
+            bad = torch.where(self._finite, 0, step)
+            self._first_bad = bad if self._first_bad is None else torch.where(self._first_bad > 0, self._first_bad, bad)
+            self._finite = None
+
+    def code(self, bad: int):
+        """`bad` if a step was not finite, else 0: an int, or a device tensor when the answer is still there."""
+        if self._host_bad is not None or self._first_bad is None:
+            return bad if self._host_bad is not None else 0
+        return (self._first_bad > 0).to(torch.int32) * bad
+
+    def first_bad_step(self) -> int | None:
+        """The first bad step (a sync: read once the run fails)."""
+        found = [s for s in (self._host_bad, None if self._first_bad is None else int(self._first_bad.item())) if s]
+        return min(found) if found else None
 
 
 class AttemptCallback(TrainerCallback):
@@ -225,12 +248,27 @@ class AttemptCallback(TrainerCallback):
         self.stopped = stop.NONE
 
     def on_step_end(self, args, state, control, **kw):
+        """One process reads the finiteness (a host-device sync) only before a step's save, log line, evaluation or
+        the run's end, or a stop: a diverged step still saves nothing. Several agree every step, in one all-reduce
+        that carries the finiteness too (one sync, not two)."""
         self.attempt.step = state.global_step
-        code = agree_max(max(self.flag.code, 0 if self.health.pop() else NONFINITE), args.device)
+        self.health.end_step(state.global_step)
+        if (is_distributed() or self.flag.code or control.should_save or control.should_log
+                or control.should_evaluate or control.should_training_stop or state.global_step >= state.max_steps):
+            self._agree(state, control, args.device)
+
+    def on_epoch_end(self, args, state, control, **kw):
+        self._agree(state, control, args.device)  # before what the epoch's end saves, logs or evaluates
+
+    def _agree(self, state, control, device) -> None:
+        local = self.health.code(NONFINITE)
+        code = agree_max(torch.clamp(local, min=self.flag.code) if torch.is_tensor(local) else
+                         max(self.flag.code, local), device)
         if code == NONFINITE:
             from medscale.jobs.resume import nan_advice
 
-            raise RunFailed(f"the loss or gradient norm became NaN/inf at step {state.global_step}: the weights are "
+            step = self.health.first_bad_step() or state.global_step  # another rank's step: this one
+            raise RunFailed(f"the loss or gradient norm became NaN/inf at step {step}: the weights are "
                             f"no longer usable, so nothing was saved from them; "
                             f"{nan_advice(self.attempt.out, self.attempt.resumed_from)}")
         if code and not self.stopped:
@@ -310,6 +348,15 @@ class MedscaleTrainer(Trainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.health.observe(loss)
         return loss
+
+    def _track_num_input_tokens(self, inputs):
+        """A padding-free or packed row (no attention mask) holds no padding: its tokens are its length, counted on
+        the host. The Trainer's own count (non-padding ids, gathered) reads a device tensor each micro-batch: a
+        host-device sync, kept where it is needed (padded batches, several processes)."""
+        if self.args.world_size == 1 and "attention_mask" not in inputs:
+            self.state.num_input_tokens_seen += inputs["input_ids"].numel()
+        else:
+            super()._track_num_input_tokens(inputs)
 
     def _save_checkpoint(self, model, trial):
         with disk_full_named(self.args.output_dir):

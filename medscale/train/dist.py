@@ -17,11 +17,15 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def agree_max(code: int, device) -> int:
-    """The largest code of all ranks (stop requests, failures), so every rank acts at the same step."""
+def agree_max(code, device) -> int:
+    """The largest code of all ranks (stop requests, failures), so every rank acts at the same step. `code`: an int,
+    or a one-element tensor on `device`, read once, after the all-reduce (one host-device sync)."""
     if not is_distributed():
-        return code
-    t = torch.tensor([code], dtype=torch.int32, device=device)
+        return int(code)
+    if torch.is_tensor(code):
+        t = code.to(torch.int32).reshape(1)
+    else:  # a fill kernel, not a copy from host memory (which waits for the device)
+        t = torch.full((1,), code, dtype=torch.int32, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return int(t.item())
 

@@ -40,6 +40,7 @@ OWNED_TRAINER_ARGS: dict[str, str | None] = {
     "train.save_total_limit", "seed": "train.seed", "data_seed": "train.seed", "eval_strategy": "eval.eval_strategy",
     "eval_steps": "eval.eval_steps", "eval_on_start": "eval.eval_on_start", "report_to": "track.report_to",
     "run_name": "track.run_name", "dataloader_num_workers": "train.dataloader_num_workers",
+    "dataloader_pin_memory": "train.dataloader_pin_memory", "dataloader_persistent_workers": None,
     "resume_from_checkpoint": "train.resume", "use_cpu": None, "save_strategy": None, "logging_first_step": None,
     "logging_nan_inf_filter": None, "include_num_input_tokens_seen": None, "remove_unused_columns": None,
     "label_names": None, "ddp_find_unused_parameters": None, "accelerator_config": None}
@@ -95,8 +96,11 @@ class TrainSection(Section):
         "auto", description="auto: continue from the newest verified checkpoint of this job (output_dir), if any; "
                             "never: refuse to start over existing checkpoints; or a checkpoint folder path")
     seed: int = Field(42, description="seeds data order, the adapter's init and the eval split")
-    dataloader_num_workers: int = Field(0, ge=0, description="processes preparing batches; >0 helps when collation "
-                                                             "(term masking) is slow")
+    dataloader_num_workers: int = Field(0, ge=0, description="processes preparing batches (kept across epochs); >0 "
+                                                             "helps when collation (term masking) is slow; 0: the "
+                                                             "main process, which runs ahead of the GPU anyway")
+    dataloader_pin_memory: bool = Field(True, description="batches in page-locked memory, copied to the GPU without "
+                                                          "the host waiting for it (non-blocking); off on CPU")
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="any other Hugging Face TrainingArguments field, passed as given (e.g. "
                                           "{ddp_timeout: 7200, neftune_noise_alpha: 5, torch_compile: true}); checked "
