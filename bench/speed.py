@@ -50,6 +50,8 @@ FUSED_ADAM = "train.optim=adamw_torch_fused"  # one fused kernel per step instea
 # the seed stack inside medscale, on medscale's batches: the loss reference of --semantics seed (fp32 upcast: QLoRA only)
 SEED_REF = ["data.batching=padded", "model.attn_implementation=sdpa", "train.use_liger_kernel=false", MERGE_OFF]
 SEED_REF_4BIT = [*SEED_REF, "model.fp32_frozen_weights=true"]
+PIN_OFF = "train.dataloader_pin_memory=false"  # batches copied from pageable memory: the host waits (lever 5)
+ZERO3_4BIT = ["dist.deepspeed=zero3", "model.bnb_4bit_quant_storage=bfloat16", "train.optim=adamw_torch"]
 # seed 004's fast runs on the seed stack (../shared/gpu/README.md); max_len and lengths come from the recipe
 R1_SEED = ["--qlora", "--lora_r", "16", "--lora_alpha", "16", "--lora_dropout", "0", "--bs", "2", "--accum", "32",
            "--optim", "adamw_8bit"]
@@ -81,7 +83,11 @@ SUITES = {
               ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
               ("seed stack on these batches (loss reference)", SEED_REF_4BIT, {"loss_ref": True}),
               ("padding_free, fused AdamW (not paged 8-bit)", [FUSED_ADAM], {}),
-              ("packed, no cap, no recompute", NO_CAP_FULL, {"cap": 0})]),
+              ("packed, no cap, no recompute", NO_CAP_FULL, {"cap": 0}),
+              ("padding_free, pageable batches (pin off)", [PIN_OFF], {}),
+              ("padding_free, 2 dataloader workers", ["train.dataloader_num_workers=2"], {}),
+              # lever 6: ZeRO-3 shards the 4-bit weights once they are stored in bf16; on one GPU, against plain QLoRA
+              ("padding_free, ZeRO-3, 4-bit stored in bf16", ZERO3_4BIT, {})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
@@ -99,7 +105,8 @@ SUITES = {
                {"cap": 0, "targs": COMPILE}),
               ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
               ("seed stack on these batches (loss reference)", SEED_REF, {"loss_ref": True}),
-              ("padding_free, fused AdamW", [FUSED_ADAM], {})], est=75),
+              ("padding_free, fused AdamW", [FUSED_ADAM], {}),
+              ("padding_free, pageable batches (pin off)", [PIN_OFF], {})], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-7b", *R1_SEED],
