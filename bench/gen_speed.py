@@ -39,7 +39,7 @@ VARIANTS = {
     "static-auto": ("padded", None, {"decode": "static"}),  # static cache, decode step not compiled
     "compiled-b8": ("padded", 8, {"decode": "compiled"}),  # static cache + compiled decode step (CUDA graphs)
     "compiled-b64": ("padded", 64, {"decode": "compiled"}),
-    "compiled-auto": ("padded", None, {"decode": "compiled"}),  # the engine's default on CUDA
+    "compiled-auto": ("padded", None, {"decode": "compiled"}),  # the candidate default on CUDA, once measured
     "cb-default": ("cb", 0, {}),
     "cb-no-graphs": ("cb", 0, {"use_cuda_graph": False}),
     "cb-graphs": ("cb", 0, {"use_cuda_graph": True}),
@@ -114,7 +114,7 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
         todo = reqs[:(batch or len(reqs) // padded_batches) * padded_batches]
     else:
         todo = reqs[:len(reqs) // padded_batches]
-    decode = cb.get("decode", "eager") if mode == "padded" else "auto"
+    decode = cb.get("decode", "eager") if mode == "padded" else "eager"
     backend = LocalBackend(model, tok, mode=mode, batch_size=batch, cb_config=cb if mode == "cb" else None,
                            ignore_eos=True, chunk=len(todo), decode=decode)
     s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)

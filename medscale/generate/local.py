@@ -13,8 +13,8 @@ transformers gives no per-request hook for: the backend records that as `sampler
 Padded batches decode `eager` (a growing cache), `static` (a preallocated cache, the prompt width rounded up to a
 multiple of WIDTH_BUCKET so batches share one shape) or `compiled` (static, and the decode step compiled by
 transformers' generate with CUDA graphs: decoding is launch-bound, and graphs replay a step's ~400 kernels as one
-launch). `decode="auto"` is `compiled` on CUDA and `eager` elsewhere; a compiled batch that fails is redone eagerly,
-said aloud.
+launch). The default is `eager` until bench/gen_speed.py has measured `compiled` on a GPU (its compiled-* variants;
+no GPU could be had when it was written); a compiled batch that fails is redone eagerly, said aloud.
 
 A think budget is enforced in two phases for both: generate up to the budget; a request that hit it without closing
 its think block gets </think> appended; every unfinished request then continues for max_new_tokens more.
@@ -93,7 +93,7 @@ class LocalBackend:
 
     def __init__(self, model, tok, *, mode: str = "auto", batch_size: int | None = None, cb_config: dict | None = None,
                  ignore_eos: bool = False, enable_thinking: bool | None = None, chunk: int = 256,
-                 decode: str = "auto"):
+                 decode: str = "eager"):
         """`batch_size`: padded requests per `generate` call; None plans it per call (`fit_batch`). `decode`: how
         padded batches decode (module docstring)."""
         self.model, self.tok, self.batch_size, self.cb_config = model, tok, batch_size, cb_config or {}
@@ -102,9 +102,9 @@ class LocalBackend:
         self.ignore_eos = ignore_eos  # benchmarks: every request runs to its limit
         on_gpu = next(model.parameters()).device.type == "cuda"
         self.mode = mode if mode != "auto" else ("cb" if on_gpu and _flash_attention(model) else "padded")
-        if decode not in ("auto", *DECODES):
-            raise ValueError(f"decode must be auto or one of {', '.join(DECODES)}, not {decode!r}")
-        self.decode = decode if decode != "auto" else ("compiled" if on_gpu else "eager")
+        if decode not in DECODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+        self.decode = decode
         self.fallback: str | None = None
         self.close_ids = tok.encode(THINK_CLOSE, add_special_tokens=False)
 
