@@ -8,6 +8,9 @@ batch-token budget, torch.compile of the decode step), on the same prompts, ever
     python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16     # CPU smoke run
     python bench/gen_speed.py --tiny --new-tokens 16 --prompts 16 --variants padded-b8,endpoint
 
+Each run ends with the wall time projected from each rate for --project QUESTIONS,SAMPLES,TOKENS (default:
+CMMLU-medical with an R1 model, 4 samples, a 4k think budget plus the answer).
+
 Prompts are CMMLU-medical questions (the shipped eval sets) rendered as R1-style generate-mode prompts. A padded
 variant runs B x `--padded-batches` prompts (the planned batch: --prompts per batch), continuous batching
 --prompts; `steady_tok_s` leaves out the first padded call, which pays for compilation (compiled-* variants).
@@ -184,6 +187,9 @@ def main() -> None:
     ap.add_argument("--padded-batches", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=None, help="endpoint: requests in flight (default: all)")
     ap.add_argument("--variant-timeout", type=int, default=0, help="seconds a variant may run (0: no limit)")
+    ap.add_argument("--project", type=projection, default=(1815, 4, 4300), metavar="QUESTIONS,SAMPLES,TOKENS",
+                    help="wall time projected from each rate: CMMLU-medical's 1,815 questions x 4 samples x a 4k "
+                         "think budget plus the answer (default)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny random Qwen3")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gen_speed.json")
     a = ap.parse_args()
@@ -236,6 +242,18 @@ def main() -> None:
         print(f"| {r['shape'].split('/')[-1]} | {r['variant']} | {r.get('prompts', '–')} | "
               f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('steady_tok_s', '')} | "
               f"{r.get('first_call_s', '')} | {r.get('backend', '')} | {r.get('attn', '')} |")
+    questions, samples, tokens = a.project
+    print(f"\nProjected: {questions} questions x {samples} samples x {tokens} tokens each "
+          f"({questions * samples * tokens / 1e6:.1f}M tokens), at each variant's steady (else overall) rate:")
+    for r in rows:
+        rate = r.get("steady_tok_s") or r.get("tok_s")
+        if rate:
+            print(f"  {r['shape'].split('/')[-1]} {r['variant']}: {questions * samples * tokens / rate / 3600:.1f} h")
+
+
+def projection(text: str) -> tuple[int, int, int]:
+    questions, samples, tokens = (int(x) for x in text.split(","))
+    return questions, samples, tokens
 
 
 if __name__ == "__main__":
