@@ -17,7 +17,7 @@ GREEDY = typer.Option(False, "--greedy", help="greedy decoding: reproducible com
 SEED = typer.Option(None, "--seed", help="with each question id, fixes each sampled answer (default 0)")
 
 
-def _sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, think_budget) -> dict:
+def _sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, *, think_budget) -> dict:
     return {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed,
             "max_new_tokens": max_new_tokens, "think_budget": think_budget}
 
@@ -69,7 +69,7 @@ def compare_cmd(models: Optional[list[str]] = typer.Argument(None, help="models 
     output_paths(out)  # a file in the way of --out: one line now, before any model loads
     qs = load_questions(questions)[:limit]
     specs = [_model_spec(m) for m in models or []]
-    settings = sampling(_sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, think_budget),
+    settings = sampling(_sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, think_budget=think_budget),
                         recipe_file=recipe, greedy=greedy)
     result = compare(specs, qs, settings, endpoints=endpoint or [], enable_thinking=think, batch_size=batch_size,
                      system_prompt=system_prompt)
@@ -107,7 +107,7 @@ def chat_cmd(model: Optional[str] = typer.Argument(None, help="a job name or id,
 
     if (model is None) == (endpoint is None):
         raise UserError("chat needs one model: give MODEL or --endpoint URL")
-    flags = _sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, think_budget)
+    flags = _sampling_flags(temperature, top_p, top_k, seed, max_new_tokens, think_budget=think_budget)
     if endpoint is not None:
         from medscale.generate.endpoint import EndpointBackend
 

@@ -11,8 +11,8 @@ from medscale.cli.app import AS_JSON, OVERRIDES, App, echo_json, setup_logging
 sweep_app = App(no_args_is_help=True, help="Sweeps on Ray Tune: a grid of trials (train, then eval) and a leaderboard.")
 
 
-def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | None, bases: list[str] | None,
-          name: str | None, output_root: str | None):
+def _plan(spec_ref: str, overrides: list[str], grid: list[str], random_n: int | None, bases: list[str] | None, *,
+          name: str | None = None, output_root: str | None = None):
     """A sweep file or built-in sweep, or a recipe with --grid -> the validated plan (nothing written)."""
     import yaml
 
@@ -84,7 +84,7 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
     if max_concurrent is not None and max_concurrent < 1:
         raise SweepError(f"--max-concurrent {max_concurrent}: at least 1 trial at a time (leave it out: as many as "
                          f"the resources allow)")
-    plan = _plan(spec, overrides or [], grid, random_n, bases, name, output_root)
+    plan = _plan(spec, overrides or [], grid, random_n, bases, name=name, output_root=output_root)
     if launcher == "slurm":
         _on_slurm(plan, launch_opt or [], dry_run, as_json)
         return
@@ -124,7 +124,7 @@ def judge(spec: str = typer.Argument(..., help="a sweep file or built-in sweep w
     section says (`sweep run` does it after the trials; run this after a SLURM array or to judge again)."""
     from medscale.sweep.spec import SweepError
 
-    plan = _plan(spec, overrides or [], [], None, None, name, None)
+    plan = _plan(spec, overrides or [], [], None, None, name=name)
     if plan.spec.judge is None:
         raise SweepError(f"{spec}: no `judge` section (questions, and judge or judge_endpoint): add one to judge "
                          f"its fine-tunes, or run `medscale judge BASE TRIAL` yourself")
@@ -267,7 +267,7 @@ def slurm_task(spec: str = typer.Argument(..., help="a sweep file or built-in sw
     from medscale.sweep.spec import SweepError
     from medscale.sweep.tune import register
 
-    plan = _plan(spec, [], [], None, None, None, None)
+    plan = _plan(spec, [], [], None, None)
     if not 0 <= index < len(plan.trials):
         raise SweepError(f"array task {index}: sweep {plan.name} has {len(plan.trials)} trials (use "
                          f"--array=0-{len(plan.trials) - 1})")

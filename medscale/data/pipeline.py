@@ -65,7 +65,7 @@ def _raw_rows(convs):
                "reasoning": bool(c[-1].get("reasoning_content"))}
 
 
-def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict, work: Path, group: str):
+def _load(sources: list[DataSource], data: DataSection, seed: int, counts: dict, work: Path, *, group: str):
     """All sources, each repeated or subsampled by its weight, records without reasoning dropped if asked: one
     dataset on disk (in `work`), read once as the files stream by. `counts` gets, besides the bad records and
     formats, each source's records and bad records (`medscale check` reports them without reading again)."""
@@ -305,10 +305,10 @@ def _build(data: DataSection, tok, seed: int, pack_budget: int | None, work: Pat
     """The datasets, written in the folder `work` as they are made (the source files are read once)."""
     work.mkdir(exist_ok=True)
     counts: dict = {}
-    ds = _load(data.sources, data, seed, counts, work, "sources")
+    ds = _load(data.sources, data, seed, counts, work, group="sources")
     if data.eval_sources:
         eval_counts: dict = {}
-        train_raw, eval_raw = ds, _load(data.eval_sources, data, seed, eval_counts, work, "eval_sources")
+        train_raw, eval_raw = ds, _load(data.eval_sources, data, seed, eval_counts, work, group="eval_sources")
     else:
         (train_raw, eval_raw), eval_counts = _split_eval(ds, data.eval_size, seed), {}
     train, stats = _tokenize(train_raw, tok, data, counts)

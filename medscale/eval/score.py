@@ -105,7 +105,7 @@ def _letter_ids(tok, letters: str) -> dict[str, int]:
     return ids
 
 
-def _score_letter(model, tok, bench: Benchmark, qs: list[Question], shots: int, batch_size: int,
+def _score_letter(model, tok, bench: Benchmark, qs: list[Question], shots: int, *, batch_size: int,
                   system_prompt: str | None, bar) -> list[Outcome]:
     prompts = [mcq_prompt(tok, bench, q, "letter", shots, system_prompt=system_prompt) for q in qs]
     seqs = tok(prompts, add_special_tokens=False)["input_ids"]
@@ -120,7 +120,7 @@ def _score_letter(model, tok, bench: Benchmark, qs: list[Question], shots: int, 
     return out  # type: ignore[return-value]
 
 
-def _score_option(model, tok, bench: Benchmark, qs: list[Question], shots: int, batch_size: int,
+def _score_option(model, tok, bench: Benchmark, qs: list[Question], shots: int, *, batch_size: int,
                   system_prompt: str | None, bar) -> list[Outcome]:
     """Mean log-likelihood per token of each option's text as the answer (length-normalised, so long options are
     not penalised for their length)."""
@@ -160,7 +160,7 @@ def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *,
     run = _score_letter if mode == "letter" else _score_option
     with inference(model), progress(len(mine), f"{bench.name} ({mode})") as bar:
         if log is None:
-            part = run(model, tok, bench, mine, shots, batch_size, system_prompt, bar)
+            part = run(model, tok, bench, mine, shots, batch_size=batch_size, system_prompt=system_prompt, bar=bar)
         else:
             part = []
             for start in range(0, len(mine), batch_size):
@@ -169,7 +169,7 @@ def score(model, tok, bench: Benchmark, mode: str = "letter", shots: int = 0, *,
                     part += [log.done[q.id] for q in qs]
                     bar.update(len(qs))
                     continue
-                outs = run(model, tok, bench, qs, shots, batch_size, system_prompt, bar)
+                outs = run(model, tok, bench, qs, shots, batch_size=batch_size, system_prompt=system_prompt, bar=bar)
                 log.add(outs)
                 part += outs
     seconds = time.perf_counter() - t0

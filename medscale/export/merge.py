@@ -130,7 +130,7 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
         scale = max(float(r["logits"].abs().max()) for r in reference)
         exact = TOLERANCE["float32"][0] + TOLERANCE["float32"][1] * scale
         tol = tolerance if tolerance is not None else tol_abs + tol_rel * scale
-        parity = _check(_load_exported(target, tmp, merge), reference, merged, written, dtype, exact, tol)
+        parity = _check(_load_exported(target, tmp, merge), reference, merged, written, dtype, exact=exact, tol=tol)
         _free()
         timings["parity_s"] = time.perf_counter() - t0
         if target.load_in_4bit:
@@ -262,7 +262,7 @@ def _load_exported(target: ModelRef, folder: Path, merged: bool):
     return load_for_inference(target.base, folder, "float32", trained=target.model, device=cpu)[0]
 
 
-def _check(exported, reference: list[dict], merged: list, written: list, dtype: str, exact: float,
+def _check(exported, reference: list[dict], merged: list, written: list, dtype: str, *, exact: float,
            tol: float) -> Parity:
     """The three comparisons of the module docstring, at every position of every prompt."""
     merge_diff = max(float((m - r["logits"]).abs().max()) for m, r in zip(merged, reference))

@@ -139,7 +139,7 @@ def leaderboard(reg: Registry, sweep_ref: str, metric: str | None = None) -> Lea
         known = sorted({r.benchmark for t in view.trials for r in reg.results(job_id=t.job.id)})
         raise BoardError(f"no results for '{metric}' in sweep {view.name} (metrics: eval_loss, control"
                          + (f", {', '.join(known)}" if known else "") + ")")
-    base_rows = [_base_row(reg, path, label, metric, trial_rows, view) for path, label in bases.items()]
+    base_rows = [_base_row(reg, path, label, metric, trial_rows, view=view) for path, label in bases.items()]
     measured = [r for r in trial_rows + base_rows if r.value is not None]
     rest = [r for r in trial_rows + base_rows if r.value is None]
     measured.sort(key=lambda r: r.value if board.lower_is_better else -r.value)
@@ -220,7 +220,7 @@ def _base_results(reg: Registry, paths: list[str], metric: str) -> list[ResultVi
             and r.adapter_path is None and r.base_path in paths and _is(r, metric)]
 
 
-def _base_row(reg: Registry, path: str, label: str, metric: str, trials: list[Row], view: SweepView) -> Row:
+def _base_row(reg: Registry, path: str, label: str, metric: str, trials: list[Row], *, view: SweepView) -> Row:
     row = Row(label, RowKind.BASE, label, "base")
     mine = [r for r, t in zip(trials, view.trials) if t.cell.get("base") == path]
     if metric == "eval_loss":

@@ -184,7 +184,7 @@ class OnRay:
 
     def run(self, plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int],
             echo: Callable[[str], None]) -> tuple[dict, dict]:
-        return _on_ray(plan, todo, bases, job_ids, self, echo)
+        return _on_ray(plan, todo, bases, job_ids, self, echo=echo)
 
 
 @dataclass
@@ -260,7 +260,7 @@ def _build_tiny_models(trials: list[TrialPlan]) -> None:
 
 
 def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_ids: dict[str, int], on: OnRay,
-            echo) -> tuple[dict, dict]:
+            *, echo) -> tuple[dict, dict]:
     """The Ray part: (trials ASHA stopped -> their last result, trials that failed -> why)."""
     import ray
 
@@ -290,7 +290,7 @@ def _on_ray(plan: SweepPlan, todo: list[TrialPlan], bases: dict[str, list], job_
             scheduler = asha_scheduler(grace, factor)
         errors: dict[str, str] = {}
         if todo:
-            errors = _fit(plan, todo, job_ids, on, gpu, scheduler, echo)
+            errors = _fit(plan, todo, job_ids, on, gpu, scheduler=scheduler, echo=echo)
         for path, task in base_tasks.items():
             try:
                 echo(f"medscale: base {path}: {', '.join(ray.get(task))}")
@@ -333,7 +333,7 @@ def _check_reachable(address: str) -> None:
                          f"Ray") from None
 
 
-def _fit(plan, todo, job_ids, on: OnRay, gpu, scheduler, echo) -> dict[str, str]:
+def _fit(plan, todo, job_ids, on: OnRay, gpu, *, scheduler, echo) -> dict[str, str]:
     from ray import tune
 
     resources, max_concurrent = on.resources, on.max_concurrent or plan.spec.max_concurrent

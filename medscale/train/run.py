@@ -70,7 +70,8 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
                      resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
             dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
             recompute = decided.memory.recompute_layers
-            with _session(recipe, args, tok, data, attempt, plan, callbacks, recompute) as session:
+            with _session(recipe, args, tok, data, attempt, plan=plan, extra=callbacks,
+                          recompute=recompute) as session:
                 dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
                 if plan.finished:
                     _restore_final(session.trainer, plan.resume)
@@ -78,7 +79,7 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
                     result = session.trainer.train(resume_from_checkpoint=str(plan.resume) if plan.resume else None)
                     session.runtime_s = result.metrics["train_runtime"]
                     session.attempt_cb.raise_if_stopped()
-                return _finish(recipe, session, data, attempt, plan, started)
+                return _finish(recipe, session, data, attempt, plan, started=started)
 
 
 # --------------------------------------------------------------------------- the steps of run()
@@ -141,7 +142,7 @@ class _Session:
 
 
 @contextmanager
-def _session(recipe: Recipe, args, tok, data, attempt: Attempt, plan: StartPlan, extra: Sequence,
+def _session(recipe: Recipe, args, tok, data, attempt: Attempt, *, plan: StartPlan, extra: Sequence,
              recompute: int | None):
     """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, trackers,
     recompute on the first `recompute` decoder layers only); the trackers are closed however training ends."""
@@ -246,7 +247,7 @@ def _save_final(trainer, out: Path) -> None:
             fsync_dir(out)
 
 
-def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan,
+def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan, *,
             started: float) -> RunSummary | None:
     """Final evaluation (unless the last step was just evaluated), final adapter + state, and on rank 0 the run
     summary and the loss curve."""
