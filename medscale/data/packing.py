@@ -65,14 +65,36 @@ def packing_efficiency(rows: dict[str, list] | list[list[int]], budget: int) -> 
     return sum(len(x) for x in ids) / (len(ids) * budget) if ids else 0.0
 
 
-def row_batch(input_ids: list[int], labels: list[int], position_ids: list[int]) -> dict:
+def length_buckets(cap: int, smallest: int = 256) -> list[int]:
+    """The row lengths a compiled step sees: powers of two from `smallest` below `cap`, then `cap` itself. A
+    compiled graph (and a CUDA graph) is made per shape: a few shapes bound the recompiles; packed rows, filled
+    near their budget, all land on `cap`."""
+    out, n = [], smallest
+    while n < cap:
+        out.append(n)
+        n *= 2
+    return out + [cap]
+
+
+def bucket_length(n: int, cap: int) -> int:
+    """The bucket a row of `n` tokens is padded to (n itself past `cap`: a row is never cut)."""
+    return next((b for b in length_buckets(cap) if b >= n), n)
+
+
+def row_batch(input_ids: list[int], labels: list[int], position_ids: list[int], cap: int | None = None) -> dict:
     """One row as model inputs: [1, T] tensors, no attention mask, and the sample boundaries (starts
-    where position_ids restart) as the varlen kwargs every attention layer reuses."""
+    where position_ids restart) as the varlen kwargs every attention layer reuses. With `cap` (compiled steps)
+    the row is padded to its bucket by one dummy sample whose labels are all -100 (attention never crosses
+    samples, so the loss is unchanged) and max_length is the row's length: a bound varlen kernels accept, one
+    value per bucket, where the longest sample would be a new one per batch."""
     import torch
 
+    if cap is not None and (extra := bucket_length(len(input_ids), cap) - len(input_ids)):
+        input_ids, labels = input_ids + [0] * extra, labels + [IGNORE] * extra
+        position_ids = position_ids + list(range(extra))
     starts = [i for i, p in enumerate(position_ids) if p == 0 or i == 0]
     cu = starts + [len(input_ids)]
-    longest = max(b - a for a, b in zip(cu, cu[1:]))
+    longest = len(input_ids) if cap is not None else max(b - a for a, b in zip(cu, cu[1:]))
     cu_t = torch.tensor(cu, dtype=torch.int32)
     return {"input_ids": torch.tensor([input_ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
@@ -80,16 +102,17 @@ def row_batch(input_ids: list[int], labels: list[int], position_ids: list[int]) 
             "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": longest, "max_length_k": longest}
 
 
-def concat_samples(features: list[dict]) -> dict:
-    """padding_free: a micro-batch's samples (input_ids, labels) as one row without padding."""
-    return row_batch(*concat_lists([f["input_ids"] for f in features], [f["labels"] for f in features]))
+def concat_samples(features: list[dict], cap: int | None = None) -> dict:
+    """padding_free: a micro-batch's samples (input_ids, labels) as one row without padding (but to its bucket
+    under `cap`: see row_batch)."""
+    return row_batch(*concat_lists([f["input_ids"] for f in features], [f["labels"] for f in features]), cap=cap)
 
 
 class PackedCollator:
     """One packed row per micro-batch (position_ids carry the sample boundaries)."""
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict], cap: int | None = None) -> dict:
         if len(features) != 1:
             raise ValueError("packed batches hold one row per micro-batch (per_device_train_batch_size is 1)")
         f = features[0]
-        return row_batch(f["input_ids"], f["labels"], f["position_ids"])
+        return row_batch(f["input_ids"], f["labels"], f["position_ids"], cap=cap)

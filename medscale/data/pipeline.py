@@ -225,6 +225,8 @@ class SFTCollator:
         self._shared = multiprocessing.RawArray("d", 2)  # step, progress: shared with DataLoader workers
         self.pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8)
         self.packed = PackedCollator()
+        # under train.compile: rows padded to a few lengths up to this cap (packing.bucket_length); None: as they are
+        self.row_cap: int | None = None
 
     def set_progress(self, step: int, max_steps: int) -> None:
         self._shared[0], self._shared[1] = step, step / max(max_steps, 1)
@@ -248,10 +250,10 @@ class SFTCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         if "position_ids" in features[0]:
-            return self.packed(features)
+            return self.packed(features, self.row_cap)
         feats = [self._features(f) for f in features]
         if self.data.batching == "padding_free":
-            return concat_samples(feats)
+            return concat_samples(feats, self.row_cap)
         return self.pad(feats)
 
 

@@ -44,6 +44,24 @@ def recompute_arguments(cls, on: bool) -> dict:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
 
 
+# Liger's fused linear cross-entropy alone: its RMSNorm, SwiGLU and RoPE kernels stay out (they break under inductor)
+FLCE_ONLY = {"rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False,
+             "fused_linear_cross_entropy": True}
+
+
+def liger_arguments(liger: bool | str) -> dict:
+    """train.use_liger_kernel=fused_linear_cross_entropy as TrainingArguments' liger_kernel_config."""
+    return {"liger_kernel_config": FLCE_ONLY} if liger == "fused_linear_cross_entropy" else {}
+
+
+def compile_arguments(mode: str) -> dict:
+    """train.compile as TrainingArguments (accelerate compiles the model; the backend stays inductor unless
+    train.trainer_args.torch_compile_backend says otherwise, e.g. aot_eager)."""
+    if mode == "off":
+        return {}
+    return {"torch_compile": True, "torch_compile_mode": None if mode == "default" else mode}
+
+
 def training_arguments(recipe: Recipe, recompute: bool, batch: tuple[int, int] | None = None):
     """TrainingArguments from the recipe; under a launcher this also initialises torch.distributed. `recompute`:
     whether any layer is recomputed, `batch`: (micro-batch, accumulation) when merged, as the run's memory plan
@@ -78,7 +96,8 @@ def training_arguments(recipe: Recipe, recompute: bool, batch: tuple[int, int] |
         # use_cpu=True would bypass DeepSpeed (plain gloo DDP); DeepSpeed picks its CPU accelerator + gloo itself
         bf16=t.bf16 and cuda, use_cpu=not cuda and not ds, deepspeed=ds,
         **recompute_arguments(TrainingArguments, recompute),
-        use_liger_kernel=t.use_liger_kernel and cuda,
+        use_liger_kernel=bool(t.use_liger_kernel) and cuda, **liger_arguments(t.use_liger_kernel),
+        **compile_arguments(t.compile),
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=None, seed=t.seed, data_seed=t.seed,  # retention is medscale's: verified checkpoints only
         eval_strategy=e.eval_strategy, eval_steps=e.eval_steps,

@@ -122,6 +122,8 @@ def _prepare_data(recipe: Recipe, args, decided: RunPlan, stamp: str | None):
         data = cached_datasets(Path(decided.data.cache), recipe.data, tok, seed) if decided.data else None
         if data is None:  # decided here, or its cache entry was removed since
             data = build_datasets(recipe.data, tok, seed, decided.memory.token_budget, cache_root())
+    if recipe.train.compile != "off":  # a compiled step sees a few row lengths (a graph each), not one per batch
+        data.collator.row_cap = decided.memory.token_budget or args.per_device_train_batch_size * recipe.data.max_length
     if decided.launch is None and args.process_index == 0:
         decided.data = data_manifest(recipe, data)
         decided.save(recipe.train.output_dir, stamp)

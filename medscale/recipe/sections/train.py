@@ -36,6 +36,8 @@ OWNED_TRAINER_ARGS: dict[str, str | None] = {
     "gradient_checkpointing": "train.gradient_checkpointing", "gradient_checkpointing_kwargs":
     "train.gradient_checkpointing", "activation_checkpointing": "train.gradient_checkpointing",
     "activation_checkpointing_kwargs": "train.gradient_checkpointing", "use_liger_kernel": "train.use_liger_kernel",
+    "liger_kernel_config": "train.use_liger_kernel", "torch_compile": "train.compile",
+    "torch_compile_mode": "train.compile",
     "logging_steps": "train.logging_steps", "save_steps": "train.save_steps", "save_total_limit":
     "train.save_total_limit", "seed": "train.seed", "data_seed": "train.seed", "eval_strategy": "eval.eval_strategy",
     "eval_steps": "eval.eval_steps", "eval_on_start": "eval.eval_on_start", "report_to": "track.report_to",
@@ -79,9 +81,15 @@ class TrainSection(Section):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         False, description="recompute activations in the backward: true: every decoder layer (least memory, ~25% "
                            "slower); auto: only as many layers as the memory plan needs on this GPU (none on CPU)")
-    use_liger_kernel: bool = Field(
+    use_liger_kernel: bool | Literal["fused_linear_cross_entropy"] = Field(
         False, description="Liger Triton kernels (fused linear cross-entropy: the full-vocabulary logits are never "
-                           "materialised); needs CUDA and `pip install medscale[gpu]`; ignored on CPU")
+                           "materialised; also RMSNorm, SwiGLU, RoPE); fused_linear_cross_entropy: that one alone "
+                           "(the only one that compiles with train.compile); needs CUDA and `pip install "
+                           "medscale[gpu]`; ignored on CPU")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="torch.compile the model (inductor; the mode: reduce-overhead adds CUDA graphs); padding-"
+                           "free and packed rows are then padded to a few lengths so graphs are reused. Off until "
+                           "bench/speed.py's compile variants measure that it pays")
     logging_steps: int = Field(10, ge=1, description="steps between log lines (loss, learning rate, tokens/s)")
     save_steps: int = Field(500, ge=1, description="steps between verified checkpoints: at most this much work is "
                                                    "lost to a crash; each save costs time and disk")
@@ -103,7 +111,8 @@ class TrainSection(Section):
                                                           "the host waiting for it (non-blocking); off on CPU")
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="any other Hugging Face TrainingArguments field, passed as given (e.g. "
-                                          "{ddp_timeout: 7200, neftune_noise_alpha: 5, torch_compile: true}); checked "
+                                          "{ddp_timeout: 7200, neftune_noise_alpha: 5, torch_compile_backend: "
+                                          "aot_eager}); checked "
                                           "against the installed transformers; fields a recipe key sets are refused")
 
     def trainer_args_problems(self, arguments_class) -> list[str]:
