@@ -163,7 +163,7 @@ def layer_activation_bytes(recipe: Recipe, shape: Shape) -> tuple[float, float]:
     kbit = recipe.model.load_in_4bit
     res = _residual_bytes(recipe)
     act = _dtype_bytes(recipe.model.bnb_4bit_compute_dtype if kbit else recipe.model.dtype)
-    liger = recipe.train.use_liger_kernel
+    liger = recipe.train.use_liger_kernel is True  # its RMSNorm and SwiGLU (not with fused_linear_cross_entropy alone)
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     targets, r = set(_targets(recipe, shape)), recipe.adapter.r
     inputs = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": i}

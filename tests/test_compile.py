@@ -129,3 +129,13 @@ def test_a_compiled_padding_free_step_on_cuda_gives_the_eager_loss(tiny_model_di
             got.append((loss.detach().clone(), weight.grad.clone()))
         torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-4, atol=0)
         torch.testing.assert_close(got[1][1], got[0][1], rtol=1e-3, atol=1e-5)
+
+
+def test_the_memory_plan_counts_liger_s_norm_and_swiglu_only_when_all_of_liger_is_on():
+    from medscale.plan import layer_activation_bytes, model_shape
+
+    def kept(liger: str) -> float:
+        recipe = load_recipe("qwen3-8b-lora-huatuo", [f"train.use_liger_kernel={liger}"])
+        return layer_activation_bytes(recipe, model_shape(recipe)[0])[0]
+
+    assert kept("fused_linear_cross_entropy") == kept("false") > kept("true")
