@@ -40,10 +40,13 @@ sys.path.insert(0, str(HERE.parent))
 COMMON = ["eval.eval_strategy=no", "eval.benchmarks=[]", "eval.control=null", "data.eval_sources=[]", "data.eval_size=0",
           "track.swanlab=null", "train.save_steps=100000", "train.resume=never"]
 EVERY_STEP = "train.logging_steps=1"  # a loss per step; --semantics seed keeps the recipe's (a log line syncs)
-# TrainingArguments fields a run sets after the recipe's (levers with no recipe key: measured before adding one)
-FLCE_ONLY = {"liger_kernel_config": {"rope": False, "rms_norm": False, "swiglu": False,
-                                     "fused_linear_cross_entropy": True}}  # Liger's fused linear CE alone
-COMPILE = {"torch_compile": True, "torch_compile_backend": "inductor"}  # accelerate compiles the whole model
+NO_LIGER, FLCE_ONLY = "train.use_liger_kernel=false", "train.use_liger_kernel=fused_linear_cross_entropy"
+COMPILE = "train.compile=default"  # accelerate compiles the whole model (inductor); rows padded to a few lengths
+# lever 2: compiled steps at the seeds' semantics, Liger off or its fused linear CE alone (its RMSNorm kernel does not
+# compile under inductor: bench/liger_rmsnorm_compile.py)
+COMPILED = [(f"padding_free, compile {mode}, {name}", [f"train.compile={mode}", liger], {})
+            for mode in ("reduce-overhead", "max-autotune-no-cudagraphs")
+            for name, liger in (("no Liger", NO_LIGER), ("Liger FLCE only", FLCE_ONLY))]
 NO_CAP_FULL = ["data.batching=packed", "train.gradient_checkpointing=false"]  # 8B: packed, nothing recomputed
 MERGE_OFF = "train.merge_accumulation=off"  # the recipe's micro-batch x accumulation as written (issue 24, lever 1)
 FUSED_ADAM = "train.optim=adamw_torch_fused"  # one fused kernel per step instead of paged 8-bit / foreach (lever 5)
@@ -67,7 +70,7 @@ SUITES = {
               ("packed, varlen, plan budget", ["data.batching=packed"], {}),
               ("padded, sdpa (as shipped before)", ["data.batching=padded", "model.attn_implementation=sdpa"], {}),
               ("padding_free, sdpa dense mask", ["model.attn_implementation=sdpa"], {}),
-              ("padding_free, Liger FLCE only", [], {"targs": FLCE_ONLY}),
+              ("padding_free, Liger FLCE only", [FLCE_ONLY], {}),
               # the plan refuses no-recompute on 16 GB (4 x 2048 tokens would not fit): measured without the cap
               ("padding_free, no recompute, no cap", ["train.gradient_checkpointing=false"], {"cap": 0}),
               ("padding_free, bf16 LoRA (no 4-bit)", ["model.load_in_4bit=false", "train.optim=adamw_torch"], {}),
@@ -78,8 +81,7 @@ SUITES = {
               ("padding_free, recompute auto", ["train.gradient_checkpointing=auto"], {}),
               ("packed, recompute auto", ["data.batching=packed", "train.gradient_checkpointing=auto"], {}),
               ("packed, no Liger", ["data.batching=packed", "train.use_liger_kernel=false"], {}),
-              ("packed, no Liger, torch.compile", ["data.batching=packed", "train.use_liger_kernel=false"],
-               {"targs": COMPILE}),
+              ("packed, no Liger, torch.compile", ["data.batching=packed", NO_LIGER, COMPILE], {}),
               ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
               ("seed stack on these batches (loss reference)", SEED_REF_4BIT, {"loss_ref": True}),
               ("padding_free, fused AdamW (not paged 8-bit)", [FUSED_ADAM], {}),
@@ -87,7 +89,7 @@ SUITES = {
               ("padding_free, pageable batches (pin off)", [PIN_OFF], {}),
               ("padding_free, 2 dataloader workers", ["train.dataloader_num_workers=2"], {}),
               # lever 6: ZeRO-3 shards the 4-bit weights once they are stored in bf16; on one GPU, against plain QLoRA
-              ("padding_free, ZeRO-3, 4-bit stored in bf16", ZERO3_4BIT, {})]),
+              ("padding_free, ZeRO-3, 4-bit stored in bf16", ZERO3_4BIT, {}), *COMPILED]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",
@@ -101,12 +103,12 @@ SUITES = {
               ("padding_free, no cap, recompute auto", ["train.gradient_checkpointing=auto"], {"cap": 0}),
               # Liger's Triton kernels do not compile under inductor (torch 2.11, liger 0.8.5): compile runs go without
               ("packed, no cap, no recompute, no Liger", [*NO_CAP_FULL, "train.use_liger_kernel=false"], {"cap": 0}),
-              ("packed, no cap, no recompute, no Liger, torch.compile", [*NO_CAP_FULL, "train.use_liger_kernel=false"],
-               {"cap": 0, "targs": COMPILE}),
+              ("packed, no cap, no recompute, no Liger, torch.compile", [*NO_CAP_FULL, NO_LIGER, COMPILE],
+               {"cap": 0}),
               ("padding_free, merge off (4 x 2 as written)", [MERGE_OFF], {}),
               ("seed stack on these batches (loss reference)", SEED_REF, {"loss_ref": True}),
               ("padding_free, fused AdamW", [FUSED_ADAM], {}),
-              ("padding_free, pageable batches (pin off)", [PIN_OFF], {})], est=75),
+              ("padding_free, pageable batches (pin off)", [PIN_OFF], {}), *COMPILED], est=75),
     "r1-7b": dict(
         shape="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", recipe="r1-distill-7b-lora-fast", cap=16,
         data="medical_o1_zh_916.jsonl", format="medical-o1", baseline=["--shape", "r1-7b", *R1_SEED],

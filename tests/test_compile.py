@@ -139,3 +139,37 @@ def test_the_memory_plan_counts_liger_s_norm_and_swiglu_only_when_all_of_liger_i
         return layer_activation_bytes(recipe, model_shape(recipe)[0])[0]
 
     assert kept("fused_linear_cross_entropy") == kept("false") > kept("true")
+
+
+def test_bench_speed_has_the_compile_levers_at_the_seeds_semantics():
+    """bench/speed.py --semantics seed (what --dry-run lists) runs each compile mode with Liger off and with its fused
+    linear cross-entropy alone, for the 1.7B and the 8B."""
+    import argparse
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    for suite in ("qwen3-1.7b", "qwen3-8b"):
+        order = speed.run_order(argparse.Namespace(runs="", suite=suite, semantics="seed"))
+        overrides = [speed.SUITES[suite]["runs"][w][1] for _, w in order if w != "baseline"]
+        for mode in ("reduce-overhead", "max-autotune-no-cudagraphs"):
+            for liger in ("false", "fused_linear_cross_entropy"):
+                assert [f"train.compile={mode}", f"train.use_liger_kernel={liger}"] in overrides
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run is the reproduction itself")
+def test_the_liger_rmsnorm_reproduction_says_it_needs_cuda(monkeypatch, capsys):
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("liger_rmsnorm_compile", REPO / "bench" / "liger_rmsnorm_compile.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["liger_rmsnorm_compile.py"])
+    script.main()
+    assert "needs a CUDA GPU" in capsys.readouterr().out
