@@ -6,7 +6,9 @@ masked kernels are slow); flash-attn would use the boundaries directly but is no
 This registers one more attention with transformers' AttentionInterface that calls torch's own
 variable-length flash kernel (`torch.nn.attention.varlen.varlen_attn`, torch >= 2.10) with the
 boundaries the collator computed once per batch (`cu_seq_lens_q/k`, `max_length_q/k`; derived from
-position_ids when a caller gives only those).
+position_ids when a caller gives only those). Where those boundaries come with the row, the decoder is handed its
+masks already made (`use_boundary_masks`): transformers' own packed-row detection reads a device tensor in every
+forward, which makes the host wait for the GPU.
 
 Falls back to sdpa with transformers' own mask whenever the varlen kernel cannot serve the call:
 on CPU (a block-diagonal mask, as before), for padded batches that carry an attention mask (eval),
@@ -111,15 +113,51 @@ def varlen_attention_forward(module, query, key, value, attention_mask, *, dropo
     return out.view(b, t, hq, d), None
 
 
+def _kernel_serves(device) -> bool:
+    return device is not None and torch.device(device).type in KERNEL_DEVICES and _varlen_kernel() is not None
+
+
 def varlen_mask(*, attention_mask=None, device=None, **kwargs):
     """No mask where the varlen kernel runs (rows without an attention mask, on CUDA); elsewhere sdpa's
     mask (block-diagonal for packed rows, padding masks for padded batches), for the sdpa fallback."""
     from transformers.masking_utils import sdpa_mask
 
-    if attention_mask is None and device is not None and torch.device(device).type in KERNEL_DEVICES and (
-            _varlen_kernel() is not None):
+    if attention_mask is None and _kernel_serves(device):
         return None
     return sdpa_mask(attention_mask=attention_mask, device=device, **kwargs)
+
+
+# Decoders that take their masks already made, as {layer type: mask} in place of attention_mask (transformers
+# >= 4.53, 5.17 and 5.25 alike); any other keeps transformers' detection.
+PREPARED_MASKS = {"qwen2", "qwen3"}
+
+
+def _boundary_masks(decoder, args, kwargs):
+    """Forward pre-hook: a row that brings its boundaries (cu_seq_lens_q, from the collator) and no attention mask
+    or cache gets its masks from them, the ones transformers would make, without its packed-row detection (a
+    host-device sync every forward): none where the varlen kernel runs or the row is one sample (causal), the
+    block-diagonal causal mask for the sdpa fallback. Sliding-window layers on the fallback keep transformers'."""
+    cu, row = kwargs.get("cu_seq_lens_q"), kwargs.get("input_ids")
+    row = kwargs.get("inputs_embeds") if row is None else row
+    if (cu is None or row is None or args or kwargs.get("attention_mask") is not None
+            or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None):
+        return None
+    types = set(decoder.config.layer_types)
+    b, t = row.shape[:2]
+    if _kernel_serves(row.device) or cu.shape[0] == b + 1:  # the kernel, or one sample a row (the shape: no sync)
+        mask = None
+    elif types == {"full_attention"}:
+        mask = block_causal_mask(cu.to(row.device), b, t)
+    else:
+        return None
+    return args, {**kwargs, "attention_mask": dict.fromkeys(types, mask)}
+
+
+def use_boundary_masks(model) -> None:
+    """Hand a varlen `model`'s decoder its masks from the collator's boundaries (`_boundary_masks`), where it takes
+    them."""
+    if model.config._attn_implementation == VARLEN and model.config.model_type in PREPARED_MASKS:
+        model.get_decoder().register_forward_pre_hook(_boundary_masks, with_kwargs=True)
 
 
 def register_attention() -> None:

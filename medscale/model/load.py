@@ -62,13 +62,16 @@ def load_pretrained(model: ModelSection, device_index: int | None, recipe_attent
     kwargs: dict = dict(dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code,
                         quantization_config=quantization_config(model))
     if recipe_attention:
-        from medscale.model.attention import register_attention
+        from medscale.model.attention import register_attention, use_boundary_masks
 
         register_attention()  # model.attn_implementation=varlen
         kwargs["attn_implementation"] = model.attn_implementation
     if device_index is not None:
         kwargs["device_map"] = {"": device_index}
-    return AutoModelForCausalLM.from_pretrained(model_folder(model), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(model_folder(model), **kwargs)
+    if recipe_attention:
+        use_boundary_masks(loaded)  # varlen: the collator's boundaries, not transformers' per-forward detection
+    return loaded
 
 
 def load_base_model(model: ModelSection):
