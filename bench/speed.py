@@ -54,6 +54,8 @@ FUSED_ADAM = "train.optim=adamw_torch_fused"  # one fused kernel per step instea
 SEED_REF = ["data.batching=padded", "model.attn_implementation=sdpa", "train.use_liger_kernel=false", MERGE_OFF]
 SEED_REF_4BIT = [*SEED_REF, "model.fp32_frozen_weights=true"]
 PIN_OFF = "train.dataloader_pin_memory=false"  # batches copied from pageable memory: the host waits (lever 5)
+# v3's adaptive clipping on the 1.7B as shipped: its threshold stays on the device, no sync per step (lever 5)
+ADAPTIVE = "train.adaptive_clip={percentile: 90, window: 100, min_history: 10}"
 ZERO3_4BIT = ["dist.deepspeed=zero3", "model.bnb_4bit_quant_storage=bfloat16", "train.optim=adamw_torch"]
 # seed 004's fast runs on the seed stack (../shared/gpu/README.md); max_len and lengths come from the recipe
 R1_SEED = ["--qlora", "--lora_r", "16", "--lora_alpha", "16", "--lora_dropout", "0", "--bs", "2", "--accum", "32",
@@ -89,7 +91,8 @@ SUITES = {
               ("padding_free, pageable batches (pin off)", [PIN_OFF], {}),
               ("padding_free, 2 dataloader workers", ["train.dataloader_num_workers=2"], {}),
               # lever 6: ZeRO-3 shards the 4-bit weights once they are stored in bf16; on one GPU, against plain QLoRA
-              ("padding_free, ZeRO-3, 4-bit stored in bf16", ZERO3_4BIT, {}), *COMPILED]),
+              ("padding_free, ZeRO-3, 4-bit stored in bf16", ZERO3_4BIT, {}), *COMPILED,
+              ("padding_free, adaptive clipping (v3's)", [ADAPTIVE], {})]),
     "qwen3-8b": dict(
         shape="Qwen/Qwen3-8B", recipe="qwen3-8b-lora-huatuo", cap=32,
         data="medical_sft_1K_format.jsonl", format="sharegpt",

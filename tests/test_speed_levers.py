@@ -15,13 +15,17 @@ from tests.conftest import tiny_run_recipe
 DEMO = "${MEDSCALE_DEMO_DATA}/medical_r1_demo.jsonl"
 # What makes the host wait for the device when called on a GPU tensor.
 SYNCS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu")
-# The loop's code: medscale's and the Trainer's (the model's own forward and torch's optimizers are not counted).
-LOOP = (str(Path(__file__).resolve().parent.parent / "medscale"), "transformers/trainer.py")
+# The loop's code: medscale's, the Trainer's and transformers' mask making (the rest of the model's own forward and
+# torch's optimizers are not counted).
+LOOP = (str(Path(__file__).resolve().parent.parent / "medscale"), "transformers/trainer.py",
+        "transformers/masking_utils.py")
 
 
 def test_a_quiet_step_makes_no_host_device_sync(tiny_model_dir, tmp_path, monkeypatch):
     """Defect: the finiteness check read its device flag every step and the Trainer's token count read one every
-    micro-batch (`.item()`), so the host waited for the GPU before it could queue the next step. Every call that
+    micro-batch (`.item()`), so the host waited for the GPU before it could queue the next step; transformers'
+    packed-row detection read one every forward of the varlen path (the collator's boundaries now make its masks)
+    and adaptive clipping read the gradient norm every step (its threshold now stays on the device). Every call that
     would sync is counted (not changed) from the loop's own code: steps that log, save or end may read, the others
     none. The run uses fused AdamW, which a recipe can now pick over paged 8-bit."""
     from transformers import TrainerCallback
@@ -57,7 +61,9 @@ def test_a_quiet_step_makes_no_host_device_sync(tiny_model_dir, tmp_path, monkey
     run(tiny_run_recipe(tiny_model_dir, out, DEMO, "r1-think", "data.batching=padding_free", "data.max_length=256",
                         "train.max_steps=5", "train.logging_steps=4", "train.optim=adamw_torch_fused",
                         "train.per_device_train_batch_size=1", "train.gradient_accumulation_steps=2",
-                        "adapter.modules_to_save=null", limit=16), callbacks=[Steps()])  # 5 steps in one epoch
+                        "adapter.modules_to_save=null", "model.attn_implementation=varlen",
+                        "train.adaptive_clip={percentile: 90, window: 4, min_history: 2}",
+                        limit=16), callbacks=[Steps()])  # 5 steps in one epoch
     step[0] = 0
     logged = {h["step"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h}
     assert logged == {1, 4} and fused == [True]

@@ -152,21 +152,50 @@ class ProgressRate(TrainerCallback):
 
 
 class AdaptiveClipper:
-    """Seed v3's dynamic clipping: threshold = `percentile` of the last `window` pre-clip norms, after
-    `min_history` norms have been seen (the static max_grad_norm applies before that)."""
+    """Seed v3's dynamic clipping: threshold = `percentile` of the last `window` finite pre-clip norms, after
+    `min_history` of them have been seen (the static max_grad_norm applies before that). The norms, the threshold
+    and the scaling stay on the device (numpy's linear percentile and torch's clip_grad_norm_ coefficient,
+    reproduced op for op): a step never waits for the GPU to learn its norm. `threshold()` (log lines) reads it."""
 
     def __init__(self, static: float, percentile: float, window: int, min_history: int):
-        self.static, self.q, self.min_history = static, percentile, min_history
-        self.history: deque[float] = deque(maxlen=window)
+        self.static, self.q, self.window, self.min_history = static, percentile / 100, window, min_history
+        self._norms = None  # float64 ring of the last `window` finite norms, +inf in slots not yet filled
+        self._seen = None   # finite norms seen so far (int64)
+
+    def _threshold(self, device) -> torch.Tensor:
+        static = torch.full((), self.static, dtype=torch.float64, device=device)  # a fill: no copy from the host
+        if self._norms is None:
+            return static
+        n = torch.clamp(self._seen, max=self.window)
+        ordered = torch.sort(self._norms).values  # the n norms first, ascending
+        at = (n - 1).to(torch.float64) * self.q  # numpy's virtual index (method "linear")
+        lo = torch.clamp(torch.minimum(torch.floor(at), (n - 1).to(torch.float64)), min=0).long()
+        a, b = ordered.index_select(0, torch.stack([lo, torch.minimum(lo + 1, torch.clamp(n - 1, min=0))]))
+        g, diff = at - torch.floor(at), b - a  # numpy's _lerp: from the nearer end
+        value = torch.where(g >= 0.5, b - diff * (1 - g), a + diff * g)
+        return torch.where(n < self.min_history, static, value)
 
     def threshold(self) -> float:
-        if len(self.history) < self.min_history:
-            return self.static
-        return float(np.percentile(np.fromiter(self.history, float), self.q))
+        return float(self._threshold(None if self._norms is None else self._norms.device).item())
 
-    def observe(self, norm: float) -> None:
-        if np.isfinite(norm):
-            self.history.append(norm)
+    def observe(self, norm) -> None:
+        norm = torch.as_tensor(norm, dtype=torch.float64)  # the device's norm, or a float
+        if self._norms is None:
+            self._norms = torch.full((self.window,), float("inf"), dtype=torch.float64, device=norm.device)
+            self._seen = torch.zeros((), dtype=torch.int64, device=norm.device)
+        slot = torch.arange(self.window, device=norm.device) == self._seen % self.window
+        ok = torch.isfinite(norm)
+        self._norms = torch.where(slot & ok, norm, self._norms)
+        self._seen = self._seen + ok.long()
+
+    def clip(self, parameters, norm: torch.Tensor) -> None:
+        """Scale the gradients at the current threshold as clip_grad_norm_ would (its float32 coefficient,
+        max_norm / (norm + 1e-6) at most 1, computed the same way), then remember `norm`."""
+        coef = (norm + 1e-6).reciprocal() * self._threshold(norm.device).to(norm.dtype)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, torch.clamp(coef, max=1.0))
+        self.observe(norm)
 
 
 class ProgressToCollator(TrainerCallback):
@@ -363,11 +392,11 @@ class MedscaleTrainer(Trainer):
             super()._save_checkpoint(model, trial)
 
     def _clip_grad_norm(self, model):
-        if self.clipper is not None:
-            self.args.max_grad_norm = self.clipper.threshold()
-        norm = super()._clip_grad_norm(model)
+        if self.clipper is None:
+            norm = super()._clip_grad_norm(model)
+        else:  # measured only: the Trainer's clipping takes a float threshold, which the host would wait for
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), float("inf"))
+            self.clipper.clip(model.parameters(), norm)
         if norm is not None:
             self.health.observe(norm)
-            if self.clipper is not None:
-                self.clipper.observe(float(norm))
         return norm
