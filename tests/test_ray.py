@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, run_cli
+from conftest import QUICK_STEP, REPO, cli, run_cli
 
 if os.environ.get("CI"):
     import ray  # noqa: F401  (under CI a missing Ray is a failure, never a skip)
@@ -132,7 +132,7 @@ def test_jobs_resume_of_a_ray_job_resubmits_the_recorded_recipe_with_its_options
     options = {"address": "http://head:8265", "max_failures": 5, "cpus_per_worker": 2.0}
     spec = JobSpec(recipe.name, recipe.train.output_dir, "ray", recipe.to_yaml(), recipe.fingerprint(),
                    launcher_options=options)
-    reg.upsert_attempt(spec, AttemptInfo(1, "ray", "node1", 123, recipe.fingerprint(), 2,
+    reg.upsert_attempt(spec, AttemptInfo(1, "ray", "node1", 123, recipe.fingerprint(), world_size=2,
                                          launcher_ids={"ray_job_id": "old"}, status="failed"))
     assert ops.resume_job(reg, "tiny-demo", {"ray": RayLauncher(client_factory=FakeClient)}) == 0
     job = FakeClient.submitted[0]
@@ -357,7 +357,8 @@ def test_submitted_ray_job_trains_on_two_workers_and_registers(ray_cluster, tmp_
     url, env = _job_env(tmp_path)
     p = run_cli("submit", "ray", "tiny-demo", "dist.num_processes=2", f"model.path={tiny_model_dir}",
                 f"train.output_dir={out}", "train.max_steps=6", "train.save_steps=3", "eval.eval_strategy=no",
-                "track.swanlab=null", "--address", ray_cluster.dashboard, *env, "--wait", timeout=JOB_TIMEOUT_S)
+                "track.swanlab=null", *QUICK_STEP, "--address", ray_cluster.dashboard, *env, "--wait",
+                timeout=JOB_TIMEOUT_S)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     job_id = _submitted_id(p.stdout)
     assert f"ray job {job_id}: SUCCEEDED" in p.stdout
@@ -384,8 +385,8 @@ def test_killed_worker_restarts_the_group_from_the_last_verified_checkpoint(ray_
     out = tmp_path / "out"
     url, env = _job_env(tmp_path)
     p = run_cli("submit", "ray", "tiny-demo", "dist.num_processes=2", f"model.path={tiny_model_dir}",
-                f"train.output_dir={out}", "train.max_steps=40", "train.save_steps=5", "eval.eval_strategy=no",
-                "track.swanlab=null", "--address", ray_cluster.dashboard, *env, timeout=120)
+                f"train.output_dir={out}", "train.max_steps=30", "train.save_steps=5", "eval.eval_strategy=no",
+                "track.swanlab=null", *QUICK_STEP, "--address", ray_cluster.dashboard, *env, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     job_id = _submitted_id(p.stdout)
     client = JobSubmissionClient(ray_cluster.dashboard)
@@ -412,7 +413,7 @@ def test_killed_worker_restarts_the_group_from_the_last_verified_checkpoint(ray_
     assert "resuming from Ray's checkpoint" in logs or "newer than Ray's" in logs, "ray.train.get_checkpoint() is read"
 
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["global_step"] == 40 and summary["attempt"] == 2 and summary["world_size"] == 2
+    assert summary["global_step"] == 30 and summary["attempt"] == 2 and summary["world_size"] == 2
     resumed = Path(summary["resumed_from"])
     assert resumed.parent == out and int(resumed.name.split("-")[1]) >= 5
     job = _registry_job(url, "tiny-demo")
@@ -421,4 +422,4 @@ def test_killed_worker_restarts_the_group_from_the_last_verified_checkpoint(ray_
     assert first["launcher_ids"]["ray_job_id"] == second["launcher_ids"]["ray_job_id"] == job_id
     assert second["resumed_from"] == str(resumed) and job["status"] == "succeeded"
     # the restarted group's saves reached Ray too: it holds the last two (Ray's num_to_keep), by pointer
-    assert _ray_held_checkpoints(out) == {35: out / "checkpoint-35", 40: out / "checkpoint-40"}
+    assert _ray_held_checkpoints(out) == {25: out / "checkpoint-25", 30: out / "checkpoint-30"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, run_cli
+from conftest import QUICK_STEP, REPO, cli, run_cli
 from launcher import slurm as sl
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.recipe import RecipeError, builtin_names, load_recipe
@@ -531,7 +531,7 @@ def _job_row(out: Path) -> dict:
 
 def _demo(model: Path, out: Path, *extra: str) -> list[str]:
     return ["tiny-demo", "dist.num_processes=2", f"model.path={model}", f"train.output_dir={out}",
-            "eval.eval_strategy=no", "track.swanlab=null", *extra]
+            "eval.eval_strategy=no", "track.swanlab=null", *QUICK_STEP, *extra]
 
 
 @pytest.mark.slow
@@ -558,7 +558,7 @@ def test_warning_signal_saves_exits_75_requeues_and_the_next_start_resumes(clust
 
     out = tmp_path / "pre"
     env = {"MEDSCALE_HEARTBEAT_S": "0.5"}  # reaches the job through sbatch's --export=ALL
-    job_id = _submit(*_demo(tiny_model_dir, out, "train.max_steps=60", "train.save_steps=1000",
+    job_id = _submit(*_demo(tiny_model_dir, out, "train.max_steps=30", "train.save_steps=1000",
                             "train.logging_steps=1"), env=env)
     end = time.time() + 600
     while True:
@@ -583,9 +583,9 @@ def test_warning_signal_saves_exits_75_requeues_and_the_next_start_resumes(clust
     assert (first["status"], second["status"], job["status"]) == ("preempted", "completed", "succeeded")
     assert first["launcher_ids"]["slurm_job_id"] == second["launcher_ids"]["slurm_job_id"] == job_id
     saved = out / f"checkpoint-{first['step']}"
-    assert 2 <= first["step"] < 60 and second["resumed_from"] == str(saved) and second["step"] == 60
+    assert 2 <= first["step"] < 30 and second["resumed_from"] == str(saved) and second["step"] == 30
     assert {(c["step"], c["verified"], c["attempt"]) for c in job["checkpoints"]} >= {(first["step"], True, 1)}
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 60
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 30
     full = Path(info["StdOut"]).read_text(errors="replace")
     assert full.count("stop requested") == 1 and "scontrol requeue" in full
     assert len(re.findall(r"Sending process \d+ closing signal SIGTERM", full)) == 2  # one per worker
