@@ -66,6 +66,11 @@ def qwen3_tokenizer():
     return AutoTokenizer.from_pretrained(needs_realdata("qwen3_tokenizer"))
 
 
+# For tests of what happens around training (signals, kills, resumes, launchers), not of what it learns: 2 records
+# a step instead of tiny-demo's 8, so each CPU step costs about a third (CI runs many such steps on 2 cores).
+QUICK_STEP = ("train.per_device_train_batch_size=2",)
+
+
 def cli(*args: str, env: dict | None = None, input: str | None = None):
     """Run `medscale ARGS` in this process (typer's CliRunner): `.returncode`, `.stdout`, `.stderr` like run_cli,
     without a Python start-up per call. Use run_cli where a real process is the point (signals, exit codes)."""
