@@ -154,7 +154,7 @@ def node_run(recipe_ref: str, overrides: list[str], *, nodes: int, machine_rank:
 
 # --------------------------------------------------------------------------- sbatch scripts
 
-@dataclass
+@dataclass(kw_only=True)
 class SlurmOptions:
     """What `medscale submit slurm` asks SLURM for. None: derived from the recipe (see resolve)."""
 
@@ -295,7 +295,7 @@ def log_path(opts: SlurmOptions, job_id: str | None) -> str:
     return opts.output.replace("%x", opts.job_name or "").replace("%j", job_id or "%j")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SlurmPlan:
     request: LaunchRequest
     options: SlurmOptions
@@ -347,8 +347,8 @@ class SlurmLauncher:
         command = ["sbatch", "--parsable"]
         launch = LaunchInfo("slurm", options=o.to_dict())
         script = render_script(ref, overrides, o, command, launch, entry=request.entry.kind.value)
-        return SlurmPlan(LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), o, overrides, script,
-                         command, report)
+        return SlurmPlan(request=LaunchRequest(recipe, ref, overrides, request.entry, o.to_dict()), options=o,
+                         overrides=overrides, script=script, command=command, report=report)
 
     def prepare_array(self, requests: list[LaunchRequest], name: str) -> SlurmPlan:
         """Several jobs of one kind and shape (a sweep's trials) as one SLURM array: each prepared as its own job
@@ -368,7 +368,8 @@ class SlurmLauncher:
         launch = LaunchInfo("slurm", options=shape)  # what a task's attempts record: its job resumes alone
         script = render_script(name, [], o, tasks[0].command, launch, entry=requests[0].entry.kind.value,
                                array=[[t.request.ref, *t.overrides] for t in tasks])
-        return SlurmPlan(tasks[0].request, o, [], script, tasks[0].command, tasks[0].report, tasks)
+        return SlurmPlan(request=tasks[0].request, options=o, overrides=[], script=script, command=tasks[0].command,
+                         report=tasks[0].report, tasks=tasks)
 
     def submit(self, plan: SlurmPlan) -> SlurmHandle:
         for each in plan.each():

@@ -31,7 +31,7 @@ EIGHT_BIT_OPTIMIZERS = ("8bit",)
 AUTO_HEADROOM = 0.9    # gradient_checkpointing=auto plans for this share of the usable memory: margin for its error
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Shape:
     """The decoder shapes a plan needs, from a Hugging Face config.json (Qwen2/Qwen3/Llama-like)."""
 
@@ -82,7 +82,7 @@ class Component:
     note: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     recipe: str
     gpu_mem_gb: float
@@ -389,7 +389,7 @@ def device_memory_gb() -> float | None:
     return total * frac / GIB
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Decision:
     """What the memory plan decides for one run, made once, in pre-flight (the RunPlan carries it to the workers):
     the recompute and the packed token budget follow from the same plan as the problems it reports."""
@@ -435,4 +435,7 @@ def decide(recipe: Recipe, gpu_mem_gb: float | None = None) -> Decision:
     else:
         batch = (t.per_device_train_batch_size, t.gradient_accumulation_steps,
                  _batch_said(t.per_device_train_batch_size, t.gradient_accumulation_steps, "kept: no memory plan"))
-    return Decision(mem, gpus, recompute, budget, p.problems if p is not None else [], p, *batch)
+    micro_batch, accumulation, batch_note = batch
+    return Decision(gpu_mem_gb=mem, gpus=gpus, recompute_layers=recompute, token_budget=budget,
+                    problems=p.problems if p is not None else [], plan=p, micro_batch=micro_batch,
+                    accumulation=accumulation, batch_note=batch_note)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -48,6 +48,7 @@ class Setting(Generic[T]):
     parse: Callable[[str], T]
     default: str | None = None
     default_text: str = ""
+    _: KW_ONLY
     set_by: str = YOU
     read_in: str = "python"  # "python", or the shell scripts that read it
 

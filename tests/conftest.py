@@ -161,7 +161,7 @@ def write_mcq_set(folder: Path, n: int = 40, seed: int = 7) -> dict[str, Path]:
         ans = "ABCD"[rng.randrange(4)]
         text = f"病例{i}：患者{rng.randint(18, 80)}岁，{rng.choice(EVAL_TERMS)}病史，{rng.choice(EVAL_SUBJECTS)}就诊，最可能的诊断是"
         rows.append({"id": i, "question": text, **dict(zip("ABCD", opts)), "answer": ans})
-        asked = question_text(Question(str(i), "x", text, dict(zip("ABCD", opts)), (ans,), ""), "zh", "letter")
+        asked = question_text(Question(str(i), "x", text, dict(zip("ABCD", opts)), (ans,), source=""), "zh", "letter")
         wrong = rng.choice([c for c in "ABCD" if c != ans])
         for out, letter in ((right, ans), (noise, wrong)):  # the answer turn is the letter, as eval expects it
             out.append({"messages": [{"role": "user", "content": asked}, {"role": "assistant", "content": letter}]})

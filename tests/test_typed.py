@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from pathlib import Path
+
+import yaml
 
 from conftest import REPO, cli
 from medscale.jobkind import JobKind
@@ -29,16 +32,37 @@ def _positional_by_contract(node: ast.FunctionDef, cls: ast.ClassDef | None) -> 
     return cls is not None and any(ast.unparse(b).endswith("Function") for b in cls.bases)
 
 
+def _dataclass_positional(node: ast.ClassDef) -> int:
+    """The parameters a dataclass's generated __init__ takes by position: its own fields up to a `_: KW_ONLY`
+    marker (none with `kw_only=True`), less ClassVars and `field(init=False)`."""
+    decorators = [ast.unparse(d) for d in node.decorator_list]
+    if not any(d.split("(")[0].split(".")[-1] == "dataclass" for d in decorators) or any(
+            "kw_only=True" in d for d in decorators):
+        return 0
+    n = 0
+    for stmt in node.body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        annotation = ast.unparse(stmt.annotation)
+        if annotation.endswith("KW_ONLY"):
+            break
+        if "ClassVar" not in annotation and "init=False" not in (ast.unparse(stmt.value) if stmt.value else ""):
+            n += 1
+    return n
+
+
 def too_many_positional(source: str, limit: int = MAX_POSITIONAL) -> list[tuple[int, str, int]]:
     """(line, qualified name, positional parameters) of each function or method over `limit`, public or private,
     nested too: a caller lining up six arguments is one swap away from a wrong run, wherever the function lives.
     `self` / `cls` of a method are not counted, `*args` and keyword-only parameters are not positional parameters a
-    caller must line up."""
+    caller must line up. A dataclass's generated __init__ counts too (as `Name.__init__`)."""
     found = []
 
     def visit(node: ast.AST, prefix: str, cls: ast.ClassDef | None) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef):
+                if (n := _dataclass_positional(child)) > limit:
+                    found.append((child.lineno, f"{prefix}{child.name}.__init__", n))
                 visit(child, f"{prefix}{child.name}.", child)
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 params = [a.arg for a in child.args.posonlyargs + child.args.args]
@@ -93,10 +117,95 @@ class _Branch(torch.autograd.Function):
 def _kernel(x, y, z, m, n, k, BLOCK: tl.constexpr): ...
 if HAS_TRITON:
     def _guarded(a, b, c, d, e, f): ...
+@dataclass
+class Wide:
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    f: int = 0
+    SHARED: ClassVar[int] = 1
+@dataclasses.dataclass(frozen=True)
+class Marked:
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    _: KW_ONLY
+    f: int = 0
+@dataclass(kw_only=True)
+class Named:
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    f: int
+    g: int = field(init=False)
 '''
     assert too_many_positional(source) == [(2, "six", 6), (5, "_private", 6), (8, "Public.wide", 6),
                                            (12, "Public.helper", 6), (13, "Public.__init__", 7),
-                                           (15, "_Hidden.wide", 6), (17, "outer.inner", 6), (24, "_guarded", 6)]
+                                           (15, "_Hidden.wide", 6), (17, "outer.inner", 6), (24, "_guarded", 6),
+                                           (26, "Wide.__init__", 6)]
+
+
+def defined_classes(paths: list[Path]) -> set[str]:
+    return {n.name for p in paths for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(n, ast.ClassDef)}
+
+
+def too_many_positional_arguments(source: str, classes: set[str],
+                                  limit: int = MAX_POSITIONAL) -> list[tuple[int, str, int]]:
+    """(line, class, positional arguments) of each call of one of `classes` (by name, or as `module.Name`) passing
+    more than `limit` arguments by position: a dataclass's generated __init__ is a function too, and a view built
+    from fifteen values in a row is one swap away from showing a pid as a step. A `*args` counts as one."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name in classes and len(node.args) > limit:
+                found.append((node.lineno, name, len(node.args)))
+    return found
+
+
+def test_no_class_of_ours_is_built_from_more_than_five_positional_arguments():
+    """Issue 21's calls of seven or more positional arguments were mostly constructors (JobView from 15 values,
+    AttemptView 15, Parity 12): the dataclasses take the rest by keyword now, and no call here or in the tests and
+    benchmarks lines up more than five."""
+    classes = defined_classes(_sources())
+    callers = _sources() + sorted(p for root in ("tests", "bench") for p in (REPO / root).rglob("*.py"))
+    bad = [f"{p.relative_to(REPO)}:{line}: {name}(...) with {n} positional arguments: name them (and make the "
+           f"dataclass `kw_only=True`, or put `_: KW_ONLY` after its fifth field)"
+           for p in callers for line, name, n in too_many_positional_arguments(p.read_text(encoding="utf-8"),
+                                                                                 classes)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_constructor_rule_counts_positional_arguments_of_our_classes_only():
+    source = """
+JobView(1, "a", kind, "/o", status, "local")
+registry.JobView(1, "a", kind, "/o", status, launcher="local")
+records.AttemptView(1, status, "local", "h", 2, 1, {})
+Parity(*values)
+dict(a, b, c, d, e, f)
+"""
+    assert too_many_positional_arguments(source, {"JobView", "AttemptView", "Parity"}) == [
+        (2, "JobView", 6), (4, "AttemptView", 7)]
+
+
+def test_the_dataclass_rule_counts_what_the_generated_init_takes_by_position():
+    """The static count agrees with what dataclasses generate, on the views built from the most values."""
+    from dataclasses import fields
+
+    from medscale.export.merge import Parity
+    from medscale.registry.records import AttemptView, JobSpec, JobView
+
+    for cls in (JobView, AttemptView, Parity, JobSpec):
+        node = next(n for n in ast.walk(ast.parse(Path(sys.modules[cls.__module__].__file__).read_text()))
+                    if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+        assert _dataclass_positional(node) == len([f for f in fields(cls) if f.init and not f.kw_only])
 
 
 # --------------------------------------------------------------------------- statuses are one enum
@@ -302,3 +411,69 @@ def test_sweep_dry_run_lists_what_each_trial_asks_and_the_trial_adds_only_its_na
                      "high": ["train.max_steps=2", "train.learning_rate=0.0001", "train.save_steps=1"]}
     for t in plan_sweep(*load_spec(str(spec)), extra=["train.save_steps=1"]).trials:
         assert t.overrides == [*t.asked, f"name=typed.{t.label}", f"train.output_dir={t.output_dir}"]
+
+
+# --------------------------------------------------------------------------- a registry row's spec is read typed
+
+def _old_rows(reg, out: Path) -> dict[str, int]:
+    """Rows as the previous version wrote them: a training recipe with `data.packing` (before data.batching) and a
+    key this version dropped; an evaluation row of a recipe (before evaluations had a spec); a row synced without its
+    recipe. Beside them, this version's eval and judge job files."""
+    from medscale.eval.spec import EvalSpec
+    from medscale.judge.spec import JudgeSpec
+    from medscale.recipe import load_recipe
+    from medscale.registry import JobSpec
+
+    old = yaml.safe_load(load_recipe("tiny-demo").to_yaml())
+    old["data"].pop("batching")
+    old["data"]["packing"] = True
+    old["train"].update(save_total_limit=3, keep_best_checkpoint=False, output_dir="runs/old", gone_since=1)
+    old["description"] = "trained by the previous version"
+    old_yaml = yaml.safe_dump(old)
+    folder = {"output_dir": str(out / "new")}
+    evaluation = EvalSpec.validated({"name": "e", "model": str(out / "model"), "benchmarks": ["b"], "train": folder},
+                                    "test")
+    judgement = JudgeSpec.validated({"name": "j", "models": ["/a", "/b"], "train": folder}, "test")
+    rows = {"train": JobSpec("old", str(out / "old"), "local", old_yaml, "fp"),
+            "old-eval": JobSpec("old-eval", str(out / "old-eval"), "local", old_yaml, "fp", kind=JobKind.EVAL),
+            "eval": JobSpec("e", str(out / "e"), "local", evaluation.to_yaml(), "fp", kind=JobKind.EVAL),
+            "judge": JobSpec("j", str(out / "j"), "local", judgement.to_yaml(), "fp", kind=JobKind.JUDGE),
+            "synced": JobSpec("bare", str(out / "bare"), "local", "", "fp")}
+    return {k: reg.register(spec) for k, spec in rows.items()}
+
+
+def test_a_registry_row_reads_as_the_typed_spec_of_its_kind_old_rows_too(tmp_path):
+    """`jobs gc` (retention), `jobs resume` (the recorded output dir) and the report (base model, description) read a
+    row's YAML through one reader that returns the kind's typed spec: old rows still read, as the job saved them."""
+    from medscale.eval.spec import EvalSpec
+    from medscale.jobs.kinds import recorded_spec
+    from medscale.jobs.ops import _retention
+    from medscale.judge.spec import JudgeSpec
+    from medscale.recipe import Recipe
+    from medscale.registry import Registry
+
+    with Registry() as reg:
+        ids = _old_rows(reg, tmp_path)
+        spec = {k: reg.job_spec(i) for k, i in ids.items()}
+        view = reg.job(ids["train"])
+    old = recorded_spec(spec["train"])
+    assert isinstance(old, Recipe) and recorded_spec(view) == old
+    assert (old.data.batching, old.train.output_dir, old.description) == ("packed", "runs/old",
+                                                                          "trained by the previous version")
+    assert isinstance(recorded_spec(spec["old-eval"]), Recipe)
+    assert isinstance(recorded_spec(spec["eval"]), EvalSpec) and isinstance(recorded_spec(spec["judge"]), JudgeSpec)
+    assert recorded_spec(spec["synced"]) is None
+    assert [_retention(spec[k]) for k in ("train", "eval", "judge", "synced")] == [(3, False), (None, True),
+                                                                                  (None, True), (None, True)]
+
+
+def test_report_of_an_evaluation_job_says_it_logged_nothing_instead_of_crashing(tmp_path):
+    """The report read a row's recipe as a dict, `model.path` included: an evaluation's job file names its model as
+    a string, so `medscale report EVAL_JOB` died with AttributeError instead of saying what is missing."""
+    from medscale.registry import Registry
+
+    with Registry() as reg:
+        _old_rows(reg, tmp_path)
+    r = cli("report", "e")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no run logged any metric yet" in r.stderr

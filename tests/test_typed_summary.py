@@ -150,7 +150,7 @@ def test_the_sweep_leaderboard_ranks_old_trials_by_their_forgetting_guard(old_jo
     with Registry() as reg:
         sweep = reg.upsert_sweep(SweepInfo("old-sweep", "name: old-sweep\n", [], [{"label": "base", "path": base}]))
         for out in old_jobs:
-            reg.add_trial(sweep, JobSpec(out.name, str(out), "local", "", "fp", "trial", {}), out.name,
+            reg.add_trial(sweep, JobSpec(out.name, str(out), "local", "", "fp", kind="trial"), out.name,
                           {"base": base})
     r = cli("sweep", "show", "old-sweep", "--metric", "control", "--json")
     assert r.returncode == 0, r.stderr

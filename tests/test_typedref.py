@@ -127,8 +127,8 @@ def test_a_job_kind_is_the_enum_from_spec_to_registry_row_and_old_rows_read_back
 
     db = tmp_path / "registry.db"
     with Registry(f"sqlite:///{db}") as reg:
-        new = reg.register(JobSpec("new", "/runs/new", "slurm", "name: new\n", "fp", JobKind.EVAL))
-        old = reg.register(JobSpec("old", "/runs/old", "slurm", "name: old\n", "fp", "trial"))  # as a string
+        new = reg.register(JobSpec("new", "/runs/new", "slurm", "name: new\n", "fp", kind=JobKind.EVAL))
+        old = reg.register(JobSpec("old", "/runs/old", "slurm", "name: old\n", "fp", kind="trial"))  # as a string
         with sqlite3.connect(db) as raw:  # a row written before the kind was an enum: the same plain value
             raw.execute("UPDATE jobs SET kind = 'judge' WHERE id = ?", (old,))
         assert [(j.kind, j.status) for j in reg.jobs()] == [(JobKind.EVAL, JobStatus.QUEUED),
@@ -138,4 +138,4 @@ def test_a_job_kind_is_the_enum_from_spec_to_registry_row_and_old_rows_read_back
     with sqlite3.connect(db) as raw:
         assert sorted(raw.execute("SELECT kind FROM jobs")) == [("eval",), ("judge",)]
     with pytest.raises(ValueError, match="'bake' is not a valid JobKind"):
-        JobSpec("x", "/runs/x", "slurm", "", "fp", "bake")
+        JobSpec("x", "/runs/x", "slurm", "", "fp", kind="bake")

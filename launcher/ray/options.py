@@ -15,7 +15,7 @@ from medscale.recipe import Recipe, RecipeError
 
 # --------------------------------------------------------------------------- options (entry script flags)
 
-@dataclass
+@dataclass(kw_only=True)
 class RayOptions:
     """What the Ray job needs beyond the recipe. Entry-script flags, each defaulting to an environment variable
     so a runtime env can set it too (until the recipe grows `dist.max_failures` and friends)."""

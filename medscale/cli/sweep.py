@@ -99,8 +99,8 @@ def run(spec: str = typer.Argument(..., help="a sweep file or built-in sweep (e.
     from medscale.sweep.tune import OnRay, Resources, run_sweep
 
     setup_logging()
-    on_ray = OnRay(partial(LocalLauncher, in_process=False), address, Resources(cpus, gpu), max_concurrent, asha,
-                   verbose)
+    on_ray = OnRay(launcher_for=partial(LocalLauncher, in_process=False), address=address,
+                   resources=Resources(cpus, gpu), max_concurrent=max_concurrent, asha=asha, verbose=verbose)
     outcome = run_sweep(plan, on_ray, echo=lambda s: typer.echo(s, err=as_json))
     if plan.spec.judge is not None:
         _judge_trials(plan, echo=lambda s: typer.echo(s, err=as_json))

@@ -18,7 +18,7 @@ import difflib
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class Benchmark:
     questions: list[Question]
     dev: list[Question] = field(default_factory=list)  # the few-shot pool (a dev/ folder), never scored
     skipped: list[str] = field(default_factory=list)  # "id (file:line): reason" of malformed questions left out
+    _: KW_ONLY
     files: list[str] = field(default_factory=list)
     source: str = ""  # the file or folder it was read from
     split: str = "every row"  # which part of it is scored

@@ -12,7 +12,7 @@ repeated question.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Question:
     question: str
     options: dict[str, str]
     answer: tuple[str, ...]
+    _: KW_ONLY
     source: str  # file:line
     record_id: str | None = None  # the record's own id field, where it has one
 
@@ -177,7 +178,7 @@ def _question(rec: dict, layout: _Layout, subject: str, qid: str, where: str) ->
             break
     record_id = next((str(rec[k]).strip() for k in _ID_KEYS if not _empty(rec.get(k))), None)
     return Question(qid, subject, text.strip(), {relabel[o]: t for o, t in kept},
-                    tuple(relabel[a] for a in answer), where, record_id)
+                    tuple(relabel[a] for a in answer), source=where, record_id=record_id)
 
 
 def _width(rec: dict, layout: _Layout) -> int | None:

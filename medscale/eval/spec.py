@@ -22,7 +22,7 @@ from medscale.generate.settings import Resolved, resolve
 from medscale.jobkind import JobKind
 from medscale.recipe.fingerprint import recipe_fingerprint, recipe_yaml
 from medscale.recipe import (BenchmarkSource, DistSection, GenerationSection, Recipe, RecipeError, Section,
-                             apply_overrides, load_recipe)
+                             apply_overrides, load_recipe, saved_recipe)
 
 JOB_FILE = "eval_job.yaml"
 
@@ -85,6 +85,15 @@ class JobSpec(Section):
         except ValidationError as e:
             first = e.errors()[0]
             raise RecipeError(f"{source}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+
+    @classmethod
+    def recorded(cls, text: str, source: str):
+        """The spec from its job file's YAML as a registry row keeps it (`source` names the row)."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{source}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        return cls.validated(data if isinstance(data, dict) else {}, source)
 
     def placed(self, name: str, measured: dict, out: str | os.PathLike | None):
         """Named `<name>-<hash of what is measured>`, so the same job asked again is the same job and its rerun
@@ -194,6 +203,16 @@ def as_eval_spec(spec: EvalSpec | Recipe) -> EvalSpec:
     """The eval road's spec from what a caller of the library hands it: an EvalSpec, or a training recipe (a
     LaunchRequest built before evaluations had their own spec)."""
     return spec if isinstance(spec, EvalSpec) else from_recipe(spec)
+
+
+def saved_eval_spec(text: str, source: str) -> EvalSpec | Recipe:
+    """An evaluation as its registry row recorded it: its job file (`kind: eval`), or, in a row written before
+    evaluations had a spec of their own, the recipe whose trained model it evaluated, read as the job saved it."""
+    try:
+        marked = (yaml.safe_load(text) or {}).get("kind") == JobKind.EVAL
+    except (yaml.YAMLError, AttributeError):
+        marked = False  # no job file: read as the recipe it may be, whose reader says what is wrong
+    return EvalSpec.recorded(text, source) if marked else saved_recipe(text, source)
 
 
 def load_eval_spec(ref: str, overrides: list[str] | None = None) -> EvalSpec:

@@ -51,7 +51,7 @@ class ExportError(UserError):
     """An export that cannot be made or that failed its parity check (nothing was left behind)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Parity:
     """The three comparisons of the module docstring; max |logit difference| of each, over every position."""
 
@@ -78,7 +78,7 @@ class Parity:
                 f"{self.tolerance:.3g}), {self.near_ties} near-tie(s) exempt")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     mode: str  # merge | adapter
     source: str  # the job@checkpoint label
@@ -139,9 +139,9 @@ def export(ref: str, *, merge: bool, checkpoint: int | None = None, out: str | P
             raise ExportError(f"{target.label}: the exported model does not answer as base + adapter: "
                               f"{parity.line()}; worst at {parity.worst}; nothing was written")
         files = sorted(p.name for p in tmp.iterdir())
-        result = ExportResult(mode, target.label, str(dest), dtype, files + [RECORD],
-                              sum(p.stat().st_size for p in tmp.iterdir()), parity,
-                              {k: round(v, 2) for k, v in timings.items()})
+        result = ExportResult(mode=mode, source=target.label, out=str(dest), dtype=dtype, files=files + [RECORD],
+                              size_bytes=sum(p.stat().st_size for p in tmp.iterdir()), parity=parity,
+                              seconds={k: round(v, 2) for k, v in timings.items()})
         write_text_atomic(tmp / RECORD, json.dumps({**result.to_dict(), "adapter": str(target.adapter),
                                                     "base": str(target.base), "job": target.job_name},
                                                    ensure_ascii=False, indent=1))
@@ -280,8 +280,9 @@ def _check(exported, reference: list[dict], merged: list, written: list, dtype: 
         mismatched += int((changed & clear).sum())
         ties += int((~clear).sum())
     passed = merge_diff <= exact and written_diff <= exact and mismatched == 0
-    return Parity(len(reference), positions, dtype, exact, merge_diff, written_diff, tol, drift, mismatched, ties,
-                  passed, worst)
+    return Parity(prompts=len(reference), positions=positions, dtype=dtype, exact_tolerance=exact,
+                  merge_diff=merge_diff, written_diff=written_diff, tolerance=tol, max_abs_diff=drift,
+                  mismatched_choices=mismatched, near_ties=ties, passed=passed, worst=worst)
 
 
 def _nf4_difference(target: ModelRef, reference: list[dict]) -> dict:

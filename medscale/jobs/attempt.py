@@ -163,8 +163,9 @@ class Attempt:
         if manifest["step"] not in self.journal.verified_steps:
             self.journal.verified_steps.append(manifest["step"])
             self.journal.save()
-        self.registry.checkpoint(self.spec, CheckpointInfo(manifest["step"], str(ckpt), True, self.info.number,
-                                                           manifest.get("metrics", {}), manifest["size_bytes"]))
+        self.registry.checkpoint(self.spec, CheckpointInfo(
+            step=manifest["step"], path=str(ckpt), verified=True, attempt_number=self.info.number,
+            metrics=manifest.get("metrics", {}), size_bytes=manifest["size_bytes"]))
 
     def results_measured(self, rows: list) -> None:
         """Measurements of this job made in the run (medscale.registry.ResultInfo rows: the tuned model and its

@@ -48,8 +48,9 @@ def sync_output_dir(reg: Registry, output_dir: str | Path) -> dict:
         on_disk.add(str(path))
         verified += manifest is not None
         m = manifest or {}
-        reg.record_checkpoint(spec, CheckpointInfo(step, str(path), manifest is not None, m.get("attempt", 0),
-                                                   m.get("metrics", {}), m.get("size_bytes", 0)))
+        reg.record_checkpoint(spec, CheckpointInfo(
+            step=step, path=str(path), verified=manifest is not None, attempt_number=m.get("attempt", 0),
+            metrics=m.get("metrics", {}), size_bytes=m.get("size_bytes", 0)))
     if journal.stopped_early:
         reg.set_status(reg.find_by_key(spec), JobStatus.STOPPED_EARLY)
     history = trainer_log(out)

@@ -148,7 +148,7 @@ def register_submitted(request: LaunchRequest, launcher: str) -> None:
 
     r = request.recipe
     spec = JobSpec(r.name, os.path.abspath(r.train.output_dir), launcher, r.to_yaml(), r.fingerprint(),
-                   request.entry.kind, request.options)
+                   kind=request.entry.kind, launcher_options=request.options)
     try:
         with Registry() as reg:
             reg.register(spec)

@@ -10,17 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import yaml
-
 from medscale import medscale_home
 from medscale.jobs.checkpoint import checkpoint_dirs, damaged_dirs, delete_checkpoint, retention_plan
 from medscale.jobs.client import reconcile, sync_output_dir
 from medscale.jobs.errors import JobStateError
-from medscale.jobs.kinds import JobKind
+from medscale.jobs.kinds import JobKind, recorded_spec
 from medscale.jobs.launch import Launcher, LaunchRequest, entry_for
 from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import JOURNAL, PRIVATE, RunSummary, find_output_dirs, read_journal, write_text_atomic
-from medscale.registry import CancelOutcome, JobView, Registry, RegistryError, ResultView, heartbeat_interval
+from medscale.recipe import Recipe
+from medscale.registry import CancelOutcome, JobSpec, JobView, Registry, RegistryError, ResultView, heartbeat_interval
 from medscale.status import VISIBLE_JOB_STATUSES, AttemptStatus, JobStatus
 
 RESUME_OVERRIDES = ["train.resume=auto"]
@@ -87,7 +86,7 @@ def resume_job(reg: Registry, ref: str, launchers: Mapping[str, Launcher], wait:
     write_text_atomic(path, job.recipe_yaml, mode=PRIVATE)
     entry = entry_for(job.kind)  # an evaluation continues from the scores it kept: it has no resume key
     overrides = [] if entry.kind is JobKind.EVAL else list(RESUME_OVERRIDES)
-    recorded_out = (yaml.safe_load(job.recipe_yaml).get("train") or {}).get("output_dir")
+    recorded_out = recorded_spec(job).train.output_dir
     if recorded_out != job.output_dir:  # a relative output_dir recorded from another cwd: keep the job's dir
         overrides.append(f"train.output_dir={job.output_dir}")
     launcher = launchers[job.launcher]
@@ -180,13 +179,16 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _retention(recipe_yaml: str) -> tuple[int | None, bool | str]:
-    """(train.save_total_limit, train.keep_best_checkpoint) of a recorded recipe."""
-    train = ((yaml.safe_load(recipe_yaml) if recipe_yaml else None) or {}).get("train") or {}
-    return train.get("save_total_limit"), train.get("keep_best_checkpoint", True)
+def _retention(spec: JobSpec) -> tuple[int | None, bool | str]:
+    """(train.save_total_limit, train.keep_best_checkpoint) of the recipe a job recorded; a job that recorded none,
+    or an evaluation's or judgement's spec (no checkpoints of its own), keeps all and the best."""
+    recorded = recorded_spec(spec)
+    if not isinstance(recorded, Recipe):
+        return None, True
+    return recorded.train.save_total_limit, recorded.train.keep_best_checkpoint
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GcResult:
     job: str
     id: int
@@ -214,9 +216,10 @@ def gc_jobs(reg: Registry, ref: str | None = None, keep_last: int | None = None,
     results = []
     for job_id in ids:
         spec = reg.job_spec(job_id)
-        limit, keep_best = _retention(spec.recipe_yaml)
+        limit, keep_best = _retention(spec)
         k = keep_last if keep_last is not None else limit
-        r = GcResult(spec.name, job_id, spec.output_dir, k, keep_best, dry_run)
+        r = GcResult(job=spec.name, id=job_id, output_dir=spec.output_dir, keep_last=k, keep_best=keep_best,
+                     dry_run=dry_run)
         results.append(r)
         if not Path(spec.output_dir).is_dir():
             r.note = "output dir is gone: nothing to delete"

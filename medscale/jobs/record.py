@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from pydantic import ConfigDict, ValidationError
@@ -80,6 +80,7 @@ class Journal:
     kind: JobKind = JobKind.TRAIN
     launcher: str = "python"
     launcher_options: dict = field(default_factory=dict)
+    _: KW_ONLY
     fingerprint: str = ""
     verified_steps: list[int] = field(default_factory=list)  # every step that ever had a verified checkpoint
     attempts: list[AttemptInfo] = field(default_factory=list)
@@ -93,8 +94,8 @@ class Journal:
         return self.attempts[-1] if self.attempts else None
 
     def spec(self, recipe_yaml: str) -> JobSpec:
-        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, self.kind,
-                       self.launcher_options)
+        return JobSpec(self.name, self.output_dir, self.launcher, recipe_yaml, self.fingerprint, kind=self.kind,
+                       launcher_options=self.launcher_options)
 
     def to_json(self) -> dict:
         return {"format": JOURNAL_FORMAT, "name": self.name, "kind": self.kind.value, "output_dir": self.output_dir,

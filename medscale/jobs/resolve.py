@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from medscale.errors import UserError
@@ -37,6 +37,7 @@ class ModelRef:
     base: Path
     adapter: Path | None = None
     label: str = ""  # how reports name it: the job, `job@checkpoint-N`, or the folder
+    _: KW_ONLY
     job_id: int | None = None
     job_name: str | None = None
     output_dir: Path | None = None
@@ -123,7 +124,8 @@ def _from_output_dir(out: Path, step: int | None, job_id: int | None = None) -> 
         adapter = ckpt = verified[0]
         label = f"{name}@{ckpt.name}"
     recipe = load_saved(recipe_file)
-    return ModelRef(_base_of_recipe(recipe, out), adapter, label, job_id, name, out, ckpt, recipe)
+    return ModelRef(_base_of_recipe(recipe, out), adapter, label, job_id=job_id, job_name=name, output_dir=out,
+                    checkpoint=ckpt, recipe=recipe)
 
 
 def _from_folder(p: Path, step: int | None, adapter: str | None, base: str | None) -> ModelRef:

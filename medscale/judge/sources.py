@@ -77,7 +77,7 @@ def file_answers(ref: str, questions: list[OpenQuestion]) -> dict[str, str]:
     return {q.id: texts[q.id] for q in questions}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Asking:
     """How models are asked: the generation flags given (eval's), and where the engine caches what finished."""
 

@@ -15,7 +15,7 @@ from medscale.recipe.base import RecipeError, Section
 from medscale.recipe.explain import line_of
 from medscale.recipe.keys import KeyDoc, recipe_keys, recipe_schema
 from medscale.recipe.load import (apply_overrides, builtin_dir, builtin_names, demo_data_dir, load_recipe,
-                                  load_saved, parse_override, validate)
+                                  load_saved, parse_override, saved_recipe, validate)
 from medscale.recipe.schema import Recipe
 from medscale.recipe.sections.adapter import AdapterSection
 from medscale.recipe.sections.data import FORMAT_NAMES, DataSection, DataSource, TermMasking
@@ -30,4 +30,4 @@ __all__ = ["AdapterSection", "AdaptiveClip", "BenchmarkSource", "DataSection", "
            "DistSection", "EvalSection", "FORMAT_NAMES", "GenerationSection", "KeyDoc", "ModelSection", "Recipe",
            "RecipeError", "Section", "SwanLab", "TermMasking", "TinySpec", "TrackSection", "TrainSection",
            "apply_overrides", "builtin_dir", "builtin_names", "demo_data_dir", "line_of", "load_recipe",
-           "load_saved", "parse_override", "recipe_keys", "recipe_schema", "validate"]
+           "load_saved", "parse_override", "recipe_keys", "recipe_schema", "saved_recipe", "validate"]

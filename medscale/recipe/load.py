@@ -81,14 +81,18 @@ def _recipe_file(name_or_path: str) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
+    return _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def _parse_yaml(text: str, source: str) -> dict:
     try:
-        data = _yaml_load(path.read_text(encoding="utf-8"))
+        data = _yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        where = f"{source}:{mark.line + 1}" if mark else source
         raise RecipeError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model, data, train, ...)")
+        raise RecipeError(f"{source}: a recipe is a YAML mapping of sections (model, data, train, ...)")
     return data
 
 
@@ -188,7 +192,17 @@ def load_saved(path: Path) -> Recipe:
     another medscale version or on another machine still loads: keys this version does not know are left out (and
     logged), and files the recipe names (dist.deepspeed) are not looked for again; anything else wrong is a
     RecipeError at the file:line."""
-    data, dropped = _read_yaml(path), []
+    return _validated_saved(_read_yaml(path), str(path), path)
+
+
+def saved_recipe(text: str, source: str) -> Recipe:
+    """A job's saved recipe whose YAML is kept elsewhere (a registry row's copy), read as `load_saved` reads the
+    file; a problem names `source`."""
+    return _validated_saved(_parse_yaml(text, source), source, None)
+
+
+def _validated_saved(data: dict, source: str, path: Path | None) -> Recipe:
+    dropped = []
     while True:
         try:
             recipe = Recipe.model_validate(data, context=SAVED)
@@ -196,10 +210,10 @@ def load_saved(path: Path) -> Recipe:
         except ValidationError as e:
             unknown = [err["loc"] for err in e.errors() if err["type"] == "extra_forbidden"]
             if not unknown or not all(_drop(data, loc) for loc in unknown):
-                raise RecipeError(explain(e, path)) from None
+                raise RecipeError(explain(e, path) if path else f"{source}: {explain(e, None)}") from None
             dropped += [".".join(map(str, loc)) for loc in unknown]
     if dropped:
-        log.warning("%s: left out keys this medscale does not know: %s", path, ", ".join(dropped))
+        log.warning("%s: left out keys this medscale does not know: %s", source, ", ".join(dropped))
     return recipe
 
 

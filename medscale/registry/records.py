@@ -5,7 +5,7 @@ the JSON shape of `medscale jobs ... --json`."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from datetime import datetime, timezone
 
 from medscale.jobkind import JobKind
@@ -30,6 +30,7 @@ class JobSpec:
     launcher: str
     recipe_yaml: str
     fingerprint: str
+    _: KW_ONLY
     kind: JobKind = JobKind.TRAIN
     launcher_options: dict = field(default_factory=dict)  # what `jobs resume` asks the launcher for again
 
@@ -46,6 +47,7 @@ class AttemptInfo:
     host: str
     pid: int
     fingerprint: str
+    _: KW_ONLY
     world_size: int = 1
     launcher_ids: dict = field(default_factory=dict)
     resumed_from: str | None = None
@@ -79,7 +81,7 @@ class AttemptInfo:
         return cls(**{k: v for k, v in d.items() if k in known}, launcher_ids=ids)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckpointInfo:
     step: int
     path: str
@@ -90,7 +92,7 @@ class CheckpointInfo:
     created_at: datetime = field(default_factory=utcnow)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AttemptView:
     number: int
     status: AttemptStatus  # LOST when a running attempt stopped beating or its process is gone
@@ -112,7 +114,7 @@ class AttemptView:
         return asdict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckpointView:
     step: int
     path: str
@@ -127,7 +129,7 @@ class CheckpointView:
         return asdict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JobView:
     id: int
     name: str
@@ -156,7 +158,7 @@ class JobView:
         return d
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ResultInfo:
     """One measurement to record (see models.Result)."""
 
@@ -210,6 +212,7 @@ class MetricRow:
     eval_loss: float | None = None
     learning_rate: float | None = None
     grad_norm: float | None = None
+    _: KW_ONLY
     epoch: float | None = None
     values: dict = field(default_factory=dict)
 
@@ -257,7 +260,7 @@ class TrialView:
         return {"label": self.label, "cell": self.cell, "error": self.error, "job": self.job.to_dict(brief=True)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepView(SweepInfo):
     id: int = 0
     created_at: str | None = None

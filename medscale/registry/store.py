@@ -244,7 +244,7 @@ class Registry:
             q = select(Metric).where(Metric.job_id == job_id).order_by(Metric.step)
             if after_step is not None:
                 q = q.where(Metric.step > after_step)
-            return [MetricRow(m.step, *(getattr(m, k) for k in METRIC_COLUMNS), values=dict(m.values or {}))
+            return [MetricRow(m.step, **{k: getattr(m, k) for k in METRIC_COLUMNS}, values=dict(m.values or {}))
                     for m in s.scalars(q)]
 
     def sweep(self, ref: str) -> SweepView:
@@ -257,9 +257,10 @@ class Registry:
                 raise RegistryError(f"no sweep '{ref}' in the registry {self.url_redacted} (sweeps: {names})")
             jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([t.job_id for t in row.trials]))
                                               .options(selectinload(Job.attempts), selectinload(Job.checkpoints)))}
-            return SweepView(row.name, row.definition_yaml, list(row.grid or []), list(row.bases or []), row.id,
-                             iso(row.created_at), iso(row.updated_at),
-                             [TrialView(t.label, dict(t.cell or {}), t.error, _view(jobs[t.job_id], brief=False))
+            return SweepView(name=row.name, definition_yaml=row.definition_yaml, grid=list(row.grid or []),
+                             bases=list(row.bases or []), id=row.id, created_at=iso(row.created_at),
+                             updated_at=iso(row.updated_at),
+                             trials=[TrialView(t.label, dict(t.cell or {}), t.error, _view(jobs[t.job_id], brief=False))
                               for t in row.trials])
 
     def sweeps(self) -> list[SweepInfo]:
@@ -303,8 +304,8 @@ class Registry:
     def job_spec(self, job_id: int) -> JobSpec:
         with self._session() as s:
             j = _get(s, job_id)
-            return JobSpec(j.name, j.output_dir, j.launcher, j.recipe_yaml, j.fingerprint, j.kind,
-                           dict(j.launcher_options or {}))
+            return JobSpec(j.name, j.output_dir, j.launcher, j.recipe_yaml, j.fingerprint, kind=j.kind,
+                           launcher_options=dict(j.launcher_options or {}))
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:
@@ -384,23 +385,28 @@ def attempt_state(a: Attempt, now: datetime | None = None) -> AttemptStatus:
 
 
 def _view(j: Job, brief: bool) -> JobView:
-    attempts = [AttemptView(a.number, attempt_state(a), a.launcher, a.host, a.pid, a.world_size,
-                            dict(a.launcher_ids or {}), a.resumed_from, a.step, a.fingerprint, a.exit_reason,
-                            list(a.recipe_changes or []), iso(a.started_at), iso(a.heartbeat_at), iso(a.ended_at))
+    attempts = [AttemptView(number=a.number, status=attempt_state(a), launcher=a.launcher, host=a.host, pid=a.pid,
+                            world_size=a.world_size, launcher_ids=dict(a.launcher_ids or {}),
+                            resumed_from=a.resumed_from, step=a.step, fingerprint=a.fingerprint,
+                            exit_reason=a.exit_reason, recipe_changes=list(a.recipe_changes or []),
+                            started_at=iso(a.started_at), heartbeat_at=iso(a.heartbeat_at), ended_at=iso(a.ended_at))
                 for a in j.attempts]
     verified = [c for c in j.checkpoints if c.deleted_at is None and c.verified]
     status = JobStatus(j.status)
     if status is JobStatus.RUNNING and attempts and attempts[-1].status is AttemptStatus.LOST:
         status = AttemptStatus.LOST
     latest = verified[-1] if verified else None
-    view = JobView(j.id, j.name, JobKind(j.kind), j.output_dir, status, j.launcher, dict(j.launcher_options or {}),
-                   j.fingerprint, len(attempts), max((a.step for a in attempts), default=0),
-                   latest.path if latest else None, dict(latest.metrics) if latest else {}, j.cancel_requested,
-                   iso(j.created_at), iso(j.updated_at))
+    view = JobView(id=j.id, name=j.name, kind=JobKind(j.kind), output_dir=j.output_dir, status=status,
+                   launcher=j.launcher, launcher_options=dict(j.launcher_options or {}), fingerprint=j.fingerprint,
+                   attempts=len(attempts), step=max((a.step for a in attempts), default=0),
+                   latest_checkpoint=latest.path if latest else None,
+                   latest_metrics=dict(latest.metrics) if latest else {}, cancel_requested=j.cancel_requested,
+                   created_at=iso(j.created_at), updated_at=iso(j.updated_at))
     if not brief:
         view.attempt_list = attempts
-        view.checkpoints = [CheckpointView(c.step, c.path, c.verified, c.attempt_number, dict(c.metrics),
-                                           c.size_bytes, iso(c.created_at), c.deleted_at is not None)
+        view.checkpoints = [CheckpointView(step=c.step, path=c.path, verified=c.verified, attempt=c.attempt_number,
+                                           metrics=dict(c.metrics), size_bytes=c.size_bytes,
+                                           created_at=iso(c.created_at), deleted=c.deleted_at is not None)
                             for c in j.checkpoints]
         view.recipe_yaml = j.recipe_yaml
     return view

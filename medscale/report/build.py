@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,10 +27,14 @@ from pathlib import Path
 from medscale.errors import UserError
 from medscale.eval.stored import base_result, final_results, paired
 from medscale.html import render
+from medscale.jobs.kinds import recorded_spec
 from medscale.jobs.record import RunSummary, write_bytes_atomic, write_text_atomic
 from medscale.markdown import md_cell, md_text
+from medscale.recipe import Recipe, RecipeError
 from medscale.registry import MetricRow, Registry
 from medscale.report import versions
+
+log = logging.getLogger(__name__)
 
 FIGURES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"),
            ("grad_norm", "gradient norm"))
@@ -39,7 +44,7 @@ class ReportError(UserError):
     """Nothing to report (an unknown job or sweep, or runs that logged nothing)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     label: str
     job_id: int
@@ -66,7 +71,7 @@ class Run:
         return at(self.series(key), step, exact_first=key == "eval_loss")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report:
     title: str
     steps: list[int]
@@ -115,15 +120,24 @@ def _sweep(reg: Registry, ref: str):
 
 
 def _run(reg: Registry, job_id: int, label: str | None, base: str | None) -> Run:
-    import yaml
-
     job = reg.job(job_id)
-    recipe = yaml.safe_load(job.recipe_yaml or "") or {}
-    base = base or os.path.abspath((recipe.get("model") or {}).get("path", ""))
+    recipe = _recipe(job)
     summary = RunSummary.load(job.output_dir)
-    reached = max(job.step or 0, summary.global_step if summary else 0)
-    return Run(label or job.name, job_id, job.name, job.status, job.output_dir, base, reg.metrics(job_id), summary,
-               reached, str(recipe.get("description") or ""))
+    return Run(label=label or job.name, job_id=job_id, name=job.name, status=job.status, output_dir=job.output_dir,
+               base_path=base or os.path.abspath(recipe.model.path if recipe else ""), metrics=reg.metrics(job_id),
+               summary=summary, reached=max(job.step or 0, summary.global_step if summary else 0),
+               description=recipe.description if recipe else "")
+
+
+def _recipe(job) -> Recipe | None:
+    """The recipe a training job recorded; None for an evaluation or a judgement (they train no model), or where the
+    recorded recipe no longer validates: a report of old runs still shows their numbers, the warning says why."""
+    try:
+        recorded = recorded_spec(job)
+    except RecipeError as e:
+        log.warning("%s: reported without its base model and description", e)
+        return None
+    return recorded if isinstance(recorded, Recipe) else None
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -230,10 +244,11 @@ def build(reg: Registry, refs: list[str], steps: list[int] | None = None) -> tup
     title, runs = collect(reg, refs)
     steps = sorted(set(steps)) if steps else default_steps(runs)
     bases = {b["path"]: b["label"] for ref in refs if (s := _sweep(reg, ref)) is not None for b in s.bases}
-    report = Report(title, steps, [r.label for r in runs], _by_step(runs, steps, "loss"),
-                    _by_step(runs, steps, "eval_loss"), [row for r in runs for row in _stages(r, steps)],
-                    [_overview(r) for r in runs], [row for r in runs for row in _benchmarks(reg, r)],
-                    [_forgetting(r) for r in runs], notes=_unreached(runs, steps),
+    report = Report(title=title, steps=steps, runs=[r.label for r in runs], loss=_by_step(runs, steps, "loss"),
+                    eval_loss=_by_step(runs, steps, "eval_loss"),
+                    stages=[row for r in runs for row in _stages(r, steps)], overview=[_overview(r) for r in runs],
+                    benchmarks=[row for r in runs for row in _benchmarks(reg, r)],
+                    forgetting=[_forgetting(r) for r in runs], notes=_unreached(runs, steps),
                     versions=[v.to_dict() for v in versions.versions(reg, runs, bases)])
     return report, runs
 

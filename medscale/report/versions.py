@@ -9,7 +9,7 @@ measured again.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 from medscale.eval.degenerate import versus
@@ -29,6 +29,7 @@ class Version:
     base: str  # its base's label (a base: itself)
     benchmark: str | None = None
     acc: float | None = None
+    _: KW_ONLY
     ci: list[float] | None = None
     n: int | None = None
     win_rate: float | None = None  # the judge: share of questions it preferred this fine-tune over its base

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -51,6 +51,7 @@ class Row:
     base: str  # the base model's label (a base row: itself)
     status: str
     value: float | None = None
+    _: KW_ONLY
     ci: tuple[float, float] | None = None
     n: int | None = None
     base_value: float | None = None  # the same metric of its own base (trials)

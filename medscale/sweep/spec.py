@@ -278,7 +278,7 @@ def _value_label(key: str, value) -> str:
     return f"{leaf}_{clean}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrialPlan:
     """One cell of the grid: the trial's label, its base recipe and overrides, and the validated recipe."""
 
@@ -433,7 +433,8 @@ def plan_sweep(spec: SweepSpec, definition: str, extra: list[str] | None = None,
                             f"evaluates during training: set eval.eval_strategy=steps and eval.eval_steps")
         base = os.path.abspath(os.path.expanduser(entry.base)) if entry.base else os.path.abspath(recipe.model.path)
         notes = "; ".join(n for n in (entry.note, note) if n) or None
-        trials.append(TrialPlan(label, ref, overrides, labels, notes, base, recipe, asked=asked))
+        trials.append(TrialPlan(label=label, recipe_ref=ref, overrides=overrides, labels=labels, note=notes, base=base,
+                                recipe=recipe, asked=asked))
     if problems:
         raise SweepError("\n".join(problems))
     dup = sorted({t.label for t in trials if [u.label for u in trials].count(t.label) > 1})

@@ -29,6 +29,7 @@ import medscale
 from medscale import settings
 from medscale.errors import StopRequested
 from medscale.jobs.launch import LaunchRequest
+from medscale.jobkind import JobKind
 from medscale.jobs.stop import StopFlag, stop_flag
 from medscale.registry import JobSpec, Registry, SweepInfo
 from medscale.status import JobStatus
@@ -72,8 +73,8 @@ class SweepOutcome:
 
 def trial_spec(t: TrialPlan, sweep: str) -> JobSpec:
     r = t.recipe
-    return JobSpec(r.name, t.output_dir, "local", r.to_yaml(), r.fingerprint(), "trial",
-                   {"sweep": sweep, "trial": t.label})
+    return JobSpec(r.name, t.output_dir, "local", r.to_yaml(), r.fingerprint(), kind=JobKind.TRIAL,
+                   launcher_options={"sweep": sweep, "trial": t.label})
 
 
 def register(reg: Registry, plan: SweepPlan) -> tuple[int, dict[str, int]]:
@@ -169,7 +170,7 @@ def trial_requests(plan: SweepPlan, trials: list[TrialPlan]) -> list[LaunchReque
     return [trial_request(t.recipe, t.recipe_ref, t.overrides, plan.name, t.label) for t in trials]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OnRay:
     """Ray Tune on a cluster (`address`) or a local Ray: each trial launched on its actor's node by the local
     launcher `launcher_for` gives (its runner: the actor's), the unmeasured bases as Ray tasks, optional ASHA;

@@ -130,7 +130,7 @@ def _prepare_data(recipe: Recipe, args, decided: RunPlan, stamp: str | None):
     return tok, data
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Session:
     """What training produced beside the Trainer's own state, for the summary."""
 
@@ -197,7 +197,8 @@ def _session(recipe: Recipe, args, tok, data, attempt: Attempt, *, plan: StartPl
         log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
                  recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
     try:
-        yield _Session(trainer, attempt_cb, meter, trainable, total, tracking.swanlab_dir)
+        yield _Session(trainer=trainer, attempt_cb=attempt_cb, meter=meter, trainable=trainable, total=total,
+                       swanlab_dir=tracking.swanlab_dir)
     finally:
         tracking.close()
 

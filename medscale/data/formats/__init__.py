@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Callable
 
 from medscale.data.chat import THINK_CLOSE, THINK_OPEN, split_think
@@ -24,6 +24,7 @@ class Format:
     fields: tuple[str, ...]  # the keys it reads (for "closest formats" when detection fails)
     detect: Callable[[dict], bool]
     convert: Callable[[dict, str], list[dict]]  # (record, prompt_field) -> messages
+    _: KW_ONLY
     priority: int = 50  # lower is tried first: specific layouts before general ones
 
 
