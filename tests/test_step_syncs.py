@@ -35,7 +35,7 @@ def test_boundary_masks_match_transformers_without_its_detection(tiny_model_dir,
 
     from medscale.data.packing import concat_samples
     from medscale.model import attention as att
-    from medscale.model.load import load_base_model
+    from medscale.model.load import load_pretrained
     from medscale.recipe import ModelSection
 
     if path == "kernel":
@@ -43,7 +43,8 @@ def test_boundary_masks_match_transformers_without_its_detection(tiny_model_dir,
         monkeypatch.setattr(att, "_varlen_kernel", lambda: _reference_varlen(True))
     folder = tiny_model_dir if arch == "qwen3" else _qwen2_dir(tmp_path)
     dtype = "bfloat16" if path == "kernel" else "float32"  # the kernel computes in bf16
-    ours = load_base_model(ModelSection(path=str(folder), dtype=dtype, attn_implementation="varlen")).eval()
+    section = ModelSection(path=str(folder), dtype=dtype, attn_implementation="varlen")
+    ours = load_pretrained(section, None, recipe_attention=True).eval()  # on the CPU, where a GPU exists too
     theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), attn_implementation="varlen")
     detections = []
     detect = mu.find_packed_sequence_indices
