@@ -18,7 +18,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import QUICK_STEP, cli, run_cli
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.registry import Registry
 from medscale.jobs.checkpoint import MANIFEST, latest_verified
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def _args(model, out, *extra):
     return ["tiny-demo", f"model.path={model}", f"train.output_dir={out}", "eval.eval_strategy=no",
-            "track.swanlab=null", "train.logging_steps=1", *extra]
+            "track.swanlab=null", "train.logging_steps=1", *QUICK_STEP, *extra]
 
 
 def _start(*cli_args, env=None) -> subprocess.Popen:
@@ -73,24 +73,24 @@ def _state(out: Path) -> dict:
 
 
 def test_kill9_of_ddp_run_resumes_from_verified_checkpoint_and_matches_uninterrupted(tiny_model_dir, tmp_path):
-    common = ["dist.num_processes=2", "train.max_steps=30", "train.save_steps=5"]
+    common = ["dist.num_processes=2", "train.max_steps=24", "train.save_steps=4"]
     ref = tmp_path / "uninterrupted"
     p = run_cli("train", *_args(tiny_model_dir, ref, *common), timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
     out = tmp_path / "killed"
     proc = _start("train", *_args(tiny_model_dir, out, *common))
-    _wait_for(lambda: (out / "checkpoint-10" / MANIFEST).is_file(), proc, what="the second checkpoint")
+    _wait_for(lambda: (out / "checkpoint-8" / MANIFEST).is_file(), proc, what="the second checkpoint")
     _kill_tree(proc)
     resume_point = latest_verified(out)
-    assert resume_point is not None and int(resume_point.name.split("-")[1]) >= 10
-    assert _state(ref)["global_step"] == 30 and not (out / "run_summary.json").exists()
+    assert resume_point is not None and int(resume_point.name.split("-")[1]) >= 8
+    assert _state(ref)["global_step"] == 24 and not (out / "run_summary.json").exists()
 
     p = run_cli("train", *_args(tiny_model_dir, out, *common), timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["attempt"] == 2 and summary["resumed_from"] == str(resume_point)
-    assert summary["steps_per_rank"] == [30, 30] and _state(out)["global_step"] == _state(ref)["global_step"]
+    assert summary["steps_per_rank"] == [24, 24] and _state(out)["global_step"] == _state(ref)["global_step"]
 
     job = _job(out)
     assert job["status"] == "succeeded" and job["attempts"] == 2
@@ -144,14 +144,14 @@ def _training(min_step: int):
 @pytest.mark.parametrize("procs", [1, 2], ids=["in-process", "ddp"])
 def test_sigterm_saves_at_next_step_marks_preempted_and_exits_75(tiny_model_dir, tmp_path, procs):
     out = tmp_path / "pre"
-    args = _args(tiny_model_dir, out, f"dist.num_processes={procs}", "train.max_steps=40", "train.save_steps=1000")
+    args = _args(tiny_model_dir, out, f"dist.num_processes={procs}", "train.max_steps=24", "train.save_steps=1000")
     proc = _start("train", *args, env={"MEDSCALE_HEARTBEAT_S": "0.2"})
     _wait_for(_training(2), proc, what="training to reach step 2")
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == EXIT_PREEMPTED, log[-4000:]
     ckpt = latest_verified(out)
-    assert ckpt is not None and 2 <= int(ckpt.name.split("-")[1]) < 40, "a checkpoint at the next step boundary"
+    assert ckpt is not None and 2 <= int(ckpt.name.split("-")[1]) < 24, "a checkpoint at the next step boundary"
     job = _job(out)
     assert job["status"] == "preempted" and job["attempt_list"][0]["status"] == "preempted"
     assert job["latest_checkpoint"] == str(ckpt)
@@ -161,7 +161,7 @@ def test_sigterm_saves_at_next_step_marks_preempted_and_exits_75(tiny_model_dir,
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         job = _job(out)
         assert job["status"] == "succeeded" and job["attempt_list"][1]["resumed_from"] == str(ckpt)
-        assert _state(out)["global_step"] == 40
+        assert _state(out)["global_step"] == 24
 
 
 def test_jobs_cancel_stops_a_running_job_after_a_checkpoint(tiny_model_dir, tmp_path):
@@ -237,7 +237,7 @@ def test_a_kill_after_the_final_save_finishes_the_job_without_training_past_its_
     # Defect: re-running a finished job with a changed recipe "resumed", trained 0 steps and rewrote its record.
     before = (out / "run_summary.json").read_bytes()
     for change, key in (("train.learning_rate=1e-4", "train.learning_rate"), ("train.max_steps=4", "train.max_steps")):
-        p = run_cli("train", *_args(tiny_model_dir, out, *steps, change))
+        p = cli("train", *_args(tiny_model_dir, out, *steps, change))
         assert p.returncode == 2, p.stderr[-3000:]
         err = p.stderr.strip().splitlines()[-1]
         assert key in err and "jobs resume" in err and "train.output_dir" in err, err
@@ -361,8 +361,6 @@ def test_a_stop_that_kills_a_slow_starting_rank_does_not_leave_the_others_waitin
 def test_bad_data_found_at_start_leaves_no_output_dir_and_no_job(tiny_model_dir, tmp_path):
     """Defect: data problems found after the attempt started (every record dropped, eval_size larger than the data)
     exited 2 but left an output dir, recipe.resolved.yaml and a failed job behind. Data is read before the start."""
-    from conftest import cli
-
     out = tmp_path / "bad-data"
     for bad in ("data.eval_size=5000", "data.max_length=16"):
         r = cli("train", *_args(tiny_model_dir, out, bad))
