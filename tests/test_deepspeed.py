@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import QUICK_STEP, REPO, run_cli
 from medscale.preflight import PreflightError
 from medscale.recipe import RecipeError, builtin_names, load_recipe
 
@@ -356,7 +356,7 @@ def _ds_env() -> dict:
 def _train(tiny_model_dir, out, *extra):
     return run_cli("train", "tiny-demo", f"model.path={tiny_model_dir}", f"train.output_dir={out}",
                    "train.save_steps=3", "train.logging_steps=1", "eval.eval_strategy=no", "track.swanlab=null",
-                   *extra, env=_ds_env(), timeout=900)
+                   *QUICK_STEP, *extra, env=_ds_env(), timeout=900)
 
 
 @pytest.mark.slow
