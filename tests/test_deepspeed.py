@@ -227,11 +227,12 @@ def test_quant_storage_reaches_bitsandbytes_config(monkeypatch):
     from medscale.model.load import load_base_model
 
     seen = {}
+    loaded = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", model_type="qwen3"))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda path, **kw: seen.update(kw) or "model")
+                        lambda path, **kw: seen.update(kw) or loaded)
     for storage, dtype in (("uint8", torch.uint8), ("bfloat16", torch.bfloat16)):
         r = load_recipe("tiny-demo", ["model.load_in_4bit=true", f"model.bnb_4bit_quant_storage={storage}"])
-        assert load_base_model(r.model) == "model"
+        assert load_base_model(r.model) is loaded
         assert seen["quantization_config"].bnb_4bit_quant_storage == dtype
 
 
