@@ -163,7 +163,7 @@ def test_with_vllm_installed_the_job_is_served_with_its_tokenizer_generation_con
     assert json.loads(cmd[cmd.index("--default-chat-template-kwargs") + 1]) == {"enable_thinking": False}
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == \
         AutoTokenizer.from_pretrained(job_ref.adapter).chat_template
-    assert GenerationConfig.from_pretrained(tmp_path).temperature == job_ref.recipe["generation"]["temperature"]
+    assert GenerationConfig.from_pretrained(tmp_path).temperature == job_ref.recipe.generation.temperature
 
 
 def test_a_port_in_use_is_one_line_before_the_model_loads(tiny_model_dir):
