@@ -32,8 +32,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-# variant -> (backend mode, batch size, continuous-batching config or padded decoding); any name may end in "@ATTN" to run with that
-# attention implementation (e.g. cb-graphs@flex_attention), the model's own otherwise
+
+def cb(**config) -> dict:
+    """LocalBackend options for continuous batching with these ContinuousBatchingConfig fields."""
+    return {"cb_config": config}
+
+
+# variant -> (backend mode, batch size, LocalBackend options: padded decoding or continuous batching's config); any
+# name may end in "@ATTN" to run with that attention implementation (e.g. cb-graphs@flex_attention), the model's own
+# otherwise
 VARIANTS = {
     "padded-b8": ("padded", 8, {}),  # today's generate(): eager decoding, batch 8
     "padded-b64": ("padded", 64, {}),
@@ -43,16 +50,16 @@ VARIANTS = {
     "compiled-b8": ("padded", 8, {"decode": "compiled"}),  # static cache + compiled decode step (CUDA graphs)
     "compiled-b64": ("padded", 64, {"decode": "compiled"}),
     "compiled-auto": ("padded", None, {"decode": "compiled"}),  # the candidate default on CUDA, once measured
-    "cb-default": ("cb", 0, {}),
-    "cb-no-graphs": ("cb", 0, {"use_cuda_graph": False}),
-    "cb-graphs": ("cb", 0, {"use_cuda_graph": True}),
-    "cb-tokens-2k": ("cb", 0, {"max_batch_tokens": 2048}),
-    "cb-tokens-8k": ("cb", 0, {"max_batch_tokens": 8192}),
-    "cb-graphs-4k": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 4096}),
-    "cb-graphs-16k": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 16384}),
-    "cb-graphs-reqs256": ("cb", 0, {"use_cuda_graph": True, "max_batch_tokens": 8192, "max_requests_per_batch": 256}),
-    "cb-compile": ("cb", 0, {"default_compile_level": 1}),
-    "cb-graphs-compile": ("cb", 0, {"use_cuda_graph": True, "default_compile_level": 1}),
+    "cb-default": ("cb", 0, cb()),
+    "cb-no-graphs": ("cb", 0, cb(use_cuda_graph=False)),
+    "cb-graphs": ("cb", 0, cb(use_cuda_graph=True)),
+    "cb-tokens-2k": ("cb", 0, cb(max_batch_tokens=2048)),
+    "cb-tokens-8k": ("cb", 0, cb(max_batch_tokens=8192)),
+    "cb-graphs-4k": ("cb", 0, cb(use_cuda_graph=True, max_batch_tokens=4096)),
+    "cb-graphs-16k": ("cb", 0, cb(use_cuda_graph=True, max_batch_tokens=16384)),
+    "cb-graphs-reqs256": ("cb", 0, cb(use_cuda_graph=True, max_batch_tokens=8192, max_requests_per_batch=256)),
+    "cb-compile": ("cb", 0, cb(default_compile_level=1)),
+    "cb-graphs-compile": ("cb", 0, cb(use_cuda_graph=True, default_compile_level=1)),
 }
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "head_dim", "vocab_size", "rope_theta", "tie_word_embeddings", "max_position_embeddings", "rms_norm_eps",
@@ -110,16 +117,14 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
     from medscale.generate.settings import SamplingSettings
 
     preset, _, attn = name.partition("@")
-    mode, batch, cb = VARIANTS[preset]
+    mode, batch, options = VARIANTS[preset]
     if attn:
         model.set_attn_implementation(attn)
     if mode == "padded":  # B x --padded-batches prompts; the planned batch (auto) takes --prompts per batch
         todo = reqs[:(batch or len(reqs) // padded_batches) * padded_batches]
     else:
         todo = reqs[:len(reqs) // padded_batches]
-    decode = cb.get("decode", "eager") if mode == "padded" else "eager"
-    backend = LocalBackend(model, tok, mode=mode, batch_size=batch, cb_config=cb if mode == "cb" else None,
-                           ignore_eos=True, chunk=len(todo), decode=decode)
+    backend = LocalBackend(model, tok, mode=mode, batch_size=batch, ignore_eos=True, chunk=len(todo), **options)
     s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
