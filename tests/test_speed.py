@@ -178,7 +178,7 @@ def test_a_job_saved_with_recompute_on_every_layer_resumes_under_auto():
     from medscale.jobs.resume import recipe_changes
 
     now = load_recipe("qwen3-8b-lora-huatuo")
-    saved = load_recipe("qwen3-8b-lora-huatuo", ["train.gradient_checkpointing=true"]).model_dump(mode="json")
+    saved = load_recipe("qwen3-8b-lora-huatuo", ["train.gradient_checkpointing=true"])
     assert recipe_changes(saved, now) == (["train.gradient_checkpointing: True -> 'auto'"], [])
     lr = load_recipe("qwen3-8b-lora-huatuo", ["train.learning_rate=1e-4"])
     assert recipe_changes(saved, lr)[1] == ["train.learning_rate: 2e-05 -> 0.0001"]

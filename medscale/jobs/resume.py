@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from medscale.jobs.attempt import refuse_if_running
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
@@ -28,6 +29,7 @@ from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_ne
 from medscale.jobs.errors import CheckpointError, JobStateError
 from medscale.jobs.leftovers import run_leftovers
 from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, RunSummary, read_journal
+from medscale.recipe import Recipe, load_saved
 
 # Keys that change nothing already learned: resuming with another value continues the same run.
 SAFE_KEYS = ("description", "train.logging_steps", "train.save_steps", "train.save_total_limit",
@@ -48,45 +50,48 @@ class StartPlan:
     summary: RunSummary | None = None  # ... and its summary is written already: nothing left to do
 
 
-def _flat(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _differences(then, now, prefix: str = ""):
+    """(dotted key, saved value, new value) where two typed recipes (or sections) differ, field by field. Only the
+    fields the saved recipe recorded are compared: one newer than the job's medscale was not in its recipe. A dict
+    value (train.trainer_args) is compared key by key, its keys present on both sides."""
+    for name in type(then).model_fields:
+        if name not in then.model_fields_set:
+            continue
+        a, b, key = getattr(then, name), getattr(now, name), f"{prefix}{name}"
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            yield from _differences(a, b, key + ".")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            yield from ((f"{key}.{k}", a[k], b[k]) for k in a.keys() & b.keys() if a[k] != b[k])
+        elif a != b:
+            yield key, a, b
 
 
-def _samples_per_step(flat: dict) -> int:
-    return (flat.get("train.per_device_train_batch_size", 1) * flat.get("train.gradient_accumulation_steps", 1)
-            * flat.get("dist.num_processes", 1) * flat.get("dist.num_machines", 1))
+def _samples_per_step(recipe: Recipe) -> int:
+    return (recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
+            * recipe.dist.num_processes * recipe.dist.num_machines)
 
 
-def recipe_changes(saved: dict, recipe) -> tuple[list[str], list[str]]:
-    """(safe, unsafe) dotted keys where `recipe` differs from the recipe a checkpoint was saved with."""
-    now = _flat(recipe.model_dump(mode="json"))
-    then = _flat(saved)
-    keys = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k) and k in now and k in then)
+def recipe_changes(saved: Recipe, recipe: Recipe) -> tuple[list[str], list[str]]:
+    """(safe, unsafe) dotted keys where `recipe` differs from the recipe a checkpoint was saved with, each as
+    "key: saved value -> new value" (the values as the recipe file writes them)."""
     safe, unsafe = [], []
-    for k in keys:
-        a, b = then[k], now[k]
+    for k, a, b in sorted(_differences(saved, recipe), key=lambda d: d[0]):
         if k == "train.output_dir" or k.startswith(SAFE_KEYS) or k == "description":
             ok = True
         elif k in GROW_KEYS:
             ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a > 0
         elif k in BATCH_KEYS:
-            ok = _samples_per_step(then) == _samples_per_step(now)
+            ok = _samples_per_step(saved) == _samples_per_step(recipe)
         else:
             ok = False
-        (safe if ok else unsafe).append(f"{k}: {a!r} -> {b!r}")
+        (safe if ok else unsafe).append(f"{k}: {to_jsonable_python(a)!r} -> {to_jsonable_python(b)!r}")
     return safe, unsafe
 
 
-def _saved_recipe(ckpt: Path) -> dict | None:
+def _saved_recipe(ckpt: Path) -> Recipe | None:
+    """The recipe the checkpoint was saved with, as this version reads it (medscale.recipe.load_saved)."""
     f = ckpt / RECIPE_FILE
-    return yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else None
+    return load_saved(f) if f.is_file() else None
 
 
 def _finished(ckpt: Path, changes: list[str]) -> bool:
