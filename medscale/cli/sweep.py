@@ -209,9 +209,10 @@ def show(sweep: str = typer.Argument(..., help="sweep name or id"),
     """The leaderboard: trials and bases ranked by a metric, every fine-tune worse than its own base marked."""
     from medscale.registry import Registry
     from medscale.sweep.board import leaderboard
+    from medscale.sweep.metric import SweepMetric
 
     with Registry() as reg:
-        board = leaderboard(reg, sweep, metric)
+        board = leaderboard(reg, sweep, SweepMetric(name=metric) if metric else None)
     if as_json:
         typer.echo(board.to_json())
     elif markdown:
@@ -227,7 +228,7 @@ def _render(board) -> None:
 
     from medscale.sweep.board import RowKind
 
-    t = Table(title=Text(f"{board.sweep} ranked by {board.metric} ({'lower' if board.lower_is_better else 'higher'} "
+    t = Table(title=Text(f"{board.sweep} ranked by {board.metric.name} ({'lower' if board.lower_is_better else 'higher'} "
                          f"is better)"))
     for h in board.header():
         t.add_column(h, justify="right" if h in ("#", "steps") else "left")

@@ -181,6 +181,32 @@ class BenchResult(_Model):
         return "\n".join(lines).rstrip() + "\n"
 
 
+class ResultFigures(BaseModel):
+    """What the registry keeps of a BenchResult beside its columns (`results.figures`, JSON), typed both ways: written
+    from the result, read back where a stored result is paired or reported (`eval.stored.figures`). A row an older
+    version wrote (fewer keys, or `{}`) reads with these defaults; a key no longer written is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    correct: int = 0
+    skipped: int = 0
+    unparseable: int = 0
+    source: str = ""
+    split: str = ""
+    total: int = 0
+    multi_answer: int = 0
+    language: str = "zh"
+    questions_per_s: float = 0.0
+    subjects: list[SubjectScore] = Field(default_factory=list)
+    sampled: SampledScore | None = None
+    generation: GenerationInfo | None = None
+    degeneration: Counts | None = None
+
+    @classmethod
+    def of(cls, result: BenchResult) -> "ResultFigures":
+        return cls(**{k: getattr(result, k) for k in cls.model_fields})
+
+
 class ControlResult(_Model):
     """The forgetting guard's measurement of one model on the control set."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medscale.eval.bench import Benchmark, BenchmarkError, load_benchmark
 from medscale.eval.degenerate import of_outcomes
-from medscale.eval.result import BackendInfo, BenchResult, EvalReport, GenerationInfo
+from medscale.eval.result import BackendInfo, BenchResult, EvalReport, GenerationInfo, ResultFigures
 from medscale.eval.sampled import pair, score_samples
 from medscale.eval.score import gather_all, inference, process_group_rank, score, score_generated
 from medscale.eval.spec import EvalSpec
@@ -162,14 +162,7 @@ def result_row(result: BenchResult, *, model: str, base: str, adapter: str | Non
                       mode=result.mode, n=result.n, role=role, adapter_path=str(adapter) if adapter else None,
                       shots=result.shots, step=step, checkpoint=checkpoint, accuracy=result.acc,
                       ci_low=result.ci_low, ci_high=result.ci_high,
-                      figures={"correct": result.correct, "skipped": result.skipped, "unparseable": result.unparseable,
-                               "source": result.source, "split": result.split, "total": result.total,
-                               "multi_answer": result.multi_answer, "language": result.language,
-                               "questions_per_s": result.questions_per_s,
-                               "subjects": [s.model_dump() for s in result.subjects],
-                               "sampled": result.sampled.model_dump() if result.sampled else None,
-                               "generation": result.generation.model_dump(mode="json") if result.generation else None,
-                               "degeneration": result.degeneration.model_dump() if result.degeneration else None},
+                      figures=ResultFigures.of(result).model_dump(mode="json"),
                       outcomes=[o.model_dump() for o in result.outcomes])
 
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 from medscale.registry import Registry, ResultView
 
 
+def figures(r: ResultView):
+    """A stored result's figures (its `figures` JSON) as the typed `eval.result.ResultFigures`."""
+    from medscale.eval.result import ResultFigures
+
+    return ResultFigures.model_validate(r.figures or {})
+
+
 def as_bench(r: ResultView):
     """A stored result (with its outcomes) as the BenchResult that medscale.eval pairs."""
-    from medscale.verdicts import Counts
-    from medscale.eval.result import BenchResult, GenerationInfo, Outcome, SampledScore
+    from medscale.eval.result import BenchResult, Outcome
 
-    f = r.figures or {}
-    return BenchResult(benchmark=r.benchmark, fingerprint=r.fingerprint, language=f.get("language", "zh"),
-                       mode=r.mode, shots=r.shots, model={"label": r.model}, n=r.n, correct=f.get("correct", 0),
-                       acc=r.accuracy or 0.0, ci_low=r.ci_low or 0.0, ci_high=r.ci_high or 0.0,
-                       sampled=SampledScore.model_validate(f["sampled"]) if f.get("sampled") else None,
-                       generation=GenerationInfo.model_validate(f["generation"]) if f.get("generation") else None,
-                       degeneration=Counts.model_validate(f["degeneration"]) if f.get("degeneration") else None,
-                       outcomes=[Outcome(**o) for o in r.outcomes])
+    return BenchResult(benchmark=r.benchmark, fingerprint=r.fingerprint, mode=r.mode, shots=r.shots,
+                       model={"label": r.model}, n=r.n, acc=r.accuracy or 0.0, ci_low=r.ci_low or 0.0,
+                       ci_high=r.ci_high or 0.0, outcomes=[Outcome(**o) for o in r.outcomes], **dict(figures(r)))
 
 
 def paired(base: ResultView, tuned: ResultView):

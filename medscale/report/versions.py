@@ -13,7 +13,7 @@ from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 from medscale.eval.degenerate import versus
-from medscale.eval.stored import base_result, final_results, paired
+from medscale.eval.stored import base_result, figures, final_results, paired
 from medscale.jobkind import JobKind
 from medscale.markdown import md_cell
 from medscale.registry import Registry, ResultView
@@ -76,8 +76,7 @@ def _benchmark(reg: Registry, runs: list) -> str | None:
 
 
 def _counts(r: ResultView | None) -> Counts | None:
-    d = (r.figures or {}).get("degeneration") if r is not None else None
-    return Counts.model_validate(d) if d else None
+    return figures(r).degeneration if r is not None else None
 
 
 def _fine_tune(reg: Registry, run, base_label: str, bench: str | None, judged: dict) -> tuple[Version, object]:

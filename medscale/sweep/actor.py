@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from medscale.registry import Registry
+from medscale.sweep.metric import EVAL_LOSS
 
 if TYPE_CHECKING:
     from medscale.jobs.launch import Launcher, LaunchRequest
@@ -192,7 +193,7 @@ def asha_scheduler(grace_period: int, reduction_factor: float):
 
     class RecordingAsha(ASHAScheduler):
         def __init__(self):
-            super().__init__(time_attr="step", metric="eval_loss", mode="min", max_t=10**9,
+            super().__init__(time_attr="step", metric=EVAL_LOSS.name, mode=EVAL_LOSS.mode, max_t=10**9,
                              grace_period=grace_period, reduction_factor=reduction_factor)
             self.stopped: dict[str, dict] = {}
 

@@ -25,8 +25,7 @@ from medscale.eval.stored import base_result, final_results, paired
 from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
 from medscale.status import AttemptStatus, JobStatus
-
-LOWER_IS_BETTER = {"eval_loss", "control"}
+from medscale.sweep.metric import MetricKind, SweepMetric
 
 
 class BoardError(UserError):
@@ -69,23 +68,22 @@ class Row:
 @dataclass
 class Leaderboard:
     sweep: str
-    metric: str
+    metric: SweepMetric
     rows: list[Row] = field(default_factory=list)
 
     @property
     def lower_is_better(self) -> bool:
-        return self.metric in LOWER_IS_BETTER
+        return self.metric.lower_is_better
 
     def to_dict(self) -> dict:
-        return {"sweep": self.sweep, "metric": self.metric, "lower_is_better": self.lower_is_better,
+        return {"sweep": self.sweep, "metric": self.metric.name, "lower_is_better": self.lower_is_better,
                 "rows": [r.to_dict() for r in self.rows]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
 
     def header(self) -> list[str]:
-        what = {"eval_loss": "eval loss", "control": "control regression"}.get(self.metric, f"{self.metric} acc %")
-        return ["#", "model", "kind", "base", "status", what, "vs own base", "steps", "note"]
+        return ["#", "model", "kind", "base", "status", self.metric.heading, "vs own base", "steps", "note"]
 
     VERSUS = 6  # the column of cells() that compares a row with its own base
 
@@ -107,16 +105,16 @@ class Leaderboard:
     def value_text(self, r: Row) -> str:
         if r.value is None:
             return "–"
-        if self.metric == "eval_loss":
+        if self.metric.kind is MetricKind.EVAL_LOSS:
             return f"{r.value:.4f}"
-        if self.metric == "control":
+        if self.metric.kind is MetricKind.CONTROL:
             return f"{100 * r.value:+.1f}%"
         low, high = r.ci or (math.nan, math.nan)
         return f"{100 * r.value:.1f} ({100 * low:.1f}–{100 * high:.1f})"
 
     def to_markdown(self) -> str:
         order = "lower is better" if self.lower_is_better else "higher is better"
-        lines = [f"**{md_text(self.sweep)}** ranked by {md_text(self.metric)} ({order}); **WORSE** = a fine-tune "
+        lines = [f"**{md_text(self.sweep)}** ranked by {md_text(self.metric.name)} ({order}); **WORSE** = a fine-tune "
                  f"worse than its own base", "", "| " + " | ".join(map(md_cell, self.header())) + " |",
                  "|" + "|".join("---:" if h in ("#", "steps") else "---" for h in self.header()) + "|"]
         for r in self.rows:
@@ -129,16 +127,17 @@ class Leaderboard:
         return "\n".join(lines) + "\n"
 
 
-def leaderboard(reg: Registry, sweep_ref: str, metric: str | None = None) -> Leaderboard:
+def leaderboard(reg: Registry, sweep_ref: str, metric: SweepMetric | None = None) -> Leaderboard:
+    """The sweep's rows ranked by `metric` (default: the one its definition names)."""
     view = reg.sweep(sweep_ref)
-    metric = metric or _default_metric(view)
+    metric = metric or SweepMetric.of_definition(view.definition_yaml)
     board = Leaderboard(view.name, metric)
     bases = {b["path"]: b["label"] for b in view.bases}
     trial_rows = [_trial_row(reg, view, t, metric, bases) for t in view.trials]
-    if metric not in LOWER_IS_BETTER and not any(r.value is not None for r in trial_rows) and not _base_results(
+    if metric.kind is MetricKind.BENCHMARK and not any(r.value is not None for r in trial_rows) and not _base_results(
             reg, list(bases), metric):
         known = sorted({r.benchmark for t in view.trials for r in reg.results(job_id=t.job.id)})
-        raise BoardError(f"no results for '{metric}' in sweep {view.name} (metrics: eval_loss, control"
+        raise BoardError(f"no results for '{metric.name}' in sweep {view.name} (metrics: eval_loss, control"
                          + (f", {', '.join(known)}" if known else "") + ")")
     base_rows = [_base_row(reg, path, label, metric, trial_rows, view=view) for path, label in bases.items()]
     measured = [r for r in trial_rows + base_rows if r.value is not None]
@@ -150,16 +149,7 @@ def leaderboard(reg: Registry, sweep_ref: str, metric: str | None = None) -> Lea
     return board
 
 
-def _default_metric(view: SweepView) -> str:
-    import yaml
-
-    try:
-        return (yaml.safe_load(view.definition_yaml) or {}).get("metric") or "eval_loss"
-    except yaml.YAMLError:
-        return "eval_loss"
-
-
-def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> Row:
+def _trial_row(reg: Registry, view: SweepView, t, metric: SweepMetric, bases: dict) -> Row:
     from medscale.jobs.record import RunSummary
 
     job = t.job
@@ -168,7 +158,7 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
     note = "; ".join(x for x in (t.cell.get("note"), t.error or _failure(job)) if x)
     row = Row(t.label, RowKind.TRIAL, bases.get(base_path, Path(base_path).name), status, note=note, job_id=job.id,
               steps=job.step or None)
-    if metric == "eval_loss":
+    if metric.kind is MetricKind.EVAL_LOSS:
         evals = [m for m in reg.metrics(job.id) if m.eval_loss is not None]
         start = next((m.eval_loss for m in evals if m.step == 0), None)
         if evals and evals[-1].step > 0:
@@ -178,14 +168,14 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: str, bases: dict) -> R
                 row.worse_than_base = row.value > start
                 word = "worse" if row.worse_than_base else "better" if row.value < start else "no change"
                 row.versus = f"{start:.4f} -> {row.value:.4f} ({100 * change:+.1f}%): {word}"
-    elif metric == "control":
+    elif metric.kind is MetricKind.CONTROL:
         summary = RunSummary.load(job.output_dir)
         control = summary.control if summary else None
         if control is not None:
             row.value, row.base_value = control.regression, 0.0
             row.worse_than_base, row.versus = control.flagged, control.line
     else:
-        tuned = next((r for r in final_results(reg, job.id) if _is(r, metric)), None)
+        tuned = next((r for r in final_results(reg, job.id) if metric.measures(r.benchmark)), None)
         if tuned is not None:
             row.value, row.ci, row.n = tuned.accuracy, (tuned.ci_low, tuned.ci_high), tuned.n
             base = base_result(reg, job.id, base_path, tuned)
@@ -207,24 +197,20 @@ def _failure(job) -> str | None:
     return reasons[-1] if reasons else None
 
 
-def _is(r: ResultView, metric: str) -> bool:
-    return r.benchmark == metric or Path(r.benchmark).stem == metric or r.benchmark.endswith(f"/{metric}")
-
-
 def _latest(rows: list[ResultView]) -> ResultView | None:
     return rows[-1] if rows else None
 
 
-def _base_results(reg: Registry, paths: list[str], metric: str) -> list[ResultView]:
+def _base_results(reg: Registry, paths: list[str], metric: SweepMetric) -> list[ResultView]:
     """A sweep's base models' own results (measured once, of no job)."""
     return [r for r in reg.results() if r.role == "base" and r.job_id is None
-            and r.adapter_path is None and r.base_path in paths and _is(r, metric)]
+            and r.adapter_path is None and r.base_path in paths and metric.measures(r.benchmark)]
 
 
-def _base_row(reg: Registry, path: str, label: str, metric: str, trials: list[Row], *, view: SweepView) -> Row:
+def _base_row(reg: Registry, path: str, label: str, metric: SweepMetric, trials: list[Row], *, view: SweepView) -> Row:
     row = Row(label, RowKind.BASE, label, "base")
     mine = [r for r, t in zip(trials, view.trials) if t.cell.get("base") == path]
-    if metric == "eval_loss":
+    if metric.kind is MetricKind.EVAL_LOSS:
         starts = {round(r.base_value, 6) for r in mine if r.base_value is not None}
         if len(starts) == 1:
             row.value = starts.pop()
@@ -232,7 +218,7 @@ def _base_row(reg: Registry, path: str, label: str, metric: str, trials: list[Ro
             row.note = "its trials' held-out sets differ: no single step-0 loss"
         else:
             row.note = "no trial of this base evaluated at step 0 (eval.eval_on_start)"
-    elif metric == "control":
+    elif metric.kind is MetricKind.CONTROL:
         row.value = 0.0 if mine else None
     else:
         base = _latest(_base_results(reg, [path], metric))

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medscale import medscale_home
 from medscale.errors import UserError
 from medscale.recipe import Recipe, RecipeError, line_of, load_recipe  # line_of: a key's file:line, as for recipes
+from medscale.sweep.metric import EVAL_LOSS, SweepMetric
 
 
 class SweepError(UserError):
@@ -117,7 +118,8 @@ class SweepSpec(_Strict):
     scheduler: Asha | None = None
     max_concurrent: int | None = Field(None, ge=1)
     output_root: str | None = Field(None, description="where trials write; default $MEDSCALE_HOME/runs/sweeps")
-    metric: str = "eval_loss"
+    metric: SweepMetric = Field(EVAL_LOSS, description="the leaderboard's default ranking: eval_loss, control, or a "
+                                                       "benchmark")
     judge: SweepJudge | None = Field(None, description="judge each finished fine-tune against its base after the "
                                                        "trials (`medscale sweep judge`)")
 
