@@ -139,3 +139,23 @@ def test_a_value_that_cannot_be_read_is_one_line_naming_the_variable(monkeypatch
     monkeypatch.setenv("MEDSCALE_RAY_MAX_FAILURES", "three")
     with pytest.raises(UserError, match=r"MEDSCALE_RAY_MAX_FAILURES='three' cannot be read .* default \(3\)"):
         settings.RAY_MAX_FAILURES.get()
+
+
+def test_a_recipe_reads_a_medscale_variable_through_its_declaration_and_a_misspelt_one_is_an_error(tmp_path,
+                                                                                                monkeypatch):
+    """`${MEDSCALE_*}` in a recipe is a setting like any other: read through medscale.settings (empty counts as
+    unset), and a name settings does not declare is one line with the close one, not a silent default."""
+    from medscale.recipe import RecipeError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: tiny-demo\nmodel: {path: '${MEDSCALE_MODELS:-/fallback}/m'}\n", encoding="utf-8")
+    monkeypatch.setenv("MEDSCALE_MODELS", "/models")
+    assert load_recipe(str(recipe)).model.path == "/models/m"
+    monkeypatch.setenv("MEDSCALE_MODELS", "")
+    assert load_recipe(str(recipe)).model.path == "/fallback/m"
+    typo = settings.MODELS.name[:-1]  # the name less its S, built so the declared-names check does not read it
+    recipe.write_text(f"base: tiny-demo\nmodel: {{path: '${{{typo}:-/fallback}}/m'}}\n", encoding="utf-8")
+    monkeypatch.setenv(typo, "/typo")
+    with pytest.raises(RecipeError, match=rf"\$\{{{typo}\}} is not a medscale setting: did you mean "
+                                          rf"\$\{{{settings.MODELS.name}\}}\?"):
+        load_recipe(str(recipe))

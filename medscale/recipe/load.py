@@ -45,12 +45,24 @@ def _expand_vars(text: str) -> str:
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(3)
-        val = builtin[name]() if name in builtin else os.environ.get(name) or default
+        val = builtin[name]() if name in builtin else _variable(name) or default
         if val is None:
             raise RecipeError(f"environment variable ${{{name}}} is not set and has no default (write ${{{name}:-/path}})")
         return val
 
     return os.path.expanduser(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, text))
+
+
+def _variable(name: str) -> str | None:
+    """`${NAME}` as set (None: unset or empty). A `MEDSCALE_*` one is read through its declaration in
+    medscale.settings, the one reader of them; one that is not declared there is a typo, not a setting."""
+    if not name.startswith(settings.PREFIX):
+        return os.environ.get(name) or None
+    if name not in settings.ALL:
+        close = difflib.get_close_matches(name, settings.ALL, n=1)
+        raise RecipeError(f"${{{name}}} is not a medscale setting" + (f": did you mean ${{{close[0]}}}?" if close
+                                                                      else "") + " (README's Settings lists them)")
+    return settings.ALL[name].raw()
 
 
 def demo_data_dir() -> Path:
