@@ -1,12 +1,13 @@
-"""One process of a job: `python -m medscale.jobs KIND REF [key=value ...]`, KIND one of train, eval, trial (the
-kinds of medscale.jobs.kinds.JobKind that have a road). REF is what the kind reads its spec from: a built-in recipe
-name or a recipe YAML (train, trial; eval: the recipe's trained model), or an evaluation's job file (eval).
+"""One process of a job: `python -m medscale.jobs KIND REF [key=value ...]`, KIND one of train, eval, trial, judge
+(the kinds of medscale.jobkind.JobKind that have a road in medscale.jobs.kinds). REF is what the kind reads its spec
+from: a built-in recipe name or a recipe YAML (train, trial; eval: the recipe's trained model), or the job file of an
+evaluation (eval) or a judgement (judge).
 
 Every process re-reads and re-validates its spec from the same REF and overrides, then runs the kind's
 `run(spec)`. The old entries stay as aliases of this one: `python -m medscale.train` (train), `python -m
-medscale.eval` (eval), `python -m medscale.sweep` (trial). The stop flag is installed before anything slow is
-imported, so a SIGTERM during start-up still ends in exit 75 (requeue), never 143; the kind's module (torch with
-it) is imported only when it runs.
+medscale.eval` (eval), `python -m medscale.sweep` (trial), `python -m medscale.judge` (judge). The stop flag is
+installed before anything slow is imported, so a SIGTERM during start-up still ends in exit 75 (requeue), never 143;
+the kind's module (torch with it) is imported only when it runs.
 """
 import sys
 
