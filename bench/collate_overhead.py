@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200)
     a = ap.parse_args()
     from medscale.data.pipeline import build_datasets
-    from medscale.model.load import load_tokenizer
+    from medscale.model.tokenizer import load_tokenizer
     from medscale.plan import decide
     from medscale.recipe import load_recipe
 

@@ -24,26 +24,66 @@ import tempfile
 from pathlib import Path
 
 OURS = ("medscale", "launcher")
+# The modules that sequence the stages (each a list of calls, read top to bottom): entering one is reading the list,
+# not a stage of the run. The CLI command, the local launcher (prepare -> submit -> wait) and run() itself.
+DRIVERS = ("medscale.train.run", "medscale.cli.train", "launcher.local")
+# The vocabulary every stage speaks (issue 21 allows these to be entered again): a stage reads them, never decides
+# through them. Each name covers its submodules.
+LEAVES = {
+    "medscale": "the root: medscale_home() and the logging set-up",
+    "medscale.settings": "every MEDSCALE_* variable, read typed where it is needed",
+    "medscale.errors": "exit codes and the UserError family",
+    "medscale.paths": "shipped files, temporary folders, file modes",
+    "medscale.status": "the job and attempt status enums",
+    "medscale.dist": "the dist context (ranks, world size)",
+    "medscale.recipe": "the recipe's typed sections and their methods (fingerprint, pack_budget, ...)",
+    "medscale.jobs.stop": "the process-wide stop flag, read wherever long work can stop",
+    "medscale.train.dist": "the collectives: the points where every rank agrees (run()'s and each step's)",
+    "medscale.jobs.runplan": "the RunPlan: the typed decisions every stage is handed, read as the recipe's sections are",
+    "medscale.jobs.record": "the output dir's files (journal, summary, atomic writes) that resume and the attempt read",
+    "medscale.registry.records": "the registry's typed rows and its clock (utcnow), the launch stamp's too",
+}
 # The decisions issue 21 wants made once per run, and the passes over the data: each call counted, site or not.
 COUNTED = {"medscale.plan": ("plan", "decide", "recompute_layers", "token_budget", "fit_problems"),
            "medscale.preflight": ("check",),
            "medscale.data.pipeline": ("build_datasets", "_build"),
            "medscale.data.sources": ("iter_conversations",),
-           "medscale.model.load": ("load_tokenizer",)}
+           "medscale.model.tokenizer": ("load_tokenizer",)}
+
+
+def is_leaf(module: str) -> bool:
+    return any(module == leaf or module.startswith(leaf + ".") for leaf in LEAVES if leaf != "medscale") \
+        or module == "medscale"
 
 
 class ModulePath:
-    """The sequence of our modules entered (consecutive repeats collapsed) until a Trainer's `train` is called."""
+    """Our modules as the path enters them, stage by stage, until a Trainer's `train` is called.
+
+    A module is entered when a call reaches it while none of its frames is on the stack (a call from inside it is
+    the same visit), and left when its last frame returns; each call site enters once (a loop calling the same
+    function is one entry, as the code reads; so is a generator resumed). A stage is a module a driver (DRIVERS)
+    enters, with everything entered beneath it; consecutive entries of one module are one stage. A "return" is a
+    stage entering a module an earlier stage had entered (a stage calling back into another's module); entering a
+    module again within one stage, after another, is counted apart ("nested")."""
 
     def __init__(self, from_run: bool):
         self.started = not from_run  # from_run: the path starts where train/run.py's run() is called
-        self.sequence: list[str] = []
+        self.stages: list[list[str]] = []  # per stage, the modules entered (consecutive repeats collapsed)
         self.sites: set = set()
         self.calls: dict[str, int] = {}
         self._generators: dict[int, object] = {}
+        self._active: dict[int, str] = {}  # our frames on the stack -> their module
+        self._depth: dict[str, int] = {}
+        self._imports: set[int] = set()  # module bodies running (an import): not the path
         self.done = False
 
     def __call__(self, frame, event, arg):
+        if event == "return":
+            self._imports.discard(id(frame))
+            mod = self._active.pop(id(frame), None)
+            if mod is not None:
+                self._depth[mod] -= 1
+            return
         if event != "call":
             return
         code = frame.f_code
@@ -62,15 +102,22 @@ class ModulePath:
             self.done = True
             return
         if code.co_name == "<module>":
+            self._imports.add(id(frame))
             return
-        if mod.split(".")[0] not in OURS or mod == __name__:
+        if self._imports or mod.split(".")[0] not in OURS or mod == __name__:
             return
+        entering = self._depth.get(mod, 0) == 0
+        top = mod not in DRIVERS and not any(self._depth.get(m) for m in self._depth if m not in DRIVERS)
+        self._active[id(frame)] = mod
+        self._depth[mod] = self._depth.get(mod, 0) + 1
         site = (frame.f_back and frame.f_back.f_code, frame.f_back and frame.f_back.f_lineno, code)
-        if site in self.sites:
+        if not entering or mod in DRIVERS or site in self.sites:
             return
         self.sites.add(site)
-        if not self.sequence or self.sequence[-1] != mod:
-            self.sequence.append(mod)
+        if top and not (self.stages and self.stages[-1][0] == mod):
+            self.stages.append([])
+        if self.stages and self.stages[-1][-1:] != [mod]:
+            self.stages[-1].append(mod)
 
     def _first_entry(self, frame) -> bool:
         """False for a generator resumed (each `next` is a profile call too): one pass over a file is one call.
@@ -84,13 +131,21 @@ class ModulePath:
 
     def result(self) -> dict:
         first: list[str] = []
-        for m in self.sequence:
-            if m not in first:
-                first.append(m)
-        returns = len(self.sequence) - len(first)
-        again = {m: self.sequence.count(m) - 1 for m in first if self.sequence.count(m) > 1}
-        return {"modules": len(first), "returns": returns, "entered": first, "re_entered": again,
-                "sequence": self.sequence, "reached_train": self.done, "calls": dict(sorted(self.calls.items()))}
+        stages_of: dict[str, list[int]] = {}
+        nested = 0
+        for i, stage in enumerate(self.stages):
+            nested += len(stage) - len(set(stage))
+            for m in stage:
+                if m not in first:
+                    first.append(m)
+                if i not in stages_of.setdefault(m, []):
+                    stages_of[m].append(i)
+        again = {m: len(s) - 1 for m, s in stages_of.items() if len(s) > 1}
+        stage_again = {m: n for m, n in again.items() if not is_leaf(m)}
+        return {"stages": [s[0] for s in self.stages], "modules": len(first), "returns": sum(again.values()),
+                "stage_returns": sum(stage_again.values()), "leaf_returns": sum(again.values()) - sum(
+                    stage_again.values()), "nested": nested, "entered": first, "re_entered": again,
+                "stage_modules": self.stages, "reached_train": self.done, "calls": dict(sorted(self.calls.items()))}
 
 
 def main() -> None:
@@ -131,13 +186,22 @@ def main() -> None:
         print(json.dumps({"from_run": r, "whole": w}, indent=2))
         return
     where = "run() started directly" if a.start == "run" else "run() started by `medscale train`"
-    print(f"{where}, to trainer.train(): {r['modules']} modules entered, {r['returns']} returns to a module left "
-          f"earlier")
-    for i, m in enumerate(r["entered"], 1):
-        print(f"  {i:2d}. {m}" + (f"  (+{r['re_entered'][m]} returns)" if m in r["re_entered"] else ""))
+    report(f"{where}, to trainer.train()", r)
     if a.start == "cli":
-        print(f"the whole command, to trainer.train(): {w['modules']} modules entered, {w['returns']} returns")
+        report("the whole command, to trainer.train()", w, listing=False)
     print("calls over the whole run: " + ", ".join(f"{k} {v}" for k, v in w["calls"].items()))
+
+
+def report(title: str, r: dict, listing: bool = True) -> None:
+    print(f"{title}: {len(r['stages'])} stages, {r['modules']} modules; returns: {r['stage_returns']} to a stage "
+          f"module, {r['returns']} to any module (leaves included); {r['nested']} nested within a stage")
+    if r["re_entered"]:
+        print("  entered again by a later stage: " + ", ".join(
+            f"{m} +{n}" + (" (leaf)" if is_leaf(m) else "") for m, n in r["re_entered"].items()))
+    if not listing:
+        return
+    for i, stage in enumerate(r["stage_modules"], 1):
+        print(f"  {i:2d}. {stage[0]}" + (f"  > {' > '.join(stage[1:])}" if stage[1:] else ""))
 
 
 if __name__ == "__main__":

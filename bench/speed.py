@@ -176,7 +176,7 @@ def write_lengths(suite: dict, assets: Path, out: Path) -> tuple[Path, int]:
     """The token lengths of the records medscale trains on (its own pipeline), shuffled: the baseline takes
     the first bs x accum x (steps + 1) of them."""
     from medscale.data.pipeline import build_datasets
-    from medscale.model.load import load_tokenizer
+    from medscale.model.tokenizer import load_tokenizer
     from medscale.recipe import load_recipe
 
     r = load_recipe(suite["recipe"], data_overrides(suite, assets) + ["data.batching=padded"])

@@ -23,7 +23,7 @@ from medscale.errors import UserError
 from medscale.recipe import Recipe
 
 if TYPE_CHECKING:
-    from medscale.jobs.runplan import DataManifest, RunPlan
+    from medscale.jobs.runplan import RunPlan
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -253,7 +253,7 @@ def _eval(recipe: Recipe, report: Report) -> None:
 def _adapter(recipe: Recipe, report: Report) -> None:
     """adapter.target_modules / modules_to_save against the model's module names (its config on the meta device):
     a wrong name otherwise fails after the model is loaded and the job recorded, or is skipped without a word."""
-    from medscale.model.load import adapter_problems
+    from medscale.model.modules import adapter_problems
 
     try:
         problems = adapter_problems(recipe)
@@ -268,19 +268,13 @@ def _tokenized_data(recipe: Recipe, budget: int | None):
     reading each file once (its records counted on the way). Written to the run's own data cache (same key: files,
     tokenizer, options, packed-row budget), so training loads it. (built data, None) or (None, why it failed)."""
     from medscale.data.pipeline import build_datasets, cache_root
-    from medscale.model.load import load_tokenizer
+    from medscale.model.tokenizer import load_tokenizer
 
     try:
         tok = load_tokenizer(recipe.model, planned=True)
         return build_datasets(recipe.data, tok, recipe.train.seed, budget, cache_root()), None
     except (UserError, OSError, ValueError) as e:
         return None, e
-
-
-def _counted(stats: dict) -> dict:
-    """Records and bad records of each source, as tokenizing counted them; a group is missing from a cache entry
-    written before they were kept (then it is read again)."""
-    return {"data.sources": stats["train"].get("sources"), "data.eval_sources": stats.get("eval", {}).get("sources")}
 
 
 def _tokens(recipe: Recipe, report: Report, stats: dict) -> None:
@@ -329,6 +323,7 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     recipe's tokenizer when the model folder is fine, counting the records on the way (each file read once; read
     again to name every problem only when tokenizing failed). With `devices`, the report also carries what it
     decided (report.plan: the memory plan's decisions, and the data manifest when it tokenized)."""
+    from medscale.jobs.runplan import source_counts
     from medscale.model.resolve import model_source, shipped_config
 
     report = Report()
@@ -364,7 +359,7 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     budget = decision.token_budget if decision is not None else recipe.pack_budget()
     built, failed = (_tokenized_data(recipe, budget) if tokenize and read_data and model_problem is None
                      else (None, None))
-    _data(recipe, report, paths_must_exist, read_data, _counted(built.stats) if built is not None else None)
+    _data(recipe, report, paths_must_exist, read_data, source_counts(built.stats) if built is not None else None)
     if read_data and (recipe.eval.benchmarks or recipe.eval.control):
         _eval(recipe, report)
     if built is not None:
@@ -379,26 +374,16 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
 
 
 def _run_plan(recipe: Recipe, decision, built) -> "RunPlan":
-    from medscale.jobs.runplan import MemoryPlan, RunPlan
+    from medscale.jobs.runplan import DataManifest, MemoryPlan, RunPlan
+    from medscale.model.resolve import model_folder
 
     memory = MemoryPlan(gpu_mem_gb=decision.gpu_mem_gb, gpus=decision.gpus, recompute_layers=decision.recompute_layers,
                         token_budget=decision.token_budget, problems=decision.problems,
                         micro_batch=decision.micro_batch, accumulation=decision.accumulation,
                         batch_note=decision.batch_note,
                         components=decision.plan.to_dict() if decision.plan is not None else None)
-    return RunPlan.decided_here(recipe, memory, data_manifest(recipe, built) if built is not None else None)
-
-
-def data_manifest(recipe: Recipe, built) -> "DataManifest":
-    """The tokenized data (medscale.data.pipeline.SFTData, cached) as the RunPlan records it."""
-    from medscale.jobs.runplan import DataManifest
-
-    files, counted = [], _counted(built.stats)
-    for group, sources in (("data.sources", recipe.data.sources), ("data.eval_sources", recipe.data.eval_sources)):
-        per = counted.get(group) or [{}] * len(sources)
-        files += [{"group": group, "path": s.path, "format": s.format, **c} for s, c in zip(sources, per)]
-    return DataManifest(fingerprint=built.cache.name, cache=str(built.cache), files=files,
-                        splits={k: v for k, v in built.stats.items() if isinstance(v, dict)})
+    return RunPlan.decided_here(recipe, model_folder(recipe.model), memory,
+                                DataManifest.of(recipe, built) if built is not None else None)
 
 
 def check_launch(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True) -> Report:

@@ -111,7 +111,7 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path, fp32_frozen):
     assert s.global_step == 4 and s.loss_last < s.loss_first
     # reload the saved adapter on a fresh 4-bit base: it must carry what was learned
     from medscale.data.pipeline import build_datasets
-    from medscale.model.load import load_tokenizer
+    from medscale.model.tokenizer import load_tokenizer
 
     data = build_datasets(recipe.data, load_tokenizer(recipe.model), recipe.train.seed)
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in concat_samples([data.train[i] for i in range(8)]).items()}

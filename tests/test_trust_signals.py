@@ -20,12 +20,12 @@ import pytest
 from conftest import cli
 from medscale.errors import EXIT_CANCELLED, EXIT_PREEMPTED
 from medscale.jobs import stop
-from medscale.jobs.attempt import Attempt, refuse_if_running
+from medscale.jobs.attempt import Attempt
 from medscale.jobs.checkpoint import latest_verified
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import Journal
-from medscale.jobs.resume import plan_start
+from medscale.jobs.resume import plan_start, refuse_if_running
 from medscale.recipe import load_recipe
 from medscale.registry import AttemptInfo, Registry, utcnow
 

@@ -99,7 +99,7 @@ def test_an_unknown_target_module_is_a_preflight_error_with_the_closest_name_and
 
 
 def test_the_target_check_knows_an_unbuilt_tiny_model_and_all_linear(medscale_home):
-    from medscale.model.load import adapter_problems
+    from medscale.model.modules import adapter_problems
     from medscale.recipe import load_recipe
 
     assert adapter_problems(load_recipe("tiny-demo")) == []  # built from its shape, nothing written

@@ -1,7 +1,7 @@
 """One attempt of a job, as a context manager: its record on disk, its mirror in the registry, its heartbeat, and
 the status it ends with.
 
-    with Attempt(recipe, launch, rank, world, kind=JobKind.TRAIN, resumed_from=ckpt, stop=stop_flag()) as attempt:
+    with Attempt(recipe, launch, rank, world, kind=JobKind.TRAIN, resumed_from=ckpt, step=N, stop=stop_flag()) as attempt:
         ...  # train; attempt.step follows the Trainer; attempt.checkpoint_saved(...) after each verified save
 
 On exit the attempt ends `completed`, `preempted` / `cancelled` (AttemptStopped, or StopRequested where nothing reads
@@ -18,27 +18,16 @@ import threading
 from pathlib import Path
 
 from medscale.errors import AttemptStopped, StopRequested
-from medscale.jobs.checkpoint import checkpoint_step, newest_saved, remove_torn_saves
+from medscale.jobs.checkpoint import newest_saved, remove_torn_saves
 from medscale.jobs.client import RunRegistry
-from medscale.jobs.errors import JobStateError
 from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import PRIVATE, RECIPE_FILE, Journal, read_journal, write_text_atomic
 from medscale.jobs.stop import StopFlag
-from medscale.registry import AttemptInfo, CheckpointInfo, MetricRow, heartbeat_interval, pid_alive, utcnow
+from medscale.registry import AttemptInfo, CheckpointInfo, MetricRow, heartbeat_interval, utcnow
 from medscale.status import AttemptStatus
 
 log = logging.getLogger("medscale.lifecycle")
-
-
-def refuse_if_running(output_dir: Path, name: str) -> None:
-    """Two live runs in one output dir would overwrite each other's checkpoints: refuse the second. A live process
-    that only reuses the recorded PID (it started after the attempt did) is no run."""
-    last = (read_journal(output_dir) or Journal(name, str(output_dir))).last
-    if (last and last.status == AttemptStatus.RUNNING and last.host == socket.gethostname()
-            and last.pid != os.getpid() and pid_alive(last.pid, last.started_at)):
-        raise JobStateError(f"job {name} is already running in {output_dir} (attempt {last.number}, pid {last.pid}): "
-                            f"stop it (`medscale jobs cancel {name}`) or choose another train.output_dir")
 
 
 def failure_reason(e: BaseException) -> str:
@@ -50,13 +39,13 @@ def failure_reason(e: BaseException) -> str:
 
 class Attempt:
     def __init__(self, recipe, launch: LaunchInfo, rank: int, world_size: int, *, kind: JobKind = JobKind.TRAIN,
-                 resumed_from: Path | None = None, changes: list[str] | None = None, stop: StopFlag,
+                 resumed_from: Path | None = None, step: int = 0, changes: list[str] | None = None, stop: StopFlag,
                  registry_url: str | None = None):
         self.recipe, self.launch, self.kind, self.stop = recipe, launch, JobKind(kind), stop
         self.active, self.world = rank == 0, world_size
         self.out = Path(os.path.abspath(recipe.train.output_dir))
         self.resumed_from, self.changes = resumed_from, list(changes or [])
-        self.step = checkpoint_step(resumed_from) if resumed_from else 0
+        self.step = step  # where it resumes (jobs.resume.StartPlan), 0 from the start
         self.registry = RunRegistry(registry_url, str(self.out)) if self.active else None
         self.info: AttemptInfo | None = None
         self.journal: Journal | None = None

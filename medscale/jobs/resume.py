@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from medscale.jobs.attempt import refuse_if_running
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
                                       latest_verified, problem, set_aside)
 from medscale.jobs.errors import CheckpointError, JobStateError
 from medscale.jobs.leftovers import run_leftovers
-from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, RunSummary, read_journal
+from medscale.jobs.record import RECIPE_FILE, TRAINER_STATE, Journal, RunSummary, read_journal
 from medscale.recipe import Recipe, load_saved
+from medscale.registry import pid_alive
+from medscale.status import AttemptStatus
 
 # Keys that change nothing already learned: resuming with another value continues the same run.
 SAFE_KEYS = ("description", "train.logging_steps", "train.save_steps", "train.save_total_limit",
@@ -45,9 +47,20 @@ BATCH_KEYS = ("dist.num_processes", "dist.num_machines", "train.gradient_accumul
 @dataclass
 class StartPlan:
     resume: Path | None = None
+    step: int = 0  # the resume checkpoint's step
     changes: list[str] = field(default_factory=list)  # resume-safe keys that differ from the checkpoint's recipe
     finished: bool = False  # the resume checkpoint is at the run's final step: nothing left to train
     summary: RunSummary | None = None  # ... and its summary is written already: nothing left to do
+
+
+def refuse_if_running(output_dir: Path, name: str) -> None:
+    """Two live runs in one output dir would overwrite each other's checkpoints: refuse the second. A live process
+    that only reuses the recorded PID (it started after the attempt did) is no run."""
+    last = (read_journal(output_dir) or Journal(name, str(output_dir))).last
+    if (last and last.status == AttemptStatus.RUNNING and last.host == socket.gethostname()
+            and last.pid != os.getpid() and pid_alive(last.pid, last.started_at)):
+        raise JobStateError(f"job {name} is already running in {output_dir} (attempt {last.number}, pid {last.pid}): "
+                            f"stop it (`medscale jobs cancel {name}`) or choose another train.output_dir")
 
 
 def _differences(then, now, prefix: str = ""):
@@ -158,13 +171,13 @@ def plan_start(recipe) -> StartPlan:
             f"describe weights this recipe did not produce. Either run the recipe it was saved with "
             f"(`medscale jobs resume {name}` uses the recorded one) or start a new job with another "
             f"train.output_dir")
-    plan = StartPlan(resume=start, changes=safe, finished=_finished(start, safe))
+    plan = StartPlan(resume=start, step=checkpoint_step(start), changes=safe, finished=_finished(start, safe))
     if plan.finished:
         try:
             summary = RunSummary.load(out)
         except JobStateError:  # a damaged summary (or one of no version's layout): write it again
             summary = None
-        plan.summary = summary if summary is not None and summary.global_step == checkpoint_step(start) else None
+        plan.summary = summary if summary is not None and summary.global_step == plan.step else None
     return plan
 
 

@@ -1,6 +1,7 @@
 """`run_plan.json`: what pre-flight decided for one launch of a job, so its workers read it instead of deciding again.
 
-Beside the journal in the output dir: the resolved recipe and its fingerprint, the memory plan's decisions (recompute,
+Beside the journal in the output dir: the resolved recipe and its fingerprint, the model's folder, the memory plan's
+decisions (recompute,
 packed token budget), the data manifest (files, formats, counts, drops, and the fingerprint that names its tokenized
 cache) and the dist context. The local launcher writes it before it starts the processes (its pre-flight ran on the
 host they train on); a run started without it (`run()` in-process, `accelerate launch -m medscale.train` by hand, a
@@ -55,6 +56,22 @@ class DataManifest(BaseModel):
     files: list[dict]  # per source: group, path, format, records, bad_records
     splits: dict  # per split (train, eval): records, kept, dropped, truncated, tokens, formats, ...
 
+    @classmethod
+    def of(cls, recipe, built) -> "DataManifest":
+        """The tokenized data (medscale.data.pipeline.SFTData, cached) as the plan records it."""
+        files, counted = [], source_counts(built.stats)
+        for group, sources in (("data.sources", recipe.data.sources), ("data.eval_sources", recipe.data.eval_sources)):
+            per = counted.get(group) or [{}] * len(sources)
+            files += [{"group": group, "path": s.path, "format": s.format, **c} for s, c in zip(sources, per)]
+        return cls(fingerprint=built.cache.name, cache=str(built.cache), files=files,
+                   splits={k: v for k, v in built.stats.items() if isinstance(v, dict)})
+
+
+def source_counts(stats: dict) -> dict:
+    """Records and bad records of each source, as tokenizing counted them ({group: per source}); a group is missing
+    from a cache entry written before they were kept (then it is read again)."""
+    return {"data.sources": stats["train"].get("sources"), "data.eval_sources": stats.get("eval", {}).get("sources")}
+
 
 class RunPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -64,14 +81,16 @@ class RunPlan(BaseModel):
     host: str
     recipe: str  # the resolved recipe, YAML
     fingerprint: str
+    model_dir: str  # the folder the model and its tokenizer load from, found once (model.resolve)
     memory: MemoryPlan
     data: DataManifest | None = None  # None until the data is tokenized (a worker that decides fills it in)
     dist: DistContext
 
     @classmethod
-    def decided_here(cls, recipe, memory: MemoryPlan, data: DataManifest | None = None) -> "RunPlan":
+    def decided_here(cls, recipe, model_dir: Path, memory: MemoryPlan, data: DataManifest | None = None
+                     ) -> "RunPlan":
         return cls(host=socket.gethostname(), recipe=recipe.to_yaml(), fingerprint=recipe.fingerprint(),
-                   memory=memory, data=data, dist=DistContext.planned(recipe.dist))
+                   model_dir=str(model_dir), memory=memory, data=data, dist=DistContext.planned(recipe.dist))
 
     def made_for(self, fingerprint: str, launch: str | None) -> bool:
         """Decided for this launch of this recipe, on this host: else a worker decides for itself."""

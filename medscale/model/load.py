@@ -1,37 +1,18 @@
-"""Base model + tokenizer from a local folder or a hub id's local copy (model.resolve), in bf16 or NF4 (QLoRA),
-wrapped with a peft LoRA adapter."""
+"""Base model from a local folder or a hub id's local copy (model.resolve), in bf16 or NF4 (QLoRA), wrapped with a
+peft LoRA adapter. Its tokenizer loads in model.tokenizer (the data needs it before the model), the adapter's targets
+are checked in model.modules (pre-flight)."""
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
 
 from medscale.dist import DistContext
 from medscale.errors import quiet_libraries
-from medscale.model.resolve import model_folder, shipped_config
-from medscale.recipe import AdapterSection, ModelSection, Recipe, RecipeError
+from medscale.model.resolve import model_folder
+from medscale.recipe import AdapterSection, ModelSection, Recipe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def load_tokenizer(model: ModelSection, planned: bool = False):
-    """The model folder's tokenizer, ready to render records. `planned`: for a tiny model not built yet, the one its
-    build will use (nothing is written; `medscale check`)."""
-    from transformers import AutoTokenizer
-
-    if planned and model.tiny is not None and not (Path(model.path) / "config.json").is_file():
-        from medscale.model.tiny import tiny_tokenizer
-
-        tok = tiny_tokenizer(model.tiny.tokenizer)
-    else:
-        tok = AutoTokenizer.from_pretrained(model_folder(model), trust_remote_code=model.trust_remote_code)
-    if tok.pad_token is None:  # R1-Distill and some others ship without one; padding is masked anyway
-        tok.pad_token = tok.eos_token
-    if not tok.chat_template:
-        raise RecipeError(f"model.path: the tokenizer in {model.path} has no chat_template; "
-                          f"medscale renders every record with the model's own template")
-    return tok
 
 
 def local_device_index() -> int:
@@ -52,11 +33,13 @@ def quantization_config(model: ModelSection):
         bnb_4bit_quant_storage={**DTYPES, "uint8": torch.uint8}[model.bnb_4bit_quant_storage])
 
 
-def load_pretrained(model: ModelSection, device_index: int | None, recipe_attention: bool):
+def load_pretrained(model: ModelSection, device_index: int | None, recipe_attention: bool, *,
+                    folder: Path | None = None):
     """The one `from_pretrained` of a base model, for training and inference: the section's dtype, 4-bit config and
     trust_remote_code, the whole model on GPU `device_index` (None: transformers places it). `recipe_attention`:
     the section's attn_implementation (training's kernels, `varlen` for packed rows); without it transformers
-    picks, and continuous batching swaps in its paged kernel."""
+    picks, and continuous batching swaps in its paged kernel. `folder`: where a run's plan found the model (None:
+    looked up here, model.resolve)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = dict(dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code,
@@ -68,71 +51,21 @@ def load_pretrained(model: ModelSection, device_index: int | None, recipe_attent
         kwargs["attn_implementation"] = model.attn_implementation
     if device_index is not None:
         kwargs["device_map"] = {"": device_index}
-    loaded = AutoModelForCausalLM.from_pretrained(model_folder(model), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(folder or model_folder(model), **kwargs)
     if recipe_attention:
         use_boundary_masks(loaded)  # varlen: the collator's boundaries, not transformers' per-forward detection
     return loaded
 
 
-def load_base_model(model: ModelSection):
+def load_base_model(model: ModelSection, *, folder: Path | None = None):
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     # One process per GPU: the whole model on this rank's device (no DataParallel, no sharding). ZeRO-3 (on once
     # TrainingArguments with a stage-3 DeepSpeed config exist) places and shards the weights itself and refuses
     # a device_map.
     on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
-    return load_pretrained(model, local_device_index() if on_gpu else None, recipe_attention=True)
-
-
-# The layer classes peft's LoRA wraps (its other modules raise "Target module ... is not supported").
-LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
-
-
-def module_kinds(model: ModelSection) -> dict[str, str]:
-    """Every module of the model, name -> class name, from config.json (or the tiny model's shape, or the shipped
-    shape of a built-in recipe's model not downloaded yet) built on the meta device: no weight is read or allocated,
-    so pre-flight can afford it for an 8B model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder, shipped = model_folder(model), shipped_config(model)
-    if model.tiny is not None and not (folder / "config.json").is_file():
-        from medscale.model.tiny import tiny_config
-
-        config = tiny_config(3000, model.tiny.layers, model.tiny.hidden)  # the vocabulary size names no module
-    elif not (folder / "config.json").is_file() and shipped is not None:
-        facts = {k: v for k, v in shipped[1].items() if k not in ("model_type", "architectures")}
-        config = AutoConfig.for_model(shipped[1]["model_type"], **facts)
-    else:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=model.trust_remote_code)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
-    return {name: type(m).__name__ for name, m in skeleton.named_modules() if name}
-
-
-def _closest(key: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(key, names, n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def adapter_problems(recipe: Recipe) -> list[str]:
-    """Entries of adapter.target_modules and modules_to_save that match no module of the model, matched as peft
-    matches them: peft skips such an entry without a word while another one matches (a LoRA the recipe did not
-    ask for), and fails with a traceback after the model is loaded and the job recorded when none does."""
-    a, where = recipe.adapter, recipe.model.path
-    kinds = module_kinds(recipe.model)
-    layers = sorted({n.rsplit(".", 1)[-1] for n, kind in kinds.items() if kind in LORA_LAYERS})
-    problems = []
-    for key in [] if a.target_modules == "all-linear" else a.target_modules:
-        hits = [kind for n, kind in kinds.items() if n == key or n.endswith(f".{key}")]
-        if not any(kind in LORA_LAYERS for kind in hits):
-            what = f"is a {hits[0]}, not a layer LoRA can wrap" if hits else f"names no module of {where}"
-            problems.append(f"adapter.target_modules: '{key}' {what}{_closest(key, layers)} "
-                            f"(its layers: {', '.join(layers)})")
-    for key in a.modules_to_save or []:
-        if not any(n.endswith(key) for n in kinds):  # peft's own test for modules_to_save
-            problems.append(f"adapter.modules_to_save: '{key}' names no module of {where}"
-                            f"{_closest(key, sorted({n.rsplit('.', 1)[-1] for n in kinds}))}")
-    return problems
+    return load_pretrained(model, local_device_index() if on_gpu else None, recipe_attention=True,
+                           folder=folder)
 
 
 def lora_config(adapter: AdapterSection):
@@ -144,12 +77,13 @@ def lora_config(adapter: AdapterSection):
                       task_type="CAUSAL_LM")
 
 
-def load_model(recipe: Recipe):
-    """The trainable model: base (bf16 or NF4) + LoRA. Gradient checkpointing is enabled by the Trainer."""
+def load_model(recipe: Recipe, *, folder: Path | None = None):
+    """The trainable model: base (bf16 or NF4) + LoRA, from `folder` (where the run's plan found it; None: looked
+    up here). Gradient checkpointing is enabled by the Trainer."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    base = load_base_model(recipe.model)
+    base = load_base_model(recipe.model, folder=folder)
     base.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
     if recipe.model.load_in_4bit and recipe.model.fp32_frozen_weights:
         # peft's k-bit preparation (the seed scripts'): frozen embeddings, norms and lm_head in fp32, so the

@@ -1,22 +1,22 @@
 """`run(recipe)`: the one training entry point every launcher ends in.
 
-Linear on purpose (trl's `sft.py` main, torchtune's `recipe_main`): the RunPlan (what pre-flight decided: memory
-plan, tokenized data; decided here once when nothing launched this run) -> TrainingArguments (and the process group)
--> data -> where to start (decided by rank 0) -> the attempt -> model and Trainer -> train -> save and summarise.
-No CLI parsing here; ranks and world size come from whatever torch.distributed / accelerate / Ray set up, the
-launcher's identity from LaunchInfo. Bad input fails before the attempt starts, so it leaves no output dir and no job
-row behind.
+Linear on purpose (trl's `sft.py` main, torchtune's `recipe_main`), one stage a line, each stage handed what the
+ones before it decided and never calling back into them: the RunPlan (`preflight.worker_plan`: what pre-flight
+decided, the model's folder, memory plan and tokenized data; decided here once when nothing launched this run) ->
+TrainingArguments (and the process group) -> data (`train.data`) -> where to start (`jobs.resume`, decided by
+rank 0) -> the attempt (`jobs.attempt`) -> model and Trainer (`train.session`) -> train -> save and summarise.
+`bench/run_path.py` measures it. No CLI parsing here; ranks and world size come from whatever torch.distributed /
+accelerate / Ray set up, the launcher's identity from LaunchInfo. Bad input fails before the attempt starts, so it
+leaves no output dir and no job row behind.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import socket
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -28,13 +28,14 @@ from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
 from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
 from medscale.jobs.resume import StartPlan, plan_start
-from medscale.jobs.runplan import RunPlan
 from medscale.jobs.stop import stop_flag
-from medscale.preflight import data_manifest, worker_plan
+from medscale.preflight import worker_plan
 from medscale.recipe import Recipe
 from medscale.train import dist
 from medscale.train.args import training_arguments
+from medscale.train.data import prepare_data
 from medscale.train.report import eval_verdict, plot_losses
+from medscale.train.session import Session, open_session
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -60,26 +61,25 @@ def run(recipe: Recipe, launch: LaunchInfo | None = None,
     if args.process_index == 0 and decided.memory.batch_note:
         log.info("%s", decided.memory.batch_note)
     with _process_group():
-        tok, data = _prepare_data(recipe, args, decided, stamp)
-        plan = dist.decided_by_rank0(args.process_index, lambda: plan_start(recipe))
-        if plan.summary is not None:
+        tok, data = prepare_data(recipe, args, decided, stamp)
+        start = dist.decided_by_rank0(args.process_index, lambda: plan_start(recipe))
+        if start.summary is not None:
             log.info("job %s already finished at step %d (%s): nothing to train", recipe.name,
-                     plan.summary.global_step, Path(recipe.train.output_dir) / SUMMARY)
-            return plan.summary if args.process_index == 0 else None
-        with Attempt(recipe, launch, args.process_index, args.world_size, kind=kind,
-                     resumed_from=plan.resume, changes=plan.changes, stop=flag) as attempt:
-            dist.stop_point(flag, attempt.step, args.device, plan.resume)  # a stop during start-up, a cancel at start
-            recompute = decided.memory.recompute_layers
-            with _session(recipe, args, tok, data, attempt, plan=plan, extra=callbacks,
-                          recompute=recompute) as session:
-                dist.stop_point(flag, attempt.step, args.device, plan.resume)  # loading the model takes minutes
-                if plan.finished:
-                    _restore_final(session.trainer, plan.resume)
+                     start.summary.global_step, Path(recipe.train.output_dir) / SUMMARY)
+            return start.summary if args.process_index == 0 else None
+        with Attempt(recipe, launch, args.process_index, args.world_size, kind=kind, resumed_from=start.resume,
+                     step=start.step, changes=start.changes, stop=flag) as attempt:
+            dist.stop_point(flag, attempt.step, args.device, start.resume)  # a stop during start-up, a cancel at start
+            with open_session(recipe, args, tok, data, attempt, start=start, model_dir=Path(decided.model_dir),
+                              recompute=decided.memory.recompute_layers, stop=flag, extra=callbacks) as session:
+                dist.stop_point(flag, attempt.step, args.device, start.resume)  # loading the model takes minutes
+                if start.finished:
+                    _restore_final(session.trainer, start.resume)
                 else:
-                    result = session.trainer.train(resume_from_checkpoint=str(plan.resume) if plan.resume else None)
+                    result = session.trainer.train(resume_from_checkpoint=str(start.resume) if start.resume else None)
                     session.runtime_s = result.metrics["train_runtime"]
                     session.attempt_cb.raise_if_stopped()
-                return _finish(recipe, session, data, attempt, plan, started=started)
+                return _finish(recipe, session, data, attempt, start, started=started)
 
 
 # --------------------------------------------------------------------------- the steps of run()
@@ -103,104 +103,6 @@ def _process_group():
     finally:
         unset_hf_deepspeed_config()
     dist.shutdown(clean=True)
-
-
-def _prepare_data(recipe: Recipe, args, decided: RunPlan, stamp: str | None):
-    """Tokenizer and datasets: the cache entry the RunPlan names (pre-flight tokenized it). A run that decided for
-    itself tokenizes here, the main process first (the others load its cache), and records its plan, data manifest
-    included, beside the journal. The main process builds the tiny demo model if asked. Bad data raises DataError
-    here, before the attempt starts."""
-    from medscale.data.pipeline import build_datasets, cache_root, cached_datasets
-    from medscale.model.load import load_tokenizer
-    from medscale.model.tiny import ensure_tiny_model
-
-    seed = recipe.train.seed
-    with args.main_process_first(desc="build model folder and datasets"):
-        if args.local_process_index == 0:
-            ensure_tiny_model(recipe.model)
-        tok = load_tokenizer(recipe.model)
-        data = cached_datasets(Path(decided.data.cache), recipe.data, tok, seed) if decided.data else None
-        if data is None:  # decided here, or its cache entry was removed since
-            data = build_datasets(recipe.data, tok, seed, decided.memory.token_budget, cache_root())
-    if recipe.train.compile != "off":  # a compiled step sees a few row lengths (a graph each), not one per batch
-        data.collator.row_cap = decided.memory.token_budget or args.per_device_train_batch_size * recipe.data.max_length
-    if decided.launch is None and args.process_index == 0:
-        decided.data = data_manifest(recipe, data)
-        decided.save(recipe.train.output_dir, stamp)
-    return tok, data
-
-
-@dataclass(kw_only=True)
-class _Session:
-    """What training produced beside the Trainer's own state, for the summary."""
-
-    trainer: object
-    attempt_cb: object
-    meter: object
-    trainable: int
-    total: int
-    swanlab_dir: str | None
-    runtime_s: float | None = None
-
-
-@contextmanager
-def _session(recipe: Recipe, args, tok, data, attempt: Attempt, *, plan: StartPlan, extra: Sequence,
-             recompute: int | None):
-    """The model and the Trainer with medscale's callbacks (throughput, finiteness, stop/save lifecycle, trackers,
-    recompute on the first `recompute` decoder layers only); the trackers are closed however training ends."""
-    from transformers import set_seed
-
-    from medscale.model.load import count_parameters, load_model
-    from medscale.train.callbacks import (AdaptiveClipper, AttemptCallback, MedscaleTrainer, ProgressToCollator,
-                                          RecomputeFirstLayers, StepHealth, ThroughputMeter, decoder_blocks,
-                                          flops_per_token)
-    from medscale.train.tracking import start_trackers
-
-    if recipe.dist.deepspeed:
-        from medscale.train.safe_load import install
-
-        install()  # DeepSpeed's own resume would unpickle whatever a checkpoint folder holds
-    set_seed(recipe.train.seed)  # the adapter's random init too, so two runs of one recipe are comparable
-    model = load_model(recipe)
-    trainable, total = count_parameters(model)
-    t, world = recipe.train, args.world_size
-    layers = len(decoder_blocks(model))
-    partial = recompute is not None and 0 < recompute < layers
-    per_row = data.stats["train"].get("samples_per_pack", t.per_device_train_batch_size)  # mean when packed
-    meter = ThroughputMeter(per_row * t.gradient_accumulation_steps * world, world,
-                            flops_per_token(total, trainable, 1.0 if recompute is None else min(recompute / layers, 1)))
-    health = StepHealth()
-    clipper = (AdaptiveClipper(t.max_grad_norm, t.adaptive_clip.percentile, t.adaptive_clip.window,
-                               t.adaptive_clip.min_history) if t.adaptive_clip else None)
-    attempt_cb = AttemptCallback(attempt, stop_flag(), health, t.save_total_limit, t.keep_best_checkpoint)
-    tracking = start_trackers(recipe, args.process_index, attempt)
-    if plan.resume:
-        args.eval_on_start = False  # the base model's loss is already in the restored log history
-    trainer = MedscaleTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                              data_collator=data.collator, processing_class=tok, meter=meter, health=health,
-                              clipper=clipper, callbacks=[meter, ProgressToCollator(data.collator), attempt_cb]
-                              + tracking.callbacks + ([RecomputeFirstLayers(recompute)] if partial else [])
-                              + list(extra))
-    if (recipe.eval.benchmarks or recipe.eval.control) and args.eval_strategy != "no":
-        if recipe.dist.zero_stage() == 3:  # sharded scoring runs uneven batches per rank: ZeRO-3 would hang on it
-            log.warning("ZeRO-3: eval.benchmarks / eval.control are measured at the end of the run only")
-        else:
-            from medscale.eval.callback import BenchmarkCallback
-
-            bench_cb = BenchmarkCallback.from_recipe(recipe)
-            trainer.add_callback(bench_cb)
-            bench_cb.log = trainer.log  # reaches SwanLab and the log history like any metric
-    if args.process_index == 0:
-        if t.gradient_checkpointing == "auto":
-            log.info("gradient_checkpointing=auto: recompute %d of %d decoder layers", layers if recompute is None
-                     else recompute, layers)
-        log.info("recipe %s (%s): %d processes, trainable %.2fM of %.1fM parameters, data %s", recipe.name,
-                 recipe.fingerprint(), world, trainable / 1e6, total / 1e6, json.dumps(data.stats))
-    try:
-        yield _Session(trainer=trainer, attempt_cb=attempt_cb, meter=meter, trainable=trainable, total=total,
-                       swanlab_dir=tracking.swanlab_dir)
-    finally:
-        tracking.close()
 
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -250,7 +152,7 @@ def _save_final(trainer, out: Path) -> None:
             fsync_dir(out)
 
 
-def _finish(recipe: Recipe, session: _Session, data, attempt: Attempt, plan: StartPlan, *,
+def _finish(recipe: Recipe, session: Session, data, attempt: Attempt, plan: StartPlan, *,
             started: float) -> RunSummary | None:
     """Final evaluation (unless the last step was just evaluated), final adapter + state, and on rank 0 the run
     summary and the loss curve."""
