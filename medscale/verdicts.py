@@ -7,6 +7,7 @@ They sit below both the evaluation that makes them (`medscale.eval`) and the job
 """
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +18,19 @@ KINDS = ("looping", "unclosed_think", "empty_answer", "wrong_language", "length_
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ResultRole(str, Enum):
+    """Whose measurement a stored result is (the registry keeps the plain value): a job's tuned model, the base it was
+    tuned from (measured with the job, or once for a sweep with no job): the two sides a paired verdict compares; or
+    any other model."""
+
+    TUNED = "tuned"
+    BASE = "base"
+    MODEL = "model"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def percent(x: float | None) -> str:

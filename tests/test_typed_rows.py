@@ -128,3 +128,19 @@ def test_the_leaderboard_ranks_by_the_metric_an_older_definition_names(reg, tmp_
     for definition in ("name: s\n", "name: [s\n", "name: s\nmetric: 5\n"):
         reg.upsert_sweep(SweepInfo("s", definition, [], [{"label": "base", "path": str(tmp_path / "base")}]))
         assert json.loads(cli("sweep", "show", "s", "--json").stdout)["metric"] == "eval_loss", definition
+
+
+def test_a_results_role_is_the_enum_from_the_writer_to_the_row_and_back(reg, tmp_path):
+    """Stored as the plain value (rows already hold tuned / base / model: no migration), read back as the member."""
+    from sqlalchemy import text
+
+    from medscale.verdicts import ResultRole
+
+    base = str(tmp_path / "base")
+    rid = reg.record_result(_row("base", base, [True, False], role=ResultRole.BASE))
+    (read,) = reg.results(ids=[rid])
+    assert read.role is ResultRole.BASE and f"{read.role}" == "base"
+    with reg.engine.connect() as c:
+        assert c.execute(text("SELECT role FROM results")).scalar_one() == "base"
+    with pytest.raises(ValueError, match="'judge' is not a valid ResultRole"):
+        _row("x", base, [True], role="judge")

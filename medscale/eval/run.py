@@ -15,6 +15,7 @@ from medscale.eval.spec import EvalSpec
 from medscale.eval.stats import summarise
 from medscale.generate.settings import Resolved, resolve
 from medscale.recipe import BenchmarkSource, GenerationSection
+from medscale.verdicts import ResultRole
 
 log = logging.getLogger("medscale.eval")
 
@@ -119,8 +120,8 @@ def run_eval(spec: EvalSpec, *, scores_dir: str | None = None, record: bool = Tr
 
         dist.destroy_process_group()
     if record and process_group_rank()[0] == 0:
-        rows = [(r, target, "tuned" if target.adapter else "model") for r in report.results]
-        rows += [(r, other, "base" if against == "base" else "model") for r in report.against]
+        rows = [(r, target, ResultRole.TUNED if target.adapter else ResultRole.MODEL) for r in report.results]
+        rows += [(r, other, ResultRole.BASE if against == "base" else ResultRole.MODEL) for r in report.against]
         record_results(rows, job_id=target.job_id)
     return report
 
@@ -153,7 +154,8 @@ def measure(spec: EvalSpec, ref, benches: list[Benchmark], scores_dir: str | Non
     return results
 
 
-def result_row(result: BenchResult, *, model: str, base: str, adapter: str | None, role: str, step: int | None = None,
+def result_row(result: BenchResult, *, model: str, base: str, adapter: str | None, role: ResultRole,
+               step: int | None = None,
                checkpoint: str | None = None):
     """One BenchResult as the registry stores it (medscale.registry.ResultInfo), per-question outcomes included."""
     from medscale.registry import ResultInfo
@@ -179,7 +181,7 @@ def record_results(rows, job_id: int | None) -> None:
             for result, ref, role in rows:
                 row = result_row(result, model=ref.label, base=ref.base, adapter=ref.adapter, role=role,
                                  checkpoint=str(ref.checkpoint) if ref.checkpoint else None)
-                reg.record_result(row, job_id if role != "model" else ref.job_id)
+                reg.record_result(row, job_id if role is not ResultRole.MODEL else ref.job_id)
     except RegistryError as e:
         logging.getLogger("medscale.eval").warning("%s: results not recorded in the registry (they are in the "
                                                    "report)", e)

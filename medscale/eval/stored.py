@@ -4,6 +4,7 @@ here."""
 from __future__ import annotations
 
 from medscale.registry import Registry, ResultView
+from medscale.verdicts import ResultRole
 
 
 def figures(r: ResultView):
@@ -34,7 +35,7 @@ def final_results(reg: Registry, job_id: int) -> list[ResultView]:
     """The newest result per benchmark of a job's final model (not a checkpoint's), outcomes included."""
     newest: dict[str, ResultView] = {}
     for r in reg.results(job_id=job_id, outcomes=True):
-        if r.role == "tuned" and r.checkpoint is None:
+        if r.role is ResultRole.TUNED and r.checkpoint is None:
             newest[r.benchmark] = r
     return list(newest.values())
 
@@ -43,7 +44,7 @@ def base_result(reg: Registry, job_id: int, base_path: str, tuned: ResultView) -
     """The base model's result on the same questions as `tuned`: measured with the job (its end-of-run verdict), else
     measured once for a sweep (no job)."""
     def same(r: ResultView) -> bool:
-        return r.role == "base" and (r.fingerprint, r.mode, r.shots) == (tuned.fingerprint, tuned.mode, tuned.shots)
+        return r.role is ResultRole.BASE and (r.fingerprint, r.mode, r.shots) == (tuned.fingerprint, tuned.mode, tuned.shots)
 
     own = [r for r in reg.results(job_id=job_id, outcomes=True) if same(r)]
     if own:

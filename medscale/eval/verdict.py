@@ -18,7 +18,7 @@ from medscale.eval.result import BenchResult
 from medscale.eval.run import check_contamination, evaluate_benchmark, load_benchmarks
 from medscale.eval.sampled import pair
 from medscale.recipe import Recipe
-from medscale.verdicts import RunBenchmark, RunVerdicts
+from medscale.verdicts import ResultRole, RunBenchmark, RunVerdicts
 
 log = logging.getLogger("medscale.eval")
 
@@ -27,7 +27,7 @@ class RunVerdict(RunVerdicts):
     """The verdicts the run's summary keeps, and what the job does with the rest: the results it stores against
     itself, the failure it ends with."""
 
-    results: list[tuple[BenchResult, str]] = []  # (result, role: base | tuned)
+    results: list[tuple[BenchResult, ResultRole]] = []  # (result, base | tuned)
     failure: str | None = None  # why the job must end failed (eval.fail_on_regression)
 
 
@@ -56,7 +56,7 @@ def run_verdict(model, tok, recipe: Recipe, step: int) -> RunVerdict:
             report.results.append(tuned)
             report.against.append(base)
             report.verdicts.append(pair(base, tuned, a_label="base", b_label="tuned"))
-            j.results += [(base, "base"), (tuned, "tuned")]
+            j.results += [(base, ResultRole.BASE), (tuned, ResultRole.TUNED)]
         check_contamination(report, benches, [s.path for s in recipe.data.sources])
         j.benchmarks = {bench.name: RunBenchmark.of(bench.name, v) for bench, v in zip(benches, report.verdicts)}
     if e.control:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from medscale.registry.records import utcnow
 from medscale.jobkind import JobKind
 from medscale.status import AttemptStatus, JobStatus
+from medscale.verdicts import ResultRole
 
 
 class Base(DeclarativeBase):
@@ -97,7 +98,7 @@ class Result(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # the checkpoint measured, if one
     model: Mapped[str] = mapped_column(String(200))  # its label: job, job@checkpoint-N, base, or a folder name
-    role: Mapped[str] = mapped_column(String(16), default="tuned")  # tuned | base | reference
+    role: Mapped[str] = mapped_column(String(16), default=ResultRole.TUNED.value)  # verdicts.ResultRole's values
     base_path: Mapped[str] = mapped_column(String(1024))
     adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     kind: Mapped[str] = mapped_column(String(16), default="benchmark")  # benchmark | control

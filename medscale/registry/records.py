@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from medscale.jobkind import JobKind
 from medscale.status import AttemptStatus, JobStatus
+from medscale.verdicts import ResultRole
 
 
 def utcnow() -> datetime:
@@ -168,7 +169,7 @@ class ResultInfo:
     fingerprint: str
     mode: str
     n: int
-    role: str = "tuned"
+    role: ResultRole = ResultRole.TUNED
     adapter_path: str | None = None
     kind: str = "benchmark"
     shots: int = 0
@@ -180,6 +181,9 @@ class ResultInfo:
     loss: float | None = None
     figures: dict = field(default_factory=dict)
     outcomes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.role = ResultRole(self.role)  # from a registry row or a caller: the enum, or an error
 
 
 @dataclass

@@ -165,7 +165,7 @@ class Registry:
         with self._session.begin() as s:
             if job_id is not None:
                 _get(s, job_id)
-            row = Result(job_id=job_id, **asdict(r))
+            row = Result(job_id=job_id, **{**asdict(r), "role": r.role.value})
             s.add(row)
             s.flush()
             return row.id

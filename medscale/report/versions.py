@@ -17,7 +17,7 @@ from medscale.eval.stored import base_result, figures, final_results, paired
 from medscale.jobkind import JobKind
 from medscale.markdown import md_cell
 from medscale.registry import Registry, ResultView
-from medscale.verdicts import Counts
+from medscale.verdicts import Counts, ResultRole
 
 _AGAINST = {"better": "better than", "worse": "WORSE than", "no detectable difference": "no detectable difference from"}
 
@@ -132,7 +132,7 @@ def _base_row(label: str, result: ResultView | None) -> Version:
 
 def _shared_base(reg: Registry, path: str, bench: str | None) -> ResultView | None:
     """A base measured once for a sweep (no job) on the table's benchmark."""
-    found = [r for r in reg.results(benchmark=bench, outcomes=True) if r.role == "base" and r.job_id is None
+    found = [r for r in reg.results(benchmark=bench, outcomes=True) if r.role is ResultRole.BASE and r.job_id is None
              and r.adapter_path is None and r.base_path == path] if bench else []
     return found[-1] if found else None
 

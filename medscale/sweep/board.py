@@ -26,6 +26,7 @@ from medscale.markdown import md_cell, md_text
 from medscale.registry import Registry, ResultView, SweepView
 from medscale.status import AttemptStatus, JobStatus
 from medscale.sweep.metric import MetricKind, SweepMetric
+from medscale.verdicts import ResultRole
 
 
 class BoardError(UserError):
@@ -203,7 +204,7 @@ def _latest(rows: list[ResultView]) -> ResultView | None:
 
 def _base_results(reg: Registry, paths: list[str], metric: SweepMetric) -> list[ResultView]:
     """A sweep's base models' own results (measured once, of no job)."""
-    return [r for r in reg.results() if r.role == "base" and r.job_id is None
+    return [r for r in reg.results() if r.role is ResultRole.BASE and r.job_id is None
             and r.adapter_path is None and r.base_path in paths and metric.measures(r.benchmark)]
 
 

@@ -36,6 +36,7 @@ from medscale.status import JobStatus
 from medscale.sweep.actor import LauncherFor, TrialFailed, asha_scheduler, trial_request, trial_trainable
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
 from medscale.sweep.trial import forward_stop
+from medscale.verdicts import ResultRole
 
 DONE = (JobStatus.SUCCEEDED.value, JobStatus.STOPPED_EARLY.value)
 
@@ -118,7 +119,7 @@ def missing_base_results(reg: Registry, plan: SweepPlan) -> dict[str, list]:
     """base path -> the benchmarks it has no result for yet (a base is measured once, whichever sweep asks)."""
     from medscale.eval.run import load_benchmarks
 
-    have = {(r.base_path, r.fingerprint, r.mode, r.shots) for r in reg.results() if r.role == "base" and r.job_id is
+    have = {(r.base_path, r.fingerprint, r.mode, r.shots) for r in reg.results() if r.role is ResultRole.BASE and r.job_id is
             None and r.adapter_path is None}
     out = {}
     for base, (benches, mode, shots, data_dir, _, seed, _) in _benchmarks(plan).items():
@@ -141,7 +142,7 @@ def evaluate_base(path: str, benchmarks: list, settings: tuple) -> list[str]:
     report = run_eval(new_eval_spec(dict(model=path, benchmarks=benchmarks, mode=mode, shots=shots, seed=seed,
                                          data_dir=data_dir, batch_size=batch, generation=generation)), record=False)
     ref = resolve(path)
-    record_results([(r, ref, "base") for r in report.results], None)
+    record_results([(r, ref, ResultRole.BASE) for r in report.results], None)
     return [f"{r.benchmark} {100 * r.acc:.1f}%" for r in report.results]
 
 
