@@ -3,6 +3,7 @@ of one sweep, one forced to fail while the others finish, the base evaluated onc
 ASHA stopping a trial early for good; the leaderboard; the sweep file's expansion and its errors."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import QUICK_STEP, cli
 from medscale.sweep.spec import SweepError, load_spec, plan_sweep, spec_from_recipe
 
 if os.environ.get("CI"):
@@ -28,10 +29,26 @@ def _write(path: Path, spec: dict) -> Path:
     return path
 
 
+def _overrides(args) -> dict:
+    """`key=value` overrides as a sweep file's `overrides:` mapping."""
+    return {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
+
+
 def _registry(home: Path):
     from medscale.registry import Registry
 
     return Registry(f"sqlite:///{home}/registry.db")
+
+
+@contextlib.contextmanager
+def on_loopback():
+    """`--address` of the shared test cluster, which listens on loopback only (tests/ray_cluster.py): Ray would
+    otherwise rewrite its 127.0.0.1 to this machine's network address (as RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does)."""
+    with pytest.MonkeyPatch.context() as mp:
+        import ray._private.ray_constants as constants
+
+        mp.setattr(constants, "ENABLE_RAY_CLUSTER", False)
+        yield
 
 
 # --------------------------------------------------------------------------- the 2 x 2 sweep (slow, shared)
@@ -57,16 +74,12 @@ def grid_sweep(ray_cluster, tiny_model_dir, eval_data, tmp_path_factory):
         "cells": [{"lr": "low", "head": "lora"}, {"lr": "low", "head": "full"}, {"lr": "high", "head": "lora"},
                   {"lr": "high", "head": "full", "overrides": {"data.max_length": 16},
                    "note": "forced to fail: every record is longer than 16 tokens"}],
-        "overrides": {**COMMON, "model.path": str(tiny_model_dir), "eval.benchmarks": [str(eval_data["mcq"])],
+        "overrides": {**COMMON, **_overrides(QUICK_STEP), "model.path": str(tiny_model_dir),
+                      "eval.benchmarks": [str(eval_data["mcq"])],
                       "data.sources": [{"path": str(data), "format": "r1-think"}]},
         "bases": [{"label": "tiny-base", "path": str(tiny_model_dir)}]})
     env = {"MEDSCALE_HOME": str(home)}
-    with pytest.MonkeyPatch.context() as mp:
-        import ray._private.ray_constants as constants
-
-        # the test cluster listens on loopback only (tests/ray_cluster.py); Ray would otherwise rewrite the
-        # 127.0.0.1 of --address to this machine's network address (as RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does)
-        mp.setattr(constants, "ENABLE_RAY_CLUSTER", False)
+    with on_loopback():
         first = cli("sweep", "run", str(spec), "--address", ray_cluster.gcs, "--json", env=env)
         reg = _registry(home)
         try:
@@ -195,8 +208,9 @@ def test_the_leaderboard_ranks_by_eval_loss_or_accuracy_and_marks_worse_than_bas
 
 
 @pytest.mark.slow
-def test_asha_stops_the_worse_trial_for_good(tiny_model_dir, tmp_path):
-    """On the default local Ray: two trials one after the other; the second learns nothing (lr 1e-7) and ASHA stops
+def test_asha_stops_the_worse_trial_for_good(ray_cluster, tiny_model_dir, tmp_path):
+    """On the shared test cluster (a sweep's own local Ray is started in tests/test_trust_sweepstop.py): two trials
+    one after the other; the second learns nothing (lr 1e-7) and ASHA stops
     it at its first rung; it ends stopped_early (the registry and its own record say so), a re-run skips it, and
     nothing resumes it. The second is set to train far longer than the test could wait, so it cannot finish before
     ASHA's decision reaches it (on a loaded machine a 6-step trial did, and rightly ended `succeeded`)."""
@@ -210,7 +224,9 @@ def test_asha_stops_the_worse_trial_for_good(tiny_model_dir, tmp_path):
         "scheduler": {"type": "asha", "grace_period": 2}, "max_concurrent": 1})
     home = tmp_path / "home"
     env = {"MEDSCALE_HOME": str(home)}
-    r = cli("sweep", "run", str(spec), "--json", env=env)
+    on_cluster = ("--address", ray_cluster.gcs, "--json")
+    with on_loopback():
+        r = cli("sweep", "run", str(spec), *on_cluster, env=env)
     assert r.returncode == 0, r.stderr
     status = {t["label"]: t["status"] for t in json.loads(r.stdout)["trials"]}
     assert status == {"good": "succeeded", "idle": "stopped_early"}
@@ -228,7 +244,8 @@ def test_asha_stops_the_worse_trial_for_good(tiny_model_dir, tmp_path):
         assert reg.job(idle.id).status == "stopped_early"
     finally:
         reg.close()
-    again = cli("sweep", "run", str(spec), "--json", env=env)
+    with on_loopback():
+        again = cli("sweep", "run", str(spec), *on_cluster, env=env)
     assert again.returncode == 0 and not any(t["ran"] for t in json.loads(again.stdout)["trials"])
     resumed = cli("jobs", "resume", "asha.idle", env=env)
     assert resumed.returncode == 2 and "stopped early" in resumed.stderr
