@@ -104,6 +104,8 @@ def test_eval_for_slurm_dry_run_renders_the_batch_script_whose_nodes_run_the_eva
     script = r.stdout
     assert script.startswith("#!/bin/bash") and "#SBATCH --partition=cpu" in script
     assert "export MEDSCALE_ENTRY=eval" in script
+    # its header speaks of an evaluation: a stopped one continues with the questions it had not scored
+    assert f'for eval job "{out / "eval_job.yaml"}"' in script and "the questions not yet scored" in script
     job_file = out / "eval_job.yaml"
     run_line = next(line for line in script.splitlines() if line.startswith("medscale_run "))
     assert shlex.split(run_line)[1:] == [str(job_file)]

@@ -44,7 +44,8 @@ def base_result(reg: Registry, job_id: int, base_path: str, tuned: ResultView) -
     """The base model's result on the same questions as `tuned`: measured with the job (its end-of-run verdict), else
     measured once for a sweep (no job)."""
     def same(r: ResultView) -> bool:
-        return r.role is ResultRole.BASE and (r.fingerprint, r.mode, r.shots) == (tuned.fingerprint, tuned.mode, tuned.shots)
+        return r.role is ResultRole.BASE and (r.fingerprint, r.mode, r.shots) == (tuned.fingerprint, tuned.mode,
+                                                                                 tuned.shots)
 
     own = [r for r in reg.results(job_id=job_id, outcomes=True) if same(r)]
     if own:

@@ -119,8 +119,8 @@ def missing_base_results(reg: Registry, plan: SweepPlan) -> dict[str, list]:
     """base path -> the benchmarks it has no result for yet (a base is measured once, whichever sweep asks)."""
     from medscale.eval.run import load_benchmarks
 
-    have = {(r.base_path, r.fingerprint, r.mode, r.shots) for r in reg.results() if r.role is ResultRole.BASE and r.job_id is
-            None and r.adapter_path is None}
+    have = {(r.base_path, r.fingerprint, r.mode, r.shots) for r in reg.results()
+            if r.role is ResultRole.BASE and r.job_id is None and r.adapter_path is None}
     out = {}
     for base, (benches, mode, shots, data_dir, _, seed, _) in _benchmarks(plan).items():
         if base not in {b.path for b in plan.bases}:
