@@ -23,8 +23,9 @@ def _saved(tmp_path, recipe, edit=None):
 
 def test_an_old_jobs_recipe_loads_and_is_compared_key_by_key(tmp_path):
     """A recipe recorded by another version (a key this one does not know, one it added since missing) still loads;
-    only what changed is named, safe and unsafe apart, with the values as the recipe file writes them."""
-    recipe = load_recipe("tiny-demo", ["train.max_steps=20"])
+    only what changed is named, safe and unsafe apart, with the values as the recipe file writes them (swanlab: null
+    writes report_to without swanlab, and is no change)."""
+    recipe = load_recipe("tiny-demo", ["train.max_steps=20", "track.swanlab=null"])
 
     def older(data):
         data["train"]["old_knob"] = 3  # gone from this version: left out
@@ -32,7 +33,7 @@ def test_an_old_jobs_recipe_loads_and_is_compared_key_by_key(tmp_path):
 
     saved = _saved(tmp_path, recipe, older)
     now = load_recipe("tiny-demo", ["train.max_steps=40", "train.learning_rate=1e-3",
-                                    "train.keep_best_checkpoint=true"])
+                                    "train.keep_best_checkpoint=true", "track.swanlab=null"])
     safe, unsafe = recipe_changes(saved, now)
     assert safe == ["train.max_steps: 20 -> 40"]
     assert unsafe == [f"train.learning_rate: {recipe.train.learning_rate!r} -> 0.001"]

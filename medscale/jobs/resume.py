@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
                                       latest_verified, problem, set_aside)
@@ -64,15 +63,17 @@ def refuse_if_running(output_dir: Path, name: str) -> None:
 
 
 def _differences(then, now, prefix: str = ""):
-    """(dotted key, saved value, new value) where two typed recipes (or sections) differ, field by field. Only the
-    fields the saved recipe recorded are compared: one newer than the job's medscale was not in its recipe. A dict
-    value (train.trainer_args) is compared key by key, its keys present on both sides."""
+    """(dotted key, saved value, new value) where two typed recipes (or sections) differ, section by section, each
+    value as the recipe file writes it (a field's serializer applied: track.report_to is the trackers that log).
+    Only the fields the saved recipe recorded are compared: one newer than the job's medscale was not in its
+    recipe. A dict value (train.trainer_args) is compared key by key, its keys present on both sides."""
+    written_then, written_now = then.model_dump(mode="json"), now.model_dump(mode="json")
     for name in type(then).model_fields:
-        if name not in then.model_fields_set:
+        if name not in then.model_fields_set or name not in written_then:
             continue
-        a, b, key = getattr(then, name), getattr(now, name), f"{prefix}{name}"
-        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
-            yield from _differences(a, b, key + ".")
+        a, b, key = written_then[name], written_now[name], f"{prefix}{name}"
+        if isinstance(getattr(then, name), BaseModel) and isinstance(getattr(now, name), BaseModel):
+            yield from _differences(getattr(then, name), getattr(now, name), key + ".")
         elif isinstance(a, dict) and isinstance(b, dict):
             yield from ((f"{key}.{k}", a[k], b[k]) for k in a.keys() & b.keys() if a[k] != b[k])
         elif a != b:
@@ -97,7 +98,7 @@ def recipe_changes(saved: Recipe, recipe: Recipe) -> tuple[list[str], list[str]]
             ok = _samples_per_step(saved) == _samples_per_step(recipe)
         else:
             ok = False
-        (safe if ok else unsafe).append(f"{k}: {to_jsonable_python(a)!r} -> {to_jsonable_python(b)!r}")
+        (safe if ok else unsafe).append(f"{k}: {a!r} -> {b!r}")
     return safe, unsafe
 
 
