@@ -1,17 +1,20 @@
-"""Which medscale modules a training run enters on its way to `trainer.train()`, in order (issue 21: "from run() to
-trainer.train() the code reads top to bottom").
+"""Which medscale modules a training run enters on its way to `trainer.train()`, stage by stage (issue 21: "from
+run() to trainer.train() the code reads top to bottom: no module is entered twice").
 
     python bench/run_path.py            # run(recipe) called directly (it decides for itself)
     python bench/run_path.py --from cli # `medscale train`: run() as the local launcher starts it, and the whole
                                         # command (the launcher's pre-flight included)
 
-Runs the tiny demo (one step, in a throwaway MEDSCALE_HOME) under sys.setprofile. Every Python call into a medscale
-or launcher module is one mark, the first time its call site makes it (a loop over records calling the same function
-is one mark, as the code reads); consecutive marks within one module collapse. Printed: the modules in the order first
-entered, how many times the path came back into a module it had already left (a "return"), and how often the whole
-run called the memory plan, pre-flight, the tokenizing pass and the data reader. Module bodies run by
-an import are not calls and are left out. The tiny model is built before tracing: building it is a first run's
-one-off, not a decision of the run.
+Runs the tiny demo (one step, in a throwaway MEDSCALE_HOME) under sys.setprofile, following the call stack of our
+modules (medscale, launcher). A module is entered when a call reaches it while none of its frames is on the stack,
+left when its last frame returns; each call site enters once (a loop is one entry, as the code reads). The drivers
+(DRIVERS: run(), the CLI command, the local launcher) are lists of stages: what one of them enters, with everything
+beneath it, is a stage. Printed: the stages in order with the modules each entered, and the "returns" (a stage
+entering a module an earlier stage had entered: bouncing between stages), for stage modules and for all modules
+apart: the vocabulary modules (LEAVES, each with its reason) may be entered by several stages. "Nested" counts a
+module entered again within one stage after another (a stage's own helpers), shown, not a return. Also how often
+the whole run called the memory plan, pre-flight, the tokenizing pass and the data reader. Module bodies run by an
+import are not calls and are left out. The tiny model is built before tracing: a first run's one-off.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ LEAVES = {
     "medscale.jobs.stop": "the process-wide stop flag, read wherever long work can stop",
     "medscale.train.dist": "the collectives: the points where every rank agrees (run()'s and each step's)",
     "medscale.jobs.runplan": "the RunPlan: the typed decisions every stage is handed, read as the recipe's sections are",
-    "medscale.jobs.record": "the output dir's files (journal, summary, atomic writes) that resume and the attempt read",
+    "medscale.jobs.record": "the output dir's files and atomic writes, which the plan, resume and the attempt each use",
     "medscale.registry.records": "the registry's typed rows and its clock (utcnow), the launch stamp's too",
 }
 # The decisions issue 21 wants made once per run, and the passes over the data: each call counted, site or not.
@@ -52,8 +55,8 @@ COUNTED = {"medscale.plan": ("plan", "decide", "recompute_layers", "token_budget
 
 
 def is_leaf(module: str) -> bool:
-    return any(module == leaf or module.startswith(leaf + ".") for leaf in LEAVES if leaf != "medscale") \
-        or module == "medscale"
+    """A LEAVES module or one of its submodules (the root's submodules are everything: not those)."""
+    return module in LEAVES or any(module.startswith(leaf + ".") for leaf in LEAVES if leaf != "medscale")
 
 
 class ModulePath:
@@ -188,18 +191,17 @@ def main() -> None:
     where = "run() started directly" if a.start == "run" else "run() started by `medscale train`"
     report(f"{where}, to trainer.train()", r)
     if a.start == "cli":
-        report("the whole command, to trainer.train()", w, listing=False)
+        report("the whole command, to trainer.train()", w)
     print("calls over the whole run: " + ", ".join(f"{k} {v}" for k, v in w["calls"].items()))
+    print("leaves (LEAVES, in this file, each with its reason): " + ", ".join(LEAVES))
 
 
-def report(title: str, r: dict, listing: bool = True) -> None:
+def report(title: str, r: dict) -> None:
     print(f"{title}: {len(r['stages'])} stages, {r['modules']} modules; returns: {r['stage_returns']} to a stage "
           f"module, {r['returns']} to any module (leaves included); {r['nested']} nested within a stage")
     if r["re_entered"]:
         print("  entered again by a later stage: " + ", ".join(
             f"{m} +{n}" + (" (leaf)" if is_leaf(m) else "") for m, n in r["re_entered"].items()))
-    if not listing:
-        return
     for i, stage in enumerate(r["stage_modules"], 1):
         print(f"  {i:2d}. {stage[0]}" + (f"  > {' > '.join(stage[1:])}" if stage[1:] else ""))
 
