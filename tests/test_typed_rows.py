@@ -82,8 +82,23 @@ def test_a_sweep_files_metric_is_typed_and_kept_as_its_name(tmp_path):
     with pytest.raises(SweepError, match="metric: empty"):
         parse_spec({"name": "s", "recipes": ["tiny-demo"], "metric": ""})
     f = tmp_path / "s.yaml"
-    f.write_text("name: s\nrecipes: [tiny-demo]\nmetric: control\n", encoding="utf-8")
-    assert "metric: control\n" in _plan(str(f), [], [], None, None).definition  # what the registry keeps
+    f.write_text("name: s\nrecipes: [tiny-demo]\nmetric: control\nbases: [{label: b, path: /m/b}]\n",
+                 encoding="utf-8")
+    plan = _plan(str(f), [], [], None, None)
+    assert "metric: control\n" in plan.definition  # what the registry keeps
+    # a cell and a base as the registry keeps them: the layout rows already hold
+    (trial,) = plan.trials
+    assert list(trial.cell()) == ["label", "recipe", "overrides", "labels", "note", "base"]
+    assert [b.to_dict() for b in plan.bases] == [{"label": "b", "path": "/m/b"}]
+
+
+def test_a_sweep_rows_cells_and_bases_read_typed_an_older_partial_cell_too():
+    from medscale.registry import SweepBase, SweepView, TrialCell
+
+    old = TrialCell.of({"base": "/m/b", "retired_key": 1})
+    assert (old.base, old.note, old.label, old.overrides) == ("/m/b", None, "", [])
+    view = SweepView(name="s", definition_yaml="", bases=[{"label": "b", "path": "/m/b"}])
+    assert view.base_models() == [SweepBase("b", "/m/b")] and view.to_dict()["bases"] == [{"label": "b", "path": "/m/b"}]
 
 
 @pytest.fixture

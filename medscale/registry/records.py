@@ -242,10 +242,42 @@ class MetricRow:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SweepBase:
+    """A base model a sweep's fine-tunes are ranked against: an entry of a sweep row's `bases`."""
+
+    label: str
+    path: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialCell:
+    """A trial's cell of the grid as a sweep row keeps it (its `cell`, and each entry of `grid`): the trial's label,
+    base recipe and overrides, its label on each axis, its note and the base model it is ranked against. A cell an
+    older version (or a hand) wrote reads with these defaults."""
+
+    label: str = ""
+    recipe: str = ""
+    overrides: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+    base: str = ""
+
+    @classmethod
+    def of(cls, stored: dict) -> "TrialCell":
+        return cls(**{k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class SweepInfo:
-    """A sweep as it is stored: its definition (YAML as given), the expanded grid (one dict per trial: label,
-    recipe, overrides, labels) and the base models it is ranked against ([{label, path}])."""
+    """A sweep as it is stored: its definition (YAML as given), the expanded grid (a TrialCell's JSON per trial)
+    and the base models it is ranked against (a SweepBase's JSON each)."""
 
     name: str
     definition_yaml: str
@@ -260,6 +292,11 @@ class TrialView:
     error: str | None
     job: JobView
 
+    @property
+    def trial_cell(self) -> TrialCell:
+        """`cell` (the row's JSON, as `to_dict` shows it) typed."""
+        return TrialCell.of(self.cell)
+
     def to_dict(self) -> dict:
         return {"label": self.label, "cell": self.cell, "error": self.error, "job": self.job.to_dict(brief=True)}
 
@@ -270,6 +307,10 @@ class SweepView(SweepInfo):
     created_at: str | None = None
     updated_at: str | None = None
     trials: list[TrialView] = field(default_factory=list)
+
+    def base_models(self) -> list[SweepBase]:
+        """`bases` (the row's JSON) typed."""
+        return [SweepBase(**b) for b in self.bases]
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "grid": self.grid, "bases": self.bases,

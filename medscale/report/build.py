@@ -101,7 +101,7 @@ def collect(reg: Registry, refs: list[str]) -> tuple[str, list[Run]]:
         sweep = _sweep(reg, ref)
         if sweep is not None:
             titles.append(f"sweep {sweep.name}")
-            runs += [_run(reg, t.job.id, t.label, t.cell.get("base")) for t in sweep.trials]
+            runs += [_run(reg, t.job.id, t.label, t.trial_cell.base) for t in sweep.trials]
         else:
             job_id = reg.find(ref)
             titles.append(reg.job(job_id).name)
@@ -243,7 +243,7 @@ def _unreached(runs: list[Run], steps: list[int]) -> list[str]:
 def build(reg: Registry, refs: list[str], steps: list[int] | None = None) -> tuple[Report, list[Run]]:
     title, runs = collect(reg, refs)
     steps = sorted(set(steps)) if steps else default_steps(runs)
-    bases = {b["path"]: b["label"] for ref in refs if (s := _sweep(reg, ref)) is not None for b in s.bases}
+    bases = {b.path: b.label for ref in refs if (s := _sweep(reg, ref)) is not None for b in s.base_models()}
     report = Report(title=title, steps=steps, runs=[r.label for r in runs], loss=_by_step(runs, steps, "loss"),
                     eval_loss=_by_step(runs, steps, "eval_loss"),
                     stages=[row for r in runs for row in _stages(r, steps)], overview=[_overview(r) for r in runs],

@@ -133,7 +133,7 @@ def leaderboard(reg: Registry, sweep_ref: str, metric: SweepMetric | None = None
     view = reg.sweep(sweep_ref)
     metric = metric or SweepMetric.of_definition(view.definition_yaml)
     board = Leaderboard(view.name, metric)
-    bases = {b["path"]: b["label"] for b in view.bases}
+    bases = {b.path: b.label for b in view.base_models()}
     trial_rows = [_trial_row(reg, view, t, metric, bases) for t in view.trials]
     if metric.kind is MetricKind.BENCHMARK and not any(r.value is not None for r in trial_rows) and not _base_results(
             reg, list(bases), metric):
@@ -154,9 +154,10 @@ def _trial_row(reg: Registry, view: SweepView, t, metric: SweepMetric, bases: di
     from medscale.jobs.record import RunSummary
 
     job = t.job
-    base_path = t.cell.get("base", "")
+    cell = t.trial_cell
+    base_path = cell.base
     status = JobStatus.FAILED.value if t.error and job.status == JobStatus.SUCCEEDED else job.status
-    note = "; ".join(x for x in (t.cell.get("note"), t.error or _failure(job)) if x)
+    note = "; ".join(x for x in (cell.note, t.error or _failure(job)) if x)
     row = Row(t.label, RowKind.TRIAL, bases.get(base_path, Path(base_path).name), status, note=note, job_id=job.id,
               steps=job.step or None)
     if metric.kind is MetricKind.EVAL_LOSS:
@@ -210,7 +211,7 @@ def _base_results(reg: Registry, paths: list[str], metric: SweepMetric) -> list[
 
 def _base_row(reg: Registry, path: str, label: str, metric: SweepMetric, trials: list[Row], *, view: SweepView) -> Row:
     row = Row(label, RowKind.BASE, label, "base")
-    mine = [r for r, t in zip(trials, view.trials) if t.cell.get("base") == path]
+    mine = [r for r, t in zip(trials, view.trials) if t.trial_cell.base == path]
     if metric.kind is MetricKind.EVAL_LOSS:
         starts = {round(r.base_value, 6) for r in mine if r.base_value is not None}
         if len(starts) == 1:

@@ -37,7 +37,7 @@ import json
 import os
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medscale import medscale_home
 from medscale.errors import UserError
 from medscale.recipe import Recipe, RecipeError, line_of, load_recipe  # line_of: a key's file:line, as for recipes
+from medscale.registry import SweepBase, TrialCell
 from medscale.sweep.metric import EVAL_LOSS, SweepMetric
 
 
@@ -306,18 +307,9 @@ class TrialPlan:
         return self.recipe.dist.num_processes
 
     def cell(self) -> dict:
-        """What the registry keeps of the cell (JSON)."""
-        return {"label": self.label, "recipe": self.recipe_ref, "overrides": self.overrides, "labels": self.labels,
-                "note": self.note, "base": self.base}
-
-
-@dataclass
-class BaseModelRow:
-    label: str
-    path: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        """What the registry keeps of the cell (a TrialCell's JSON)."""
+        return TrialCell(label=self.label, recipe=self.recipe_ref, overrides=self.overrides, labels=self.labels,
+                         note=self.note, base=self.base).to_dict()
 
 
 @dataclass
@@ -325,7 +317,7 @@ class SweepPlan:
     spec: SweepSpec
     definition: str
     trials: list[TrialPlan]
-    bases: list[BaseModelRow]
+    bases: list[SweepBase]
 
     @property
     def name(self) -> str:
@@ -445,21 +437,21 @@ def plan_sweep(spec: SweepSpec, definition: str, extra: list[str] | None = None,
     return SweepPlan(spec, definition, trials, _bases(spec, trials, bases))
 
 
-def _bases(spec: SweepSpec, trials: list[TrialPlan], cli: list[str] | None) -> list[BaseModelRow]:
+def _bases(spec: SweepSpec, trials: list[TrialPlan], cli: list[str] | None) -> list[SweepBase]:
     """The base models ranked beside the fine-tunes: `--bases` (or the file's `bases`); `auto` = every trial's."""
     given = cli if cli is not None else spec.bases
     if given == "auto" or given == ["auto"]:
         paths = list(dict.fromkeys(t.base for t in trials))
-        return [BaseModelRow(Path(p).name, p) for p in paths]
+        return [SweepBase(Path(p).name, p) for p in paths]
     rows = []
     for b in given:
         if isinstance(b, dict):
             if set(b) - {"label", "path"} or "path" not in b:
                 raise SweepError(f"bases: {b}: expected a path or {{label, path}}")
-            rows.append(BaseModelRow(b.get("label") or Path(b["path"]).name, os.path.abspath(os.path.expanduser(
+            rows.append(SweepBase(b.get("label") or Path(b["path"]).name, os.path.abspath(os.path.expanduser(
                 b["path"]))))
         else:
             label, sep, path = b.partition("=")
             path = path if sep else label
-            rows.append(BaseModelRow(label if sep else Path(path).name, os.path.abspath(os.path.expanduser(path))))
+            rows.append(SweepBase(label if sep else Path(path).name, os.path.abspath(os.path.expanduser(path))))
     return rows

@@ -31,7 +31,7 @@ from medscale.errors import StopRequested
 from medscale.jobs.launch import LaunchRequest
 from medscale.jobkind import JobKind
 from medscale.jobs.stop import StopFlag, stop_flag
-from medscale.registry import JobSpec, Registry, SweepInfo
+from medscale.registry import JobSpec, Registry, SweepInfo, TrialCell
 from medscale.status import JobStatus
 from medscale.sweep.actor import LauncherFor, TrialFailed, asha_scheduler, trial_request, trial_trainable
 from medscale.sweep.spec import SweepError, SweepPlan, TrialPlan
@@ -82,9 +82,10 @@ def register(reg: Registry, plan: SweepPlan) -> tuple[int, dict[str, int]]:
     """The sweep row and one job (kind trial) per cell. A sweep of this name with another grid is refused: its
     trials would silently mix two experiments."""
     existing = {s.name: s for s in reg.sweeps()}.get(plan.name)
-    if existing is not None and existing.grid != plan.grid():
-        old = {c["label"] for c in existing.grid}
-        new = {c["label"] for c in plan.grid()}
+    recorded = [TrialCell.of(c) for c in existing.grid] if existing is not None else None
+    if recorded is not None and recorded != [TrialCell.of(c) for c in plan.grid()]:
+        old = {c.label for c in recorded}
+        new = {t.label for t in plan.trials}
         what = (f"trials {', '.join(sorted(new ^ old))} differ" if new != old else
                 "the same trials with other recipes or overrides")
         raise SweepError(f"sweep '{plan.name}' is already in the registry with another grid ({what}): give this one "
