@@ -19,8 +19,8 @@ def _run_path():
 def test_medscale_train_enters_each_stage_module_once(tiny_model_dir, tmp_path, monkeypatch):
     """The worker path of `medscale train` (the local launcher's pre-flight decided the RunPlan): no stage module
     is entered again by a later stage (only LEAVES, the vocabulary, may be), and the stages come in run()'s order.
-    Before: 23 stages, pre-flight, the run plan, model.load, model.resolve, jobs.attempt and the callbacks entered
-    again after other stages. Traced from run()'s call on, so the launcher's pre-flight runs at full speed."""
+    Before: 20 stages, model.load, model.resolve, jobs.attempt, the callbacks and the trackers entered again by
+    later stages. Traced from run()'s call on, so the launcher's pre-flight runs at full speed."""
     import medscale.train.run as train_run
     from medscale.cli.train import launch_here
 
