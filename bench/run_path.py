@@ -42,7 +42,7 @@ LEAVES = {
     "medscale.recipe": "the recipe's typed sections and their methods (fingerprint, pack_budget, ...)",
     "medscale.jobs.stop": "the process-wide stop flag, read wherever long work can stop",
     "medscale.train.dist": "the collectives: the points where every rank agrees (run()'s and each step's)",
-    "medscale.jobs.runplan": "the RunPlan: the typed decisions every stage is handed, read as the recipe's sections are",
+    "medscale.jobs.runplan": "the RunPlan: the typed decisions each stage is handed, read as the recipe's sections are",
     "medscale.jobs.record": "the output dir's files and atomic writes, which the plan, resume and the attempt each use",
     "medscale.registry.records": "the registry's typed rows and its clock (utcnow), the launch stamp's too",
 }

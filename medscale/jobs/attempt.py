@@ -1,7 +1,8 @@
 """One attempt of a job, as a context manager: its record on disk, its mirror in the registry, its heartbeat, and
 the status it ends with.
 
-    with Attempt(recipe, launch, rank, world, kind=JobKind.TRAIN, resumed_from=ckpt, step=N, stop=stop_flag()) as attempt:
+    with Attempt(recipe, launch, rank, world, kind=JobKind.TRAIN, resumed_from=ckpt, step=N,
+                 stop=stop_flag()) as attempt:
         ...  # train; attempt.step follows the Trainer; attempt.checkpoint_saved(...) after each verified save
 
 On exit the attempt ends `completed`, `preempted` / `cancelled` (AttemptStopped, or StopRequested where nothing reads
