@@ -1,11 +1,11 @@
 """`run_plan.json`: what pre-flight decided for one launch of a job, so its workers read it instead of deciding again.
 
 Beside the journal in the output dir: the resolved recipe and its fingerprint, the model's folder, the memory plan's
-decisions (recompute, packed token budget), the data manifest (files, formats, counts, drops, and the fingerprint
-that names its tokenized cache) and the dist context. The local launcher writes it before it starts the processes
-(its pre-flight ran on the host they train on); a run started without it (`run()` in-process, `accelerate launch -m medscale.train` by hand, a
-SLURM or Ray worker) decides the same once itself and records it here. Plain data, torch-free. PRIVATE: it holds the
-resolved recipe.
+decisions (recompute, packed token budget), the data manifest (files, formats, counts, drops, and the fingerprint that
+names its tokenized cache) and the dist context. The local launcher writes it before it starts the processes (its
+pre-flight ran on the host they train on); a run started without it (`run()` in-process, `accelerate launch -m
+medscale.train` by hand, a SLURM or Ray worker) decides the same once itself and records it here. Plain data,
+torch-free. PRIVATE: it holds the resolved recipe.
 """
 from __future__ import annotations
 
