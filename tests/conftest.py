@@ -35,6 +35,11 @@ def pytest_configure(config):
     for key in [k for k in os.environ if k.startswith("MEDSCALE_") and k not in _ISOLATED]:
         del os.environ[key]
     os.environ["MEDSCALE_HOME"] = tempfile.mkdtemp(prefix="medscale-test-home-")
+    # One torch (OpenMP) thread here and in every process the tests start (launchers, servers, Ray and SLURM jobs):
+    # the tiny models' ops are too small to split, and two spinning threads per process on CI's 2 cores, beside the
+    # session's servers and clusters, wait on each other. 24 steps of the control_base run: 6-9 s at 1 thread, 43-95 s
+    # at 2, on the 2-core machine at load 3-6. DDP workers get 1 already (torchrun's default).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -247,6 +252,30 @@ def mcq_job(control_base, eval_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def noise_job(control_base, eval_data, tmp_path_factory):
     return _mcq_job(control_base, eval_data, tmp_path_factory.mktemp("noise_job") / "out", eval_data["noise"], 96)
+
+
+# ---- `medscale serve` processes for the tests that only ask them (a test that stops, kills or reads the log of a
+# server starts its own): one start and model load each for the whole session
+
+def _served(folder: Path, tmp_path_factory, *extra: str):
+    from medscale.generate.serve import serving
+
+    home = tmp_path_factory.mktemp("served") / "home"  # this process's MEDSCALE_HOME, not the first asking test's
+    return serving(folder, *extra, env={"MEDSCALE_HOME": str(home)})
+
+
+@pytest.fixture(scope="session")
+def served_tiny(tiny_model_dir, tmp_path_factory):
+    """(process, URL) of the tiny model served as `tiny`."""
+    with _served(tiny_model_dir, tmp_path_factory, "--name", "tiny") as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def served_mcq_job(mcq_job, tmp_path_factory):
+    """(process, URL) of mcq_job served (base + adapter, the job's template)."""
+    with _served(mcq_job[0], tmp_path_factory) as served:
+        yield served
 
 
 # ---- two trained tiny jobs (a plain LoRA one and one that also trains embed_tokens + lm_head), for report + export ----

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from conftest import cli
-from test_serve import served
 
 FLAGS = ["--max-new-tokens", "6", "--no-think"]
 
@@ -15,13 +14,13 @@ def _answers(folder) -> list[list[str]]:
     return [[a["answer"] for a in m["answers"]] for m in json.loads((folder / "compare.json").read_text())["models"]]
 
 
-def test_compare_through_an_endpoint_answers_as_in_process_and_keeps_the_table(mcq_job, tmp_path, monkeypatch):
-    job = str(mcq_job[0])
+def test_compare_through_an_endpoint_answers_as_in_process_and_keeps_the_table(mcq_job, served_mcq_job, tmp_path,
+                                                                             monkeypatch):
+    job, (_, url) = str(mcq_job[0]), served_mcq_job
     monkeypatch.setenv("OPENAI_API_KEY", "sk-medscale-never-written")
-    with served(job) as (_, url):
-        r = cli("compare", f"tuned={job}", "--endpoint", url, "--limit", "3", "--greedy", *FLAGS,
-                "--out", str(tmp_path / "cmp"))
-        chat_served = cli("chat", "--endpoint", url, "-p", "高血压患者需要注意什么？", "--greedy", *FLAGS)
+    r = cli("compare", f"tuned={job}", "--endpoint", url, "--limit", "3", "--greedy", *FLAGS,
+            "--out", str(tmp_path / "cmp"))
+    chat_served = cli("chat", "--endpoint", url, "-p", "高血压患者需要注意什么？", "--greedy", *FLAGS)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     local, remote = result["models"]

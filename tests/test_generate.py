@@ -181,20 +181,19 @@ def test_a_sigkilled_generation_resumes_from_its_cache_with_the_same_result(tiny
 from test_serve import served  # noqa: E402 - `medscale serve` as its own process
 
 
-def test_the_endpoint_backend_gets_the_in_process_samples_from_a_served_model(tiny, tiny_model_dir, monkeypatch,
+def test_the_endpoint_backend_gets_the_in_process_samples_from_a_served_model(tiny, served_tiny, monkeypatch,
                                                                               caplog):
     from medscale.generate.endpoint import EndpointBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-shown")
-    with served(tiny_model_dir, "--name", "tiny") as (_, url):
-        run = generate(REQUESTS, SAMPLED, EndpointBackend(url, concurrency=3))
+    run = generate(REQUESTS, SAMPLED, EndpointBackend(served_tiny[1], concurrency=3))
     assert run.backend["served_model"] == "tiny" and run.backend["server_version"].startswith("medscale-serve")
     assert _texts(run) == _texts(generate(REQUESTS, SAMPLED, _local(tiny, batch_size=4)))
     assert "sk-never-shown" not in caplog.text + str(run.backend)
 
 
-def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_continues(tiny_model_dir, tmp_path,
-                                                                                   caplog):
+def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_continues(tiny_model_dir, served_tiny,
+                                                                                   tmp_path, caplog):
     from medscale.generate.endpoint import EndpointBackend, EndpointError
 
     cache = tmp_path / "generations.jsonl"
@@ -214,9 +213,9 @@ def test_a_server_killed_mid_run_gives_retries_then_one_line_and_the_rerun_conti
     assert "\n" not in message and "failed 3 times" in message and url.removesuffix("/v1") in message
     assert "retry 1/2" in caplog.text and "retry 2/2" in caplog.text
     kept = cache.read_text().count("\n")
-    with served(tiny_model_dir, "--name", "tiny") as (_, url2):
-        rerun = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2), cache=cache)
-        whole = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2))
+    url2 = served_tiny[1]  # another server of the same model
+    rerun = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2), cache=cache)
+    whole = generate(many, SAMPLED, EndpointBackend(url2, concurrency=2))
     assert _texts(rerun) == _texts(whole)
     assert rerun.cached == kept > 0
 

@@ -126,12 +126,12 @@ def _other_template(job_dir, tmp_path):
     return copy
 
 
-def test_parity_passes_against_medscale_serve_and_fails_against_another_template(mcq_job, eval_data, tmp_path):
-    job = str(mcq_job[0])
+def test_parity_passes_against_medscale_serve_and_fails_against_another_template(mcq_job, served_mcq_job, eval_data,
+                                                                                tmp_path):
+    job, (_, url) = str(mcq_job[0]), served_mcq_job
     args = ["eval", job, "--bench", str(eval_data["mcq"]), "--limit", "12", "--max-new-tokens", "3"]
-    with served(job) as (_, url):
-        ok = cli(*args, "--parity", url, "--json")
-        thinking_said = cli(*args, "--mode", "generate", "--no-think", "--parity", url)  # said to both sides
+    ok = cli(*args, "--parity", url, "--json")
+    thinking_said = cli(*args, "--mode", "generate", "--no-think", "--parity", url)  # said to both sides
     assert thinking_said.returncode == 0 and "identical answers: 100.0%" in thinking_said.stdout, thinking_said.stderr
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
