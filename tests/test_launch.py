@@ -88,7 +88,9 @@ def test_two_process_ddp_on_cpu(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_demo_command(medscale_home):
-    p = run_cli("demo", timeout=900)
+    """`medscale demo` as README shows it, over 80 of its 138 steps (its recipe's cosine schedule, saves and evals
+    as they come): the loss falls from ~8.1 to ~5.6 there, the whole run's ~4.7 is not needed to see it fall."""
+    p = run_cli("demo", "train.max_steps=80", timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "medscale demo finished" in p.stdout and "run record" in p.stdout
     run_dir = medscale_home / "runs" / "tiny-demo"

@@ -96,7 +96,7 @@ def exercise(command: str, tmp_path: Path, clone: Path, monkeypatch) -> None:
         assert all((REPO / w).is_file() for w in words if w.startswith("constraints/")), command
     elif words[:3] == ["python3", "-m", "pytest"]:
         assert command in CI, f".ci/run does not run `{command}`"
-    elif words == ["medscale", "demo"]:  # a full demo run (minutes): the slow test runs exactly this command
+    elif words == ["medscale", "demo"]:  # a demo run (minutes): the slow test runs this command, shortened
         assert 'run_cli("demo"' in (REPO / "tests" / "test_launch.py").read_text(encoding="utf-8")
     elif words[:2] == ["medscale", "data"]:  # in the clone, as a newcomer types it
         monkeypatch.chdir(clone)
