@@ -36,6 +36,7 @@ from medscale.train.args import training_arguments
 from medscale.train.data import prepare_data
 from medscale.train.report import eval_verdict, plot_losses
 from medscale.train.session import Session, open_session
+from medscale.verdicts import ResultRole
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -196,7 +197,7 @@ def _finish(recipe: Recipe, session: Session, data, attempt: Attempt, plan: Star
         from medscale.eval.run import result_row
 
         attempt.results_measured([result_row(r, model=f"{recipe.name} ({role})", base=recipe.model.path,
-                                             adapter=out if role == "tuned" else None, role=role,
+                                             adapter=out if role == ResultRole.TUNED else None, role=role,
                                              step=state.global_step) for r, role in verdict.results])
         if verdict.failure:
             raise RunFailed(verdict.failure)
