@@ -409,6 +409,22 @@ e = trial_overrides[-1]
     assert read_by_position(source) == [(2, "t.overrides[:-2]"), (3, "cells[6]"), (6, "trial_overrides[-1]")]
 
 
+def world_size_products(source: str) -> list[int]:
+    """Lines that multiply a recipe's dist.num_processes by its dist.num_machines: the world size a recipe asks
+    for is medscale.dist's `DistContext.planned`, worked out in that one place."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+            and {"num_processes", "num_machines"} <= {getattr(n, "attr", "") for n in ast.walk(node)}]
+
+
+def test_the_world_size_is_worked_out_in_the_dist_context_only():
+    bad = [f"{p.relative_to(REPO)}:{line}: use DistContext.planned(recipe.dist).world_size" for p in _sources()
+           if p != REPO / "medscale" / "dist.py" for line in world_size_products(p.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+    source = "a = b * r.dist.num_processes * r.dist.num_machines\nc = r.dist.num_processes + r.dist.num_machines\n"
+    assert world_size_products(source) == [1]
+
+
 def test_sweep_dry_run_lists_what_each_trial_asks_and_the_trial_adds_only_its_name_and_folder(tmp_path):
     """`sweep run --dry-run` shows each trial's own overrides (the sweep's, its axes', the command line's), read by
     name from the plan: not the name and output dir every trial gets, and not one of its own dropped."""

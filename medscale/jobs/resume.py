@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from medscale.dist import DistContext
 from medscale.jobs.checkpoint import (checkpoint_dirs, checkpoint_step, clear_newer_than, damaged_dirs,
                                       latest_verified, problem, set_aside)
 from medscale.jobs.errors import CheckpointError, JobStateError
@@ -82,7 +83,7 @@ def _differences(then, now, prefix: str = ""):
 
 def _samples_per_step(recipe: Recipe) -> int:
     return (recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
-            * recipe.dist.num_processes * recipe.dist.num_machines)
+            * DistContext.planned(recipe.dist).world_size)
 
 
 def recipe_changes(saved: Recipe, recipe: Recipe) -> tuple[list[str], list[str]]:
