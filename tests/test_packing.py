@@ -101,7 +101,7 @@ def _losses(summary) -> list[float]:
     import json
     from pathlib import Path
 
-    state = json.loads(Path(summary.paths["trainer_state"]).read_text())
+    state = json.loads(Path(summary.paths.trainer_state).read_text())
     return [h["loss"] for h in state["log_history"] if "loss" in h]
 
 
@@ -117,7 +117,7 @@ def test_padding_free_trains_exactly_like_padded(tiny_model_dir, tmp_path):
 
 def test_packed_training_run(tiny_model_dir, tmp_path):
     s = _train(tiny_model_dir, tmp_path / "out", "data.batching=packed")
-    st = s.data["train"]
-    assert st["packs"] < st["kept"] and 0.5 < st["packing_efficiency"] <= 1.0
-    assert st["pack_tokens"] == 512 * 8  # no GPU: no memory plan, max_length x per-device batch
+    st = s.data.train
+    assert st.packs < st.kept and 0.5 < st.packing_efficiency <= 1.0
+    assert st.pack_tokens == 512 * 8  # no GPU: no memory plan, max_length x per-device batch
     assert s.loss_last < s.loss_first and s.global_step == 6

@@ -3,6 +3,7 @@ once, writes the RunPlan beside the journal, and the workers read it instead of 
 real functions and call through: what is counted runs for real."""
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -54,12 +55,13 @@ def test_medscale_train_decides_the_plan_and_tokenizes_once(tiny_model_dir, tmp_
     assert plan.launch and plan.fingerprint == load_recipe("tiny-demo", _overrides(tiny_model_dir, out)).fingerprint()
     assert plan.dist.world_size == 1 and plan.memory.token_budget is None  # one process, not packed
     assert plan.memory.recompute_layers == 0  # gradient_checkpointing=auto: none on CPU, the fewest that fit a GPU
-    assert plan.data.files == [{"group": "data.sources", "path": plan.data.files[0]["path"], "format": "r1-think",
-                                "records": 200, "bad_records": 0}]
+    assert [f.model_dump() for f in plan.data.files] == [
+        {"group": "data.sources", "path": plan.data.files[0].path, "format": "r1-think", "records": 200,
+         "bad_records": 0}]
     assert Path(plan.data.cache).name == plan.data.fingerprint and (Path(plan.data.cache) / "train").is_dir()
     summary = RunSummary.load(out)
-    assert summary.data["cache"] == plan.data.cache  # training loaded what pre-flight tokenized
-    assert summary.data["train"]["kept"] == plan.data.splits["train"]["kept"]
+    assert summary.data.cache == plan.data.cache  # training loaded what pre-flight tokenized
+    assert summary.data.train.kept == plan.data.splits["train"].kept
     assert oct((out / RUN_PLAN).stat().st_mode & 0o777) == "0o600"  # it holds the resolved recipe
 
 
@@ -80,7 +82,32 @@ def test_a_run_started_directly_decides_once_itself(tiny_model_dir, tmp_path, mo
     assert calls == {"check": 1, "decide": 1, "_build": 1, "iter_conversations": 1}
     plan = RunPlan.load(out)
     assert plan.launch != "2001-01-01T00:00:00+00:00" and plan.memory.recompute_layers == 0
-    assert plan.data.files[0]["records"] == 200 and Path(plan.data.cache).is_dir()
+    assert plan.data.files[0].records == 200 and Path(plan.data.cache).is_dir()
+
+
+def test_a_plan_written_before_its_data_was_typed_loads_and_keeps_its_layout(tmp_path):
+    """run_plan.json as the previous version wrote it (its data manifest's files and splits plain dicts, a source
+    whose counts its cache entry did not keep) reads as the typed manifest, and written again is the same file."""
+    from medscale.jobs.record import SplitStats
+    from medscale.jobs.runplan import SourceFile
+
+    old = {"format": 1, "launch": "2026-12-01T10:00:00+00:00", "host": "node1", "recipe": "name: old\n",
+           "fingerprint": "fp", "model_dir": "/models/m",
+           "memory": {"gpu_mem_gb": None, "gpus": 0, "recompute_layers": 0, "token_budget": None, "problems": [],
+                      "micro_batch": None, "accumulation": None, "batch_note": "", "components": None},
+           "data": {"fingerprint": "abc", "cache": "/cache/abc",
+                    "files": [{"group": "data.sources", "path": "a.jsonl", "format": "r1-think", "records": 200,
+                               "bad_records": 1},
+                              {"group": "data.eval_sources", "path": "b.jsonl", "format": "auto"}],
+                    "splits": {"train": {"records": 200, "kept": 198, "dropped": 2, "formats": {"r1-think": 200}}}},
+           "dist": {"rank": 0, "local_rank": 0, "world_size": 1, "procs_per_node": 1, "launched": False}}
+    (tmp_path / RUN_PLAN).write_text(json.dumps(old, indent=2), encoding="utf-8")
+    plan = RunPlan.load(tmp_path)
+    assert plan is not None and all(isinstance(f, SourceFile) for f in plan.data.files)
+    assert (plan.data.files[0].records, plan.data.files[1].records) == (200, None)
+    assert isinstance(plan.data.splits["train"], SplitStats) and plan.data.splits["train"].kept == 198
+    plan.save(tmp_path / "again", old["launch"])
+    assert json.loads((tmp_path / "again" / RUN_PLAN).read_text(encoding="utf-8")) == old
 
 
 def counted_in_every_process(tmp_path: Path) -> tuple[dict, Path]:

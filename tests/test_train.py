@@ -44,9 +44,9 @@ def test_throughput_metrics_are_logged(trained):
     summary, out = trained
     logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert logs and all(h["tokens_per_s"] > 0 and h["samples_per_s"] > 0 for h in logs)
-    assert summary.tokens_per_s > 0 and summary.data["train"]["label_tokens"] > 0
+    assert summary.tokens_per_s > 0 and summary.data.train.label_tokens > 0
     # real tokens only: the run saw no more tokens than its samples contain, padding excluded
-    assert logs[-1]["num_input_tokens_seen"] <= 24 * 8 * summary.data["train"]["max_tokens"]
+    assert logs[-1]["num_input_tokens_seen"] <= 24 * 8 * summary.data.train.max_tokens
 
 
 def test_adapter_reloads_with_peft_and_generates(trained, tiny_model_dir):

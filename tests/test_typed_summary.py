@@ -13,7 +13,7 @@ import pytest
 
 from conftest import cli
 from medscale.jobs.checkpoint import write_manifest
-from medscale.jobs.record import SUMMARY, RunSummary
+from medscale.jobs.record import SUMMARY, RunPaths, RunSummary, SplitStats
 from medscale.verdicts import ForgettingVerdict, RunBenchmark
 
 # a benchmark's entry as the previous version's run_verdict wrote it: the paired verdict's fields and the run's line
@@ -89,6 +89,10 @@ def test_a_summary_the_previous_version_wrote_loads_as_the_typed_verdicts_in_its
     assert s.control.flagged and s.control.change() == "loss +25.0% FORGETTING"
     assert s.lines() == [OLD_BENCHMARK["line"], OLD_CONTROL["line"]]
     assert RunSummary.load(plain).control is None and RunSummary.load(plain).lines() == []  # {}: not measured
+    # its data and paths read typed: the counts it kept, and no default for those it did not
+    assert isinstance(s.data.train, SplitStats) and (s.data.train.records, s.data.train.kept) == (40, 40)
+    assert s.data.eval is None and s.data.splits() == [("train", s.data.train)]
+    assert isinstance(s.paths, RunPaths) and (s.paths.adapter, s.paths.checkpoints) == (str(judged), ["checkpoint-4"])
     # written again, it is the same layout: the previous version's keys, the run's line under "line"
     (tmp_path / "again").mkdir()
     s.save(tmp_path / "again")

@@ -82,18 +82,17 @@ def print_summary(title: str, s) -> None:
     lines += [f"  benchmark     {b.said}" for b in s.benchmarks.values()]
     if s.control is not None:
         lines.append(f"  forgetting    {s.control.line}")
-    for split, stats in s.data.items():  # records data.max_length / data.truncation dropped or cut: said, not hidden
-        if isinstance(stats, dict) and (note := truncation_note(stats)) is not None:
+    for split, stats in s.data.splits():  # records data.max_length / data.truncation dropped or cut: said, not hidden
+        if (note := truncation_note(stats.model_dump())) is not None:
             lines.append(f"  data          {split}: {note}")
     if s.tokens_per_s is not None:
         lines.append(f"  throughput    {s.tokens_per_s:.0f} tokens/s, {s.samples_per_s or 0:.1f} samples/s")
     if s.finished_from_checkpoint:
         lines.append(f"  finished from {s.finished_from_checkpoint} (the run was stopped after its last save)")
-    lines += [f"  adapter       {p['adapter']}/adapter_model.safetensors",
-              f"  loss curve    {p['loss_plot']}",
-              f"  logs          {p['trainer_state']}" + (f"  and SwanLab (offline) {p['swanlab']}" if p.get("swanlab")
-                                                        else ""),
-              f"  run record    {p['adapter']}/run_summary.json"]
+    lines += [f"  adapter       {p.adapter}/adapter_model.safetensors",
+              f"  loss curve    {p.loss_plot}",
+              f"  logs          {p.trainer_state}" + (f"  and SwanLab (offline) {p.swanlab}" if p.swanlab else ""),
+              f"  run record    {p.adapter}/run_summary.json"]
     typer.echo("\n".join(lines))
 
 

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
-from pydantic import ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from medscale.jobs.errors import JobStateError
 from medscale.jobs.kinds import JobKind
@@ -163,6 +163,76 @@ def trainer_log(output_dir: str | Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- the run summary
 
+class AsWritten(BaseModel):
+    """Written back as it was read or built: a field a file of an older version did not hold stays absent (not a
+    default), so a summary or plan read and saved again keeps its layout."""
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler):
+        fields = type(self).model_fields
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set or k not in fields}
+
+
+class SourceCount(AsWritten):
+    """One data source's records after sampling, and the bad records skipped in it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: int
+    bad_records: int = 0
+
+
+class SplitStats(AsWritten):
+    """A split's data as tokenizing counted it (medscale.data.pipeline): what data.max_length and data.truncation
+    dropped or cut, the tokens, and the packing where it packs. Keys a newer pipeline counts are kept as read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    records: int = 0
+    kept: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    max_length: int | None = None
+    truncation: str = "drop"
+    tokens: int = 0
+    max_tokens: int = 0
+    mean_tokens: float = 0.0
+    label_tokens: int = 0
+    bad_records: int = 0
+    formats: dict[str, int] = {}
+    sources: list[SourceCount] | None = None
+    no_reasoning_dropped: int = 0
+    packs: int | None = None
+    pack_tokens: int | None = None
+    packing_efficiency: float | None = None
+    samples_per_pack: float | None = None
+
+
+class RunData(AsWritten):
+    """The data a run trained on: each split's counts and the tokenized cache it loaded."""
+
+    model_config = ConfigDict(extra="allow")
+
+    train: SplitStats | None = None
+    eval: SplitStats | None = None
+    cache: str | None = None
+
+    def splits(self) -> list[tuple[str, SplitStats]]:
+        return [(name, split) for name, split in (("train", self.train), ("eval", self.eval)) if split is not None]
+
+
+class RunPaths(AsWritten):
+    """Where a finished run's files are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str
+    checkpoints: list[str] = []
+    trainer_state: str
+    loss_plot: str
+    swanlab: str | None = None
+
+
 class RunSummary(RunVerdicts):
     """`run_summary.json`: what a finished run tells its user, typed so every reader sees the same fields: its
     benchmark verdicts and forgetting guard (`benchmarks`, `control`) are RunVerdicts'. Throughput fields are absent
@@ -191,7 +261,7 @@ class RunSummary(RunVerdicts):
     verdict: str
     trainable_params: int
     total_params: int
-    data: dict
+    data: RunData
     tokens_per_s: float | None = None
     tokens_per_s_per_device: float | None = None
     samples_per_s: float | None = None
@@ -200,7 +270,7 @@ class RunSummary(RunVerdicts):
     mfu: float | None = None
     first_step_s: float | None = None
     finished_from_checkpoint: str | None = None  # a run killed after its last save was finished from it
-    paths: dict
+    paths: RunPaths
 
     def save(self, output_dir: Path) -> None:
         write_text_atomic(output_dir / SUMMARY, self.model_dump_json(indent=2))

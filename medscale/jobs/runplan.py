@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from medscale.dist import DistContext
-from medscale.jobs.record import PRIVATE, write_text_atomic
+from medscale.jobs.record import PRIVATE, AsWritten, SplitStats, write_text_atomic
 
 RUN_PLAN = "run_plan.json"
 
@@ -44,6 +44,19 @@ class MemoryPlan(BaseModel):
         return (self.micro_batch, self.accumulation) if self.micro_batch else None
 
 
+class SourceFile(AsWritten):
+    """One data source as pre-flight read it: its records and bad records where tokenizing counted them (a cache
+    entry written before they were kept has neither)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str  # data.sources or data.eval_sources
+    path: str
+    format: str
+    records: int | None = None
+    bad_records: int | None = None
+
+
 class DataManifest(BaseModel):
     """The data as pre-flight read and tokenized it: the run loads `cache` (named by `fingerprint`: files,
     tokenizer, options and token budget) instead of tokenizing again."""
@@ -52,8 +65,8 @@ class DataManifest(BaseModel):
 
     fingerprint: str
     cache: str
-    files: list[dict]  # per source: group, path, format, records, bad_records
-    splits: dict  # per split (train, eval): records, kept, dropped, truncated, tokens, formats, ...
+    files: list[SourceFile]
+    splits: dict[str, SplitStats]  # train, and eval where there is one
 
     @classmethod
     def of(cls, recipe, built) -> "DataManifest":
@@ -61,7 +74,7 @@ class DataManifest(BaseModel):
         files, counted = [], source_counts(built.stats)
         for group, sources in (("data.sources", recipe.data.sources), ("data.eval_sources", recipe.data.eval_sources)):
             per = counted.get(group) or [{}] * len(sources)
-            files += [{"group": group, "path": s.path, "format": s.format, **c} for s, c in zip(sources, per)]
+            files += [SourceFile(group=group, path=s.path, format=s.format, **c) for s, c in zip(sources, per)]
         return cls(fingerprint=built.cache.name, cache=str(built.cache), files=files,
                    splits={k: v for k, v in built.stats.items() if isinstance(v, dict)})
 

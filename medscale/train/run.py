@@ -26,7 +26,7 @@ from medscale.errors import AttemptStopped, RunFailed
 from medscale.jobs.attempt import Attempt
 from medscale.jobs.kinds import JobKind
 from medscale.jobs.launch import LaunchInfo
-from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunSummary
+from medscale.jobs.record import LOSS_PLOT, SUMMARY, TRAINER_STATE, RunPaths, RunSummary
 from medscale.jobs.resume import StartPlan, plan_start
 from medscale.jobs.stop import stop_flag
 from medscale.preflight import worker_plan
@@ -188,9 +188,9 @@ def _finish(recipe: Recipe, session: Session, data, attempt: Attempt, plan: Star
         total_params=session.total, data=data.stats, **{k: round(v, 4) for k, v in session.meter.summary().items()},
         finished_from_checkpoint=str(finished_from) if finished_from else None,
         benchmarks=verdict.benchmarks if verdict else {}, control=verdict.control if verdict else None,
-        paths={"adapter": str(out), "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
-               "trainer_state": str(out / TRAINER_STATE), "loss_plot": str(out / LOSS_PLOT),
-               "swanlab": session.swanlab_dir})
+        paths=RunPaths(adapter=str(out), checkpoints=sorted(p.name for p in out.glob("checkpoint-*")),
+                       trainer_state=str(out / TRAINER_STATE), loss_plot=str(out / LOSS_PLOT),
+                       swanlab=session.swanlab_dir))
     plot_losses(history, out / LOSS_PLOT, recipe.name)
     summary.save(out)
     if verdict:
