@@ -29,6 +29,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -324,17 +325,11 @@ class _ProfileBase:
         torch.cuda.synchronize()
         wall_us = (time.perf_counter() - self.t0) * 1e6
         self.prof.__exit__(None, None, None)
-        kernels = [e for e in self.prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy = sum(e.self_device_time_total for e in kernels)
-        kinds: dict[str, float] = {}
-        for e in kernels:
-            kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + e.self_device_time_total
-        top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]
-        self.summary = {
-            "steps": self.n, "wall_ms_per_step": round(wall_us / self.n / 1e3, 1),
-            "gpu_busy_pct": round(100 * busy / wall_us, 1),
-            "kinds_pct_of_busy": {k: round(100 * v / max(busy, 1), 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "top": [[e.key[:90], round(100 * e.self_device_time_total / max(busy, 1), 1), e.count] for e in top]}
+        from profile_summary import summarize
+
+        with tempfile.TemporaryDirectory() as d:  # the trace is summarized here, only the summary travels
+            self.prof.export_chrome_trace(f"{d}/trace.json")
+            self.summary = summarize(json.loads(Path(f"{d}/trace.json").read_text()), self.n, wall_us)
 
 
 # --------------------------------------------------------------------------- driver
