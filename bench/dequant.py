@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # medscale from
 DEQUANT = ("kdequantize", "dequant")  # bnb's dequant kernels (CUDA) and ops (bitsandbytes::dequantize_4bit on CPU)
 FUSED_4BIT = ("gemm_4bit",)  # bnb's fused dequant + GEMM kernels (gemm_4bit_sm80_*, kgemm_4bit_inference_naive)
 RECIPE = "qwen3-1.7b-qlora-v1"
+PROFILED = 3  # steps averaged: one layer's time is the difference of two step times
 
 
 def nf4_dequantize(packed: torch.Tensor, qs) -> torch.Tensor:
@@ -104,6 +105,8 @@ def linear_row(k: int, n: int, tokens: int, *, device: str, iters: int) -> dict:
            "compiled_dequant_linear_ms": timed(lambda: compiled_linear(x), iters, device),
            "compiled_vs_bnb_max_diff": (compiled(packed, qs).float() - ref.float()).abs().max().item(),
            "compiled_linear_vs_bnb_max_rel": rel_diff(compiled_linear(x), out_ref)}
+    # the same weight bit for bit, and the output within bf16 rounding of bnb's (its fused GEMM sums in its own order)
+    row["numerics_match"] = row["compiled_vs_bnb_max_diff"] == 0 and row["compiled_linear_vs_bnb_max_rel"] < 1e-2
     ao = torchao_nf4()
     if ao:
         to_nf4, linear_nf4 = ao
@@ -151,8 +154,8 @@ def qlora_model(cfg, folder: Path, device: str):
 
 
 def profiled_step(model, tokens: int, *, recompute: bool, device: str, vocab: int) -> dict:
-    """GPU (on CPU: op) time of one training step after a warm-up step, split into bnb's dequant, its fused 4-bit
-    GEMM and the rest."""
+    """GPU (on CPU: op) time of a training step (the mean of PROFILED after a warm-up step), split into bnb's
+    dequant, its fused 4-bit GEMM and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
     if recompute:
@@ -179,7 +182,8 @@ def profiled_step(model, tokens: int, *, recompute: bool, device: str, vocab: in
     sync(device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=acts) as prof:
-        step()
+        for _ in range(PROFILED):
+            step()
         sync(device)
     kind = torch.autograd.DeviceType.CUDA if device == "cuda" else torch.autograd.DeviceType.CPU
     events = [e for e in prof.key_averages() if e.device_type == kind]
@@ -191,8 +195,9 @@ def profiled_step(model, tokens: int, *, recompute: bool, device: str, vocab: in
         return sum((e.self_device_time_total if device == "cuda" else e.self_cpu_time_total) for e in events
                    if any(f in e.key.lower() for f in frags))
 
-    return {"step_us": total, "dequant_us": us(DEQUANT), "fused_4bit_us": us(FUSED_4BIT),
-            "kernels": sum(e.count for e in events) if device == "cuda" else None}
+    return {"step_us": total / PROFILED, "dequant_us": us(DEQUANT) / PROFILED,
+            "fused_4bit_us": us(FUSED_4BIT) / PROFILED,
+            "kernels": sum(e.count for e in events) / PROFILED if device == "cuda" else None}
 
 
 def step_rows(hub_id: str | None, tokens: list[int], *, device: str, full_layers: int) -> list[dict]:
@@ -249,6 +254,15 @@ def linear_line(r: dict) -> str:
             f"{r['compiled_vs_bnb_max_diff']:9.2e} {r['compiled_linear_vs_bnb_max_rel']:9.2e}")
 
 
+def save(a: argparse.Namespace, device: str, steps: list, linears: list) -> None:
+    import bitsandbytes as bnb
+
+    doc = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+           "bitsandbytes": bnb.__version__, "torchao": bool(torchao_nf4()), "recipe": RECIPE,
+           "command": " ".join(["python3", "bench/dequant.py", *sys.argv[1:]]), "step": steps, "linear": linears}
+    (a.out / "dequant.json").write_text(json.dumps(doc, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="Qwen/Qwen3-1.7B,Qwen/Qwen3-8B")
@@ -277,10 +291,12 @@ def main() -> None:
     print("torchao:", "NF4 tensor importable" if torchao_nf4() else "not importable here (not installed?): "
                                                                    "its columns stay empty")
     steps, linears = [], []
+    a.out.mkdir(parents=True, exist_ok=True)
     for m in models:
         if a.skip != "step":
             full = 2 if m is None else shipped_config(ModelSection(path=m))[1]["num_hidden_layers"]
             steps += step_rows(m, tokens, device=device, full_layers=full)
+            save(a, device, steps, linears)  # after each part: a call cut short keeps what it measured
     print(f"linear {'model':12s} {'proj':5s} {'in':>6s} {'out':>6s} {'tokens':>6s} {'bnb dq':>8s} {'comp dq':>8s} "
           f"{'bnb dq+mm':>8s} {'comp dq+mm':>8s} {'bnb mm4':>8s} {'ao dq':>8s} {'ao mm':>8s} {'dq diff':>9s} "
           f"{'mm rel':>9s}   (ms)")
@@ -295,13 +311,8 @@ def main() -> None:
                     done[(k, n, t)] = linear_row(k, n, t, device=device, iters=iters)
                 linears.append({"model": m or "tiny", "proj": proj, **done[(k, n, t)]})
                 print(linear_line(linears[-1]), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    import bitsandbytes as bnb
-
-    doc = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-           "bitsandbytes": bnb.__version__, "torchao": bool(torchao_nf4()), "recipe": RECIPE,
-           "command": " ".join(["python3", "bench/dequant.py", *sys.argv[1:]]), "step": steps, "linear": linears}
-    (a.out / "dequant.json").write_text(json.dumps(doc, indent=1))
+            save(a, device, steps, linears)
+    save(a, device, steps, linears)
     print(f"wrote {a.out / 'dequant.json'}")
 
 

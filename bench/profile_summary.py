@@ -68,7 +68,8 @@ def summarize(trace: dict, steps: int, wall_us: float | None = None, top: int = 
         "launches_per_step": round(len(gpu) / steps, 1),
         "launch_api_ms_per_step": round(sum(e["dur"] for e in launches) / steps / 1e3, 2),
         "syncs_per_step": round(sum(e["name"] in SYNCS for e in runtime) / steps, 1),
-        "kinds_pct_of_busy": {k: round(100 * v / kernel_us, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "kinds_pct_of_busy": {k: round(100 * v / kernel_us, 1)
+                              for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         # [name, % of kernel time, calls in the window]: the layout bench/speed.py prints
         "top": [[name[:90], round(100 * sum(durs) / kernel_us, 1), len(durs)] for name, durs in ranked]}
 
@@ -85,7 +86,8 @@ def columns(label: str, path: Path, steps: int) -> dict[str, dict]:
 
 
 ROWS = [("ms per step (profiled)", "wall_ms_per_step"), ("GPU busy %", "gpu_busy_pct"), ("GPU idle %", "gpu_idle_pct"),
-        ("kernel launches per step", "launches_per_step"), ("CPU in launch calls, ms per step", "launch_api_ms_per_step"),
+        ("kernel launches per step", "launches_per_step"),
+        ("CPU in launch calls, ms per step", "launch_api_ms_per_step"),
         ("host-device syncs per step", "syncs_per_step")]
 
 
