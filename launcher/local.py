@@ -91,7 +91,8 @@ def entry_command(recipe: Recipe, recipe_ref: str, overrides: list[str], module:
 class LocalPlan:
     request: LaunchRequest
     env: dict
-    report: Report
+    report: Report  # a pre-flight that passed (prepare raised a failed one)
+    launch: LaunchInfo  # what `env` tells the processes: the in-process run and the RunPlan's stamp read it here
     command: list[str] | None = None  # None: one process, run in this process
 
 
@@ -116,16 +117,16 @@ class LocalLauncher:
 
     def prepare(self, request: LaunchRequest) -> LocalPlan:
         recipe = request.recipe
-        report = request.entry.check(recipe, devices=True)  # once, before any process is spawned
-        launch = LaunchInfo("local", options=dict(request.options))
+        report = request.entry.passed(recipe, devices=True)  # once, before any process is spawned
+        # as its processes read it from `env` (a SLURM allocation's or Ray job's ids included), read once here
+        launch = LaunchInfo.from_env({**os.environ, **LaunchInfo("local", options=dict(request.options)).env()})
         env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
         if self.in_process and DistContext.planned(recipe.dist).world_size == 1:
-            return LocalPlan(request, env, report)
-        return LocalPlan(request, env, report, entry_command(recipe, request.ref, request.overrides,
-                                                             request.entry.module))
+            return LocalPlan(request, env, report, launch)
+        return LocalPlan(request, env, report, launch, entry_command(recipe, request.ref, request.overrides,
+                                                                     request.entry.module))
 
     def submit(self, plan: LocalPlan) -> LocalHandle:
-        plan.report.raise_if_failed()
         return LocalHandle(plan)  # nothing queues locally: `wait` runs it
 
     def wait(self, handle: LocalHandle) -> int:
@@ -133,7 +134,7 @@ class LocalLauncher:
         if flag.code:  # asked to stop while preparing: nothing started, nothing to save
             print(f"medscale: {flag.reason}: stopping before the run started", file=sys.stderr, flush=True)
             return STOP_EXIT_CODES[flag.status]
-        out, launch = plan.request.recipe.train.output_dir, LaunchInfo.from_env(plan.env)
+        out, launch = plan.request.recipe.train.output_dir, plan.launch
         reconcile_output_dir(out)  # a rerun repairs what the registry missed
         if plan.report.plan is not None:  # what pre-flight decided for this launch: its processes read it
             plan.report.plan.save(out, launch.launched_at.isoformat())

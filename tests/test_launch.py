@@ -56,6 +56,31 @@ def test_launch_hands_multi_process_runs_to_the_runner(tmp_path):
     assert env["MEDSCALE_LAUNCH_OPTIONS"] == '{"note": "x"}' and env["MEDSCALE_LAUNCHED_AT"]
 
 
+def test_the_in_process_run_gets_the_launch_prepare_read_and_prepare_raises_a_failed_check(
+        tiny_model_dir, tmp_path, monkeypatch, medscale_home):
+    """prepare reads the launch once, as its processes read it from the env, and the one process run here gets
+    that LaunchInfo (wait read it from the env again); a failed pre-flight is raised by prepare, where it ran
+    (submit re-read the report). The kind's run records what it was handed: what is checked is the launcher."""
+    import medscale.train.run as train_run
+    from medscale.jobs.launch import LaunchInfo
+    from medscale.jobs.runplan import RunPlan
+    from medscale.preflight import PreflightError
+
+    got = []
+    monkeypatch.setattr(train_run, "run", lambda recipe, launch: got.append(launch))
+    over = [f"model.path={tiny_model_dir}", f"train.output_dir={tmp_path / 'out'}", "track.swanlab=null"]
+    launcher = LocalLauncher()
+    plan = launcher.prepare(LaunchRequest(load_recipe("tiny-demo", over), "tiny-demo", over, entry_for("train"),
+                                          {"note": "x"}))
+    assert plan.launch == LaunchInfo.from_env(plan.env) and plan.launch.options == {"note": "x"}
+    assert launcher.wait(launcher.submit(plan)) == 0
+    assert len(got) == 1 and got[0] is plan.launch
+    assert RunPlan.load(tmp_path / "out").launch == plan.launch.launched_at.isoformat()
+    bad = [f"model.path={tmp_path / 'missing'}", "model.tiny=null", f"train.output_dir={tmp_path / 'bad'}"]
+    with pytest.raises(PreflightError, match="model.path"):
+        launcher.prepare(LaunchRequest(load_recipe("tiny-demo", bad), "tiny-demo", bad, entry_for("train")))
+
+
 def test_unknown_accelerate_config_is_a_recipe_error():
     p = cli("train", "tiny-demo", "dist.num_processes=2", "dist.config=nope")
     assert p.returncode == 2 and "dist.config" in p.stderr and "cpu_ddp" in p.stderr

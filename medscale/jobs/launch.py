@@ -49,6 +49,11 @@ class Entry:
         """The kind's pre-flight report for a launcher's prepare (medscale.preflight.Report)."""
         return ROADS[self.kind].checker()(spec, devices=devices, paths_must_exist=paths_must_exist)
 
+    def passed(self, spec, *, devices: bool):
+        """The kind's pre-flight report where it passed; else its PreflightError (every problem at once), raised
+        where the check ran: a launcher that starts the job itself carries only a report that passed."""
+        return self.check(spec, devices=devices).raise_if_failed()
+
 
 ENTRIES = {kind.value: Entry(kind) for kind in ROADS}
 
