@@ -118,7 +118,7 @@ def test_qlora_trains_saves_and_reloads(tiny_model_dir, tmp_path, fp32_frozen):
     base = _model(tiny_model_dir, "varlen", load_in_4bit=True)
     with torch.no_grad():
         before = base(**batch, use_cache=False).loss.item()
-        tuned = PeftModel.from_pretrained(base, s.paths["adapter"]).eval()
+        tuned = PeftModel.from_pretrained(base, s.paths.adapter).eval()
         after = tuned(**batch, use_cache=False).loss.item()
     assert after < before
 
