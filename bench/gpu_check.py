@@ -65,7 +65,7 @@ def main() -> None:
     if os.environ.get("OUT"):
         with open(Path(os.environ["OUT"]) / "results.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
-        shutil.copy(Path(s.paths["loss_plot"]), Path(os.environ["OUT"]) / f"loss-{s.recipe}.png")
+        shutil.copy(Path(s.paths.loss_plot), Path(os.environ["OUT"]) / f"loss-{s.recipe}.png")
 
 
 if __name__ == "__main__":

@@ -262,11 +262,11 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
     s = train_run.run(recipe, callbacks=callbacks)
     el, timed = steady.t1 - steady.t0, s.global_step - a.profile - a.warm
     recomputed, layers = steady.recompute
-    stats = s.data["train"]
+    stats = s.data.train
     tps = (steady.tok1 - steady.tok0) / el
     per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps
-    sps = tps / stats["mean_tokens"] if recipe.data.batching == "packed" else timed * per_step / el
-    history = json.loads(Path(s.paths["trainer_state"]).read_text())["log_history"]
+    sps = tps / stats.mean_tokens if recipe.data.batching == "packed" else timed * per_step / el
+    history = json.loads(Path(s.paths.trainer_state).read_text())["log_history"]
     losses = {h["step"]: h["loss"] for h in history if "loss" in h}
     marks = sorted(losses)  # each logged loss is the mean over the steps since the previous one
     loss_mean = sum(losses[s] * (s - p) for p, s in zip([0, *marks], marks)) / marks[-1] if marks else None
