@@ -13,7 +13,8 @@ CMMLU-medical with an R1 model, 4 samples, a 4k think budget plus the answer).
 
 Prompts are CMMLU-medical questions (the shipped eval sets) rendered as R1-style generate-mode prompts. A padded
 variant runs B x `--padded-batches` prompts (the planned batch: --prompts per batch), continuous batching
---prompts; `steady_tok_s` leaves out the first padded call, which pays for compilation (compiled-* variants).
+--prompts; a compiled-* variant first runs 4 decode steps of its first batch's shapes apart (`warmup_s`: the compile
+and the CUDA graph capture), and `steady_tok_s` is then every timed call's rate (else all calls but the first).
 The `endpoint` variant saves the model and tokenizer to a temporary folder, starts `medscale serve` on it as a process
 of this Python and sends --prompts through the endpoint backend, --concurrency at a time (default: all), end-of-turn
 ignored (`ignore_eos`), and says the batches the server ran. Prints output tok/s per variant, a table, and writes
@@ -111,6 +112,17 @@ def tiny():
 
 def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batches: int) -> dict:
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopAt(StoppingCriteria):
+        """Stops every row at `length` tokens: the compiled variants' warm-up (a custom type, as generate refuses a
+        second MaxLengthCriteria)."""
+
+        def __init__(self, length: int):
+            self.length = length
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, device=input_ids.device)
 
     from medscale.generate.engine import generate
     from medscale.generate.local import LocalBackend
@@ -128,9 +140,14 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
     s = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    calls, plain = [], backend._generate
+    calls, plain, warm = [], backend._generate, []
 
     def timed(args):  # each padded generate call's seconds and new tokens: the first pays for compilation
+        if options.get("decode") == "compiled" and not warm:  # compile and capture apart: a few steps, same shapes
+            t = time.perf_counter()
+            plain({**args, "stopping_criteria": StoppingCriteriaList([StopAt(args["input_ids"].shape[1] + 4)])})
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            warm.append(time.perf_counter() - t)
         t = time.perf_counter()
         out = plain(args)
         torch.cuda.synchronize() if torch.cuda.is_available() else None
@@ -139,9 +156,10 @@ def run_variant(model, tok, name: str, reqs: list, new_tokens: int, padded_batch
 
     backend._generate = timed
     run = generate(todo, s, backend)
-    later = calls[1:]
+    later = calls if warm else calls[1:]  # once compiled apart, every timed call is a steady one
     steady = round(sum(n for _, n in later) / sum(t for t, _ in later), 1) if later else None
     return {"variant": name, "prompts": len(todo), "tokens": run.tokens, "seconds": round(run.seconds, 2),
+            "warmup_s": round(warm[0], 1) if warm else None,
             "first_call_s": round(calls[0][0], 1) if calls else None, "steady_tok_s": steady,
             "tok_s": round(run.tokens_per_s, 1), "backend": run.backend["backend"], "fallback": run.backend["fallback"],
             "mean_new_tokens": round(run.tokens / max(1, len(todo)), 1),
@@ -241,12 +259,13 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     a.out.write_text(json.dumps({"new_tokens": a.new_tokens, "prompts": a.prompts, "rows": rows}, indent=1))
-    print("\n| shape | variant | prompts | new tokens each | output tok/s | steady tok/s | first call s | backend "
-          "| attention |\n|---|---|---:|---:|---:|---:|---:|---|---|")
+    print("\n| shape | variant | prompts | new tokens each | output tok/s | steady tok/s | warm-up s | first call s "
+          "| backend | attention |\n|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['shape'].split('/')[-1]} | {r['variant']} | {r.get('prompts', '–')} | "
               f"{r.get('mean_new_tokens', '–')} | {r.get('tok_s', r.get('error', ''))} | {r.get('steady_tok_s', '')} | "
-              f"{r.get('first_call_s', '')} | {r.get('backend', '')} | {r.get('attn', '')} |")
+              f"{'' if r.get('warmup_s') is None else r['warmup_s']} | {r.get('first_call_s', '')} | "
+              f"{r.get('backend', '')} | {r.get('attn', '')} |")
     questions, samples, tokens = a.project
     print(f"\nProjected: {questions} questions x {samples} samples x {tokens} tokens each "
           f"({questions * samples * tokens / 1e6:.1f}M tokens), at each variant's steady (else overall) rate:")
