@@ -250,13 +250,13 @@ def _eval(recipe: Recipe, report: Report) -> None:
             report.error("eval", f"eval.control: {err}")
 
 
-def _adapter(recipe: Recipe, report: Report) -> None:
+def _adapter(recipe: Recipe, report: Report, folder: Path) -> None:
     """adapter.target_modules / modules_to_save against the model's module names (its config on the meta device):
     a wrong name otherwise fails after the model is loaded and the job recorded, or is skipped without a word."""
     from medscale.model.modules import adapter_problems
 
     try:
-        problems = adapter_problems(recipe)
+        problems = adapter_problems(recipe, folder=folder)
     except (OSError, ValueError, KeyError, ImportError):  # a config transformers cannot build: loading says why
         return
     for problem in problems:
@@ -324,9 +324,10 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     again to name every problem only when tokenizing failed). With `devices`, the report also carries what it
     decided (report.plan: the memory plan's decisions, and the data manifest when it tokenized)."""
     from medscale.jobs.runplan import source_counts
-    from medscale.model.resolve import model_source, shipped_config
+    from medscale.model.resolve import model_folder, model_source, shipped_config
 
     report = Report()
+    folder = model_folder(recipe.model)  # looked up once: the adapter check and the RunPlan use it
     model_problem = model_dir_problem(recipe.model)
     shipped = shipped_config(recipe.model) if model_problem is not None and recipe.model.tiny is None else None
     if model_problem is not None:
@@ -340,7 +341,7 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     else:
         report.info("model", str(model_source(recipe.model)))
     if model_problem is None or shipped is not None:
-        _adapter(recipe, report)
+        _adapter(recipe, report, folder)
     if (why := _output_dir_problem(Path(recipe.train.output_dir).expanduser())) is not None:
         report.error("output", why)
     for problem in recipe.track.tracker_problems():  # rank 0 logs on the host that trains
@@ -369,20 +370,19 @@ def check(recipe: Recipe, *, devices: bool, paths_must_exist: bool = True, read_
     if registry:
         _registry(report)
     if decision is not None:
-        report.plan = _run_plan(recipe, decision, built)
+        report.plan = _run_plan(recipe, decision, built, folder)
     return report
 
 
-def _run_plan(recipe: Recipe, decision, built) -> "RunPlan":
+def _run_plan(recipe: Recipe, decision, built, folder: Path) -> "RunPlan":
     from medscale.jobs.runplan import DataManifest, MemoryPlan, RunPlan
-    from medscale.model.resolve import model_folder
 
     memory = MemoryPlan(gpu_mem_gb=decision.gpu_mem_gb, gpus=decision.gpus, recompute_layers=decision.recompute_layers,
                         token_budget=decision.token_budget, problems=decision.problems,
                         micro_batch=decision.micro_batch, accumulation=decision.accumulation,
                         batch_note=decision.batch_note,
                         components=decision.plan.to_dict() if decision.plan is not None else None)
-    return RunPlan.decided_here(recipe, model_folder(recipe.model), memory,
+    return RunPlan.decided_here(recipe, folder, memory,
                                 DataManifest.of(recipe, built) if built is not None else None)
 
 

@@ -3,6 +3,7 @@ adapter.target_modules / modules_to_save that match none (pre-flight; no weight 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import torch
 
@@ -13,13 +14,13 @@ from medscale.recipe import ModelSection, Recipe
 LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 
 
-def module_kinds(model: ModelSection) -> dict[str, str]:
+def module_kinds(model: ModelSection, *, folder: Path | None = None) -> dict[str, str]:
     """Every module of the model, name -> class name, from config.json (or the tiny model's shape, or the shipped
     shape of a built-in recipe's model not downloaded yet) built on the meta device: no weight is read or allocated,
-    so pre-flight can afford it for an 8B model."""
+    so pre-flight can afford it for an 8B model. `folder`: where pre-flight found the model (None: looked up here)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, shipped = model_folder(model), shipped_config(model)
+    folder, shipped = folder or model_folder(model), shipped_config(model)
     if model.tiny is not None and not (folder / "config.json").is_file():
         from medscale.model.tiny import tiny_config
 
@@ -39,12 +40,12 @@ def _closest(key: str, names: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def adapter_problems(recipe: Recipe) -> list[str]:
+def adapter_problems(recipe: Recipe, *, folder: Path | None = None) -> list[str]:
     """Entries of adapter.target_modules and modules_to_save that match no module of the model, matched as peft
     matches them: peft skips such an entry without a word while another one matches (a LoRA the recipe did not
     ask for), and fails with a traceback after the model is loaded and the job recorded when none does."""
     a, where = recipe.adapter, recipe.model.path
-    kinds = module_kinds(recipe.model)
+    kinds = module_kinds(recipe.model, folder=folder)
     layers = sorted({n.rsplit(".", 1)[-1] for n, kind in kinds.items() if kind in LORA_LAYERS})
     problems = []
     for key in [] if a.target_modules == "all-linear" else a.target_modules:
