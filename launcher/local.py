@@ -118,9 +118,9 @@ class LocalLauncher:
     def prepare(self, request: LaunchRequest) -> LocalPlan:
         recipe = request.recipe
         report = request.entry.passed(recipe, devices=True)  # once, before any process is spawned
-        # as its processes read it from `env` (a SLURM allocation's or Ray job's ids included), read once here
-        launch = LaunchInfo.from_env({**os.environ, **LaunchInfo("local", options=dict(request.options)).env()})
-        env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ, **launch.env()}
+        env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_GRACE_S, **os.environ,
+               **LaunchInfo("local", options=dict(request.options)).env()}
+        launch = LaunchInfo.from_env(env)  # as its processes read it (a SLURM allocation's or Ray job's ids included)
         if self.in_process and DistContext.planned(recipe.dist).world_size == 1:
             return LocalPlan(request, env, report, launch)
         return LocalPlan(request, env, report, launch, entry_command(recipe, request.ref, request.overrides,
