@@ -86,11 +86,14 @@ def _losses(out) -> list[float]:
     return [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
 
 
-def test_a_compiled_padding_free_run_trains_the_losses_of_eager_with_one_graph_per_bucket(tiny_model_dir, tmp_path):
-    """Three optimizer steps of the tiny Qwen3, eager then compiled (aot_eager): the same losses within 1e-4, and
-    dynamo made no more graphs than there are buckets."""
+def test_a_compiled_padding_free_run_trains_the_losses_of_eager_with_one_graph_per_bucket(tiny_model_dir, tmp_path,
+                                                                                          monkeypatch):
+    """Three optimizer steps of the tiny Qwen3, eager then compiled (aot_eager): the same losses within 1e-4, every
+    row the compiled run's collator made is a bucket's length (train.compile reaches the collator), and dynamo made
+    no more graphs than there are buckets."""
     from torch._dynamo.utils import counters
 
+    from medscale.data.pipeline import SFTCollator
     from medscale.train.run import run
 
     base = [f"model.path={tiny_model_dir}", "track.swanlab=null", "data.batching=padding_free", "data.eval_size=0",
@@ -100,11 +103,20 @@ def test_a_compiled_padding_free_run_trains_the_losses_of_eager_with_one_graph_p
     run(load_recipe("tiny-demo", [*base, f"train.output_dir={tmp_path / 'eager'}"]))
     torch._dynamo.reset()
     counters.clear()
+    widths, collate = [], SFTCollator.__call__
+
+    def noted(self, features):  # the real collator; the width of each row it made is noted
+        batch = collate(self, features)
+        widths.append(batch["input_ids"].shape[-1])
+        return batch
+
+    monkeypatch.setattr(SFTCollator, "__call__", noted)
     run(load_recipe("tiny-demo", [*base, f"train.output_dir={tmp_path / 'compiled'}", "train.compile=default",
                                   "train.trainer_args={torch_compile_backend: aot_eager}"]))
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert len(eager) == len(compiled) == 3
     assert compiled == pytest.approx(eager, rel=1e-4)
+    assert widths and set(widths) <= set(length_buckets(4 * 256)), widths
     assert 1 <= counters["stats"]["unique_graphs"] <= len(length_buckets(4 * 256))
     torch._dynamo.reset()
 
