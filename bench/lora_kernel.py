@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/speed.py's kernel kinds
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/profile_summary.py's kernel kinds
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # medscale from this checkout, as bench/speed.py
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -79,9 +79,9 @@ def timed(model, x, grad, iters: int) -> float:
 
 
 def kernel_profile(model, x, grad) -> tuple[int, float]:
-    """(kernels launched, % of their GPU time in elementwise kernels, as bench/speed.py's --profile sorts them, and
+    """(kernels launched, % of their GPU time in elementwise kernels, as bench/profile_summary.py sorts them, and
     PyTorch's dropout kernel) of one forward+backward."""
-    from speed import _kind
+    from profile_summary import kernel_kind
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -90,7 +90,7 @@ def kernel_profile(model, x, grad) -> tuple[int, float]:
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy = sum(e.self_device_time_total for e in kernels) or 1.0
     elementwise = sum(e.self_device_time_total for e in kernels
-                      if _kind(e.key) == "elementwise" or "dropout" in e.key.lower())
+                      if kernel_kind(e.key) == "elementwise" or "dropout" in e.key.lower())
     return sum(e.count for e in kernels), 100.0 * elementwise / busy
 
 

@@ -15,13 +15,24 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/speed.py's kernel kinds
 
 GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's categories of work a stream runs
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # host waits
+
+
+# Kernel name fragments -> where the time goes (first match wins; lower-case).
+KINDS = [("attention", ("flash", "fmha", "attn", "varlen")), ("4-bit dequant", ("dequant", "4bit", "kgemm_4bit")),
+         ("optimizer", ("adam", "optimizer", "multi_tensor")),
+         ("triton (liger)", ("liger", "_rms_norm", "_swiglu", "_rope", "cross_entropy", "triton")),
+         ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90", "sm100", "wgmma")),
+         ("copy / cast", ("copy", "memcpy", "memset", "cast")), ("reduce", ("reduce",)),
+         ("elementwise", ("elementwise", "vectorized", "unrolled", "index", "scatter", "gather"))]
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((k for k, frags in KINDS if any(f in low for f in frags)), "other")
 
 
 def load_trace(path: Path) -> dict:
@@ -43,8 +54,6 @@ def busy_us(spans: list[tuple[float, float]]) -> float:
 def summarize(trace: dict, steps: int, wall_us: float | None = None, top: int = 15) -> dict:
     """The profiled window's summary per step. `wall_us`: the window's wall time as the caller measured it (default:
     the span of the trace's events)."""
-    from speed import _kind
-
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     gpu = [e for e in events if e.get("cat", "").lower() in GPU_WORK]
     runtime = [e for e in events if e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver")]
@@ -57,7 +66,7 @@ def summarize(trace: dict, steps: int, wall_us: float | None = None, top: int = 
     kernel_us = sum(e["dur"] for e in gpu) or 1.0
     kinds: dict[str, float] = {}
     for name, durs in by_name.items():
-        kinds[_kind(name)] = kinds.get(_kind(name), 0.0) + sum(durs)
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + sum(durs)
     launches = [e for e in runtime if "launch" in e["name"].lower()]
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
     return {

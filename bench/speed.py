@@ -286,20 +286,6 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         "profile": callbacks[-1].summary if a.profile else None}), flush=True)
 
 
-# Kernel name fragments -> where the time goes (first match wins; lower-case).
-KINDS = [("attention", ("flash", "fmha", "attn", "varlen")), ("4-bit dequant", ("dequant", "4bit", "kgemm_4bit")),
-         ("optimizer", ("adam", "optimizer", "multi_tensor")),
-         ("triton (liger)", ("liger", "_rms_norm", "_swiglu", "_rope", "cross_entropy", "triton")),
-         ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90", "sm100", "wgmma")),
-         ("copy / cast", ("copy", "memcpy", "memset", "cast")), ("reduce", ("reduce",)),
-         ("elementwise", ("elementwise", "vectorized", "unrolled", "index", "scatter", "gather"))]
-
-
-def _kind(name: str) -> str:
-    low = name.lower()
-    return next((k for k, frags in KINDS if any(f in low for f in frags)), "other")
-
-
 class _ProfileBase:
     """torch.profiler over `n` optimizer steps from step `start`: GPU busy share of the wall time, the time per
     kernel kind, the top kernels. Where a step's time goes, before choosing a lever."""
@@ -325,11 +311,11 @@ class _ProfileBase:
         torch.cuda.synchronize()
         wall_us = (time.perf_counter() - self.t0) * 1e6
         self.prof.__exit__(None, None, None)
-        from profile_summary import summarize
+        from profile_summary import load_trace, summarize
 
         with tempfile.TemporaryDirectory() as d:  # the trace is summarized here, only the summary travels
             self.prof.export_chrome_trace(f"{d}/trace.json")
-            self.summary = summarize(json.loads(Path(f"{d}/trace.json").read_text()), self.n, wall_us)
+            self.summary = summarize(load_trace(Path(d) / "trace.json"), self.n, wall_us)
 
 
 # --------------------------------------------------------------------------- driver
