@@ -33,6 +33,7 @@ from medscale import medscale_home, settings
 from medscale.dist import DistContext
 from medscale.errors import EXIT_BAD_INPUT, STOP_EXIT_CODES, UserError
 from medscale.jobkind import JobKind
+from medscale.jobs.kinds import ROADS
 from medscale.jobs.launch import LaunchInfo, LaunchRequest, entry_for, popen_tied, register_submitted
 from medscale.jobs.record import read_journal
 from medscale.paths import shipped
@@ -230,11 +231,6 @@ def _one_line(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-# where a stopped job of each entry continues from (the batch script's header says it)
-_CONTINUES = {JobKind.TRAIN: "newest verified checkpoint", JobKind.TRIAL: "newest verified checkpoint",
-              JobKind.EVAL: "the questions not yet scored", JobKind.JUDGE: "the answers and verdicts not yet made"}
-
-
 def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, command: list[str],
                   launch: LaunchInfo | None = None, *, entry: str = "train", array: list[list[str]] | None = None
                   ) -> str:
@@ -263,7 +259,7 @@ def render_script(recipe_ref: str, overrides: list[str], opts: SlurmOptions, com
         f"# Rendered by medscale for {'array' if array else f'{entry} job'} {_one_line(recipe_ref)}: {opts.nodes} "
         f"node(s) x {opts.procs_per_node} process(es), {'GPUs ' + opts.gpus_per_node if gpus else 'no GPUs'} per node.",
         f"# medscale hands it to `{shlex.join(command)}` on stdin; a saved copy submits with `sbatch FILE`. A stopped",
-        f"# job continues with `medscale jobs resume JOB` (same resources, {_CONTINUES[JobKind(entry)]}).",
+        f"# job continues with `medscale jobs resume JOB` (same resources, {ROADS[JobKind(entry)].resumes}).",
         *[f"export {k}={shlex.quote(v)}" for k, v in exports.items()],
         'source "$MEDSCALE_REPO/slurm/common.sh"',
         *runs,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from medscale.errors import UserError
 from medscale.jobkind import JobKind
@@ -26,13 +26,16 @@ def _load(path: str):
 @dataclass(frozen=True)
 class Road:
     """Where a kind's code lives, as "package.module:function" names (imported lazily) and the module its old
-    `python -m` alias names (what the launchers' command lines, SLURM scripts and README run)."""
+    `python -m` alias names (what the launchers' command lines, SLURM scripts and README run); `resumes`: where a
+    stopped job of the kind continues from (a batch script's header says it)."""
 
     alias: str
     run: str
     load: str
     check: str
     recorded: str
+    _: KW_ONLY
+    resumes: str
 
     def runner(self):
         return _load(self.run)
@@ -49,13 +52,17 @@ class Road:
 
 ROADS = {
     JobKind.TRAIN: Road("medscale.train", "medscale.train.run:run", "medscale.recipe:load_recipe",
-                        "medscale.preflight:check_launch", "medscale.recipe:saved_recipe"),
+                        "medscale.preflight:check_launch", "medscale.recipe:saved_recipe",
+                        resumes="newest verified checkpoint"),
     JobKind.EVAL: Road("medscale.eval", "medscale.eval.job:run_job", "medscale.eval.spec:load_eval_spec",
-                       "medscale.preflight:check_eval_launch", "medscale.eval.spec:saved_eval_spec"),
+                       "medscale.preflight:check_eval_launch", "medscale.eval.spec:saved_eval_spec",
+                       resumes="the questions not yet scored"),
     JobKind.TRIAL: Road("medscale.sweep", "medscale.sweep.trial:run_trial", "medscale.recipe:load_recipe",
-                        "medscale.preflight:check_launch", "medscale.recipe:saved_recipe"),
+                        "medscale.preflight:check_launch", "medscale.recipe:saved_recipe",
+                        resumes="newest verified checkpoint"),
     JobKind.JUDGE: Road("medscale.judge", "medscale.judge.spec:run_judge_job", "medscale.judge.spec:load_judge_spec",
-                        "medscale.judge.spec:check_judge_launch", "medscale.judge.spec:JudgeSpec.recorded"),
+                        "medscale.judge.spec:check_judge_launch", "medscale.judge.spec:JudgeSpec.recorded",
+                        resumes="the answers and verdicts not yet made"),
 }
 
 
