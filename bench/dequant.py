@@ -21,6 +21,7 @@ Writes dequant.json under --out (default $OUT, else /tmp/bench-out); copy it to 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -71,8 +72,9 @@ def timed(fn, iters: int, device: str) -> float:
     return 1e3 * (time.perf_counter() - t) / iters
 
 
+@functools.cache
 def torchao_nf4():
-    """torchao's (to_nf4, linear_nf4), or None where torchao does not import."""
+    """torchao's (to_nf4, linear_nf4), or None where torchao does not import (looked for once)."""
     import importlib
 
     for where in ("torchao.quantization.quantize_.workflows.nf4.nf4_tensor", "torchao.dtypes.nf4tensor"):  # 0.18, <0.18
@@ -189,11 +191,14 @@ def profiled_step(model, tokens: int, *, recompute: bool, device: str, vocab: in
     events = [e for e in prof.key_averages() if e.device_type == kind]
     if device != "cuda":  # CPU: the bnb ops themselves (aten ops below them hold the rest)
         events = [e for e in events if not e.key.startswith("aten::") or "dequant" in e.key]
-    total = sum(e.self_device_time_total if device == "cuda" else e.self_cpu_time_total for e in events)
+
+    def self_us(e) -> float:
+        return e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
+
+    total = sum(self_us(e) for e in events)
 
     def us(frags):
-        return sum((e.self_device_time_total if device == "cuda" else e.self_cpu_time_total) for e in events
-                   if any(f in e.key.lower() for f in frags))
+        return sum(self_us(e) for e in events if any(f in e.key.lower() for f in frags))
 
     return {"step_us": total / PROFILED, "dequant_us": us(DEQUANT) / PROFILED,
             "fused_4bit_us": us(FUSED_4BIT) / PROFILED,
@@ -312,7 +317,6 @@ def main() -> None:
                 linears.append({"model": m or "tiny", "proj": proj, **done[(k, n, t)]})
                 print(linear_line(linears[-1]), flush=True)
             save(a, device, steps, linears)
-    save(a, device, steps, linears)
     print(f"wrote {a.out / 'dequant.json'}")
 
 
