@@ -15,6 +15,16 @@ REALDATA = SHARED / "realdata"
 QWEN3_TOKENIZER = REALDATA / "qwen3_tokenizer"
 
 
+def bench_script(name: str):
+    """bench/NAME.py as a module (bench/ holds scripts, not a package), for the tests of what it computes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def needs_realdata(*parts: str) -> Path:
     """Path under ../shared/realdata, or skip the test cleanly when it is absent."""
     path = REALDATA.joinpath(*parts)

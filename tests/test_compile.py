@@ -157,13 +157,10 @@ def test_bench_speed_has_the_compile_levers_at_the_seeds_semantics():
     """bench/speed.py --semantics seed (what --dry-run lists) runs each compile mode with Liger off and with its fused
     linear cross-entropy alone, for the 1.7B and the 8B."""
     import argparse
-    import importlib.util
 
-    from tests.conftest import REPO
+    from conftest import bench_script
 
-    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = bench_script("speed")
     for suite in ("qwen3-1.7b", "qwen3-8b"):
         order = speed.run_order(argparse.Namespace(runs="", suite=suite, semantics="seed"))
         overrides = [speed.SUITES[suite]["runs"][w][1] for _, w in order if w != "baseline"]
@@ -174,14 +171,11 @@ def test_bench_speed_has_the_compile_levers_at_the_seeds_semantics():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run is the reproduction itself")
 def test_the_liger_rmsnorm_reproduction_says_it_needs_cuda(monkeypatch, capsys):
-    import importlib.util
     import sys
 
-    from tests.conftest import REPO
+    from conftest import bench_script
 
-    spec = importlib.util.spec_from_file_location("liger_rmsnorm_compile", REPO / "bench" / "liger_rmsnorm_compile.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = bench_script("liger_rmsnorm_compile")
     monkeypatch.setattr(sys, "argv", ["liger_rmsnorm_compile.py"])
     script.main()
     assert "needs a CUDA GPU" in capsys.readouterr().out

@@ -3,21 +3,15 @@ weight bit for bit, with and without the double quant (its last absmax block par
 like with like."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import bench_script
 
 F = pytest.importorskip("bitsandbytes.functional")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("dequant_bench", REPO / "bench" / "dequant.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return bench_script("dequant")
 
 
 @pytest.mark.parametrize("nested", [True, False])

@@ -209,13 +209,9 @@ class _Times(torch.nn.Module):
 
 
 def test_the_bench_dry_run_times_each_projection_and_the_layer(monkeypatch, capsys):
-    import importlib.util as iu
+    from conftest import bench_script
 
-    from conftest import REPO
-
-    spec = iu.spec_from_file_location("lora_kernel_bench", REPO / "bench" / "lora_kernel.py")
-    bench = iu.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("lora_kernel")
     monkeypatch.setattr("sys.argv", ["lora_kernel.py", "--dry-run", "--dropouts", "0.1"])
     bench.main()
     rows = capsys.readouterr().out.strip().splitlines()[1:]

@@ -2,19 +2,11 @@
 streams count once toward the GPU's busy time, launches and syncs are counted per step, kernels rank by time."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import bench_script
 
 
 def _bench():
-    sys.path.insert(0, str(REPO / "bench"))  # its kernel kinds come from bench/speed.py
-    spec = importlib.util.spec_from_file_location("profile_summary", REPO / "bench" / "profile_summary.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return bench_script("profile_summary")
 
 
 def _x(cat, name, ts, dur):

@@ -2,18 +2,13 @@
 enters each stage module once, in the order run() lists them, traced by bench/run_path.py's own tracer."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import bench_script
 
 
 def _run_path():
-    spec = importlib.util.spec_from_file_location("run_path", REPO / "bench" / "run_path.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("run_path")
 
 
 def test_medscale_train_enters_each_stage_module_once(tiny_model_dir, tmp_path, monkeypatch):

@@ -100,9 +100,7 @@ def test_speed_semantics_dry_run_splits_the_variants(tmp_path, monkeypatch, caps
     """bench/speed.py --semantics (issue 24): `seed` runs the seed stack (hf_baseline.py at the recipe's 4 x 2), then
     the recipe as shipped, the seed stack reproduced on medscale's batches (the loss reference), the levers (fused
     AdamW among them), never a packed variant, over 50 steps; `packed` runs only the packed ones."""
-    import importlib.util
-
-    from tests.conftest import REPO, SHARED, needs_realdata
+    from tests.conftest import SHARED, bench_script, needs_realdata
 
     assets = tmp_path / "assets"
     (assets / "delicate_medical_r1").mkdir(parents=True)
@@ -111,9 +109,7 @@ def test_speed_semantics_dry_run_splits_the_variants(tmp_path, monkeypatch, caps
                       ("model_configs.json", needs_realdata("model_configs.json")),
                       ("hf_baseline.py", SHARED / "gpu" / "hf_baseline.py")):
         (assets / name).symlink_to(src)
-    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = bench_script("speed")
 
     def dry(semantics):
         monkeypatch.setattr(sys, "argv", ["speed.py", "--assets", str(assets), "--dry-run", "--suite", "qwen3-1.7b",
