@@ -77,6 +77,7 @@ class ModulePath:
         self._generators: dict[int, object] = {}
         self._active: dict[int, str] = {}  # our frames on the stack -> their module
         self._depth: dict[str, int] = {}
+        self._inner = 0  # our frames on the stack outside DRIVERS: none, and a module entered starts a stage
         self._imports: set[int] = set()  # module bodies running (an import): not the path
         self.done = False
 
@@ -86,6 +87,7 @@ class ModulePath:
             mod = self._active.pop(id(frame), None)
             if mod is not None:
                 self._depth[mod] -= 1
+                self._inner -= mod not in DRIVERS
             return
         if event != "call":
             return
@@ -110,9 +112,10 @@ class ModulePath:
         if self._imports or mod.split(".")[0] not in OURS or mod == __name__:
             return
         entering = self._depth.get(mod, 0) == 0
-        top = mod not in DRIVERS and not any(self._depth.get(m) for m in self._depth if m not in DRIVERS)
+        top = mod not in DRIVERS and self._inner == 0
         self._active[id(frame)] = mod
         self._depth[mod] = self._depth.get(mod, 0) + 1
+        self._inner += mod not in DRIVERS
         site = (frame.f_back and frame.f_back.f_code, frame.f_back and frame.f_back.f_lineno, code)
         if not entering or mod in DRIVERS or site in self.sites:
             return
