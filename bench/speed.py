@@ -215,12 +215,13 @@ def child(a: argparse.Namespace, recipe_args: list[str]) -> None:
         return batch
 
     pipeline.SFTCollator.__call__ = counting
-    if a.targs:
+    targs = json.loads(a.targs or "{}")  # the driver passes {} where a run sets none
+    if targs:
         make_args = train_run.training_arguments
 
         def with_targs(*args_, **kw):
             args = make_args(*args_, **kw)
-            for k, v in json.loads(a.targs).items():
+            for k, v in targs.items():
                 setattr(args, k, v)
             return args
 

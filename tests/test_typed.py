@@ -175,8 +175,9 @@ def test_no_class_of_ours_is_built_from_more_than_five_positional_arguments():
     """Issue 21's calls of seven or more positional arguments were mostly constructors (JobView from 15 values,
     AttemptView 15, Parity 12): the dataclasses take the rest by keyword now, and no call here or in the tests and
     benchmarks lines up more than five."""
-    classes = defined_classes(_sources())
-    callers = _sources() + sorted(p for root in ("tests", "bench") for p in (REPO / root).rglob("*.py"))
+    sources = _sources()
+    classes = defined_classes(sources)
+    callers = sources + sorted(p for root in ("tests", "bench") for p in (REPO / root).rglob("*.py"))
     bad = [f"{p.relative_to(REPO)}:{line}: {name}(...) with {n} positional arguments: name them (and make the "
            f"dataclass `kw_only=True`, or put `_: KW_ONLY` after its fifth field)"
            for p in callers for line, name, n in too_many_positional_arguments(p.read_text(encoding="utf-8"),
